@@ -1,0 +1,31 @@
+"""Build the Cython engine into pktbench._engine.
+
+PKTBENCH_DEBUG=1 writes annotated HTML next to the sources and turns on
+line tracing, so a hot loop that touches Python objects shows up in yellow.
+"""
+import os
+import sys
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError:
+    sys.exit("pktbench needs Cython>=3.1 to build its engine: pip install 'Cython>=3.1,<4'")
+
+debug = os.environ.get("PKTBENCH_DEBUG") == "1"
+directives = {"language_level": 3, "embedsignature": True}
+macros = []
+if debug:
+    directives.update(linetrace=True)
+    macros.append(("CYTHON_TRACE_NOGIL", "1"))
+
+engine = Extension(
+    "pktbench._engine",
+    ["ext/_engine.pyx"],
+    include_dirs=["ext"],
+    define_macros=macros,
+    extra_compile_args=["-O2"],
+)
+
+setup(ext_modules=cythonize([engine], compiler_directives=directives, annotate=debug))
