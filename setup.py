@@ -15,7 +15,7 @@ except ImportError:
 
 debug = os.environ.get("PKTBENCH_DEBUG") == "1"
 directives = {"language_level": 3, "embedsignature": True}
-macros = []
+macros = [("_GNU_SOURCE", None)]  # sendmmsg, recvmmsg, ppoll
 if debug:
     directives.update(linetrace=True)
     macros.append(("CYTHON_TRACE_NOGIL", "1"))

@@ -1,0 +1,55 @@
+"""Shared fixtures: loopback socket pairs and a threaded engine responder."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, nftables, tc)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(server, client) UDP sockets on 127.0.0.1; the client is connected."""
+    from pktbench import engine
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        engine.tune_socket(server)
+        engine.tune_socket(client)
+        client.connect(server.getsockname())
+        yield server, client
+    finally:
+        server.close()
+        client.close()
+
+
+class ThreadedResponder:
+    """An engine ResponderLoop serving in a daemon thread until stopped."""
+
+    def __init__(self, loop: object, seconds: float) -> None:
+        from pktbench import engine
+
+        self.loop = loop
+        self.stop = threading.Event()
+        deadline = engine.monotonic_ns() + int(seconds * 1e9)
+        self.thread = threading.Thread(
+            target=loop.serve_until, args=(deadline, self.stop), daemon=True)  # type: ignore[attr-defined]
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
