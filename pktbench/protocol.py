@@ -655,7 +655,8 @@ class ControlConnection:
                 payload = bytes(self._buffer[_LENGTH.size:end])
                 del self._buffer[:end]
                 if self._state in (State.DONE, State.CLOSED):
-                    raise _fail(f"peer sent a message after the conversation ended ({self._state.name})")
+                    raise _fail(f"peer sent a message after the conversation ended "
+                                f"({self._state.name})")
                 event = _decode(payload)
                 self._advance(self.role.peer, event)
                 return event
@@ -737,7 +738,8 @@ def make_session_token() -> int:
 
 def _check_secret(secret: bytes) -> None:
     if not isinstance(secret, (bytes, bytearray)) or not secret:
-        raise ConfigError("shared secret must be non-empty bytes; give the same secret to both ends")
+        raise ConfigError("shared secret must be non-empty bytes; "
+                          "give the same secret to both ends")
 
 
 def auth_mac(secret: bytes, challenge_hex: str) -> str:
