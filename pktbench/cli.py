@@ -3,16 +3,195 @@
 Each command parses options, builds a config, calls one library function and
 hands the result to a reporter. Heavy imports (the engine, scapy, matplotlib)
 happen inside the commands so `pktbench --help` stays fast. PktbenchError
-becomes a one-line ClickException (exit 1); bad options exit 2.
+becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from pktbench._version import __version__
+from pktbench.errors import ConfigError, PktbenchError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns library errors into one line on stderr, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PktbenchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("pktbench: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pktbench")
 def main() -> None:
     """Find a network path's packets-per-second knee and throughput ceiling."""
+
+
+# -- shared option parsing ----------------------------------------------------
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_rate(text: str) -> float | None:
+    """'max' -> None; '20000', '20k', '1.5M' -> pps."""
+    value = text.strip().lower()
+    if value == "max":
+        return None
+    scale = 1.0
+    if value and value[-1] in _SUFFIXES:
+        scale = _SUFFIXES[value[-1]]
+        value = value[:-1]
+    try:
+        rate = float(value) * scale
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a rate: give packets per second "
+                                 "(20000, 20k, 1.5M) or 'max'") from None
+    if not rate > 0 or rate == float("inf"):
+        raise click.BadParameter(f"rate must be > 0 (got {text})")
+    return rate
+
+
+class RateType(click.ParamType):
+    name = "PPS|max"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value  # type: ignore[no-any-return]
+        try:
+            return parse_rate(str(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+def read_secret(token: str | None, token_file: str | None) -> bytes | None:
+    if token and token_file:
+        raise click.UsageError("give --token or --token-file, not both")
+    if token_file:
+        try:
+            secret = Path(token_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"token file {token_file} is empty")
+        return secret
+    return token.encode() if token else None
+
+
+def token_options(func: Any) -> Any:
+    func = click.option("--token-file", metavar="FILE",
+                        help="File holding the shared secret.")(func)
+    return click.option("--token", metavar="SECRET", envvar="PKTBENCH_TOKEN",
+                        help="Shared secret (HMAC challenge-response; never sent).")(func)
+
+
+def check_output(path: str | None) -> None:
+    """Fail before a run, not after it, when an output file cannot be written."""
+    if path is None or path == "-":
+        return
+    directory = Path(path).expanduser().resolve().parent
+    if not directory.is_dir():
+        raise ConfigError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ConfigError(f"cannot write {path}: directory {directory} is not writable")
+
+
+def write_json(document: dict[str, Any], path: str) -> None:
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        Path(path).write_text(text)
+
+
+# -- serve ------------------------------------------------------------------------
+
+@main.command()
+@click.option("--bind", default="0.0.0.0", show_default=True,
+              help="Address to listen on (use :: for IPv6 and IPv4).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="TCP control and UDP data port [default: 7425]; 0 picks a free one.")
+@token_options
+@click.option("--max-rate", type=RateType(), default=None,
+              help="Refuse steps above this many pps.")
+@click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Refuse steps longer than this (warm-up included), seconds.")
+@click.option("--once", is_flag=True, help="Exit after the first session.")
+@click.option("--quiet", is_flag=True, help="No per-session log lines.")
+def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
+          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool) -> None:
+    """Answer pktbench clients (the far end of every test)."""
+    from pktbench import wire
+    from pktbench.session import Server, ServerConfig
+
+    config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
+                          secret=read_secret(token, token_file), max_rate_pps=max_rate,
+                          max_duration_s=max_duration, once=once)
+    log = (lambda line: None) if quiet else None
+    with Server(config, log=log) as server:
+        host, chosen = server.address
+        click.echo(f"listening on {host}:{chosen}")
+        sys.stdout.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stats = server.stats
+            if not quiet:
+                click.echo(f"pktbench serve: {stats.sessions} sessions, {stats.steps} steps, "
+                           f"{stats.busy_refusals} busy, {stats.auth_failures} auth failures, "
+                           f"{stats.protocol_errors} dropped, drops "
+                           f"{sum(stats.drops.values())}", err=True)
+
+
+# -- run --------------------------------------------------------------------------
+
+@main.command()
+@click.argument("target", required=False, metavar="[HOST[:PORT]]")
+@click.option("--workload", type=click.Choice(["rr", "blast"]), default="rr", show_default=True,
+              help="rr: UDP request/response; blast: one-way UDP.")
+@click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default="ping",
+              show_default=True, help="RESP command carried by rr requests.")
+@click.option("--rate", type=RateType(), default="10000", show_default=True,
+              help="Offered packets per second, or 'max'.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              show_default=True, help="Measured window, seconds.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Traffic before the window that is not counted, seconds.")
+@click.option("--size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="UDP payload bytes per packet, header included.")
+@click.option("--busy-poll", is_flag=True,
+              help="Spin on the sockets at both ends instead of sleeping (lower latency).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="A response later than this counts as lost, seconds.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@token_options
+def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
+        warmup: float, size: int, busy_poll: bool, timeout: float, json_path: str | None,
+        token: str | None, token_file: str | None) -> None:
+    """Measure one step. Without HOST, a server is started on this machine."""
+    from pktbench import api, results
+    from pktbench.report import table
+
+    check_output(json_path)
+    params = api.step_params(workload=workload, command=command if workload == "rr" else "none",
+                             rate_pps=rate, duration_s=duration, warmup_s=warmup,
+                             size_bytes=size, busy_poll=busy_poll, timeout_s=timeout)
+    step = api.run_step(target, params, secret=read_secret(token, token_file))
+    document = results.run_document(step, params, target=target)
+    out = sys.stderr if json_path == "-" else sys.stdout
+    click.echo(table.step_table(step), file=out)
+    if json_path:
+        write_json(document, json_path)

@@ -1,0 +1,3 @@
+from pktbench.cli import main
+
+main(prog_name="pktbench")
