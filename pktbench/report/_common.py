@@ -1,0 +1,146 @@
+"""Shared plumbing of the reporters: output targets and number formatting.
+
+Owns: checking an output path before a run, opening a path-or-stream target,
+and the one way each kind of number is printed (pps, microseconds, loss
+percent, Mbit/s), so the table, the comparison and the progress lines agree.
+
+Must not: compute statistics or judge steps; it only formats what it is given.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Union
+
+from pktbench.errors import ConfigError
+
+Target = Union[str, "os.PathLike[str]", IO[str]]
+
+PLOT_SUFFIXES = (".png", ".svg")
+MATPLOTLIB_HINT = "plotting needs matplotlib: pip install 'pktbench[plot]'"
+
+
+def check_output_path(path: str | os.PathLike[str], kind: str | None = None) -> Path | None:
+    """Fail before a run, not after it, when an output cannot be written.
+
+    Args:
+        path: where a report will go; "-" means standard output (not for plots).
+        kind: the reporter ("table", "json", "csv", "plot"); "plot" also
+            checks the file extension and that matplotlib is importable.
+
+    Returns:
+        The path, or None for "-".
+
+    Raises:
+        ConfigError: the directory does not exist or is not writable, the path
+            is a directory or a read-only file, or the plot cannot be made.
+    """
+    if str(path) == "-":
+        if kind == "plot":
+            raise ConfigError("a plot cannot go to standard output: give a .png or .svg path")
+        return None
+    target = Path(path)
+    if kind == "plot":
+        if target.suffix.lower() not in PLOT_SUFFIXES:
+            raise ConfigError(f"plot path {target} must end in .png or .svg "
+                              f"(got {target.suffix or 'no extension'!r})")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError(MATPLOTLIB_HINT)
+    if target.is_dir():
+        raise ConfigError(f"output path {target} is a directory: give a file name")
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise ConfigError(f"output directory {directory} does not exist: create it or "
+                          "choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {directory} is not writable: choose another path")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ConfigError(f"output file {target} is not writable: choose another path")
+    return target
+
+
+@contextlib.contextmanager
+def open_text(target: Target, newline: str | None = None) -> Iterator[IO[str]]:
+    """A writable text stream for a path, "-" (stdout) or an open stream (left open)."""
+    if isinstance(target, (str, os.PathLike)):
+        if str(target) == "-":
+            yield sys.stdout
+            return
+        check_output_path(target)
+        with open(target, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+    else:
+        yield target
+
+
+def is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def fmt_pps(value: Any) -> str:
+    if not is_number(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def fmt_us(value: Any) -> str:
+    if not is_number(value):
+        return "-"
+    if abs(value) < 10:
+        return f"{value:.2f}"
+    if abs(value) < 1000:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def fmt_loss_percent(ratio: Any) -> str:
+    """A loss ratio as percent; small losses keep enough digits to be seen."""
+    if not is_number(ratio):
+        return "-"
+    percent = ratio * 100
+    if percent == 0:
+        return "0"
+    if abs(percent) < 0.01:
+        return f"{percent:.4f}"
+    if abs(percent) < 10:
+        return f"{percent:.2f}"
+    return f"{percent:.1f}"
+
+
+def fmt_mbps(value: Any) -> str:
+    if not is_number(value):
+        return "-"
+    if abs(value) < 10:
+        return f"{value:.3f}"
+    if abs(value) < 1000:
+        return f"{value:.2f}"
+    return f"{value:,.1f}"
+
+
+def fmt_ratio(value: Any) -> str:
+    return f"{value:.2f}x" if is_number(value) else "-"
+
+
+def received_label(workload: Any) -> str:
+    """rr counts completed request/response pairs; blast counts datagrams."""
+    return "responses" if workload == "rr" else "received"
+
+
+def step_verdict(step: Mapping[str, Any]) -> str:
+    """ok / sender-bound / FAIL with the failed criteria in words."""
+    if step.get("sender_bound"):
+        return "sender-bound"
+    failures = step.get("failures") or []
+    if not failures:
+        return "ok"
+    text = "FAIL " + "; ".join(str(f) for f in failures)
+    attribution = step.get("attribution")
+    if attribution and attribution not in ("ok", "sender-bound"):
+        text += f" ({attribution})"
+    return text

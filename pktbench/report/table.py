@@ -1,0 +1,260 @@
+"""The human-readable knee table of a sweep, and the summary of a single step.
+
+Owns: the layout of the sweep table (one row per step, the knee row marked),
+the lines under it (knee, last good rate, reason, kneedle estimate, NDR/PDR),
+the spread of repeated rates, and `step_table` for `pktbench run`.
+
+Invariants: every number printed comes straight from the result (formatted by
+report._common); the only arithmetic is grouping repeats and picking the
+highest passing rate to say "no knee up to X".
+
+Must not: judge steps or compute statistics.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tabulate import tabulate
+
+from pktbench.report._common import (
+    Target,
+    fmt_loss_percent,
+    fmt_mbps,
+    fmt_pps,
+    fmt_us,
+    is_number,
+    open_text,
+    received_label,
+    step_verdict,
+)
+from pktbench.results import SweepResult
+
+KNEE_MARK = "<- knee"
+
+_CRITERION_WORDS = {
+    "loss": "loss rose above the allowed ratio",
+    "latency": "p99 latency rose above the allowed multiple of the low-rate baseline",
+    "delivery": "fewer packets came back than were offered",
+}
+
+
+def _workload(result: SweepResult) -> str:
+    workload = result.config.get("workload")
+    if workload is None and result.steps:
+        workload = result.steps[0].get("workload")
+    return str(workload or "rr")
+
+
+def _latency(step: Mapping[str, Any], key: str) -> Any:
+    latency = step.get("latency_us")
+    return latency.get(key) if isinstance(latency, Mapping) else None
+
+
+def _headline(result: SweepResult) -> str:
+    config = result.config
+    workload = _workload(result)
+    what = workload
+    command = config.get("command")
+    if workload == "rr" and command:
+        what += f" {str(command).upper()}"
+    parts = [what]
+    if is_number(config.get("size_bytes")):
+        parts.append(f"{config['size_bytes']} B")
+    rates = config.get("rates_pps") or []
+    if rates and is_number(config.get("duration_s")):
+        repeat = config.get("repeat", 1)
+        times = f" x {repeat} repeats" if is_number(repeat) and repeat > 1 else ""
+        parts.append(f"{len(rates)} rates{times}, {config['duration_s']:g} s each"
+                     f" after {config.get('warmup_s', 0):g} s warm-up")
+    modes = sorted({str(s.get("latency_mode")) for s in result.steps if s.get("latency_mode")})
+    if workload == "rr" and modes:
+        parts.append(f"latency {'/'.join(modes)}, from the scheduled send time")
+    name = config.get("profile") or "sweep"
+    host = config.get("host")
+    target = f" -> {host}" if host else ""
+    return f"{name}{target}: " + ", ".join(parts)
+
+
+def _has_repeats(result: SweepResult) -> bool:
+    return any(step.get("repeat", 0) for step in result.steps)
+
+
+def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
+    workload = _workload(result)
+    repeats = _has_repeats(result)
+    knee_index = result.knee.get("step_index") if result.knee else None
+    headers = ["offered pps", "sent pps", f"{received_label(workload)} pps", "loss %"]
+    if workload == "rr":
+        headers += ["p50 us", "p99 us", "p99.9 us", "max us"]
+    else:
+        headers += ["jitter us"]
+    headers += ["lag p99 us", "rx Mbit/s", "verdict", ""]
+    if repeats:
+        headers.insert(1, "rep")
+    rows: list[list[str]] = []
+    marked = False
+    for step in result.steps:
+        row = [fmt_pps(step.get("offered_pps")), fmt_pps(step.get("sent_pps")),
+               fmt_pps(step.get("received_pps")), fmt_loss_percent(step.get("loss_ratio"))]
+        if workload == "rr":
+            row += [fmt_us(_latency(step, k)) for k in ("p50", "p99", "p999", "max")]
+        else:
+            row += [fmt_us(step.get("jitter_us"))]
+        lag = step.get("send_lag_us")
+        row += [fmt_us(lag.get("p99") if isinstance(lag, Mapping) else None),
+                fmt_mbps(step.get("received_mbps")), step_verdict(step)]
+        is_knee = not marked and knee_index is not None and step.get("index") == knee_index
+        marked = marked or is_knee
+        row.append(KNEE_MARK if is_knee else "")
+        if repeats:
+            row.insert(1, str(step.get("repeat", 0)))
+        rows.append(row)
+    return headers, rows
+
+
+def _spread_lines(result: SweepResult) -> list[str]:
+    workload = _workload(result)
+    rows = []
+    for group in result.rate_groups():
+        if len(group.steps) < 2:
+            continue
+        received = group.spread("received_pps")
+        p99 = group.spread("latency_us", "p99")
+        rows.append([
+            fmt_pps(group.offered_pps), str(len(group.steps)),
+            " / ".join(fmt_pps(v) for v in (received.min, received.median, received.max))
+            if received else "-",
+            " / ".join(fmt_us(v) for v in (p99.min, p99.median, p99.max)) if p99 else "-",
+        ])
+    if not rows:
+        return []
+    headers = ["offered pps", "runs", f"{received_label(workload)} pps min / median / max"]
+    headers.append("p99 us min / median / max")
+    return ["", "repeats:", tabulate(rows, headers=headers, tablefmt="simple",
+                                     disable_numparse=True, colalign=("right",) * 4)]
+
+
+def _search_line(name: str, value: Any, result: SweepResult) -> str | None:
+    if value is None:
+        return None
+    search = result.search or {}
+    if name == "NDR":
+        what = "highest rate with zero loss"
+    else:
+        ratio = search.get("pdr_loss_ratio")
+        what = (f"highest rate with loss <= {fmt_loss_percent(ratio)}%" if is_number(ratio)
+                else "highest rate within the partial drop ratio")
+    detail = search.get(name.lower())
+    line = f"{name}: {fmt_pps(value)} pps ({what}"
+    if isinstance(detail, Mapping):
+        line += (f"; interval {fmt_pps(detail.get('lower_pps'))}..{fmt_pps(detail.get('upper_pps'))}"
+                 f" pps after {detail.get('trials', '?')} trials")
+        if is_number(detail.get("duration_s")):
+            line += f" of {detail['duration_s']:g} s"
+    return line + ")"
+
+
+def _summary_lines(result: SweepResult) -> list[str]:
+    lines: list[str] = []
+    knee = result.knee
+    if knee:
+        criterion = knee.get("criterion")
+        lines.append(f"knee: {fmt_pps(knee.get('offered_pps'))} pps - {knee.get('reason', '')}")
+        if criterion in _CRITERION_WORDS:
+            lines.append(f"  criterion: {criterion} ({_CRITERION_WORDS[criterion]})")
+        last_good = knee.get("last_good_pps")
+        lines.append("last good rate: "
+                     + (f"{fmt_pps(last_good)} pps" if last_good is not None
+                        else "none (the lowest rate already failed)"))
+    elif result.steps:
+        passing = [s["offered_pps"] for s in result.steps
+                   if not s.get("failures") and not s.get("sender_bound")]
+        bound = [s["offered_pps"] for s in result.steps if s.get("sender_bound")]
+        if passing:
+            line = f"no knee: every step passed up to {fmt_pps(max(passing))} pps"
+        else:
+            line = "no knee found"
+        if bound:
+            line += (f"; from {fmt_pps(min(bound))} pps the sender itself could not reach "
+                     "the offered rate (sender-bound, not the path)")
+        lines.append(line)
+    else:
+        lines.append("no steps were run")
+    if result.kneedle_pps is not None:
+        lines.append(f"kneedle estimate: {fmt_pps(result.kneedle_pps)} pps "
+                     "(where the received-rate curve bends most)")
+    for name, value in (("NDR", result.ndr_pps), ("PDR", result.pdr_pps)):
+        line = _search_line(name, value, result)
+        if line:
+            lines.append(line)
+    return lines
+
+
+def render_table(result: SweepResult) -> str:
+    """The sweep as text: headline, one row per step, the knee marked, summary lines."""
+    headers, rows = _step_rows(result)
+    align = ["right"] * (len(headers) - 2) + ["left", "left"]
+    parts = [_headline(result), ""]
+    if rows:
+        parts.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                              colalign=align))
+    parts += _spread_lines(result)
+    parts.append("")
+    parts += _summary_lines(result)
+    return "\n".join(parts) + "\n"
+
+
+def write_table(result: SweepResult, target: Target) -> None:
+    """Reporter "table": `render_table` to a stream, a path, or "-" (stdout)."""
+    with open_text(target) as stream:
+        stream.write(render_table(result))
+
+
+def step_table(step: Mapping[str, Any]) -> str:
+    """One step (as `pktbench run` measures it) as label/value lines."""
+    workload = step.get("workload", "rr")
+    label = received_label(workload)
+    rows: list[list[str]] = [
+        ["offered", f"{fmt_pps(step.get('offered_pps'))} pps"],
+        ["sent", f"{fmt_pps(step.get('sent_pps'))} pps ({step.get('sent_packets', 0):,} packets)"],
+        [label, f"{fmt_pps(step.get('received_pps'))} pps "
+                f"({step.get('received_packets', 0):,} packets)"],
+        ["loss", f"{fmt_loss_percent(step.get('loss_ratio'))} % "
+                 f"({step.get('lost_packets', 0):,} packets)"],
+    ]
+    late = step.get("late_packets") or 0
+    dup = step.get("duplicate_packets") or 0
+    reordered = step.get("reordered_packets") or 0
+    if late or dup or reordered:
+        rows.append(["late / dup / reordered", f"{late:,} / {dup:,} / {reordered:,}"])
+    latency = step.get("latency_us")
+    if isinstance(latency, Mapping):
+        keys = ("p50", "p90", "p99", "p999", "max")
+        rows.append(["latency p50/p90/p99/p99.9/max",
+                     " / ".join(fmt_us(latency.get(k)) for k in keys)
+                     + f" us ({step.get('latency_mode', 'blocking')}, from scheduled send)"])
+    if step.get("jitter_us") is not None:
+        rows.append(["jitter", f"{fmt_us(step.get('jitter_us'))} us"])
+    lag = step.get("send_lag_us")
+    if isinstance(lag, Mapping):
+        rows.append(["send lag p99", f"{fmt_us(lag.get('p99'))} us"])
+    rows.append(["throughput", f"{fmt_mbps(step.get('sent_mbps'))} Mbit/s sent, "
+                               f"{fmt_mbps(step.get('received_mbps'))} Mbit/s received"])
+    receiver = step.get("receiver")
+    if isinstance(receiver, Mapping):
+        drops = {k: v for k, v in (receiver.get("drops") or {}).items() if v}
+        if drops or receiver.get("rcvbuf_errors"):
+            text = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items()))
+            if receiver.get("rcvbuf_errors"):
+                text = (text + ", " if text else "") + \
+                    f"socket buffer overflows {receiver['rcvbuf_errors']:,}"
+            rows.append(["receiver drops", text])
+    if "failures" in step or "sender_bound" in step:
+        rows.append(["verdict", step_verdict(step)])
+    return tabulate(rows, tablefmt="plain", disable_numparse=True) + "\n"
+
+
+def write_step_table(step: Mapping[str, Any], target: Target) -> None:
+    with open_text(target) as stream:
+        stream.write(step_table(step))
