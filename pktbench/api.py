@@ -10,7 +10,9 @@ import threading
 from typing import Any
 
 from pktbench.address import Target, parse_target
+from pktbench.engine import ENGINE_NAME
 from pktbench.protocol import StepParams, validate_step_params
+from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
 
 
@@ -35,3 +37,15 @@ def run_step(target: str | Target | None, params: StepParams, *, secret: bytes |
                 return client.run_step(params, stop=stop)
     with Client(resolved, secret=secret) as client:
         return client.run_step(params, stop=stop)
+
+
+def run_result(target: str | Target | None, params: StepParams,
+               step: dict[str, Any]) -> SweepResult:
+    """A one-step result document, the same shape a sweep writes."""
+    resolved = as_target(target)
+    host = resolved.host if resolved else "127.0.0.1"
+    config = {"mode": "run", "target": str(resolved) if resolved else "embedded loopback server",
+              **params.to_dict()}
+    env = environment(host)
+    env["engine"] = ENGINE_NAME
+    return SweepResult(environment=env, config=config, steps=(step,))

@@ -7,8 +7,6 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,25 +94,6 @@ def token_options(func: Any) -> Any:
                         help="Shared secret (HMAC challenge-response; never sent).")(func)
 
 
-def check_output(path: str | None) -> None:
-    """Fail before a run, not after it, when an output file cannot be written."""
-    if path is None or path == "-":
-        return
-    directory = Path(path).expanduser().resolve().parent
-    if not directory.is_dir():
-        raise ConfigError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise ConfigError(f"cannot write {path}: directory {directory} is not writable")
-
-
-def write_json(document: dict[str, Any], path: str) -> None:
-    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-    else:
-        Path(path).write_text(text)
-
-
 # -- serve ------------------------------------------------------------------------
 
 @main.command()
@@ -182,16 +161,17 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
         warmup: float, size: int, busy_poll: bool, timeout: float, json_path: str | None,
         token: str | None, token_file: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
-    from pktbench import api, results
-    from pktbench.report import table
+    from pktbench import api
+    from pktbench.report import check_output_path, step_table, write_json
 
-    check_output(json_path)
+    if json_path:
+        check_output_path(json_path, "json")
     params = api.step_params(workload=workload, command=command if workload == "rr" else "none",
                              rate_pps=rate, duration_s=duration, warmup_s=warmup,
                              size_bytes=size, busy_poll=busy_poll, timeout_s=timeout)
-    step = api.run_step(target, params, secret=read_secret(token, token_file))
-    document = results.run_document(step, params, target=target)
+    secret = read_secret(token, token_file)
+    step = api.run_step(target, params, secret=secret)
     out = sys.stderr if json_path == "-" else sys.stdout
-    click.echo(table.step_table(step), file=out)
+    click.echo(step_table(step), file=out)
     if json_path:
-        write_json(document, json_path)
+        write_json(api.run_result(target, params, step), json_path)
