@@ -10,10 +10,13 @@ import threading
 from typing import Any
 
 from pktbench.address import Target, parse_target
+from pktbench.config import Profile
 from pktbench.engine import ENGINE_NAME
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
+from pktbench.sweep import StepCallback
+from pktbench.sweep import sweep as _sweep_impl
 
 
 def step_params(**params: Any) -> StepParams:
@@ -49,3 +52,11 @@ def run_result(target: str | Target | None, params: StepParams,
     env = environment(host)
     env["engine"] = ENGINE_NAME
     return SweepResult(environment=env, config=config, steps=(step,))
+
+
+def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,
+          early_stop: bool = True, on_step: StepCallback | None = None,
+          stop: threading.Event | None = None) -> SweepResult:
+    """Sweep the profile's rates against `target` (None: both ends on this machine)."""
+    return _sweep_impl(as_target(target), profile, secret=secret, early_stop=early_stop,
+                       on_step=on_step, stop=stop)

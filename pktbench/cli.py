@@ -175,3 +175,110 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
     click.echo(step_table(step), file=out)
     if json_path:
         write_json(api.run_result(target, params, step), json_path)
+
+
+# -- sweep ------------------------------------------------------------------------
+
+@main.command()
+@click.argument("target", required=False, metavar="[HOST[:PORT]]")
+@click.option("--profile", "profile_name", default="default", show_default=True,
+              metavar="NAME|FILE", help="Built-in profile name or a .toml file.")
+@click.option("--workload", type=click.Choice(["rr", "blast"]), default=None,
+              help="Override the profile's workload.")
+@click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
+              help="Override the RESP command of rr requests.")
+@click.option("--rates", metavar="LIST", default=None,
+              help="Explicit offered rates, e.g. 1k,2k,5k,10k.")
+@click.option("--from", "from_pps", type=RateType(), default=None, help="Lowest offered rate.")
+@click.option("--to", "to_pps", type=RateType(), default=None, help="Highest offered rate.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Number of rates.")
+@click.option("--scale", type=click.Choice(["log", "linear"]), default=None,
+              help="Spacing of --from..--to.")
+@click.option("--search", "search_goals", metavar="ndr,pdr", default=None,
+              help="Also search NDR and/or PDR after the sweep.")
+@click.option("--pdr-loss", type=click.FloatRange(0, 1), default=None,
+              help="Loss ratio PDR accepts (default 0.005).")
+@click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Search precision, relative width (default from the profile).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Measured seconds per step.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=None,
+              help="Uncounted seconds before each step.")
+@click.option("--repeat", type=click.IntRange(min=1), default=None, help="Runs per rate.")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="UDP payload bytes.")
+@click.option("--busy-poll/--no-busy-poll", default=None,
+              help="Spin on the sockets at both ends (lower latency, burns CPUs).")
+@click.option("--max-loss", type=click.FloatRange(0, 1), default=None,
+              help="Knee criterion: loss ratio above this fails a step.")
+@click.option("--latency-factor", type=click.FloatRange(min=1, min_open=True), default=None,
+              help="Knee criterion: p99 above this many times the baseline p99 fails.")
+@click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
+              help="Knee criterion: received below this fraction of offered fails.")
+@click.option("--no-early-stop", is_flag=True, help="Run every rate even past the knee.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
+@click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@token_options
+def sweep(target: str | None, profile_name: str, workload: str | None, command: str | None,
+          rates: str | None, from_pps: float | None, to_pps: float | None, steps: int | None,
+          scale: str | None, search_goals: str | None, pdr_loss: float | None,
+          precision: float | None, duration: float | None, warmup: float | None,
+          repeat: int | None, size: int | None, busy_poll: bool | None, max_loss: float | None,
+          latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
+          json_path: str | None, csv_path: str | None, plot_path: str | None, quiet: bool,
+          token: str | None, token_file: str | None) -> None:
+    """Sweep offered rates and print the knee table. Without HOST, on this machine."""
+    from pktbench import api, config
+    from pktbench.report import Progress, check_output_path, write_report
+
+    outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
+    for kind, path in outputs.items():
+        if path:
+            check_output_path(path, kind)
+    if sum(1 for path in outputs.values() if path == "-") > 1:
+        raise click.UsageError("only one output can go to stdout ('-')")
+    profile = config.apply_overrides(
+        config.load_profile(profile_name), source="command line",
+        workload=workload, command=command, rates_pps=rates, from_pps=from_pps, to_pps=to_pps,
+        steps=steps, scale=scale, search=search_goals, pdr_loss_ratio=pdr_loss,
+        precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
+        size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
+        latency_factor=latency_factor, min_delivery_ratio=min_delivery)
+    secret = read_secret(token, token_file)
+    to_stdout = "-" in outputs.values()
+    with Progress(profile.step_count, quiet=quiet) as progress:
+        result = api.sweep(target, profile, secret=secret, early_stop=not no_early_stop,
+                           on_step=lambda step, done, planned: progress.step_done(step))
+    write_report("table", result, sys.stderr if to_stdout else sys.stdout)
+    for kind, path in outputs.items():
+        if path:
+            write_report(kind, result, path)
+
+
+@main.command("profiles")
+def profiles_command() -> None:
+    """List the built-in workload profiles."""
+    from tabulate import tabulate
+
+    from pktbench import config
+
+    rows = [(name, description) for name, description in config.list_profiles()]
+    click.echo(tabulate(rows, headers=["profile", "description"]))
+
+
+@main.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", metavar="FILE", help="Write the comparison as JSON.")
+def compare(old: str, new: str, json_path: str | None) -> None:
+    """Compare two result files (old environment vs new) side by side."""
+    from pktbench.report import compare as compare_results
+    from pktbench.report import render_compare, write_compare
+    from pktbench.results import load_result
+
+    a, b = load_result(old), load_result(new)
+    comparison = compare_results(a, b, label_a=Path(old).stem, label_b=Path(new).stem)
+    click.echo(render_compare(comparison))
+    if json_path:
+        write_compare(comparison, json_path)

@@ -1,0 +1,173 @@
+"""Rate sweeps and NDR/PDR searches against one server: the main job.
+
+Owns the order of steps (rates ascending, repeats back to back), early stop
+once the knee is confirmed, the retrial that confirms a failure at the top
+of the schedule, and the optional NDR/PDR search. Judging steps belongs to
+knee.py, the search strategy to search.py, numbers per step to step.py.
+
+Invariant: every step is bounded (its duration, warm-up, drain and timeout
+come from the profile), and the whole sweep stops on `stop` between steps.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pktbench import knee, search
+from pktbench.address import Target
+from pktbench.config import Profile
+from pktbench.engine import ENGINE_NAME
+from pktbench.protocol import StepParams, validate_step_params
+from pktbench.results import SweepResult, environment
+from pktbench.session import Client, LocalServer
+
+StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    profile: Profile
+    early_stop: bool = True
+
+    @property
+    def criteria(self) -> knee.KneeCriteria:
+        c = self.profile.criteria
+        return knee.KneeCriteria(max_loss_ratio=c.max_loss_ratio, latency_factor=c.latency_factor,
+                                 min_delivery_ratio=c.min_delivery_ratio,
+                                 baseline_steps=c.baseline_steps)
+
+
+def step_params_for(profile: Profile, rate_pps: float | None, *,
+                    duration_s: float | None = None) -> StepParams:
+    return validate_step_params({
+        "workload": profile.workload,
+        "command": profile.command if profile.workload == "rr" else "none",
+        "rate_pps": rate_pps,
+        "duration_s": duration_s if duration_s is not None else profile.duration_s,
+        "warmup_s": profile.warmup_s,
+        "drain_s": profile.drain_s,
+        "size_bytes": profile.size_bytes,
+        "busy_poll": profile.busy_poll,
+        "timeout_s": profile.timeout_s,
+    })
+
+
+def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
+    return len({s["offered_pps"] for s in steps if s["offered_pps"] > rate_pps * (1 + 1e-9)})
+
+
+class _Runner:
+    def __init__(self, client: Client, plan: SweepPlan, on_step: StepCallback | None,
+                 stop: threading.Event | None) -> None:
+        self.client = client
+        self.plan = plan
+        self.on_step = on_step
+        self.stop = stop
+        self.steps: list[dict[str, Any]] = []
+        self.planned = plan.profile.step_count
+
+    def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
+             ) -> dict[str, Any]:
+        params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s)
+        result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
+                                      stop=self.stop)
+        return result
+
+    def sweep(self) -> None:
+        profile = self.plan.profile
+        criteria = self.plan.criteria
+        for rate in profile.rates_pps:
+            for repeat in range(profile.repeat):
+                self._record(self.step(rate, repeat))
+                if self.stopped():
+                    return
+            found = knee.find_knee(self.steps, criteria)
+            if (self.plan.early_stop and found is not None and profile.early_stop_steps > 0
+                    and _rates_above(self.steps, found.offered_pps)
+                    >= max(profile.early_stop_steps, criteria.confirm_steps)):
+                return
+        retrial = knee.pending_confirmation_pps(self.steps, criteria)
+        if retrial is not None and not self.stopped():
+            self.planned += 1
+            repeats = sum(1 for s in self.steps if s["offered_pps"] == retrial)
+            self._record(self.step(retrial, repeats))
+
+    def _record(self, step: dict[str, Any]) -> None:
+        self.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step, len(self.steps), self.planned)
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def search(self) -> search.SearchResult:
+        profile = self.plan.profile
+        trials: list[dict[str, Any]] = []
+
+        def trial(rate_pps: float, duration_s: float) -> search.TrialOutcome:
+            step = self.step(rate_pps, 0, duration_s=duration_s)
+            step["search_trial"] = True
+            trials.append(step)
+            if self.on_step is not None:
+                self.on_step(step, len(self.steps) + len(trials), 0)
+            return search.TrialOutcome(offered_pps=rate_pps, loss_ratio=step["loss_ratio"],
+                                       sender_bound=step["sender_bound"],
+                                       duration_s=step["duration_s"],
+                                       sent_pps=step["sent_pps"])
+
+        result = search.search_throughput(
+            trial, min_pps=min(profile.rates_pps), max_pps=max(profile.rates_pps),
+            pdr_loss_ratio=profile.pdr_loss_ratio, precision=profile.precision,
+            initial_duration_s=min(0.5, profile.duration_s),
+            final_duration_s=max(profile.duration_s, min(0.5, profile.duration_s)))
+        self.search_steps = trials
+        return result
+
+
+def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = None,
+          early_stop: bool = True, on_step: StepCallback | None = None,
+          stop: threading.Event | None = None) -> SweepResult:
+    """Sweep `profile`'s rates against `target` (None: an embedded loopback server).
+
+    Returns the SweepResult with every step annotated, the knee (or None),
+    the Kneedle estimate and, when the profile asks, NDR/PDR.
+    """
+    plan = SweepPlan(profile, early_stop)
+    if target is None:
+        with LocalServer() as server:
+            return _sweep(server.target, plan, None, on_step, stop, embedded=True)
+    return _sweep(target, plan, secret, on_step, stop, embedded=False)
+
+
+def _sweep(target: Target, plan: SweepPlan, secret: bytes | None,
+           on_step: StepCallback | None, stop: threading.Event | None, *,
+           embedded: bool) -> SweepResult:
+    with Client(target, secret=secret) as client:
+        runner = _Runner(client, plan, on_step, stop)
+        runner.sweep()
+        found: search.SearchResult | None = None
+        if plan.profile.search and not runner.stopped():
+            found = runner.search()
+        buffers = client.buffers
+    analysis = knee.analyze_steps(runner.steps, plan.criteria)
+    env = environment(target.host)
+    env["engine"] = ENGINE_NAME
+    if buffers is not None:
+        env["client_socket_buffers_bytes"] = {"rcvbuf": buffers.rcvbuf_bytes,
+                                              "sndbuf": buffers.sndbuf_bytes}
+    config = {"target": "embedded loopback server" if embedded else str(target),
+              "early_stop": plan.early_stop, **plan.profile.to_dict()}
+    search_doc = None
+    if found is not None:
+        search_doc = found.to_dict()
+        search_doc["trials"] = getattr(runner, "search_steps", [])
+        search_doc["elapsed_s"] = found.elapsed_s
+        search_doc["stopped_by"] = found.stopped_by
+    return SweepResult(
+        environment=env, config=config, steps=tuple(analysis["steps"]), knee=analysis["knee"],
+        kneedle_pps=analysis["kneedle_pps"],
+        ndr_pps=found.ndr_pps if found is not None and "ndr" in plan.profile.search else None,
+        pdr_pps=found.pdr_pps if found is not None and "pdr" in plan.profile.search else None,
+        search=search_doc)
