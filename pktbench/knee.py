@@ -292,7 +292,10 @@ def attribute(step: Step) -> Attribution:
     """
     if step.get("sender_bound"):
         return "sender-bound"
-    lost = int(step.get("lost_packets") or 0)
+    lost_packets = step.get("lost_packets")
+    if lost_packets is None:
+        lost_packets = round(float(step.get("loss_ratio") or 0.0) * int(step.get("sent_packets") or 0))
+    lost = int(lost_packets)
     if lost <= 0:
         return "ok"
     receiver = step.get("receiver") or {}
@@ -310,7 +313,7 @@ class _Rate:
 
     offered_pps: float
     positions: tuple[int, ...]   # list positions of the non-sender-bound repeats
-    median_step: dict[str, Any]  # None when every repeat was sender-bound
+    median_step: dict[str, Any]  # {} when every repeat was sender-bound
     sender_bound: bool
 
 
@@ -554,22 +557,23 @@ def kneedle(x: Iterable[float], y: Iterable[float], *,
     # Float noise on a straight line must not look like a bend.
     diff[np.abs(diff) < 1e-12] = 0.0
     step_x = float(np.mean(np.diff(xn)))
-    n = diff.size
+    d = [float(v) for v in diff]
+    n = len(d)
 
     def is_max(i: int) -> bool:
-        return 0 < i < n - 1 and diff[i] > diff[i - 1] and diff[i] >= diff[i + 1]
+        return 0 < i < n - 1 and d[i - 1] < d[i] >= d[i + 1]
 
     def is_min(i: int) -> bool:
-        return 0 < i < n - 1 and diff[i] < diff[i - 1] and diff[i] <= diff[i + 1]
+        return 0 < i < n - 1 and d[i - 1] > d[i] <= d[i + 1]
 
     candidate: int | None = None
     threshold = 0.0
     for i in range(1, n):
-        if candidate is not None and diff[i] < threshold:
+        if candidate is not None and d[i] < threshold:
             return float(xs[original[candidate]])
         if is_max(i):
             candidate = i
-            threshold = float(diff[i]) - sensitivity * step_x
+            threshold = d[i] - sensitivity * step_x
         elif candidate is not None and is_min(i):
             threshold = 0.0
     return None

@@ -210,13 +210,15 @@ class _Search:
         upper_fail = min(fails, default=None)
         upper_cap = min(caps, default=None)
         upper: float | None
+        upper_by: UpperBoundBy
         if upper_fail is not None and (upper_cap is None or upper_fail <= upper_cap):
             upper, upper_by = upper_fail, "path"
         elif upper_cap is not None:
             upper, upper_by = upper_cap, "sender"
         else:
             upper, upper_by = None, "max_pps"
-        lower = hint = None
+        lower: float | None = None
+        hint: float | None = None
         for t in self.trials:
             if t.outcome.sender_bound or t.loss_ratio > goal_loss:
                 continue

@@ -418,3 +418,9 @@ def test_latency_kneedle_log_rate() -> None:
     assert latency_kneedle_pps(steps, log_rate=True) == pytest.approx(16_000.0)
     # On a linear axis the rise is log-shaped (concave): no convex bend to find.
     assert latency_kneedle_pps(steps) is None
+
+
+def test_attribution_derives_lost_packets_from_loss_ratio() -> None:
+    step = make_step(7000, loss_ratio=0.01, rcvbuf_errors=80)
+    del step["lost_packets"]
+    assert attribute(step) == "receiver-host-bound"
