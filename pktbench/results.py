@@ -133,7 +133,7 @@ def upgrade_document(document: Mapping[str, Any], source: str = "result") -> dic
             f"{source}: schema_version {version} is newer than this pktbench reads "
             f"({SCHEMA_VERSION}); upgrade pktbench (pip install -U pktbench)"
         )
-    doc = json.loads(json.dumps(document))
+    doc: dict[str, Any] = json.loads(json.dumps(document))
     while version < SCHEMA_VERSION:
         upgrade = _UPGRADES.get(version)
         if upgrade is None:

@@ -82,7 +82,7 @@ def _knee_row(a: SweepResult, b: SweepResult, tolerance: float) -> tuple[float |
         return None, "n/a", "neither sweep found a knee"
     if ka is None:
         max_a = _max_offered(a)
-        if max_a is not None and is_number(kb) and kb <= max_a:
+        if max_a is not None and kb is not None and kb <= max_a:
             return None, "worse", f"A had no knee up to {fmt_pps(max_a)} pps"
         return None, "n/a", f"A had no knee up to {fmt_pps(max_a)} pps"
     max_b = _max_offered(b)
@@ -207,7 +207,7 @@ def render_compare(comparison: Mapping[str, Any]) -> str:
     else:
         lines += ["", "the two sweeps share no offered rate: no per-rate comparison"]
     tolerance = comparison.get("tolerance")
-    if is_number(tolerance):
+    if isinstance(tolerance, (int, float)):
         lines += ["", f"changes within {tolerance * 100:g}% count as same; "
                       "rates: higher is better, latency and loss: lower is better"]
     return "\n".join(lines) + "\n"

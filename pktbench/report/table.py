@@ -185,9 +185,9 @@ def _summary_lines(result: SweepResult) -> list[str]:
         lines.append(f"kneedle estimate: {fmt_pps(result.kneedle_pps)} pps "
                      "(where the received-rate curve bends most)")
     for name, value in (("NDR", result.ndr_pps), ("PDR", result.pdr_pps)):
-        line = _search_line(name, value, result)
-        if line:
-            lines.append(line)
+        search_line = _search_line(name, value, result)
+        if search_line:
+            lines.append(search_line)
     return lines
 
 
