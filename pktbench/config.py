@@ -28,6 +28,7 @@ from typing import Any
 
 from pktbench import wire
 from pktbench.errors import ConfigError
+from pktbench.knee import KneeCriteria
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,31 +49,8 @@ MAX_DURATION_S = 3600.0
 MAX_STEPS = 1000
 
 
-@dataclass(frozen=True)
-class Criteria:
-    """When a step fails; the knee finder takes these as its thresholds.
-
-    Attributes:
-        max_loss_ratio: a step fails when lost/sent exceeds this.
-        latency_factor: a step fails when its p99 exceeds this many times the
-            baseline p99 (median of the first `baseline_steps` passing steps).
-        min_delivery_ratio: a step fails when received (or response) rate is
-            below this fraction of the offered rate.
-        baseline_steps: how many low-rate steps form the latency baseline.
-    """
-
-    max_loss_ratio: float = 0.001
-    latency_factor: float = 5.0
-    min_delivery_ratio: float = 0.99
-    baseline_steps: int = 2
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "max_loss_ratio": self.max_loss_ratio,
-            "latency_factor": self.latency_factor,
-            "min_delivery_ratio": self.min_delivery_ratio,
-            "baseline_steps": self.baseline_steps,
-        }
+# The knee finder owns the criteria; profiles only fill them in.
+Criteria = KneeCriteria
 
 
 @dataclass(frozen=True)
@@ -241,7 +219,8 @@ _TOP_KEYS = (
     "early_stop_steps",
 )
 _RATES_KEYS = ("from_pps", "to_pps", "steps", "scale", "list_pps")
-_CRITERIA_KEYS = ("max_loss_ratio", "latency_factor", "min_delivery_ratio", "baseline_steps")
+_CRITERIA_KEYS = ("max_loss_ratio", "latency_factor", "min_delivery_ratio", "baseline_steps",
+                  "confirm_steps", "latency_floor_us")
 _SEARCH_KEYS = ("methods", "pdr_loss_ratio", "precision")
 
 # Everything apply_overrides accepts besides Profile's own field names.
@@ -422,6 +401,10 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
                                    "criteria.min_delivery_ratio", minimum=0, maximum=1),
         baseline_steps=_integer(crit, "baseline_steps", _DC.baseline_steps, "criteria.baseline_steps",
                                 minimum=1, maximum=MAX_STEPS),
+        confirm_steps=_integer(crit, "confirm_steps", _DC.confirm_steps, "criteria.confirm_steps",
+                               minimum=0, maximum=MAX_STEPS),
+        latency_floor_us=_number(crit, "latency_floor_us", _DC.latency_floor_us,
+                                 "criteria.latency_floor_us", minimum=0),
     )
 
     search_table = _table(raw, "search")

@@ -19,7 +19,7 @@ Must not: do I/O, print, read clocks or know how steps were measured.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -86,6 +86,9 @@ class KneeCriteria:
     baseline_steps: int = 2
     confirm_steps: int = 1
     latency_floor_us: float = DEFAULT_LATENCY_FLOOR_US
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_loss_ratio <= 1.0:

@@ -33,10 +33,7 @@ class SweepPlan:
 
     @property
     def criteria(self) -> knee.KneeCriteria:
-        c = self.profile.criteria
-        return knee.KneeCriteria(max_loss_ratio=c.max_loss_ratio, latency_factor=c.latency_factor,
-                                 min_delivery_ratio=c.min_delivery_ratio,
-                                 baseline_steps=c.baseline_steps)
+        return self.profile.criteria
 
 
 def step_params_for(profile: Profile, rate_pps: float | None, *,
