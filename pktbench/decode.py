@@ -54,7 +54,8 @@ _DLT_RAW_ALIASES = (12, 14)  # DLT_RAW as some BSDs number it in files
 SUPPORTED_LINKTYPES: dict[int, str] = {
     LINKTYPE_NULL: "BSD loopback", LINKTYPE_ETHERNET: "Ethernet", LINKTYPE_RAW: "raw IP",
     LINKTYPE_LOOP: "OpenBSD loopback", LINKTYPE_LINUX_SLL: "Linux cooked (SLL)",
-    LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6", LINKTYPE_LINUX_SLL2: "Linux cooked (SLL2)",
+    LINKTYPE_IPV4: "raw IPv4", LINKTYPE_IPV6: "raw IPv6",
+    LINKTYPE_LINUX_SLL2: "Linux cooked (SLL2)",
     12: "raw IP", 14: "raw IP",
 }
 
@@ -361,7 +362,8 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
     elif magic == _PCAPNG_SHB:
         records = _pcapng_records(path, buf, link_types)
     else:
-        raise ConfigError(f"{path}: not a pcap or pcapng capture (starts with {magic.hex() or 'nothing'}); "
+        start = magic.hex() or "nothing"
+        raise ConfigError(f"{path}: not a pcap or pcapng capture (starts with {start}); "
                           f"write one with `tcpdump -w FILE`")
 
     totals = {"packets": 0, "pktbench": 0, "other_udp": 0, "non_udp": 0, "fragment": 0,

@@ -230,6 +230,35 @@ def test_pcapng_and_nanosecond_pcap(tmp_path: Path) -> None:
     assert nano.flows[0].last_ns - nano.flows[0].first_ns == 123
 
 
+def _pcapng_block(block_type: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    length = 12 + len(body)
+    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+
+
+def test_pcapng_nanosecond_resolution_and_two_interfaces(tmp_path: Path) -> None:
+    # Built by hand (pcapng spec): section header, an Ethernet interface with
+    # if_tsresol=9 (ns), a raw-IP interface at the default microseconds, and
+    # one enhanced packet block on each.
+    ether, raw_ip = raw(Ether() / _one_of_each()), raw(_one_of_each())
+    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb_ns = _pcapng_block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HHB", 9, 1, 9)
+                           + bytes(3) + struct.pack("<HH", 0, 0))
+    idb_us = _pcapng_block(1, struct.pack("<HHI", 101, 0, 0))
+    stamp_ns, stamp_us = T0 * 10**9 + 123, T0 * 10**6 + 7
+
+    def epb(interface: int, stamp: int, frame: bytes) -> bytes:
+        return _pcapng_block(6, struct.pack("<IIIII", interface, stamp >> 32, stamp & 0xFFFFFFFF,
+                                            len(frame), len(frame)) + frame)
+
+    path = tmp_path / "hand.pcapng"
+    path.write_bytes(shb + idb_ns + idb_us + epb(0, stamp_ns, ether) + epb(1, stamp_us, raw_ip))
+    result = decode_pcap(path)
+    assert result.link_types == (1, 101)
+    (flow,) = result.flows
+    assert (flow.packets, flow.first_ns, flow.last_ns) == (2, stamp_ns, stamp_us * 1000)
+
+
 def test_snaplen_truncation_is_counted(tmp_path: Path) -> None:
     frame = raw(Ether() / _one_of_each())
     headers = 14 + 20 + 8

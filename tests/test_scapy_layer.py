@@ -169,7 +169,8 @@ def test_other_ports_stay_raw() -> None:
 def test_summary_of_request_and_reply() -> None:
     request = wire.build_request(wire.COMMAND_GET, 100, token=1, seq=42, send_ns=3, stream_id=7)
     packet = IP(raw(IP() / UDP(sport=50000, dport=PORT) / request))
-    assert packet.summary() == "IP / UDP / pktbench request get stream=7 seq=42 / RESP GET / Padding"
+    assert packet.summary() == \
+        "IP / UDP / pktbench request get stream=7 seq=42 / RESP GET / Padding"
     reply = IP(raw(IP() / UDP(sport=PORT, dport=50000) / wire.build_reply(request)))
     assert reply.summary().startswith("IP / UDP / pktbench response get stream=7 seq=42 / RESP $")
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # send_ns 00000000deadbeef
 GOLDEN_FIELDS = dict(kind=1, command=2, flags=0, stream_id=0x0A0B, token=0x1122334455667788,
                      seq=0x0102030405060708, send_ns=0xDEADBEEF)
-GOLDEN_HEX = "504b" "01" "01" "02" "00" "0a0b" "1122334455667788" "0102030405060708" "00000000deadbeef"
+GOLDEN_HEX = ("504b" "01" "01" "02" "00" "0a0b"
+              "1122334455667788" "0102030405060708" "00000000deadbeef")
 
 ALL_COMMANDS = sorted(wire.COMMANDS.values())
 REPLIED_COMMANDS = [c for c in ALL_COMMANDS if c != wire.COMMAND_NONE]  # blasts get no reply
