@@ -461,9 +461,8 @@ def _policer_ruleset(ingress_ifnames: Sequence[str], config: TestbedConfig) -> s
     )
 
 
-def _build(config: TestbedConfig) -> None:
-    kernel = probe_kernel()
-    mechanism, delay_ms, _ = _resolve(config, kernel)
+def _build(config: TestbedConfig, mechanism: Literal["single", "ecmp", "bond"],
+           delay_ms: float) -> None:
     prefix = config.prefix
     ns = {side: namespace(side, prefix) for side in SIDES}
     for side in SIDES:
@@ -557,14 +556,16 @@ def up(config: TestbedConfig, *, replace: bool = True) -> TestbedInfo:
         if info is not None:
             return info
     present = _netns_names() & {namespace(s, config.prefix) for s in SIDES}
+    if present and not replace:
+        raise TestbedError(
+            f"testbed {config.prefix} exists with another config: run "
+            f"`pktbench testbed down` first (or replace it)")
+    # Refuse a config this kernel cannot build before touching a working testbed.
+    mechanism, delay_ms, _ = _resolve(config, probe_kernel())
     if present:
-        if not replace:
-            raise TestbedError(
-                f"testbed {config.prefix} exists with another config: run "
-                f"`pktbench testbed down` first (or replace it)")
         down(config.prefix)
     try:
-        _build(config)
+        _build(config, mechanism, delay_ms)
     except BaseException:
         with contextlib.suppress(Exception):
             down(config.prefix)
