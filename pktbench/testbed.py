@@ -54,6 +54,7 @@ ROOT_ERROR = "testbed needs root (CAP_NET_ADMIN): run as root"
 #: Service addresses (two paths): reached over every path.
 SERVICE_ADDRS: Mapping[Side, str] = {"a": "198.19.0.1", "b": "198.19.0.2"}
 BOND_IFNAME = "pkbond0"
+PROBE_PREFIX = "pktbprobe"  # throw-away namespaces: PROBE_PREFIX<pid>x<hex>
 NFT_TABLE = "pktbench"
 MIN_PPS_BURST = 100
 _STAMP_VERSION = 1
@@ -321,7 +322,7 @@ def probe_kernel() -> dict[str, bool]:
     """
     require_root()
     _require_tool("ip")
-    ns = f"pktbprobe{os.getpid()}{secrets.token_hex(3)}"
+    ns = f"{PROBE_PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
     _run(["ip", "netns", "add", ns])
     try:
         _run(["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"])
@@ -722,7 +723,8 @@ def status(prefix: str = DEFAULT_PREFIX) -> TestbedInfo | None:
                             "(only queueing delay under a rate cap remains)")
     policers: list[PolicerInfo] = []
     if config.pps_limit is not None:
-        for side in ((SIDES) if config.both_directions else ("b",)):
+        policed: tuple[Side, ...] = ("b", "a") if config.both_directions else ("b",)
+        for side in policed:
             counts = policer_counters(side, prefix)
             policers.append(PolicerInfo(
                 side=side, direction="a->b" if side == "b" else "b->a",

@@ -116,6 +116,7 @@ class Offer:
     received: int
     replies: int
     elapsed_s: float
+    span_s: float  # receiver: first to last packet
 
     @property
     def received_pps(self) -> float:
@@ -159,7 +160,8 @@ class NsUdp:
                 sink.kill()
                 sink.wait(timeout=5)
         return Offer(offered_pps=rate_pps, sent=sent["sent"], received=got["received"],
-                     replies=sent["replies"], elapsed_s=sent["elapsed_s"])
+                     replies=sent["replies"], elapsed_s=sent["elapsed_s"],
+                     span_s=got["span_s"])
 
 
 def _netns_usable() -> str | None:
