@@ -47,6 +47,8 @@ from typing import Any, Literal
 from pktbench.errors import ConfigError, TestbedError
 
 Side = Literal["a", "b"]
+Mechanism = Literal["single", "ecmp", "bond"]
+_MECHANISMS: tuple[Mechanism, ...] = ("single", "ecmp", "bond")
 SIDES: tuple[Side, Side] = ("a", "b")
 DEFAULT_PREFIX = "pktb"
 ROOT_ERROR = "testbed needs root (CAP_NET_ADMIN): run as root"
@@ -167,7 +169,7 @@ class TestbedInfo:
     prefix: str
     config: TestbedConfig
     namespaces: Mapping[Side, str]
-    mechanism: Literal["single", "ecmp", "bond"]
+    mechanism: Mechanism
     paths: tuple[PathInfo, ...]
     addrs: Mapping[Side, str]
     delay_applied_ms: float
@@ -233,7 +235,7 @@ def _check_prefix(prefix: str) -> None:
 def _check_side(side: str) -> Side:
     if side not in SIDES:
         raise ConfigError(f"testbed side must be 'a' or 'b' (got {side!r})")
-    return side  # type: ignore[return-value]
+    return side
 
 
 def _effective_caps() -> int | None:
@@ -358,7 +360,7 @@ def _stamp_text(config: TestbedConfig, mechanism: str, delay_applied_ms: float) 
     return text
 
 
-def _read_stamp(prefix: str) -> tuple[TestbedConfig, str, float] | None:
+def _read_stamp(prefix: str) -> tuple[TestbedConfig, Mechanism, float] | None:
     """The stamp of a complete testbed, or None when there is none (or a foreign one)."""
     out = subprocess.run(["ip", "-j", "-n", namespace("a", prefix), "link", "show",
                           ifname("a", 0)], capture_output=True, text=True,
@@ -368,10 +370,11 @@ def _read_stamp(prefix: str) -> tuple[TestbedConfig, str, float] | None:
     try:
         alias = json.loads(out.stdout)[0].get("ifalias", "")
         version, mechanism, delay_applied_ms, values = json.loads(alias)
-        if version != _STAMP_VERSION:
+        known = [m for m in _MECHANISMS if m == mechanism]
+        if version != _STAMP_VERSION or not known:
             return None
-        return TestbedConfig(*values), str(mechanism), float(delay_applied_ms)
-    except (ValueError, TypeError, KeyError, IndexError):
+        return TestbedConfig(*values), known[0], float(delay_applied_ms)
+    except (ValueError, TypeError, KeyError, IndexError, ConfigError):
         return None
 
 
@@ -379,7 +382,7 @@ def _read_stamp(prefix: str) -> tuple[TestbedConfig, str, float] | None:
 
 
 def _resolve(config: TestbedConfig, kernel: Mapping[str, bool]
-             ) -> tuple[Literal["single", "ecmp", "bond"], float, tuple[str, ...]]:
+             ) -> tuple[Mechanism, float, tuple[str, ...]]:
     """Pick the mechanism and delay this kernel allows, or say what is missing."""
     degradations: list[str] = []
     if config.rate_cap_bps is not None and not kernel[config.rate_cap_qdisc]:
@@ -397,7 +400,7 @@ def _resolve(config: TestbedConfig, kernel: Mapping[str, bool]
         delay_applied_ms = 0.0
         degradations.append(f"delay_ms={config.delay_ms:g} not applied: netem is missing "
                             "(only queueing delay under a rate cap remains)")
-    mechanism: Literal["single", "ecmp", "bond"]
+    mechanism: Mechanism
     if config.paths == 1:
         mechanism = "single"
     elif config.mechanism == "bond" or (config.mechanism == "auto" and kernel["bonding"]):
@@ -462,7 +465,7 @@ def _policer_ruleset(ingress_ifnames: Sequence[str], config: TestbedConfig) -> s
     )
 
 
-def _build(config: TestbedConfig, mechanism: Literal["single", "ecmp", "bond"],
+def _build(config: TestbedConfig, mechanism: Mechanism,
            delay_ms: float) -> None:
     prefix = config.prefix
     ns = {side: namespace(side, prefix) for side in SIDES}
@@ -480,7 +483,7 @@ def _build(config: TestbedConfig, mechanism: Literal["single", "ecmp", "bond"],
         _run(["ip", "link", "add", ifname("a", i), "netns", ns["a"], "mtu", str(config.mtu),
               "type", "veth", "peer", "name", ifname("b", i), "netns", ns["b"],
               "mtu", str(config.mtu)])
-    peer = {"a": "b", "b": "a"}
+    peer: dict[Side, Side] = {"a": "b", "b": "a"}
     host_octet = {"a": "1", "b": "2"}
     if mechanism == "bond":
         for side in SIDES:
@@ -551,12 +554,12 @@ def up(config: TestbedConfig, *, replace: bool = True) -> TestbedInfo:
     """
     require_root()
     _require_tool("ip")
-    existing = _read_stamp(config.prefix)
+    present = _netns_names() & {namespace(s, config.prefix) for s in SIDES}
+    existing = _read_stamp(config.prefix) if len(present) == 2 else None
     if existing is not None and existing[0] == config:
         info = status(config.prefix)
         if info is not None:
             return info
-    present = _netns_names() & {namespace(s, config.prefix) for s in SIDES}
     if present and not replace:
         raise TestbedError(
             f"testbed {config.prefix} exists with another config: run "
@@ -638,9 +641,7 @@ def interface_counters(side: Side, prefix: str = DEFAULT_PREFIX
     Returns:
         {ifname: {rx_packets, tx_packets, rx_bytes, tx_bytes, rx_dropped, tx_dropped}}
     """
-    require_root()
-    _check_side(side)
-    out = _run(["ip", "-j", "-s", "-n", namespace(side, prefix), "link", "show"])
+    out = _run(["ip", "-j", "-s", "-n", _existing_ns(side, prefix), "link", "show"])
     counters: dict[str, dict[str, int]] = {}
     for link in json.loads(out):
         stats = link.get("stats64") or link.get("stats") or {}
@@ -732,7 +733,7 @@ def status(prefix: str = DEFAULT_PREFIX) -> TestbedInfo | None:
                 seen_packets=counts["seen_packets"] if counts else None,
                 dropped_packets=counts["dropped_packets"] if counts else None))
     return TestbedInfo(
-        prefix=prefix, config=config, namespaces=ns, mechanism=mechanism,  # type: ignore[arg-type]
+        prefix=prefix, config=config, namespaces=ns, mechanism=mechanism,
         paths=paths, addrs=addrs, delay_applied_ms=delay_applied_ms,
         degradations=tuple(degradations),
         qdiscs={side: _qdisc_lines(ns[side]) for side in SIDES},

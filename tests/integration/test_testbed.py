@@ -141,6 +141,17 @@ def test_up_is_idempotent_and_rebuilds_on_a_new_config(make_testbed, testbed_pre
 
 
 @pytest.mark.root
+def test_half_built_leftover_is_reported_then_rebuilt(make_testbed, testbed_prefix) -> None:
+    make_testbed(pps_limit=5500)
+    subprocess.run(["ip", "netns", "del", f"{testbed_prefix}-b"], check=True)
+    with pytest.raises(TestbedError, match="half-built.*testbed down"):
+        tb.status(testbed_prefix)
+    info = make_testbed(pps_limit=5500)
+    assert set(info.namespaces.values()) == _our_namespaces(testbed_prefix)
+    assert info.policers[0].seen_packets == 0
+
+
+@pytest.mark.root
 def test_failure_mid_setup_removes_what_was_made(testbed_prefix: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tb, "_policer_ruleset", lambda names, config: "table bogus {\n")
