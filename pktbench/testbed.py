@@ -426,8 +426,10 @@ def _shape_egress(ns: str, dev: str, config: TestbedConfig, delay_ms: float) -> 
         _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem",
               "delay", f"{delay_ms:g}ms", "limit", "100000"])
         return
-    # A burst of 1 ms at the cap (never under 10 frames) keeps the cap exact at
-    # high rates without letting a whole TSO burst through at low ones.
+    # Burst: 1 ms at the cap, so timer granularity cannot pull high rates under
+    # it, and never under 10 full frames, so tbf can always send an MTU frame.
+    # Over t seconds a saturated path delivers about cap * t + burst (+ the
+    # 50 ms queue, which drains after the sender stops).
     burst_bytes = max(10 * (config.mtu + 14), rate // 8 // 1000)
     if config.rate_cap_qdisc == "tbf":
         tbf = ["tbf", "rate", f"{rate}bit", "burst", str(burst_bytes), "latency", "50ms"]
