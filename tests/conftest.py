@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -42,21 +41,3 @@ def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     finally:
         server.close()
         client.close()
-
-
-class ThreadedResponder:
-    """An engine ResponderLoop serving in a daemon thread until stopped."""
-
-    def __init__(self, loop: object, seconds: float) -> None:
-        from pktbench import engine
-
-        self.loop = loop
-        self.stop = threading.Event()
-        deadline = engine.monotonic_ns() + int(seconds * 1e9)
-        self.thread = threading.Thread(
-            target=loop.serve_until, args=(deadline, self.stop), daemon=True)  # type: ignore[attr-defined]
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)

@@ -10,7 +10,7 @@ import pytest
 from pktbench import engine, histogram, wire
 from pktbench._engine import HISTOGRAM_BUCKETS, hist_record
 
-from conftest import ThreadedResponder
+from engine_support import ThreadedResponder
 
 TOKEN = 0x0123456789ABCDEF
 
