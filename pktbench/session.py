@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pktbench import engine, protocol, wire
 from pktbench._version import __version__
@@ -39,6 +39,38 @@ from pktbench.protocol import Role, StepParams
 from pktbench.step import summarize_step
 
 CAPABILITIES = ("rr", "blast")
+
+
+class TcpStepHandler(Protocol):
+    """The server side of a step whose data runs over TCP connections.
+
+    The server hands it every data connection that presents the step's data
+    token from the session's peer; `finish` stops it and returns the
+    receiver's counters for StepResult. It must never block the caller for
+    longer than the step's drain.
+    """
+
+    token: int
+    peer_ip: str
+
+    def add_connection(self, conn: socket.socket, stream_id: int) -> None: ...
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]: ...
+
+
+# workload name -> factory(step, data token, peer ip); filled by the modules
+# that implement TCP workloads when they are imported.
+TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] = {}
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+    return data
 _U64 = (1 << 64) - 1
 
 
@@ -100,6 +132,7 @@ class ServerStats:
     refused_steps: int = 0
     protocol_errors: int = 0
     unsolicited_datagrams: int = 0
+    rejected_data_connections: int = 0
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
 
 
@@ -115,6 +148,8 @@ class Server:
         self._listener: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._rxq_dropped = 0
+        self._workers: set[threading.Thread] = set()
+        self._tcp_step: TcpStepHandler | None = None
         self.buffers: engine.BufferSizes | None = None
 
     # -- set-up ------------------------------------------------------------
@@ -179,7 +214,6 @@ class Server:
         """Accept sessions until stop() (or after one session with `once`)."""
         assert self._listener is not None
         self._listener.settimeout(0.2)
-        workers: list[threading.Thread] = []
         while not self._stop.is_set():
             try:
                 conn, peer = self._listener.accept()
@@ -191,14 +225,45 @@ class Server:
                 if self._stop.is_set():
                     break
                 raise
-            if not self._busy.acquire(blocking=False):
-                threading.Thread(target=self._refuse_busy, args=(conn, peer), daemon=True).start()
-                continue
-            worker = threading.Thread(target=self._session_thread, args=(conn, peer), daemon=True)
-            workers.append(worker)
-            worker.start()
-        for worker in workers:
+            threading.Thread(target=self._dispatch, args=(conn, peer), daemon=True).start()
+        for worker in list(self._workers):
             worker.join(timeout=5)
+
+    def _dispatch(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
+        """A control connection starts a session; a data connection joins a step."""
+        try:
+            conn.settimeout(5.0)
+            first = conn.recv(len(wire.DATA_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
+        except OSError:
+            conn.close()
+            return
+        if first == wire.DATA_MAGIC:
+            self._attach_data(conn, str(peer[0]))
+            return
+        if not self._busy.acquire(blocking=False):
+            self._refuse_busy(conn, peer)
+            return
+        worker = threading.current_thread()
+        self._workers.add(worker)
+        try:
+            self._session_thread(conn, peer)
+        finally:
+            self._workers.discard(worker)
+
+    def _attach_data(self, conn: socket.socket, peer_ip: str) -> None:
+        try:
+            stream_id, token = wire.unpack_data_preamble(_recv_exactly(conn,
+                                                                       wire.DATA_PREAMBLE_SIZE))
+        except (OSError, ValueError):
+            self.stats.rejected_data_connections += 1
+            conn.close()
+            return
+        handler = self._tcp_step
+        if handler is None or handler.token != token or handler.peer_ip != peer_ip:
+            self.stats.rejected_data_connections += 1
+            conn.close()
+            return
+        handler.add_connection(conn, stream_id)
 
     def _refuse_busy(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
         self.stats.busy_refusals += 1
@@ -230,6 +295,7 @@ class Server:
             self.stats.protocol_errors += 1
             outcome = f"internal error: {type(exc).__name__}: {exc}"
         finally:
+            self._tcp_step = None
             conn.close()
             self._busy.release()
         self._log(f"session {peer[0]}: {self.stats.steps - steps_before} steps in "
@@ -272,20 +338,44 @@ class Server:
             params = dict(event.params)
             client_port = params.pop("client_port", None)
             try:
-                if not isinstance(client_port, int) or not 1 <= client_port <= 65535:
-                    raise ConfigError("step params: client_port must be the client's UDP port")
                 step = protocol.validate_step_params(
                     params, max_rate_pps=self.config.max_rate_pps,
                     max_duration_s=self.config.max_duration_s)
-                if step.workload == "bulk":
-                    raise ConfigError("step params: workload bulk is not served over UDP")
+                if step.workload in CAPABILITIES and (
+                        not isinstance(client_port, int) or not 1 <= client_port <= 65535):
+                    raise ConfigError("step params: client_port must be the client's UDP port")
+                if step.workload not in CAPABILITIES and step.workload not in TCP_STEP_HANDLERS:
+                    raise ConfigError(f"step params: workload {step.workload} is not served here")
             except ConfigError as exc:
                 self.stats.refused_steps += 1
                 _send(conn, cc, protocol.Error("refused", str(exc)))
                 continue
-            self._run_step(conn, cc, step, (peer_ip, client_port),
-                           data_token(session_token, step_id), step_id)
+            token = data_token(session_token, step_id)
+            if step.workload in TCP_STEP_HANDLERS:
+                self._run_tcp_step(conn, cc, step, peer_ip, token, step_id)
+            else:
+                self._run_step(conn, cc, step, (peer_ip, client_port), token, step_id)
             step_id += 1
+
+    def _run_tcp_step(self, conn: socket.socket, cc: protocol.ControlConnection,
+                      step: StepParams, peer_ip: str, token: int, step_id: int) -> None:
+        handler = TCP_STEP_HANDLERS[step.workload](step, token, peer_ip)
+        hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
+        self._tcp_step = handler
+        sender: dict[str, Any] = {}
+        try:
+            _send(conn, cc, protocol.StepReady(step_id))
+            event = _receive(conn, cc, hard_limit_s)
+            if isinstance(event, protocol.Bye):
+                _send(conn, cc, protocol.Goodbye())
+                raise RemoteProtocolError("client left mid-step")
+            assert isinstance(event, protocol.StepStop)
+            sender = dict(event.sender)
+        finally:
+            self._tcp_step = None
+            receiver = handler.finish(sender)
+        self.stats.steps += 1
+        _send(conn, cc, protocol.StepResult(step_id, receiver))
 
     def _flush_udp(self) -> None:
         """Drop whatever arrived while no step was armed, counting it."""
@@ -363,6 +453,13 @@ class Server:
 # --------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArmedStep:
+    step_id: int
+    token: int
+    params: StepParams
+
 
 class Client:
     """One control session to a server; runs steps and returns step dicts."""
@@ -459,38 +556,69 @@ class Client:
             except OSError:
                 continue  # a queued ICMP error from an earlier step; keep draining
 
-    def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
-                 stop: threading.Event | None = None) -> dict[str, Any]:
-        """Run one step on the server and return its step dict."""
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """(address, port) of the server's data port."""
+        assert self._data is not None
+        host, port = self._data.getpeername()[:2]
+        return str(host), int(port)
+
+    @property
+    def data_socket(self) -> socket.socket:
+        """The connected UDP socket every UDP step of this session uses."""
+        assert self._data is not None
+        return self._data
+
+    def begin_step(self, params: StepParams) -> ArmedStep:
+        """Ask the server to arm a step; returns once it is ready for data.
+
+        The caller then sends the step's traffic (with `ArmedStep.token` in
+        every header, or in every TCP data preamble) and calls `end_step`.
+        """
         assert self._control is not None and self._data is not None
-        if params.workload not in CAPABILITIES:
-            raise ConfigError(f"workload {params.workload} is not available over UDP")
         request = params.to_dict()
         request["client_port"] = self._data.getsockname()[1]
         self._flush_data()
         _send(self._control, self._cc, protocol.StepRequest(request))
         ready = self._expect((protocol.StepReady,), 10.0)
         assert isinstance(ready, protocol.StepReady)
-        token = data_token(self._session_token, ready.step_id)
-        command = wire.COMMANDS[params.command]
-        template = wire.build_request(command, params.size_bytes, token=token, seq=0, send_ns=0)
+        return ArmedStep(ready.step_id, data_token(self._session_token, ready.step_id), params)
+
+    def end_step(self, sender: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:
+        """Tell the server sending has stopped; returns the receiver's counters."""
+        assert self._control is not None
+        _send(self._control, self._cc, protocol.StepStop(sender))
+        result = self._expect((protocol.StepResult,), timeout_s)
+        assert isinstance(result, protocol.StepResult)
+        return dict(result.receiver)
+
+    def abandon_step(self) -> None:
+        """Leave mid-step so the server disarms at once, not at its deadline."""
+        assert self._control is not None
+        try:
+            _send(self._control, self._cc, protocol.Bye())
+        except (PktbenchError, OSError):
+            pass
+
+    def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
+        """Run one UDP step on the server and return its step dict."""
+        if params.workload not in CAPABILITIES:
+            raise ConfigError(f"workload {params.workload} is not available over UDP")
+        armed = self.begin_step(params)
+        template = wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
+                                      token=armed.token, seq=0, send_ns=0)
         try:
             outcome = engine.run_sender(
-                self._data, template, rate_pps=params.rate_pps, duration_s=params.duration_s,
-                warmup_s=params.warmup_s, drain_s=params.drain_s,
+                self.data_socket, template, rate_pps=params.rate_pps,
+                duration_s=params.duration_s, warmup_s=params.warmup_s, drain_s=params.drain_s,
                 expect_replies=params.workload == "rr", busy_poll=params.busy_poll,
                 timeout_s=params.timeout_s, stop=stop)
         except BaseException:
-            # Abandon the step so the server disarms at once, not at its deadline.
-            try:
-                _send(self._control, self._cc, protocol.Bye())
-            except (PktbenchError, OSError):
-                pass
+            self.abandon_step()
             raise
-        _send(self._control, self._cc, protocol.StepStop({"sent": outcome.counters["sent"]}))
-        result = self._expect((protocol.StepResult,), params.drain_s + 15.0)
-        assert isinstance(result, protocol.StepResult)
-        return summarize_step(params, outcome, dict(result.receiver), index=index, repeat=repeat)
+        receiver = self.end_step({"sent": outcome.counters["sent"]}, params.drain_s + 15.0)
+        return summarize_step(params, outcome, receiver, index=index, repeat=repeat)
 
     def close(self) -> None:
         if self._control is not None:

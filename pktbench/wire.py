@@ -96,6 +96,29 @@ KEY = b"pktbench:key"
 
 MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
 
+# A TCP data connection (bulk or RESP streams) opens with this preamble on
+# the control port, so the server can tell it from a control connection and
+# tie it to the step whose data token it carries.
+DATA_MAGIC = b"PKTD"
+_DATA_PREAMBLE = struct.Struct("!4sBBHQ")  # magic, version, reserved, stream_id, token
+DATA_PREAMBLE_SIZE = _DATA_PREAMBLE.size
+
+
+def pack_data_preamble(stream_id: int, token: int) -> bytes:
+    return _DATA_PREAMBLE.pack(DATA_MAGIC, VERSION, 0, stream_id, token)
+
+
+def unpack_data_preamble(data: bytes) -> tuple[int, int]:
+    """(stream_id, token) of a data-connection preamble; ValueError if it is not one."""
+    if len(data) != DATA_PREAMBLE_SIZE:
+        raise ValueError(f"data preamble must be {DATA_PREAMBLE_SIZE} bytes, got {len(data)}")
+    magic, version, _, stream_id, token = _DATA_PREAMBLE.unpack(data)
+    if magic != DATA_MAGIC:
+        raise ValueError("not a pktbench data connection")
+    if version != VERSION:
+        raise ValueError(f"data connection speaks version {version}, this end {VERSION}")
+    return stream_id, token
+
 
 class Header(NamedTuple):
     magic: int
