@@ -15,6 +15,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -59,8 +60,10 @@ class TcpStepHandler(Protocol):
 
 
 # workload name -> factory(step, data token, peer ip); filled by the modules
-# that implement TCP workloads when they are imported.
+# that implement TCP workloads when they are imported (the server imports
+# every module named in TCP_WORKLOAD_MODULES when it opens).
 TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] = {}
+TCP_WORKLOAD_MODULES: tuple[str, ...] = ()
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -167,6 +170,8 @@ class Server:
         return str(host), int(port)
 
     def open(self) -> None:
+        for module in TCP_WORKLOAD_MODULES:
+            importlib.import_module(module)
         family = socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET
         for _ in range(20):
             listener = socket.socket(family, socket.SOCK_STREAM)
