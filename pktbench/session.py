@@ -669,10 +669,14 @@ class LocalServer:
         return Target(self.bind, self.port)
 
     def start(self) -> None:
+        # Run from the directory holding the package we were imported from, so
+        # `-m pktbench` in the child finds this same pktbench, not a source
+        # tree without its compiled engine that happens to be the cwd.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pktbench", "serve", "--bind", self.bind, "--port", "0",
              "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=package_root)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
