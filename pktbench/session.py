@@ -300,9 +300,11 @@ class Server:
             self.stats.protocol_errors += 1
             outcome = f"internal error: {type(exc).__name__}: {exc}"
         finally:
+            # Free the server before the peer sees the close, so a client
+            # that reconnects at once is not told the server is busy.
             self._tcp_step = None
-            conn.close()
             self._busy.release()
+            conn.close()
         self._log(f"session {peer[0]}: {self.stats.steps - steps_before} steps in "
                   f"{time.monotonic() - started:.1f} s, {outcome}")
 
