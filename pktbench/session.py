@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pktbench import engine, protocol, wire
+from pktbench import engine, nic, protocol, wire
 from pktbench._version import __version__
 from pktbench.address import Target, resolve
 from pktbench.errors import (
@@ -37,6 +37,7 @@ from pktbench.errors import (
     RemoteProtocolError,
 )
 from pktbench.protocol import Role, StepParams
+from pktbench.results import interface_for
 from pktbench.step import summarize_step
 
 CAPABILITIES = ("rr", "blast")
@@ -414,6 +415,8 @@ class Server:
         stop = threading.Event()
         cpu: dict[str, float] = {}
         host_drops_before = engine.udp_rcvbuf_errors()
+        interface = interface_for(peer[0])
+        nic_before = nic.read_counters(interface)
 
         def serve() -> None:
             before = engine.thread_cpu_s()
@@ -448,6 +451,8 @@ class Server:
         receiver["rcvbuf_errors"] = max(rxq_total - self._rxq_dropped, 0)
         self._rxq_dropped = max(rxq_total, self._rxq_dropped)
         receiver["host_rcvbuf_errors"] = engine.udp_rcvbuf_errors() - host_drops_before
+        receiver["interface"] = interface
+        receiver["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
         receiver["received_packets"] = receiver["received"]
         receiver["cpu_percent"] = 100.0 * cpu.get("s", 0.0) / elapsed if elapsed > 0 else 0.0
         receiver["buffers_bytes"] = self.buffers.rcvbuf_bytes if self.buffers else None
@@ -612,6 +617,8 @@ class Client:
         """Run one UDP step on the server and return its step dict."""
         if params.workload not in CAPABILITIES:
             raise ConfigError(f"workload {params.workload} is not available over UDP")
+        interface = interface_for(self.server_address[0])
+        nic_before = nic.read_counters(interface)
         armed = self.begin_step(params)
         template = wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
                                       token=armed.token, seq=0, send_ns=0)
@@ -625,7 +632,10 @@ class Client:
             self.abandon_step()
             raise
         receiver = self.end_step({"sent": outcome.counters["sent"]}, params.drain_s + 15.0)
-        return summarize_step(params, outcome, receiver, index=index, repeat=repeat)
+        step = summarize_step(params, outcome, receiver, index=index, repeat=repeat)
+        step["sender"]["interface"] = interface
+        step["sender"]["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
+        return step
 
     def close(self) -> None:
         if self._control is not None:

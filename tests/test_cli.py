@@ -157,3 +157,24 @@ def test_sweep_json_to_stdout_stays_valid_json():
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["steps"][0]["offered_pps"] == 1000
+
+
+def test_sweep_plot_and_compare(tmp_path):
+    pytest.importorskip("matplotlib", reason="plotting is an optional extra")
+    old, new, plot = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "curve.png"
+    for path, extra in ((old, ["--plot", str(plot)]), (new, [])):
+        code, _, err = invoke("sweep", "--rates", "1k,3k", "--duration", "0.3", "--warmup", "0",
+                              "--quiet", "--json", str(path), *extra)
+        assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = invoke("compare", str(old), str(new))
+    assert code == 0, err
+    assert "old" in out and "new" in out and "1,000" in out
+
+
+def test_compare_refuses_a_file_that_is_not_a_result(tmp_path):
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("{\"hello\": 1}")
+    code, _, err = invoke("compare", str(bogus), str(bogus))
+    assert code == 1
+    assert "bogus.json" in one_line_error(err)
