@@ -276,6 +276,8 @@ cdef class PacedSender:
     cdef bint expect_replies
     cdef bint busy_poll
     cdef bint warmup
+    cdef uint64_t max_outstanding
+    cdef uint64_t last_send_ns
     cdef _SeqWindow window
     cdef uint64_t[::1] c
     cdef uint64_t[::1] h_sched
@@ -287,7 +289,8 @@ cdef class PacedSender:
     cdef readonly object send_lag_hist
 
     def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
-                  bint busy_poll=False, double timeout_s=1.0, int batch=64):
+                  bint busy_poll=False, double timeout_s=1.0, int batch=64,
+                  uint64_t max_outstanding=0):
         if len(template) < WIRE_HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
@@ -298,6 +301,7 @@ cdef class PacedSender:
         self.period_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
         self.expect_replies = expect_replies
         self.busy_poll = busy_poll
+        self.max_outstanding = max_outstanding if expect_replies else 0
         self.timeout_ns = <uint64_t>(timeout_s * 1e9)
         self.token = load_be64(<const uint8_t *><const char *>template + WIRE_OFF_TOKEN)
         self.tx_buf = <uint8_t *>calloc(batch, self.size)
@@ -397,11 +401,13 @@ cdef class PacedSender:
     cdef int _run(self, uint64_t until_ns, bint send) noexcept nogil:
         cdef uint64_t now, due, wake
         cdef uint64_t n_due
-        cdef int n, sent, rc, i
+        cdef int n, sent, rc
+        cdef bint window_full
         while True:
             now = now_ns()
             if now >= until_ns:
                 return 0
+            window_full = False
             if send and self.next_seq < self.limit:
                 if self.period_ns > 0:
                     n_due = <uint64_t>((<double>(now - self.t0_ns)) / self.period_ns) + 1 \
@@ -411,6 +417,9 @@ cdef class PacedSender:
                     n_due = self.batch
                 if n_due > self.limit - self.next_seq:
                     n_due = self.limit - self.next_seq
+                if self.max_outstanding > 0 and n_due > 0:
+                    n_due = self._window_room(now, n_due)
+                    window_full = n_due == 0
                 if n_due > 0:
                     n = <int>n_due if n_due < <uint64_t>self.batch else self.batch
                     sent = self._send(n, now)
@@ -433,6 +442,12 @@ cdef class PacedSender:
                     continue
             if self.busy_poll:
                 continue
+            if window_full:
+                # Closed loop: sleep until the reply arrives, or until the
+                # timeout frees the slot of a request whose reply was lost.
+                wake = self.last_send_ns + self.timeout_ns
+                sleep_until(self.fd, True, wake if wake < until_ns else until_ns)
+                continue
             if send and self.next_seq < self.limit:
                 due = self.due_ns(self.next_seq)
             else:
@@ -442,6 +457,22 @@ cdef class PacedSender:
             now = now_ns()
             if due > now + SPIN_MARGIN_NS:
                 sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
+
+    cdef inline uint64_t _window_room(self, uint64_t now, uint64_t n_due) noexcept nogil:
+        """Closed-loop cap: at most max_outstanding requests unanswered.
+
+        A request unanswered for longer than the timeout no longer holds its
+        slot (it will count as lost), so a lost reply cannot stall the loop.
+        """
+        cdef uint64_t answered = self.c[S_RECEIVED] + self.c[S_LATE]
+        cdef uint64_t in_flight = self.next_seq - answered if self.next_seq > answered else 0
+        if in_flight >= self.max_outstanding:
+            if now - self.last_send_ns < self.timeout_ns:
+                return 0
+            return 1
+        if n_due > self.max_outstanding - in_flight:
+            return self.max_outstanding - in_flight
+        return n_due
 
     cdef int _send(self, int n, uint64_t now) noexcept nogil:
         cdef int i
@@ -476,6 +507,7 @@ cdef class PacedSender:
                 if lag > self.c[S_LAG_MAX_NS]:
                     self.c[S_LAG_MAX_NS] = lag
         self.next_seq += sent
+        self.last_send_ns = now
         self.c[S_SENT] += sent
         self.c[S_SENT_BYTES] += <uint64_t>sent * <uint64_t>self.size
         return sent
@@ -519,13 +551,16 @@ cdef class PacedSender:
             if self.window.test(seq):
                 self.c[S_DUPLICATE] += 1
                 continue
-            sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
+            sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
+            actual_lat = rx - sent_at if rx > sent_at else 0
+            if self.period_ns > 0:
+                sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
+            else:
+                sched_lat = actual_lat  # "as fast as possible" has no schedule
             if sched_lat > self.timeout_ns:
                 self.c[S_LATE] += 1
                 continue
             self.window.set(seq)
-            sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
-            actual_lat = rx - sent_at if rx > sent_at else 0
             self.c[S_RECEIVED] += 1
             self.c[S_RECEIVED_BYTES] += self.rx_msgs[i].msg_len
             self.h_sched[hist_index(sched_lat)] += 1

@@ -153,12 +153,15 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
               help="UDP payload bytes per packet, header included.")
 @click.option("--busy-poll", is_flag=True,
               help="Spin on the sockets at both ends instead of sleeping (lower latency).")
+@click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
+              help="rr: at most N requests in flight (1 = ping-pong); default open loop.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="A response later than this counts as lost, seconds.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @token_options
 def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
-        warmup: float, size: int, busy_poll: bool, timeout: float, json_path: str | None,
+        warmup: float, size: int, busy_poll: bool, outstanding: int | None, timeout: float,
+        json_path: str | None,
         token: str | None, token_file: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
     from pktbench import api
@@ -168,7 +171,8 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
         check_output_path(json_path, "json")
     params = api.step_params(workload=workload, command=command if workload == "rr" else "none",
                              rate_pps=rate, duration_s=duration, warmup_s=warmup,
-                             size_bytes=size, busy_poll=busy_poll, timeout_s=timeout)
+                             size_bytes=size, busy_poll=busy_poll, timeout_s=timeout,
+                             outstanding=outstanding if workload == "rr" else None)
     secret = read_secret(token, token_file)
     step = api.run_step(target, params, secret=secret)
     out = sys.stderr if json_path == "-" else sys.stdout

@@ -151,10 +151,12 @@ class _Sender:
     """Holds a PacedSender and its phase limit (the cdef class hides it)."""
 
     def __init__(self, sock: socket.socket, template: bytes, rate_pps: float | None,
-                 expect_replies: bool, busy_poll: bool, timeout_s: float, batch: int) -> None:
+                 expect_replies: bool, busy_poll: bool, timeout_s: float, batch: int,
+                 outstanding: int | None) -> None:
         self.engine = _engine.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
                                           expect_replies=expect_replies, busy_poll=busy_poll,
-                                          timeout_s=timeout_s, batch=batch)
+                                          timeout_s=timeout_s, batch=batch,
+                                          max_outstanding=outstanding or 0)
         self.limit = 0
 
     def phase(self, t0_ns: int, limit: int, warmup: bool) -> None:
@@ -183,16 +185,20 @@ UNLIMITED = 1 << 62
 def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
                duration_s: float, warmup_s: float = 0.0, drain_s: float = 0.5,
                expect_replies: bool, busy_poll: bool = False, timeout_s: float = 1.0,
-               batch: int = 64, stop: threading.Event | None = None) -> SenderOutcome:
+               batch: int = 64, outstanding: int | None = None,
+               stop: threading.Event | None = None) -> SenderOutcome:
     """Send one step from a connected UDP socket and collect replies.
 
     The schedule is absolute: packet i of the measured window is due at
     t0 + i / rate_pps, so its count is exactly duration_s * rate_pps when the
     sender keeps up. Warm-up packets carry the warm-up flag, are sent on the
     same schedule just before t0 and are never counted by either end.
-    rate_pps None sends as fast as the socket takes packets.
+    rate_pps None sends as fast as the socket takes packets. `outstanding`
+    closes the loop: at most that many requests wait for replies at once
+    (1 = ping-pong, as netperf UDP_RR and sockperf ping-pong measure).
     """
-    sender = _Sender(sock, template, rate_pps, expect_replies, busy_poll, timeout_s, batch)
+    sender = _Sender(sock, template, rate_pps, expect_replies, busy_poll, timeout_s, batch,
+                     outstanding)
     period_ns = 1e9 / rate_pps if rate_pps else 0.0
     start_ns = monotonic_ns() + 1_000_000
     warmup_sent = 0

@@ -806,6 +806,7 @@ class StepParams:
     command: str = "ping"
     rate_pps: float | None = None
     count: int | None = None
+    outstanding: int | None = None
     duration_s: float = 1.0
     warmup_s: float = 0.0
     drain_s: float = 0.2
@@ -831,6 +832,10 @@ class StepParams:
             if self.rate_pps <= 0:
                 raise _step_error(f"rate_pps must be > 0, or null for as fast as possible "
                                   f"(got {self.rate_pps:g})")
+        if self.outstanding is not None and not 1 <= _integer("outstanding",
+                                                              self.outstanding) <= 65536:
+            raise _step_error(f"outstanding must be 1..65536 requests, or null for open loop "
+                              f"(got {self.outstanding})")
         if self.count is not None and _integer("count", self.count) < 1:
             raise _step_error(f"count must be >= 1, or null to run for duration_s "
                               f"(got {self.count})")

@@ -627,7 +627,7 @@ class Client:
                 self.data_socket, template, rate_pps=params.rate_pps,
                 duration_s=params.duration_s, warmup_s=params.warmup_s, drain_s=params.drain_s,
                 expect_replies=params.workload == "rr", busy_poll=params.busy_poll,
-                timeout_s=params.timeout_s, stop=stop)
+                timeout_s=params.timeout_s, outstanding=params.outstanding, stop=stop)
         except BaseException:
             self.abandon_step()
             raise
