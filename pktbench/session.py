@@ -634,6 +634,9 @@ class Client:
         receiver = self.end_step({"sent": outcome.counters["sent"]}, params.drain_s + 15.0)
         step = summarize_step(params, outcome, receiver, index=index, repeat=repeat)
         step["sender"]["interface"] = interface
+        if self.buffers is not None:
+            step["sender"]["socket_buffers_bytes"] = {"rcvbuf": self.buffers.rcvbuf_bytes,
+                                                      "sndbuf": self.buffers.sndbuf_bytes}
         step["sender"]["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
         return step
 
