@@ -194,7 +194,7 @@ class Crafter:
         """A request (or blast packet) of this step, with header fields overridden."""
         cmd = self.command if command is None else command
         size = self.size_bytes if size_bytes is None else size_bytes
-        fields: dict[str, int] = {
+        fields: dict[str, Any] = {
             "kind": wire.KIND_BLAST if cmd == wire.COMMAND_NONE else wire.KIND_REQUEST,
             "command": cmd, "token": self.token, "seq": seq, "send_ns": time.monotonic_ns()}
         fields.update(header)
@@ -212,7 +212,8 @@ class Crafter:
         from scapy.layers.inet import fragment
 
         packet = self.ip_packet(payload, ip_id=0x5042)
-        return tuple(bytes(piece) for piece in fragment(packet, fragsize=FRAGMENT_BYTES))
+        return tuple(bytes(piece) for piece in fragment(  # type: ignore[no-untyped-call]
+            packet, fragsize=FRAGMENT_BYTES))
 
     def bad_checksum(self, payload: bytes) -> bytes:
         from scapy.layers.inet import IP, UDP
@@ -363,6 +364,8 @@ CASES: tuple[Case, ...] = (
 )
 
 SERVING_CASE = "still serving"
+SERVING_EXPECTED = (f"a {SERVING_RATE_PPS:g} pps x {SERVING_DURATION_S:g} s rr step gets "
+                    "every response")
 CASE_NAMES: tuple[str, ...] = tuple(c.name for c in CASES) + (SERVING_CASE,)
 
 
@@ -658,8 +661,7 @@ class _Runner:
                           problems=tuple(problems))
 
     def run_serving(self) -> CaseResult:
-        expected = (f"a {SERVING_RATE_PPS:g} pps x {SERVING_DURATION_S:g} s rr step gets "
-                    "every response")
+        expected = SERVING_EXPECTED
         params = StepParams(workload="rr", command="ping", rate_pps=SERVING_RATE_PPS,
                             duration_s=SERVING_DURATION_S, drain_s=0.5, timeout_s=1.0,
                             size_bytes=STEP_SIZE_BYTES)
@@ -685,7 +687,7 @@ def _run_all(client: Client, cases: tuple[Case, ...], serving: bool) -> list[Cas
     results: list[CaseResult] = []
     pending = [(c.name, c.expected) for c in cases]
     if serving:
-        pending.append((SERVING_CASE, "every response"))
+        pending.append((SERVING_CASE, SERVING_EXPECTED))
     try:
         for case in cases:
             results.append(runner.run_case(case))
@@ -761,8 +763,9 @@ def render_table(report: ValidationReport) -> str:
     verdict = (f"{report.target} ({report.server}): {passed} passed, {failed} failed, "
                f"{skipped} skipped")
     if skipped:
-        reasons = sorted({c.observed for c in report.skipped})
-        verdict += f" ({'; '.join(reasons)})"
+        reasons = sorted({c.observed.removeprefix("skipped (").removesuffix(")")
+                          for c in report.skipped})
+        verdict += f" ({'; '.join(reasons)}: not passed, not failed)"
     return f"{table}\n{verdict}"
 
 
