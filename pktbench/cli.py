@@ -514,3 +514,50 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
     except PktbenchError as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(proc.returncode)
+
+
+# -- validate: crafted good and bad datagrams against a server -------------------
+
+@main.command("validate")
+@click.argument("target", required=False, metavar="[HOST[:PORT]]")
+@click.option("--case", "case_names", multiple=True, metavar="NAME",
+              help="Run only this case (repeatable); names as in the table.")
+@click.option("--json", "json_path", metavar="FILE",
+              help="Write the report as JSON ('-' = stdout, the table then goes to stderr).")
+@token_options
+def validate_command(target: str | None, case_names: tuple[str, ...], json_path: str | None,
+                     token: str | None, token_file: str | None) -> None:
+    """Check a server against crafted packets: valid requests answered exactly,
+    malformed ones dropped and counted by reason, still serving afterwards.
+
+    Without HOST, a server is started on this machine. Exit 0 when no case
+    failed (cases that need root are skipped without it), 1 otherwise.
+    """
+    import json
+
+    from pktbench.report import check_output_path
+    from pktbench.validate import VALIDATE_SCHEMA_VERSION, render_table, validate
+
+    if json_path:
+        check_output_path(json_path, "json")
+
+    def write(document: dict[str, Any]) -> None:
+        text = json.dumps(document, indent=2) + "\n"
+        if json_path == "-":
+            click.echo(text, nl=False)
+        elif json_path:
+            Path(json_path).write_text(text, encoding="utf-8")
+
+    try:
+        report = validate(target, read_secret(token, token_file),
+                          cases=case_names or None)
+    except PktbenchError as exc:
+        if json_path:
+            # stdout stays one valid JSON document, errors included.
+            write({"schema_version": VALIDATE_SCHEMA_VERSION, "target": target,
+                   "ok": False, "error": str(exc)})
+        raise click.ClickException(str(exc)) from None
+    click.echo(render_table(report), file=sys.stderr if json_path == "-" else sys.stdout)
+    write(report.to_dict())
+    if not report.ok:
+        raise SystemExit(1)
