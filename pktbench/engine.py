@@ -209,10 +209,11 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
         warmup_sent = sender.engine.sent
         start_ns = (start_ns + int(warmup_count * period_ns)) if rate_pps else monotonic_ns()
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
-    # A sender that keeps up finishes by t0 + duration; a little grace lets a
-    # late final batch out, and anything still unsent then marks the step
+    # A sender that keeps up finishes by t0 + duration. A short grace lets a
+    # sender that was preempted near the end catch up (the lag histogram
+    # shows the stall); anything still unsent after it marks the step
     # sender-bound instead of stretching it.
-    grace_ns = int(max(0.002, duration_s * 0.002) * 1e9)
+    grace_ns = int(max(0.01, duration_s * 0.01) * 1e9)
     sender.phase(start_ns, count, False)
     cpu_before = thread_cpu_s()
     completed = sender.run_until(start_ns + int(duration_s * 1e9) + (grace_ns if rate_pps else 0),
