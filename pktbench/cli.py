@@ -234,7 +234,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           token: str | None, token_file: str | None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine."""
     from pktbench import api, config
-    from pktbench.report import Progress, check_output_path, write_report
+    from pktbench.report import Progress, check_output_path, step_line, write_report
 
     outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
     for kind, path in outputs.items():
@@ -252,8 +252,15 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
     secret = read_secret(token, token_file)
     to_stdout = "-" in outputs.values()
     with Progress(profile.step_count, quiet=quiet) as progress:
+
+        def show(step: dict[str, Any], done: int, planned: int) -> None:
+            if step.get("search_trial"):
+                progress.message("search " + step_line(step))
+            else:
+                progress.step_done(step)
+
         result = api.sweep(target, profile, secret=secret, early_stop=not no_early_stop,
-                           on_step=lambda step, done, planned: progress.step_done(step))
+                           on_step=show)
     write_report("table", result, sys.stderr if to_stdout else sys.stdout)
     for kind, path in outputs.items():
         if path:

@@ -114,8 +114,13 @@ class _Runner:
                                        duration_s=step["duration_s"],
                                        sent_pps=step["sent_pps"])
 
+        # The sweep already showed where loss starts: searching above the
+        # lowest lossy rate would only hammer a path known to be broken.
+        lossy = [s["offered_pps"] for s in self.steps
+                 if s["loss_ratio"] > profile.pdr_loss_ratio and not s["sender_bound"]]
+        max_pps = min(lossy) if lossy else max(profile.rates_pps)
         result = search.search_throughput(
-            trial, min_pps=min(profile.rates_pps), max_pps=max(profile.rates_pps),
+            trial, min_pps=min(profile.rates_pps), max_pps=max_pps,
             pdr_loss_ratio=profile.pdr_loss_ratio, precision=profile.precision,
             initial_duration_s=min(0.5, profile.duration_s),
             final_duration_s=max(profile.duration_s, min(0.5, profile.duration_s)))

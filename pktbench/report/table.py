@@ -151,7 +151,7 @@ def _search_line(name: str, value: Any, result: SweepResult) -> str | None:
         line += (f"; interval {fmt_pps(detail.get('lower_pps'))}..{fmt_pps(detail.get('upper_pps'))}"
                  f" pps after {detail.get('trials', '?')} trials")
         if is_number(detail.get("duration_s")):
-            line += f" of {detail['duration_s']:g} s"
+            line += f", {detail['duration_s']:.1f} s of traffic"
     return line + ")"
 
 
