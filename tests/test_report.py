@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pktbench import results
+from pktbench.report import table
 from pktbench.errors import ConfigError
 from pktbench.report import (
     REPORTERS,
@@ -229,7 +230,7 @@ def test_table_shows_the_json_numbers(name: str) -> None:
             assert verdict.startswith("FAIL ") and step["failures"][0] in verdict
         else:
             assert verdict == "ok"
-    marked = [i for i, row in enumerate(rows) if row[-1] == "<- knee"]
+    marked = [i for i, row in enumerate(rows) if row[0] == table.KNEE_MARK]
     if result.knee is None:
         assert marked == []
     else:
@@ -251,7 +252,7 @@ def test_table_without_knee_names_sender_bound_steps() -> None:
     text = render_table(golden("sweep-blast"))
     assert "no knee: every step passed up to 432,876 pps" in text
     assert "from 657,933 pps the sender itself could not reach the offered rate" in text
-    assert "<- knee" not in text
+    assert table.KNEE_MARK not in text
 
 
 def test_repeats_show_their_spread() -> None:

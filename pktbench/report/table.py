@@ -30,7 +30,7 @@ from pktbench.report._common import (
 )
 from pktbench.results import SweepResult
 
-KNEE_MARK = "<- knee"
+KNEE_MARK = "knee ->"
 
 _CRITERION_WORDS = {
     "loss": "loss rose above the allowed ratio",
@@ -89,9 +89,10 @@ def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
         headers += ["p50 us", "p99 us", "p99.9 us", "max us"]
     else:
         headers += ["jitter us"]
-    headers += ["lag p99 us", "rx Mbit/s", "verdict", ""]
+    headers += ["lag p99 us", "rx Mbit/s", "verdict"]
     if repeats:
         headers.insert(1, "rep")
+    headers.insert(0, "")  # the knee mark, where the eye starts reading a row
     rows: list[list[str]] = []
     marked = False
     for step in result.steps:
@@ -106,9 +107,9 @@ def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
                 fmt_mbps(step.get("received_mbps")), step_verdict(step)]
         is_knee = not marked and knee_index is not None and step.get("index") == knee_index
         marked = marked or is_knee
-        row.append(KNEE_MARK if is_knee else "")
         if repeats:
             row.insert(1, str(step.get("repeat", 0)))
+        row.insert(0, KNEE_MARK if is_knee else "")
         rows.append(row)
     return headers, rows
 
