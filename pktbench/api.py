@@ -15,8 +15,8 @@ from pktbench.engine import ENGINE_NAME
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
-from pktbench.sweep import StepCallback
-from pktbench.sweep import sweep as _sweep_impl
+from pktbench.sweeper import StepCallback
+from pktbench.sweeper import sweep as _sweep_impl
 
 
 def step_params(**params: Any) -> StepParams:

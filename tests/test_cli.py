@@ -178,3 +178,16 @@ def test_compare_refuses_a_file_that_is_not_a_result(tmp_path):
     code, _, err = invoke("compare", str(bogus), str(bogus))
     assert code == 1
     assert "bogus.json" in one_line_error(err)
+
+
+def test_library_face_is_lazy_and_callable():
+    code = ("import sys, pktbench; assert 'pktbench._engine' not in sys.modules; "
+            "assert 'scapy' not in sys.modules; "
+            "profile = pktbench.Profile(name='t', rates_pps=(1000.0,), duration_s=0.2, warmup_s=0);"
+            "result = pktbench.sweep(None, profile); "
+            "assert callable(pktbench.sweep); "
+            "print(result.steps[0]['received_packets'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=PACKAGE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "200"
