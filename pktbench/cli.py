@@ -60,13 +60,13 @@ def parse_rate(text: str) -> float | None:
     return rate
 
 
-class RateType(click.ParamType):
+class RateType(click.ParamType):  # type: ignore[type-arg]
     name = "PPS|max"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float | None:
         if value is None or isinstance(value, float):
-            return value  # type: ignore[no-any-return]
+            return value
         try:
             return parse_rate(str(value))
         except click.BadParameter as exc:

@@ -31,7 +31,8 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
         received = c["received"]
         received_bytes = c["received_bytes"]
         lost = sent - received
-        episodes = {"count": c["loss_episodes"], "max_length": c["loss_max_run"]}
+        episodes: dict[str, float] = {"count": c["loss_episodes"],
+                                      "max_length": c["loss_max_run"]}
         reordered = 0
         duplicates = c["duplicate"]
         late = c["late"]
