@@ -72,6 +72,7 @@ __all__ = [
     "run_bulk",
     "run_tcp_step",
     "run_udp_step",
+    "step_line",
     "sysfs_counters",
     "write_bulk_json",
 ]
@@ -692,26 +693,45 @@ def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: 
     return merged
 
 
-def _snapshot_paths(counters: PathCounters | None) -> tuple[int, Mapping[str, tuple[int, int]]] | None:
-    if counters is None:
-        return None
-    return time.monotonic_ns(), counters()
+class _PathSampler:
+    """Reads the path counters at the edges of a window, from its own thread."""
 
+    def __init__(self, counters: PathCounters | None, start_ns: int, duration_s: float) -> None:
+        self.counters = counters
+        self.start_ns = start_ns
+        self.duration_s = duration_s
+        self._samples: list[tuple[int, Mapping[str, tuple[int, int]]]] = []
+        self._thread: threading.Thread | None = None
+        if counters is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
 
-def _path_report(before: tuple[int, Mapping[str, tuple[int, int]]] | None,
-                 after: tuple[int, Mapping[str, tuple[int, int]]] | None,
-                 reverse: bool) -> list[dict[str, Any]] | None:
-    if before is None or after is None:
-        return None
-    span_s = (after[0] - before[0]) / 1e9
-    index = 1 if reverse else 0
-    out = []
-    for name, values in after[1].items():
-        moved = values[index] - before[1].get(name, (0, 0))[index]
-        out.append({"name": name, "direction": "rx" if reverse else "tx", "bytes": moved,
-                    "window_s": span_s,
-                    "bits_per_second": moved * 8 / span_s if span_s > 0 else 0.0})
-    return out
+    def _run(self) -> None:
+        assert self.counters is not None
+        delay_s = (self.start_ns - time.monotonic_ns()) / 1e9
+        if delay_s > 0:
+            time.sleep(delay_s)
+        self._samples.append((time.monotonic_ns(), self.counters()))
+        time.sleep(self.duration_s)
+        self._samples.append((time.monotonic_ns(), self.counters()))
+
+    def report(self, reverse: bool) -> list[dict[str, Any]] | None:
+        """Bytes and bit/s per path (tx forward, rx reversed); None without counters."""
+        if self._thread is None:
+            return None
+        self._thread.join(timeout=self.duration_s + 5.0)
+        if len(self._samples) < 2:
+            return None
+        (t0, before), (t1, after) = self._samples[:2]
+        span_s = (t1 - t0) / 1e9
+        index = 1 if reverse else 0
+        out = []
+        for name, values in after.items():
+            moved = values[index] - before.get(name, (0, 0))[index]
+            out.append({"name": name, "direction": "rx" if reverse else "tx", "bytes": moved,
+                        "window_s": span_s,
+                        "bits_per_second": moved * 8 / span_s if span_s > 0 else 0.0})
+        return out
 
 
 def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
@@ -737,9 +757,12 @@ def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float 
 
 def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, index: int = 0,
                  ports: Sequence[int] | None = None, plan: FlowPlan | None = None,
-                 counters: PathCounters | None = None,
-                 stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run one TCP bulk step of `streams` streams and return its step dict."""
+                 counters: PathCounters | None = None) -> dict[str, Any]:
+    """Run one TCP bulk step of `streams` streams and return its step dict.
+
+    `ports` are the source ports (one per stream) or None for the kernel's
+    pick; `plan` labels each stream with the path its port was probed on.
+    """
     params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
                         warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
                         reverse=config.reverse)
@@ -753,27 +776,13 @@ def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, in
         anchor_ns = time.monotonic_ns() if sending else None
         deadline_ns = time.monotonic_ns() + int(
             (config.warmup_s + config.duration_s + config.drain_s + 10.0) * 1e9)
-        result: dict[str, Any] = {}
-        paths: dict[str, Any] = {}
-
-        def measure_paths() -> None:
-            # sample the path counters over the client's window (from another thread)
-            window_start = (anchor_ns or time.monotonic_ns()) + int(config.warmup_s * 1e9)
-            while time.monotonic_ns() < window_start:
-                time.sleep(0.005)
-            paths["before"] = _snapshot_paths(counters)
-            time.sleep(config.duration_s)
-            paths["after"] = _snapshot_paths(counters)
-
-        sampler = threading.Thread(target=measure_paths, daemon=True)
-        if counters is not None:
-            sampler.start()
+        sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
+                               + int(config.warmup_s * 1e9), config.duration_s)
         result = _run_in_workers(
             socks, config.workers, config.cpus, sending=sending, anchor_ns=anchor_ns,
             warmup_s=config.warmup_s, duration_s=config.duration_s, tail_s=config.drain_s,
             write_bytes=config.write_bytes, deadline_ns=deadline_ns)
-        if counters is not None:
-            sampler.join(timeout=config.duration_s + 5.0)
+        per_path = sampler.report(config.reverse)
     except BaseException:
         client.abandon_step()
         for _, sock in socks:
@@ -791,7 +800,7 @@ def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, in
     for _, sock in socks:
         sock.close()
     return _tcp_step_dict(config, streams, index, result, server, ports, plan,
-                          _path_report(paths.get("before"), paths.get("after"), config.reverse),
+                          per_path,
                           ipv6=":" in client.server_address[0]
                           and not client.server_address[0].startswith("::ffff:"))
 
@@ -809,7 +818,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
         tcp = sent.get("tcp") or {}
         row = {
             "stream_id": got["stream_id"],
-            "source_port": client_end_port(client_end, got["stream_id"]),
+            "source_port": _client_port(client_end, got["stream_id"]),
             "path": (plan.paths[plan.ports.index(ports[got["stream_id"]])]
                      if plan and ports and ports[got["stream_id"]] in plan.ports else None),
             "bits_per_second": got["bits_per_second"],
@@ -847,7 +856,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
     return step
 
 
-def client_end_port(client_end: Mapping[str, Any], stream_id: int) -> int | None:
+def _client_port(client_end: Mapping[str, Any], stream_id: int) -> int | None:
     for stream in client_end.get("streams", []):
         if stream["stream_id"] == stream_id:
             return int(stream["local_port"])
@@ -878,9 +887,10 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
                         rate_pps=rate_bps / (8 * size) if rate_bps else None,
                         duration_s=config.duration_s, warmup_s=config.warmup_s,
                         drain_s=config.drain_s, size_bytes=size)
-    before = _snapshot_paths(counters)
+    # run_sender starts its schedule 1 ms from now, then the warm-up
+    sampler = _PathSampler(counters, time.monotonic_ns() + int((config.warmup_s + 0.001) * 1e9),
+                           config.duration_s)
     step = client.run_step(params, index=index, stop=stop)
-    after = _snapshot_paths(counters)
     overhead = udp_overhead(size, mtu_bytes=mtu, ipv6=ipv6)
     goodput = step["received_mbps"] * 1e6
     sent = step["sent_mbps"] * 1e6
@@ -908,7 +918,7 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
         "sender_cpu_percent": step["sender"]["cpu_percent"],
         "receiver_cpu_percent": step["receiver"].get("cpu_percent"),
         "duration_s": step["duration_s"],
-        "per_path": _path_report(before, after, False),
+        "per_path": sampler.report(False),
         "udp_step": {k: step[k] for k in ("sent_packets", "received_packets", "lost_packets",
                                           "sent_pps", "received_pps", "sender_bound")},
     }
@@ -1022,7 +1032,7 @@ def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | No
                 if stop is not None and stop.is_set():
                     break
                 steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
-                                          counters=counters, stop=stop))
+                                          counters=counters))
                 if on_step:
                     on_step(steps[-1])
         else:
@@ -1031,7 +1041,7 @@ def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | No
                     break
                 steps.append(run_tcp_step(client, config, streams=streams, index=index,
                                           ports=ports[:streams] if ports else None, plan=plan,
-                                          counters=counters, stop=stop))
+                                          counters=counters))
                 if on_step:
                     on_step(steps[-1])
         env = environment(client.server_address[0])
@@ -1133,6 +1143,4 @@ def write_bulk_json(result: BulkResult, target: str | IO[str]) -> None:
         return
     target.write(text + "\n")
 
-
-__all__ += ["step_line", "client_end_port"]
 
