@@ -22,6 +22,18 @@ are bytes in the window over the time between the samples. The sender keeps
 writing `drain_s` past its window so the receiver's window, which starts a
 path delay later, is full too.
 
+Reading the figures: goodput is payload bits; frame_bits_per_second is what
+Linux interface counters and tc shapers (tbf, htb) count, Ethernet header
+included and FCS, preamble and gap left out; wire_bits_per_second is the
+line occupancy. So a path shaped to R by tbf carries R of frames and about
+1.6% more on the wire with 1538-byte frames, and "% link" against the
+shaper's rate reads just over 100%. Per-path interface counters count a
+GSO/GRO super-packet's headers once, so on unshaped veths they read near
+goodput; behind tbf (which splits GSO packets) they read the frame rate.
+
+Flow planning (plan_flows) probes instead of computing the hash: see
+flows.py for why. Its ports can be reused later with BulkConfig.ports.
+
 Invariants: no stream thread outlives its step's deadline; sockets are
 closed by the end that opened or accepted them; a stream that fails early
 reports what it counted and its error, never raises across a thread.
