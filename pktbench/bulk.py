@@ -360,9 +360,14 @@ class BulkStepHandler:
                 self.rejected += 1
                 conn.close()
                 return
-            _set_kernel_timeouts(conn, POLL_S)
-            stream = _Stream(stream_id, conn, ports=(conn.getsockname()[1],
-                                                     conn.getpeername()[1]))
+            try:
+                _set_kernel_timeouts(conn, POLL_S)
+                ports = (conn.getsockname()[1], conn.getpeername()[1])
+            except OSError:  # reset before it joined (a planning probe, a vanished client)
+                self.rejected += 1
+                conn.close()
+                return
+            stream = _Stream(stream_id, conn, ports=ports)
             if self.sending:
                 # the writer's window starts with its first stream
                 self._window.anchor(time.monotonic_ns())
