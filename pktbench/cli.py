@@ -553,6 +553,13 @@ def _bulk_counts(text: str) -> tuple[int, ...]:
     return parse_count_list(text)
 
 
+def _bulk_cpus(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ConfigError(f"cpus {text!r} must be a comma-separated list of CPU numbers, e.g. 0,1")
+    return tuple(int(part) for part in parts)
+
+
 def _bulk_rates(text: str) -> tuple[float, ...]:
     from pktbench.flows import parse_rate_list
 
@@ -588,7 +595,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               help="One step per offered rate in Gbit/s, e.g. 1,2,5 (UDP).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Client processes the streams are split over.")
-@click.option("--cpus", callback=_bulk_list(lambda t: tuple(int(c) for c in t.split(","))),
+@click.option("--cpus", callback=_bulk_list(_bulk_cpus),
               metavar="LIST", help="Pin the workers to these CPUs, round-robin.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
