@@ -568,3 +568,124 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
     write(report.to_dict())
     if not report.ok:
         raise SystemExit(1)
+
+
+# ---------------------------------------------------------------- bulk
+# `pktbench bulk ...`: throughput of N TCP streams (or UDP bulk) and the ceiling.
+
+def _bulk_list(parse: Any) -> Any:
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return ()
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return convert
+
+
+def _bulk_speed(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from pktbench.flows import parse_link_speed
+
+    if value is None:
+        return None
+    try:
+        return parse_link_speed(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _bulk_names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _bulk_ports(text: str) -> tuple[int, ...]:
+    from pktbench.flows import parse_count_list
+
+    return parse_count_list(text, "ports")
+
+
+def _bulk_counts(text: str) -> tuple[int, ...]:
+    from pktbench.flows import parse_count_list
+
+    return parse_count_list(text)
+
+
+def _bulk_cpus(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ConfigError(f"cpus {text!r} must be a comma-separated list of CPU numbers, e.g. 0,1")
+    return tuple(int(part) for part in parts)
+
+
+def _bulk_rates(text: str) -> tuple[float, ...]:
+    from pktbench.flows import parse_rate_list
+
+    return parse_rate_list(text)
+
+
+@main.command()
+@click.argument("target", required=False, metavar="[HOST[:PORT]]")
+@click.option("--streams", type=click.IntRange(1, 128), default=1, show_default=True,
+              help="Parallel TCP streams, each on its own source port.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Measured seconds per step.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Seconds of traffic before the window (slow start), not counted.")
+@click.option("--udp", is_flag=True, help="UDP bulk: large datagrams instead of TCP streams.")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="UDP payload bytes per datagram [default: fits the path MTU].")
+@click.option("--rate", "rate", callback=_bulk_speed, metavar="BITRATE", default=None,
+              help="UDP offered rate, e.g. 5G, 800M [default: as fast as possible].")
+@click.option("--reverse", is_flag=True, help="The server sends, this end receives (TCP).")
+@click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
+              help="Line rate to compare the ceiling with, e.g. 10G, 2x10G.")
+@click.option("--paths", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Plan source ports so the streams spread evenly over this many paths.")
+@click.option("--path-ifaces", callback=_bulk_names, metavar="IF,IF",
+              help="The paths' interfaces here (bond members, ECMP next hops): their byte "
+                   "counters show where each flow went and the bytes per path.")
+@click.option("--ports", callback=_bulk_list(_bulk_ports), metavar="LIST",
+              help="Source ports to use, one per stream (e.g. from an earlier plan).")
+@click.option("--sweep-streams", callback=_bulk_list(_bulk_counts), metavar="LIST",
+              help="One step per stream count, e.g. 1,2,4,8 (TCP).")
+@click.option("--sweep-rates", callback=_bulk_list(_bulk_rates), metavar="LIST",
+              help="One step per offered rate in Gbit/s, e.g. 1,2,5 (UDP).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Client processes the streams are split over.")
+@click.option("--cpus", callback=_bulk_list(_bulk_cpus),
+              metavar="LIST", help="Pin the workers to these CPUs, round-robin.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@token_options
+def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
+         size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
+         paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
+         sweep_streams: tuple[int, ...], sweep_rates: tuple[float, ...], workers: int,
+         cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
+         token_file: str | None) -> None:
+    """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
+
+    Without HOST, a server is started on this machine.
+    """
+    from pktbench import bulk as bulk_mod
+    from pktbench.report import check_output_path
+
+    if json_path:
+        check_output_path(json_path, "json")
+    try:
+        config = bulk_mod.BulkConfig(
+            streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
+            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed, paths=paths,
+            path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
+            sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    out = sys.stderr if json_path == "-" else sys.stdout
+    progress = (lambda step: None) if quiet else (
+        lambda step: click.echo(bulk_mod.step_line(step), err=True))
+    result = bulk_mod.run_bulk(target, config, secret=read_secret(token, token_file),
+                               on_step=progress)
+    click.echo(bulk_mod.render_bulk(result), file=out)
+    if json_path:
+        bulk_mod.write_bulk_json(result, json_path)

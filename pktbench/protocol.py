@@ -814,6 +814,7 @@ class StepParams:
     busy_poll: bool = False
     timeout_s: float = 1.0
     streams: int = 1
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or self.workload not in WORKLOADS:
@@ -864,6 +865,10 @@ class StepParams:
         streams = _integer("streams", self.streams)
         if not 1 <= streams <= MAX_STREAMS:
             raise _step_error(f"streams must be in 1..{MAX_STREAMS} (got {streams})")
+        if not isinstance(self.reverse, bool):
+            raise _step_error(f"reverse must be true or false (got {type(self.reverse).__name__})")
+        if self.reverse and self.workload != "bulk":
+            raise _step_error(f"reverse is for bulk only (got workload {self.workload})")
 
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""

@@ -65,7 +65,7 @@ class TcpStepHandler(Protocol):
 # that implement TCP workloads when they are imported (the server imports
 # every module named in TCP_WORKLOAD_MODULES when it opens).
 TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] = {}
-TCP_WORKLOAD_MODULES: tuple[str, ...] = ()
+TCP_WORKLOAD_MODULES: tuple[str, ...] = ("pktbench.bulk",)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -1,0 +1,1163 @@
+"""Bulk throughput: N parallel TCP streams (or large UDP datagrams) and the ceiling.
+
+Owns: the bulk data connections at both ends (the server's TcpStepHandler for
+workload "bulk", the client's streams), the measured window each end counts
+bytes in, TCP_INFO parsing, probing which path a source port lands on (flow
+planning, see flows.py), the per-step dicts, sweeps over stream counts or
+offered Gbit/s, and the bulk result document with its ceiling.
+
+Protocol: after Client.begin_step(StepParams(workload="bulk", streams=N)),
+each stream is its own TCP connection to the server's control port (so its
+own source port) that opens with wire.pack_data_preamble(stream_id, token).
+Forward, the client writes and the server reads; with `reverse` the server
+writes. The receiving end's byte count is the goodput; both ends report.
+UDP bulk is a blast step at rate None (or an offered rate) with large
+datagrams: the engine's PacedSender and the blast sink do the work.
+
+Measured window: each end anchors it at its first data (the sender when it
+starts writing, the receiver at its first byte), skips `warmup_s` (slow
+start) and counts `duration_s`. Every stream samples its byte counter, its
+thread's CPU time and TCP_INFO as it crosses the window's edges, so rates
+are bytes in the window over the time between the samples. The sender keeps
+writing `drain_s` past its window so the receiver's window, which starts a
+path delay later, is full too.
+
+Reading the figures: goodput is payload bits; frame_bits_per_second is what
+Linux interface counters and tc shapers (tbf, htb) count, Ethernet header
+included and FCS, preamble and gap left out; wire_bits_per_second is the
+line occupancy. So a path shaped to R by tbf carries R of frames and about
+1.6% more on the wire with 1538-byte frames, and "% link" against the
+shaper's rate reads just over 100%. Per-path interface counters count a
+GSO/GRO super-packet's headers once, so on unshaped veths they read near
+goodput; behind tbf (which splits GSO packets) they read the frame rate.
+
+Flow planning (plan_flows) probes instead of computing the hash: see
+flows.py for why. Its ports can be reused later with BulkConfig.ports.
+
+Invariants: no stream thread outlives its step's deadline; sockets are
+closed by the end that opened or accepted them; a stream that fails early
+reports what it counted and its error, never raises across a thread.
+
+Must not: touch the UDP data socket outside Client.run_step, or run `ip`
+(interface counters come from sysfs or a callable the caller passes).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pktbench import protocol, session, wire
+from pktbench.address import Target, parse_target
+from pktbench.errors import ConfigError, ConnectError, PktbenchError
+from pktbench.flows import (
+    TCP_TIMESTAMPS_OPTION_BYTES,
+    FlowPlan,
+    FlowPlanner,
+    Overhead,
+    probe_path,
+    tcp_overhead,
+    udp_overhead,
+)
+from pktbench.protocol import StepParams
+
+__all__ = [
+    "BULK_SCHEMA_VERSION",
+    "BulkConfig",
+    "BulkResult",
+    "BulkStepHandler",
+    "PathCounters",
+    "TcpInfo",
+    "plan_flows",
+    "read_tcp_info",
+    "render_bulk",
+    "run_bulk",
+    "run_tcp_step",
+    "run_udp_step",
+    "step_line",
+    "sysfs_counters",
+    "write_bulk_json",
+]
+
+BULK_SCHEMA_VERSION = 1
+RECV_BUFFER_BYTES = 256 * 1024
+DEFAULT_WRITE_BYTES = 128 * 1024
+POLL_S = 0.05  # socket timeout: how often a blocked stream looks at the clock and stop flag
+PROBE_BYTES = 256 * 1024
+TCP_INFO_BYTES = 232  # struct tcp_info up to tcpi_snd_wnd (Linux 5.4+); shorter kernels return less
+
+# {path name: (tx_bytes, rx_bytes)} of the interfaces a bond/ECMP group spreads over
+PathCounters = Callable[[], Mapping[str, tuple[int, int]]]
+
+
+# -- TCP_INFO ---------------------------------------------------------------------
+
+# (name, offset, struct code) in struct tcp_info, include/uapi/linux/tcp.h.
+_TCP_INFO_FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("state", 0, "B"), ("ca_state", 1, "B"), ("retransmits", 2, "B"), ("options", 5, "B"),
+    ("rto_us", 8, "I"), ("snd_mss", 16, "I"), ("rcv_mss", 20, "I"), ("unacked", 24, "I"),
+    ("lost", 32, "I"), ("retrans", 36, "I"), ("pmtu", 60, "I"), ("rtt_us", 68, "I"),
+    ("rttvar_us", 72, "I"), ("snd_ssthresh", 76, "I"), ("snd_cwnd", 80, "I"),
+    ("advmss", 84, "I"), ("reordering", 88, "I"), ("rcv_rtt_us", 92, "I"),
+    ("total_retrans", 100, "I"), ("bytes_acked", 120, "Q"), ("bytes_received", 128, "Q"),
+    ("segs_out", 136, "I"), ("segs_in", 140, "I"), ("min_rtt_us", 148, "I"),
+    ("data_segs_out", 156, "I"), ("delivery_rate_Bps", 160, "Q"), ("bytes_sent", 200, "Q"),
+    ("bytes_retrans", 208, "Q"), ("snd_wnd", 228, "I"),
+)
+TCPI_OPT_TIMESTAMPS = 1
+TCPI_OPT_SACK = 2
+TCPI_OPT_WSCALE = 4
+TCPI_OPT_ECN = 8
+
+
+@dataclass(frozen=True)
+class TcpInfo:
+    """The fields of struct tcp_info that bulk reports; None where the kernel's is shorter."""
+
+    values: Mapping[str, int | None]
+
+    def __getitem__(self, name: str) -> int | None:
+        return self.values.get(name)
+
+    @property
+    def timestamps(self) -> bool:
+        return bool((self.values.get("options") or 0) & TCPI_OPT_TIMESTAMPS)
+
+    @property
+    def options_bytes(self) -> int:
+        """TCP option bytes in every data segment: only timestamps recur in each."""
+        return TCP_TIMESTAMPS_OPTION_BYTES if self.timestamps else 0
+
+    def option_names(self) -> list[str]:
+        flags = self.values.get("options") or 0
+        names = ((TCPI_OPT_TIMESTAMPS, "timestamps"), (TCPI_OPT_SACK, "sack"),
+                 (TCPI_OPT_WSCALE, "wscale"), (TCPI_OPT_ECN, "ecn"))
+        return [name for bit, name in names if flags & bit]
+
+
+def parse_tcp_info(raw: bytes) -> TcpInfo:
+    """Decode getsockopt(TCP_INFO) bytes (native byte order, as the kernel wrote them)."""
+    values: dict[str, int | None] = {}
+    for name, offset, code in _TCP_INFO_FIELDS:
+        size = struct.calcsize(code)
+        values[name] = (struct.unpack_from("=" + code, raw, offset)[0]
+                        if offset + size <= len(raw) else None)
+    return TcpInfo(values)
+
+
+def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
+    try:
+        return parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                              TCP_INFO_BYTES))
+    except OSError:
+        return None
+
+
+def _maxseg(sock: socket.socket) -> int | None:
+    try:
+        return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+    except OSError:
+        return None
+
+
+def _thread_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _set_kernel_timeouts(sock: socket.socket, timeout_s: float) -> None:
+    """Blocking socket with kernel timeouts: one syscall per read or write.
+
+    Python's own socket timeout polls before every call; SO_RCVTIMEO and
+    SO_SNDTIMEO make a blocked call return EAGAIN instead, at no extra cost.
+    """
+    sock.setblocking(True)
+    seconds = int(timeout_s)
+    timeval = struct.pack("@ll", seconds, int((timeout_s - seconds) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+# -- the measured window and the stream pumps -------------------------------------
+
+class _Window:
+    """The measured window one end shares over its streams: [start_ns, end_ns)."""
+
+    def __init__(self, warmup_s: float, duration_s: float) -> None:
+        self.warmup_ns = int(warmup_s * 1e9)
+        self.duration_ns = int(duration_s * 1e9)
+        self.start_ns: int | None = None
+        self.end_ns: int | None = None
+        self._lock = threading.Lock()
+
+    def anchor(self, first_data_ns: int) -> None:
+        with self._lock:
+            if self.start_ns is None:
+                self.end_ns = first_data_ns + self.warmup_ns + self.duration_ns
+                self.start_ns = first_data_ns + self.warmup_ns
+
+
+@dataclass
+class _Sample:
+    t_ns: int
+    bytes: int
+    cpu_s: float
+    tcp: TcpInfo | None
+
+
+@dataclass
+class _Stream:
+    stream_id: int
+    sock: socket.socket
+    bytes_total: int = 0
+    start: _Sample | None = None
+    end: _Sample | None = None
+    last: _Sample | None = None
+    mss_bytes: int | None = None
+    error: str | None = None
+    ports: tuple[int, int] = (0, 0)  # (local, remote)
+
+    def sample(self) -> _Sample:
+        return _Sample(time.monotonic_ns(), self.bytes_total, _thread_cpu_s(),
+                       read_tcp_info(self.sock))
+
+    def report(self, sending: bool) -> dict[str, Any]:
+        """This end's view of the stream over its measured window."""
+        start, end = self.start, self.end or self.last
+        window_s = (end.t_ns - start.t_ns) / 1e9 if start and end else 0.0
+        in_window = end.bytes - start.bytes if start and end else 0
+        tcp_end = end.tcp if end else None
+        tcp_start = start.tcp if start else None
+        out: dict[str, Any] = {
+            "stream_id": self.stream_id,
+            "local_port": self.ports[0],
+            "remote_port": self.ports[1],
+            "role": "sender" if sending else "receiver",
+            "bytes": in_window,
+            "total_bytes": self.bytes_total,
+            "window_s": window_s,
+            "bits_per_second": in_window * 8 / window_s if window_s > 0 else 0.0,
+            "cpu_s": (end.cpu_s - start.cpu_s) if start and end else 0.0,
+            "mss_bytes": self.mss_bytes,
+            "error": self.error,
+        }
+        if tcp_end is not None:
+            retrans_end = tcp_end["total_retrans"] or 0
+            retrans_start = (tcp_start["total_retrans"] or 0) if tcp_start else 0
+            out["tcp"] = {
+                "retransmits": retrans_end - retrans_start,
+                "total_retransmits": retrans_end,
+                "cwnd_segments": tcp_end["snd_cwnd"],
+                "rtt_us": tcp_end["rtt_us"],
+                "rttvar_us": tcp_end["rttvar_us"],
+                "min_rtt_us": tcp_end["min_rtt_us"],
+                "snd_mss_bytes": tcp_end["snd_mss"],
+                "rcv_mss_bytes": tcp_end["rcv_mss"],
+                "pmtu_bytes": tcp_end["pmtu"],
+                "options": tcp_end.option_names(),
+                "options_bytes": tcp_end.options_bytes,
+                "data_segs_out": tcp_end["data_segs_out"],
+                "bytes_retrans": tcp_end["bytes_retrans"],
+            }
+        return out
+
+
+def _pump(stream: _Stream, window: _Window, stop: threading.Event, *, sending: bool,
+          buffer: bytearray, tail_ns: int | None, deadline_ns: int) -> None:
+    """Move bytes on one stream until stopped, EOF, an error or the deadline.
+
+    A sender with `tail_ns` stops that long after its window ends; a receiver
+    with `tail_ns` (the client in reverse) stops at its window's end.
+    """
+    sock = stream.sock
+    view = memoryview(buffer)
+    op = sock.send if sending else sock.recv_into
+    try:
+        while not stop.is_set():
+            now = time.monotonic_ns()
+            if now >= deadline_ns:
+                break
+            start_ns = window.start_ns
+            if start_ns is not None:
+                if stream.start is None and now >= start_ns:
+                    stream.start = stream.sample()
+                assert window.end_ns is not None
+                if stream.end is None and now >= window.end_ns:
+                    stream.end = stream.sample()
+                    stream.mss_bytes = _maxseg(sock)
+                if tail_ns is not None and now >= window.end_ns + tail_ns:
+                    break
+            try:
+                moved = op(view)
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                continue
+            except OSError as exc:
+                if not stop.is_set() and exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    stream.error = exc.strerror or str(exc)
+                break
+            if moved == 0 and not sending:
+                break  # the peer finished
+            stream.bytes_total += moved
+            if window.start_ns is None:
+                window.anchor(time.monotonic_ns())
+    finally:
+        stream.last = stream.sample()
+        if stream.mss_bytes is None:
+            stream.mss_bytes = _maxseg(sock)
+
+
+def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
+    reports = [s.report(sending) for s in sorted(streams, key=lambda s: s.stream_id)]
+    windows = [r["window_s"] for r in reports if r["window_s"] > 0]
+    window_s = max(windows) if windows else 0.0
+    cpu_s = sum(r["cpu_s"] for r in reports)
+    return {
+        "role": "sender" if sending else "receiver",
+        "streams": reports,
+        "bits_per_second": sum(r["bits_per_second"] for r in reports),
+        "bytes": sum(r["bytes"] for r in reports),
+        "window_s": window_s,
+        "cpu_percent": 100.0 * cpu_s / window_s if window_s > 0 else 0.0,
+    }
+
+
+# -- server side ------------------------------------------------------------------
+
+class BulkStepHandler:
+    """The server's end of one bulk step: reads (or, reversed, writes) every stream.
+
+    At most `step.streams` connections join; more are closed at once. Stream
+    threads stop at `finish`, or by themselves at the step's hard deadline.
+    """
+
+    def __init__(self, step: StepParams, token: int, peer_ip: str) -> None:
+        self.step = step
+        self.token = token
+        self.peer_ip = peer_ip
+        self.sending = step.reverse
+        self._window = _Window(step.warmup_s, step.duration_s)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._streams: list[_Stream] = []
+        self._threads: list[threading.Thread] = []
+        self._deadline_ns = time.monotonic_ns() + int(
+            (step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0) * 1e9)
+        self.rejected = 0
+
+    def add_connection(self, conn: socket.socket, stream_id: int) -> None:
+        with self._lock:
+            if self._stop.is_set() or len(self._streams) >= self.step.streams:
+                self.rejected += 1
+                conn.close()
+                return
+            try:
+                _set_kernel_timeouts(conn, POLL_S)
+                ports = (conn.getsockname()[1], conn.getpeername()[1])
+            except OSError:  # reset before it joined (a planning probe, a vanished client)
+                self.rejected += 1
+                conn.close()
+                return
+            stream = _Stream(stream_id, conn, ports=ports)
+            if self.sending:
+                # the writer's window starts with its first stream
+                self._window.anchor(time.monotonic_ns())
+            self._streams.append(stream)
+            buffer = bytearray(DEFAULT_WRITE_BYTES if self.sending else RECV_BUFFER_BYTES)
+            worker = threading.Thread(
+                target=_pump, args=(stream, self._window, self._stop),
+                kwargs={"sending": self.sending, "buffer": buffer, "tail_ns": None,
+                        "deadline_ns": self._deadline_ns},
+                daemon=True, name=f"bulk-{stream_id}")
+            self._threads.append(worker)
+            worker.start()
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        if not self.sending:
+            # a forward sender has stopped; the last bytes it wrote are still
+            # arriving, so readers run on until EOF (bounded by the drain)
+            until = time.monotonic() + max(self.step.drain_s, POLL_S)
+            for worker in self._threads:
+                worker.join(timeout=max(0.0, until - time.monotonic()))
+        with self._lock:
+            self._stop.set()
+        for worker in self._threads:
+            worker.join(timeout=4 * POLL_S)
+        for stream in self._streams:
+            stream.sock.close()
+        wanted = sender.get("stream_ids")
+        streams = self._streams
+        if isinstance(wanted, list):
+            streams = [s for s in streams if s.stream_id in set(wanted)]
+        report = _end_report(streams, self.sending)
+        report["connections"] = len(self._streams)
+        report["rejected_connections"] = self.rejected
+        return report
+
+
+session.TCP_STEP_HANDLERS["bulk"] = BulkStepHandler
+
+
+# -- client side: interface counters and flow planning ----------------------------
+
+def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
+    """Byte counters of `ifaces` (the members of a bond or ECMP group) in this namespace."""
+    names = tuple(ifaces)
+    for name in names:
+        if not os.path.isdir(f"/sys/class/net/{name}"):
+            raise ConfigError(f"interface {name} does not exist here: give the interfaces the "
+                              "paths leave by (e.g. the bond's members) with --path-ifaces")
+
+    def read() -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for name in names:
+            base = f"/sys/class/net/{name}/statistics/"
+            with open(base + "tx_bytes", encoding="ascii") as tx, \
+                    open(base + "rx_bytes", encoding="ascii") as rx:
+                out[name] = (int(tx.read()), int(rx.read()))
+        return out
+
+    return read
+
+
+def _data_address(client: session.Client) -> tuple[int, tuple[str, int]]:
+    host, port = client.server_address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, port)
+
+
+def _open_stream(client: session.Client, stream_id: int, token: int,
+                 source_port: int | None) -> socket.socket:
+    family, address = _data_address(client)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if source_port is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))
+        sock.settimeout(5.0)
+        sock.connect(address)
+        sock.sendall(wire.pack_data_preamble(stream_id, token))
+    except OSError as exc:
+        sock.close()
+        if source_port is not None and exc.errno == errno.EADDRINUSE:
+            raise
+        raise ConnectError(f"bulk stream {stream_id} could not connect to {address[0]} port "
+                           f"{address[1]}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with RST: no TIME_WAIT, so the port can be bound again at once."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def plan_flows(client: session.Client, streams: int, counters: PathCounters, *,
+               reverse: bool = False, first_port: int = 41000, max_probes: int | None = None,
+               probe_bytes: int = PROBE_BYTES) -> FlowPlan:
+    """Pick source ports that spread `streams` flows evenly over the counted paths.
+
+    Each candidate port opens one probe connection (in a probe step of its
+    own), moves `probe_bytes` in the test's direction alone on the link, and
+    the path whose counter moved is where the kernel's hash put that 5-tuple.
+    Ports are kept until every path has its share. The probe connections are
+    reset, so the ports are free again for the measured step.
+
+    Raises:
+        ConfigError: the paths could not all be filled within `max_probes`.
+    """
+    names = tuple(counters())
+    planner = FlowPlanner(streams, names)
+    limit = min(max_probes or 8 * streams + 16, protocol.MAX_STREAMS)
+    direction = 1 if reverse else 0
+    armed = client.begin_step(StepParams(workload="bulk", command="none", duration_s=max(5.0, limit * 0.25),
+                                         drain_s=0.0, streams=limit, reverse=reverse))
+    port = first_port
+    buffer = bytearray(probe_bytes)
+    try:
+        while not planner.done and planner.probes < limit and port < 65536:
+            before = {n: v[direction] for n, v in counters().items()}
+            try:
+                sock = _open_stream(client, planner.probes, armed.token, port)
+            except OSError:
+                port += 1  # in use here: not a candidate
+                continue
+            try:
+                if reverse:
+                    view, got = memoryview(buffer), 0
+                    while got < probe_bytes:
+                        n = sock.recv_into(view[got:])
+                        if n == 0:
+                            break
+                        got += n
+                else:
+                    sock.sendall(buffer)
+                path: int | None = None
+                settle_until = time.monotonic() + 2.0
+                while time.monotonic() < settle_until:
+                    after = {n: v[direction] for n, v in counters().items()}
+                    path = probe_path(before, after, names, min_bytes=probe_bytes * 3 // 4)
+                    if path is not None:
+                        break
+                    time.sleep(0.005)
+            finally:
+                _abort(sock)
+            planner.offer(port, path)
+            port += 1
+    except BaseException:
+        client.abandon_step()
+        raise
+    client.end_step({"stream_ids": [], "probes": planner.probes})
+    if not planner.done:
+        missing = ", ".join(f"{n} needs {k} more" for n, k in planner.missing().items())
+        raise ConfigError(f"flow planning found no balanced ports in {planner.probes} probes "
+                          f"({missing}): check --path-ifaces names the paths' interfaces, or "
+                          "give ports with --ports")
+    return planner.plan()
+
+
+# -- client side: one step --------------------------------------------------------
+
+@dataclass(frozen=True)
+class BulkConfig:
+    """One bulk test, or a sweep of them.
+
+    Attributes:
+        streams: parallel TCP connections (UDP: 1).
+        duration_s: measured seconds per step; warmup_s before it is not counted.
+        udp: UDP bulk (large datagrams through the engine) instead of TCP.
+        size_bytes: UDP payload per datagram; None fits one datagram in the path MTU.
+        rate_bps: UDP offered goodput in bit/s; None as fast as the sender goes.
+        reverse: the server sends, the client receives.
+        link_speed_bps: the line rate the ceiling is compared to (e.g. 20e9 for 2x10G).
+        paths: plan source ports over this many paths (needs path_ifaces).
+        path_ifaces: interfaces whose byte counters tell the paths apart.
+        ports: source ports to use (given, not planned), one per stream.
+        workers: client processes the streams are split over.
+        cpus: CPUs the workers are pinned to, round-robin; empty for no pinning.
+        sweep_streams: stream counts, one step each (TCP).
+        sweep_rates_bps: offered rates, one step each (UDP).
+    """
+
+    streams: int = 1
+    duration_s: float = 5.0
+    warmup_s: float = 0.5
+    drain_s: float = 0.3
+    udp: bool = False
+    size_bytes: int | None = None
+    rate_bps: float | None = None
+    reverse: bool = False
+    link_speed_bps: float | None = None
+    paths: int = 1
+    path_ifaces: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    workers: int = 1
+    cpus: tuple[int, ...] = ()
+    write_bytes: int = DEFAULT_WRITE_BYTES
+    sweep_streams: tuple[int, ...] = ()
+    sweep_rates_bps: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.streams <= protocol.MAX_STREAMS:
+            raise ConfigError(f"bulk streams must be 1..{protocol.MAX_STREAMS} (got {self.streams})")
+        if any(not 1 <= n <= protocol.MAX_STREAMS for n in self.sweep_streams):
+            raise ConfigError(f"bulk sweep stream counts must be 1..{protocol.MAX_STREAMS}")
+        if not self.duration_s > 0 or self.warmup_s < 0 or self.drain_s < 0:
+            raise ConfigError("bulk duration_s must be > 0, warmup_s and drain_s >= 0")
+        if self.udp and (self.streams > 1 or any(n > 1 for n in self.sweep_streams)):
+            raise ConfigError("UDP bulk runs one stream (the session's data socket): sweep "
+                              "offered rates with --sweep-rates instead")
+        if not self.udp and (self.rate_bps is not None or self.sweep_rates_bps):
+            raise ConfigError("offered rates apply to UDP bulk only (add --udp); TCP streams "
+                              "run as fast as the path takes them")
+        if self.sweep_streams and self.sweep_rates_bps:
+            raise ConfigError("sweep stream counts or offered rates, not both")
+        if self.udp and self.reverse:
+            raise ConfigError("UDP bulk runs client to server only: drop --reverse or --udp")
+        if self.size_bytes is not None and not wire.HEADER_SIZE <= self.size_bytes <= wire.MAX_DATAGRAM:
+            raise ConfigError(f"UDP size must be {wire.HEADER_SIZE}..{wire.MAX_DATAGRAM} bytes "
+                              f"(got {self.size_bytes})")
+        if self.paths < 1 or self.paths > 64:
+            raise ConfigError(f"paths must be 1..64 (got {self.paths})")
+        if self.paths > 1 and not self.ports and len(self.path_ifaces) != self.paths:
+            raise ConfigError(f"planning flows over {self.paths} paths needs one interface per "
+                              f"path (--path-ifaces, got {len(self.path_ifaces)}), or the source "
+                              "ports themselves (--ports)")
+        if self.ports and len(self.ports) < self.max_streams:
+            raise ConfigError(f"{len(self.ports)} source ports given for {self.max_streams} "
+                              "streams: give one per stream")
+        if any(not 1 <= p <= 65535 for p in self.ports):
+            raise ConfigError("source ports must be 1..65535")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be 1..64 (got {self.workers})")
+        if self.link_speed_bps is not None and not self.link_speed_bps > 0:
+            raise ConfigError("link speed must be > 0")
+        if not 1024 <= self.write_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"write size must be 1 KiB..16 MiB (got {self.write_bytes})")
+
+    @property
+    def max_streams(self) -> int:
+        return max(self.sweep_streams) if self.sweep_streams else self.streams
+
+    def stream_counts(self) -> tuple[int, ...]:
+        return self.sweep_streams or (self.streams,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transport": "udp" if self.udp else "tcp",
+            "direction": "reverse" if self.reverse else "forward",
+            "streams": self.streams, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
+            "drain_s": self.drain_s, "size_bytes": self.size_bytes, "rate_bps": self.rate_bps,
+            "link_speed_bps": self.link_speed_bps, "paths": self.paths,
+            "path_ifaces": list(self.path_ifaces), "ports": list(self.ports),
+            "workers": self.workers, "cpus": list(self.cpus), "write_bytes": self.write_bytes,
+            "sweep_streams": list(self.sweep_streams),
+            "sweep_rates_bps": list(self.sweep_rates_bps),
+        }
+
+
+def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, anchor_ns: int | None,
+                 warmup_s: float, duration_s: float, tail_s: float, write_bytes: int,
+                 deadline_ns: int, cpu: int | None = None) -> dict[str, Any]:
+    """Pump these streams in threads of this process; the end report of this end."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    window = _Window(warmup_s, duration_s)
+    if anchor_ns is not None:
+        window.anchor(anchor_ns)
+    stop = threading.Event()
+    streams: list[_Stream] = []
+    threads: list[threading.Thread] = []
+    for stream_id, sock in socks:
+        _set_kernel_timeouts(sock, POLL_S)
+        stream = _Stream(stream_id, sock, ports=(sock.getsockname()[1], sock.getpeername()[1]))
+        streams.append(stream)
+        buffer = bytearray(write_bytes if sending else RECV_BUFFER_BYTES)
+        threads.append(threading.Thread(
+            target=_pump, args=(stream, window, stop),
+            kwargs={"sending": sending, "buffer": buffer, "deadline_ns": deadline_ns,
+                    "tail_ns": int(tail_s * 1e9) if sending else 0},
+            daemon=True, name=f"bulk-{stream_id}"))
+    try:
+        for worker in threads:
+            worker.start()
+        for worker in threads:
+            while worker.is_alive():
+                worker.join(timeout=0.2)
+    finally:
+        stop.set()
+    return _end_report(streams, sending)
+
+
+def _worker_main(conn: Any, socks: list[tuple[int, socket.socket]], kwargs: dict[str, Any]) -> None:
+    try:
+        conn.send(("ok", _run_streams(socks, **kwargs)))
+    except BaseException as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: Sequence[int],
+                    **kwargs: Any) -> dict[str, Any]:
+    """Split the streams over `workers` forked processes and merge their reports."""
+    if workers <= 1:
+        return _run_streams(socks, cpu=cpus[0] if cpus else None, **kwargs)
+    context = multiprocessing.get_context("fork")
+    jobs = []
+    for index in range(min(workers, len(socks))):
+        share = socks[index::workers]
+        parent, child = context.Pipe(duplex=False)
+        cpu = cpus[index % len(cpus)] if cpus else None
+        process = context.Process(target=_worker_main,
+                                  args=(child, share, {**kwargs, "cpu": cpu}), daemon=True)
+        process.start()
+        child.close()
+        jobs.append((process, parent))
+    reports: list[dict[str, Any]] = []
+    errors: list[str] = []
+    limit_s = max(1.0, (kwargs["deadline_ns"] - time.monotonic_ns()) / 1e9 + 5.0)
+    for process, parent in jobs:
+        if parent.poll(limit_s):
+            status, payload = parent.recv()
+            (reports if status == "ok" else errors).append(payload)
+        else:
+            errors.append("a bulk worker did not report in time")
+        process.join(timeout=2.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if errors:
+        raise PktbenchError(f"bulk worker failed: {errors[0]}")
+    merged = {"role": reports[0]["role"], "streams": sorted(
+        (s for r in reports for s in r["streams"]), key=lambda s: s["stream_id"])}
+    merged["bits_per_second"] = sum(s["bits_per_second"] for s in merged["streams"])
+    merged["bytes"] = sum(s["bytes"] for s in merged["streams"])
+    merged["window_s"] = max(r["window_s"] for r in reports)
+    merged["cpu_percent"] = sum(r["cpu_percent"] for r in reports)
+    return merged
+
+
+class _PathSampler:
+    """Reads the path counters at the edges of a window, from its own thread."""
+
+    def __init__(self, counters: PathCounters | None, start_ns: int, duration_s: float) -> None:
+        self.counters = counters
+        self.start_ns = start_ns
+        self.duration_s = duration_s
+        self._samples: list[tuple[int, Mapping[str, tuple[int, int]]]] = []
+        self._thread: threading.Thread | None = None
+        if counters is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self.counters is not None
+        delay_s = (self.start_ns - time.monotonic_ns()) / 1e9
+        if delay_s > 0:
+            time.sleep(delay_s)
+        self._samples.append((time.monotonic_ns(), self.counters()))
+        time.sleep(self.duration_s)
+        self._samples.append((time.monotonic_ns(), self.counters()))
+
+    def report(self, reverse: bool) -> list[dict[str, Any]] | None:
+        """Bytes and bit/s per path (tx forward, rx reversed); None without counters."""
+        if self._thread is None:
+            return None
+        self._thread.join(timeout=self.duration_s + 5.0)
+        if len(self._samples) < 2:
+            return None
+        (t0, before), (t1, after) = self._samples[:2]
+        span_s = (t1 - t0) / 1e9
+        index = 1 if reverse else 0
+        out = []
+        for name, values in after.items():
+            moved = values[index] - before.get(name, (0, 0))[index]
+            out.append({"name": name, "direction": "rx" if reverse else "tx", "bytes": moved,
+                        "window_s": span_s,
+                        "bits_per_second": moved * 8 / span_s if span_s > 0 else 0.0})
+        return out
+
+
+def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
+    """The per-segment overhead the sending end saw (MSS and options from its sockets)."""
+    for stream in report.get("streams", []):
+        mss = stream.get("mss_bytes")
+        tcp = stream.get("tcp") or {}
+        if mss:
+            return tcp_overhead(int(mss), ipv6=ipv6, options_bytes=int(tcp.get("options_bytes", 0)))
+    return None
+
+
+def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float | None
+           ) -> dict[str, Any]:
+    wire_bps = overhead.wire_bps(goodput_bps) if overhead else None
+    return {
+        "wire_bits_per_second": wire_bps,
+        "frame_bits_per_second": overhead.frame_bps(goodput_bps) if overhead else None,
+        "link_percent": (100.0 * wire_bps / link_speed_bps
+                         if wire_bps is not None and link_speed_bps else None),
+    }
+
+
+def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, index: int = 0,
+                 ports: Sequence[int] | None = None, plan: FlowPlan | None = None,
+                 counters: PathCounters | None = None) -> dict[str, Any]:
+    """Run one TCP bulk step of `streams` streams and return its step dict.
+
+    `ports` are the source ports (one per stream) or None for the kernel's
+    pick; `plan` labels each stream with the path its port was probed on.
+    """
+    params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
+                        warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
+                        reverse=config.reverse)
+    armed = client.begin_step(params)
+    socks: list[tuple[int, socket.socket]] = []
+    try:
+        for stream_id in range(streams):
+            port = ports[stream_id] if ports else None
+            socks.append((stream_id, _open_stream(client, stream_id, armed.token, port)))
+        sending = not config.reverse
+        anchor_ns = time.monotonic_ns() if sending else None
+        deadline_ns = time.monotonic_ns() + int(
+            (config.warmup_s + config.duration_s + config.drain_s + 10.0) * 1e9)
+        sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
+                               + int(config.warmup_s * 1e9), config.duration_s)
+        result = _run_in_workers(
+            socks, config.workers, config.cpus, sending=sending, anchor_ns=anchor_ns,
+            warmup_s=config.warmup_s, duration_s=config.duration_s, tail_s=config.drain_s,
+            write_bytes=config.write_bytes, deadline_ns=deadline_ns)
+        per_path = sampler.report(config.reverse)
+    except BaseException:
+        client.abandon_step()
+        for _, sock in socks:
+            sock.close()
+        raise
+    for _, sock in socks:
+        if sending:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+    server = client.end_step({"stream_ids": list(range(streams)),
+                              "bits_per_second": result["bits_per_second"]},
+                             timeout_s=config.drain_s + 15.0)
+    for _, sock in socks:
+        sock.close()
+    return _tcp_step_dict(config, streams, index, result, server, ports, plan,
+                          per_path,
+                          ipv6=":" in client.server_address[0]
+                          and not client.server_address[0].startswith("::ffff:"))
+
+
+def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dict[str, Any],
+                   server_end: dict[str, Any], ports: Sequence[int] | None,
+                   plan: FlowPlan | None, per_path: list[dict[str, Any]] | None, *,
+                   ipv6: bool) -> dict[str, Any]:
+    sender, receiver = ((server_end, client_end) if config.reverse else (client_end, server_end))
+    overhead = _overhead_for(sender, ipv6)
+    by_id = {s["stream_id"]: s for s in sender.get("streams", [])}
+    rows = []
+    for got in receiver.get("streams", []):
+        sent = by_id.get(got["stream_id"], {})
+        tcp = sent.get("tcp") or {}
+        row = {
+            "stream_id": got["stream_id"],
+            "source_port": _client_port(client_end, got["stream_id"]),
+            "path": (plan.paths[plan.ports.index(ports[got["stream_id"]])]
+                     if plan and ports and ports[got["stream_id"]] in plan.ports else None),
+            "bits_per_second": got["bits_per_second"],
+            "bytes": got["bytes"],
+            "sender_bits_per_second": sent.get("bits_per_second"),
+            "retransmits": tcp.get("retransmits"),
+            "cwnd_segments": tcp.get("cwnd_segments"),
+            "rtt_us": tcp.get("rtt_us"),
+            "mss_bytes": sent.get("mss_bytes"),
+            "error": got.get("error") or sent.get("error"),
+        }
+        row.update(_rates(got["bits_per_second"], overhead, None))
+        del row["link_percent"]
+        rows.append(row)
+    aggregate = sum(r["bits_per_second"] for r in rows)
+    retransmits = [r["retransmits"] for r in rows if r["retransmits"] is not None]
+    step = {
+        "index": index,
+        "transport": "tcp",
+        "direction": "reverse" if config.reverse else "forward",
+        "streams_requested": streams,
+        "streams": rows,
+        "aggregate_bits_per_second": aggregate,
+        "sender_bits_per_second": sender.get("bits_per_second"),
+        **_rates(aggregate, overhead, config.link_speed_bps),
+        "overhead": overhead.to_dict() if overhead else None,
+        "retransmits": sum(retransmits) if retransmits else None,
+        "sender_cpu_percent": sender.get("cpu_percent"),
+        "receiver_cpu_percent": receiver.get("cpu_percent"),
+        "duration_s": receiver.get("window_s"),
+        "per_path": per_path,
+        "client": client_end,
+        "server": server_end,
+    }
+    return step
+
+
+def _client_port(client_end: Mapping[str, Any], stream_id: int) -> int | None:
+    for stream in client_end.get("streams", []):
+        if stream["stream_id"] == stream_id:
+            return int(stream["local_port"])
+    return None
+
+
+def _path_mtu(sock: socket.socket) -> int:
+    """The kernel's path MTU for a connected UDP socket (IP_MTU / IPV6_MTU)."""
+    try:
+        if sock.family == socket.AF_INET6:
+            return int(sock.getsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_MTU", 24)))
+        return int(sock.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU", 14)))
+    except OSError:
+        return 1500
+
+
+def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float | None,
+                 index: int = 0, counters: PathCounters | None = None,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
+    """One UDP bulk step: a blast step with large datagrams at `rate_bps` (None: max)."""
+    sock = client.data_socket
+    ipv6 = sock.family == socket.AF_INET6 and not client.server_address[0].startswith("::ffff:")
+    mtu = _path_mtu(sock)
+    size = config.size_bytes or min(wire.MAX_DATAGRAM,
+                                     mtu - (40 if ipv6 else 20) - 8)
+    size = max(size, wire.HEADER_SIZE)
+    params = StepParams(workload="blast", command="none",
+                        rate_pps=rate_bps / (8 * size) if rate_bps else None,
+                        duration_s=config.duration_s, warmup_s=config.warmup_s,
+                        drain_s=config.drain_s, size_bytes=size)
+    # run_sender starts its schedule 1 ms from now, then the warm-up
+    sampler = _PathSampler(counters, time.monotonic_ns() + int((config.warmup_s + 0.001) * 1e9),
+                           config.duration_s)
+    step = client.run_step(params, index=index, stop=stop)
+    overhead = udp_overhead(size, mtu_bytes=mtu, ipv6=ipv6)
+    goodput = step["received_mbps"] * 1e6
+    sent = step["sent_mbps"] * 1e6
+    row = {"stream_id": 0, "source_port": sock.getsockname()[1], "path": None,
+           "bits_per_second": goodput, "bytes": int(goodput * step["duration_s"] / 8),
+           "sender_bits_per_second": sent, "retransmits": None, "cwnd_segments": None,
+           "rtt_us": None, "mss_bytes": None, "error": None}
+    row.update(_rates(goodput, overhead, None))
+    del row["link_percent"]
+    return {
+        "index": index,
+        "transport": "udp",
+        "direction": "forward",
+        "streams_requested": 1,
+        "offered_bits_per_second": rate_bps,
+        "size_bytes": size,
+        "path_mtu_bytes": mtu,
+        "streams": [row],
+        "aggregate_bits_per_second": goodput,
+        "sender_bits_per_second": sent,
+        **_rates(goodput, overhead, config.link_speed_bps),
+        "overhead": overhead.to_dict(),
+        "loss_ratio": step["loss_ratio"],
+        "retransmits": None,
+        "sender_cpu_percent": step["sender"]["cpu_percent"],
+        "receiver_cpu_percent": step["receiver"].get("cpu_percent"),
+        "duration_s": step["duration_s"],
+        "per_path": sampler.report(False),
+        "udp_step": {k: step[k] for k in ("sent_packets", "received_packets", "lost_packets",
+                                          "sent_pps", "received_pps", "sender_bound")},
+    }
+
+
+# -- the whole test ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BulkResult:
+    """A bulk test: its steps, the ceiling among them, the flow plan and the host."""
+
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    steps: tuple[dict[str, Any], ...]
+    plan: FlowPlan | None = None
+    target: str = ""
+
+    @property
+    def ceiling_step(self) -> dict[str, Any] | None:
+        return max(self.steps, key=lambda s: s["aggregate_bits_per_second"], default=None)
+
+    def ceiling(self) -> dict[str, Any]:
+        """The highest aggregate goodput, on-wire too, beside the link speed."""
+        best = self.ceiling_step
+        link = self.config.get("link_speed_bps")
+        if best is None:
+            return {"bits_per_second": None}
+        overhead = best.get("overhead")
+        ratio = overhead["goodput_ratio"] if overhead else None
+        return {
+            "bits_per_second": best["aggregate_bits_per_second"],
+            "wire_bits_per_second": best["wire_bits_per_second"],
+            "frame_bits_per_second": best["frame_bits_per_second"],
+            "step_index": best["index"],
+            "streams": best["streams_requested"],
+            "offered_bits_per_second": best.get("offered_bits_per_second"),
+            "link_speed_bps": link,
+            "link_percent": best["link_percent"],
+            "goodput_link_percent": (100.0 * best["aggregate_bits_per_second"] / link
+                                     if link else None),
+            "max_goodput_at_link_bps": link * ratio if link and ratio else None,
+            "overhead": overhead,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        ceiling = self.ceiling()
+        return {
+            "schema_version": BULK_SCHEMA_VERSION,
+            "kind": "bulk",
+            "target": self.target,
+            "environment": self.environment,
+            "config": self.config,
+            "plan": self.plan.to_dict() if self.plan else None,
+            "steps": list(self.steps),
+            "ceiling": ceiling,
+            "ceiling_bits_per_second": ceiling["bits_per_second"],
+            "ceiling_wire_bits_per_second": ceiling.get("wire_bits_per_second"),
+        }
+
+
+StepHook = Callable[[dict[str, Any]], None]
+
+
+def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,
+             counters: PathCounters | None = None, on_step: StepHook | None = None,
+             stop: threading.Event | None = None) -> BulkResult:
+    """Run a bulk test (one step, or a sweep over stream counts or offered rates).
+
+    Args:
+        target: the server, "HOST[:PORT]"; None starts one on this machine.
+        config: what to run.
+        secret: the server's shared secret, if it has one.
+        counters: per-path byte counters; default: sysfs counters of
+            config.path_ifaces when given.
+        on_step: called with each finished step dict.
+        stop: set to stop between steps.
+
+    Raises:
+        PktbenchError: connection, protocol, planning or configuration trouble.
+    """
+    from pktbench.results import environment
+
+    resolved = parse_target(target) if isinstance(target, str) else target
+    if counters is None and config.path_ifaces:
+        counters = sysfs_counters(config.path_ifaces)
+    if resolved is None:
+        with session.LocalServer() as server:
+            return _run_with(server.target, "embedded loopback server", config, secret,
+                             counters, on_step, stop, environment)
+    return _run_with(resolved, str(resolved), config, secret, counters, on_step, stop,
+                     environment)
+
+
+def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | None,
+              counters: PathCounters | None, on_step: StepHook | None,
+              stop: threading.Event | None, environment: Callable[..., dict[str, Any]]
+              ) -> BulkResult:
+    steps: list[dict[str, Any]] = []
+    plan: FlowPlan | None = None
+    with session.Client(target, secret=secret) as client:
+        ports: tuple[int, ...] | None = config.ports or None
+        if config.ports:
+            plan = FlowPlan(config.ports, tuple(-1 for _ in config.ports),
+                            tuple(config.path_ifaces), "given")
+        elif config.paths > 1 and not config.udp:
+            assert counters is not None
+            plan = plan_flows(client, config.max_streams, counters, reverse=config.reverse)
+            ports = plan.ports
+        if config.udp:
+            for index, rate in enumerate(config.sweep_rates_bps or (config.rate_bps,)):
+                if stop is not None and stop.is_set():
+                    break
+                steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
+                                          counters=counters))
+                if on_step:
+                    on_step(steps[-1])
+        else:
+            for index, streams in enumerate(config.stream_counts()):
+                if stop is not None and stop.is_set():
+                    break
+                steps.append(run_tcp_step(client, config, streams=streams, index=index,
+                                          ports=ports[:streams] if ports else None, plan=plan,
+                                          counters=counters))
+                if on_step:
+                    on_step(steps[-1])
+        env = environment(client.server_address[0])
+    return BulkResult(config=config.to_dict(), environment=env, steps=tuple(steps), plan=plan,
+                      target=label)
+
+
+# -- reports ----------------------------------------------------------------------
+
+def _gbit(value: Any) -> str:
+    return f"{value / 1e9:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def step_line(step: Mapping[str, Any]) -> str:
+    """One progress line for a finished step."""
+    what = (f"{step['streams_requested']} stream(s)" if step["transport"] == "tcp" else
+            f"offered {_gbit(step.get('offered_bits_per_second'))} Gbit/s")
+    return (f"step {step['index'] + 1}: {step['transport']} {what}: "
+            f"{_gbit(step['aggregate_bits_per_second'])} Gbit/s goodput, "
+            f"{_gbit(step['wire_bits_per_second'])} Gbit/s on the wire")
+
+
+def render_bulk(result: BulkResult) -> str:
+    """The human report: per-step and per-stream tables, overhead and the ceiling."""
+    from tabulate import tabulate
+
+    lines: list[str] = []
+    cfg = result.config
+    lines.append(f"bulk {cfg['transport']} {cfg['direction']} to {result.target}")
+    if result.plan is not None:
+        plan = result.plan
+        lines.append(f"flow plan ({plan.method}): ports {', '.join(map(str, plan.ports))}"
+                     + (f" over {', '.join(plan.path_names)}"
+                        f" ({plan.probes} probes)" if plan.method == "probed" else ""))
+    headers = ["step", "streams", "goodput Gbit/s", "on-wire Gbit/s", "% link", "retrans",
+               "sender CPU%", "receiver CPU%"]
+    if cfg["transport"] == "udp":
+        headers[1] = "offered Gbit/s"
+        headers[5] = "loss %"
+    rows = []
+    for step in result.steps:
+        second = (step["streams_requested"] if step["transport"] == "tcp"
+                  else _gbit(step.get("offered_bits_per_second")) if step.get("offered_bits_per_second")
+                  else "max")
+        fifth = (step["retransmits"] if step["transport"] == "tcp"
+                 else _pct(100 * step["loss_ratio"]))
+        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bits_per_second"]),
+                     _gbit(step["wire_bits_per_second"]), _pct(step["link_percent"]),
+                     fifth if fifth is not None else "-", _pct(step["sender_cpu_percent"]),
+                     _pct(step["receiver_cpu_percent"])])
+    lines.append(tabulate(rows, headers=headers, disable_numparse=True))
+    for step in result.steps:
+        lines.append("")
+        lines.append(f"step {step['index'] + 1} per stream:")
+        stream_rows = [[s["stream_id"], s["source_port"], s["path"] if s["path"] is not None
+                        and s["path"] >= 0 else "-", _gbit(s["bits_per_second"]),
+                        _gbit(s["wire_bits_per_second"]),
+                        s["retransmits"] if s["retransmits"] is not None else "-",
+                        s["cwnd_segments"] if s["cwnd_segments"] is not None else "-",
+                        s["rtt_us"] if s["rtt_us"] is not None else "-", s["error"] or ""]
+                       for s in step["streams"]]
+        lines.append(tabulate(stream_rows, headers=["stream", "src port", "path", "Gbit/s",
+                                                    "on-wire", "retrans", "cwnd", "rtt us", ""],
+                              disable_numparse=True))
+        if step.get("per_path"):
+            lines.append("per path (interface counters, " + step["per_path"][0]["direction"]
+                         + "): " + ", ".join(f"{p['name']} {_gbit(p['bits_per_second'])} Gbit/s"
+                                             for p in step["per_path"]))
+    ceiling = result.ceiling()
+    if ceiling.get("bits_per_second") is not None:
+        lines.append("")
+        if ceiling.get("overhead"):
+            lines.append("overhead per " + ("segment" if cfg["transport"] == "tcp"
+                                            else "datagram") + ": " + ceiling["overhead"]["text"])
+        text = (f"ceiling: {_gbit(ceiling['bits_per_second'])} Gbit/s goodput, "
+                f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
+                f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
+        if ceiling.get("link_speed_bps"):
+            text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"
+                     f" Gbit/s link (goodput can reach at most "
+                     f"{_gbit(ceiling['max_goodput_at_link_bps'])} Gbit/s there)")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def write_bulk_json(result: BulkResult, target: str | IO[str]) -> None:
+    """Write the bulk document to a path, '-' (stdout) or an open stream."""
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+    if isinstance(target, str):
+        if target == "-":
+            sys.stdout.write(text + "\n")
+            return
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        return
+    target.write(text + "\n")
+
+
