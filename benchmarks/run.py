@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import IO, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -111,8 +111,8 @@ class Finished:
 class Proc:
     argv: list[str]
     popen: subprocess.Popen[bytes]
-    out: tempfile._TemporaryFileWrapper  # type: ignore[type-arg]
-    err: tempfile._TemporaryFileWrapper  # type: ignore[type-arg]
+    out: IO[bytes]  # temporary files, not pipes: a chatty tool can never block on a full pipe
+    err: IO[bytes]
     t0: float
     done: Optional[Finished] = None
 
@@ -130,7 +130,7 @@ class Runner:
         two_cpus = (os.cpu_count() or 1) >= 2
         self.cpu = {"client": SENDER_CPU, "server": RECEIVER_CPU if two_cpus else SENDER_CPU}
 
-    def wrap(self, loc: Location, role: str, argv: Sequence[str]) -> list[str]:
+    def wrap(self, loc: Location, role: str, argv: Sequence[object]) -> list[str]:
         ns = loc.server_ns if role == "server" else loc.client_ns
         pre = ["ip", "netns", "exec", ns] if ns else []
         # ip netns exec and taskset both exec(), so the PID we hold is the tool's own.
@@ -471,12 +471,12 @@ def pktbench_serve(h: "Harness", loc: Location, port: int, busy_poll: bool = Fal
     return argv
 
 
-def pktbench_run(h: "Harness", target: str, args: Sequence[str], json_path: Path) -> list[str]:
+def pktbench_run(h: "Harness", target: str, args: Sequence[object], json_path: Path) -> list[str]:
     return [*h.pkt.argv, "run", target, *[str(a) for a in args], "--json", str(json_path)]
 
 
-def pktbench_plan(h: "Harness", loc: Location, port: int, args: Sequence[str], name: str,
-                  busy_poll: bool = False, server: Optional[list[str]] = None,
+def pktbench_plan(h: "Harness", loc: Location, port: int, args: Sequence[object], name: str,
+                  busy_poll: bool = False, server: Optional[Sequence[object]] = None,
                   target: Optional[str] = None) -> "Plan":
     path = h.tmp / f"{name}-{loc.name}-{time.monotonic_ns()}.json"
     return Plan(client=pktbench_run(h, target or f"{loc.server_addr}:{port}", args, path),
@@ -496,9 +496,9 @@ def _pktbench_result(cli: Finished, path: Path) -> Metrics:
 
 @dataclass(frozen=True)
 class Plan:
-    client: list[str]
+    client: Sequence[object]  # str() of each item is the argument (paths, ints)
     parse: Callable[[Finished, Optional[Finished]], Metrics]
-    server: Optional[list[str]] = None
+    server: Optional[Sequence[object]] = None
     server_proto: str = "tcp"
     server_exit_grace_s: float = 0.0  # servers that exit by themselves and print results
     timeout_s: float = 60.0
@@ -665,9 +665,11 @@ def row_b3(h: "Harness", loc: Location) -> Row:
         ref_key, pkt_key = f"iperf3_{label}", f"pktbench_{label}"
         ms.append(Measurement(ref_key, f"iperf3 -u -l 64 -b {rate * 512} ({rate} pps)", False,
                               ("sent_pps", "achieved_ratio", "received_pps"), plan=iperf3_udp(rate)))
+        def paced(h: "Harness", loc: Location, port: int, f: Callable[..., Plan] = pkt, r: int = rate) -> Plan:
+            return _ratio_plan(f(h, loc, port), r)
+
         ms.append(Measurement(pkt_key, f"pktbench blast --rate {rate}", True,
-                              ("sent_pps", "received_pps", "send_lag_p99_us"),
-                              plan=lambda h, loc, port, f=pkt, r=rate: _ratio_plan(f(h, loc, port), r)))
+                              ("sent_pps", "received_pps", "send_lag_p99_us"), plan=paced))
         ts.append(Target(f"achieved/offered at {label} ({rate} pps) within +-0.5%", (pkt_key, "sent_pps"), float(rate),
                          low=0.995, high=1.005, beside=(ref_key, "sent_pps")))
     return Row("B3", "pacing accuracy", tuple(ms), tuple(ts),
@@ -836,9 +838,12 @@ class Harness:
     def note_command(self, client: list[str], server: Optional[list[str]]) -> None:
         if self._current:
             out, key = self._current
-            cmds = {"client": shlex.join(client)}
+            # Paths relative to the repository so the recorded commands read the same anywhere.
+            def show(argv: list[str]) -> str:
+                return shlex.join(argv).replace(str(REPO) + os.sep, "")
+            cmds = {"client": show(client)}
             if server:
-                cmds["server"] = shlex.join(server)
+                cmds["server"] = show(server)
             out.commands[key] = cmds
 
     def measure_once(self, m: Measurement, loc: Location) -> Metrics:
@@ -859,7 +864,7 @@ class Harness:
             cli = self.runner.wait(self.runner.spawn(client_argv), plan.timeout_s)
             sfin = self.runner.stop(srv, plan.server_exit_grace_s) if srv else None
             if cli.rc != 0 and not cli.stdout.strip():
-                raise MeasureError(f"{plan.client[0]} exited {cli.rc}: {cli.stderr.strip()[-300:]}")
+                raise MeasureError(f"{Path(str(plan.client[0])).name} exited {cli.rc}: {cli.stderr.strip()[-300:]}")
             metrics = plan.parse(cli, sfin)
             if plan.udp_mib:
                 after = udp_mib(loc)
