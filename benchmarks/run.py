@@ -626,7 +626,7 @@ def row_b2(h: "Harness", loc: Location) -> Row:
 
     def pkt(busy: bool) -> Callable[["Harness", Location, int], Plan]:
         def plan(h: "Harness", loc: Location, port: int) -> Plan:
-            args: list[object] = ["--workload", "rr", "--rate", "max", "--size", PAYLOAD_BYTES, "--duration", _d(h)]
+            args: list[object] = ["--workload", "rr", "--rate", "max", "--outstanding", 1, "--size", PAYLOAD_BYTES, "--duration", _d(h)]
             return pktbench_plan(h, loc, port, [str(x) for x in args] + (["--busy-poll"] if busy else []),
                                  "b2busy" if busy else "b2", busy_poll=busy)
         return plan
@@ -636,8 +636,8 @@ def row_b2(h: "Harness", loc: Location) -> Row:
         Measurement("netperf_udp_rr", "netperf UDP_RR 64/64", False, rr, plan=netperf),
         Measurement("sockperf_pp", "sockperf ping-pong 64 B --full-rtt", False, rr, plan=sockperf),
         Measurement("c_pingpong_busy", "C ping-pong, both ends busy-poll", False, rr, plan=c_busy),
-        Measurement("pktbench_rr", "pktbench rr --rate max (blocking)", True, rr, plan=pkt(False)),
-        Measurement("pktbench_rr_busy", "pktbench rr --rate max --busy-poll", True, rr, plan=pkt(True)),
+        Measurement("pktbench_rr", "pktbench rr --rate max --outstanding 1 (blocking)", True, rr, plan=pkt(False)),
+        Measurement("pktbench_rr_busy", "pktbench rr --rate max --outstanding 1 --busy-poll", True, rr, plan=pkt(True)),
     ), (
         Target("trans/s >= netperf UDP_RR", ("pktbench_rr", "trans_per_s"), ("netperf_udp_rr", "trans_per_s"), low=1.0),
         Target("RTT p50 within 10% of sockperf pp", ("pktbench_rr", "rtt_p50_us"), ("sockperf_pp", "rtt_p50_us"), high=1.10),
