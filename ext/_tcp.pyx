@@ -463,8 +463,11 @@ cdef class RespClient:
         self.c[C_ACTUAL_MIN_NS] = <uint64_t>-1
 
     def stop_issuing(self):
-        """No new requests in this phase: the limit becomes what was scheduled."""
-        self.limit = self.n_scheduled
+        """At rate 0, queue no more requests. A paced phase needs no stop: its
+        last request fell due before its window ended, and one the loop had
+        not reached yet still goes out (late) while draining."""
+        if self.period_ns <= 0:
+            self.limit = self.n_scheduled
 
     @property
     def scheduled(self):
