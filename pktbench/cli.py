@@ -115,10 +115,12 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
     A redis:// target always runs rr-tcp; --connections/--pipeline need it.
     """
     from pktbench import api
+    from pktbench.address import Target
     from pktbench.redis_target import RedisAuth, parse_redis_url
     from pktbench.tcp_rr import TcpOptions
 
-    auth = None
+    auth: RedisAuth | None = None
+    resolved: Target | None
     if target is not None and target.strip().lower().startswith("redis://"):
         resolved, auth = parse_redis_url(target)
         if workload not in (None, "rr", "rr-tcp"):
