@@ -41,6 +41,8 @@ from tcpapi cimport (
     EPOLL_CLOEXEC, MSG_NOSIGNAL, SHUT_RDWR,
 )
 
+cimport cython
+
 import numpy as np
 
 include "_wire.pxi"
@@ -539,6 +541,9 @@ cdef class RespClient:
             if wake > now + SPIN_MARGIN_NS:
                 sleep_until(self.epfd, True, wake - SPIN_MARGIN_NS)
 
+    # indices are enum counters and hist_index(), in range by construction
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int _issue_all(self, uint64_t now) noexcept nogil:
         """Queue every due request that has a window slot; returns how many."""
         cdef uint64_t due_count, backlog, room, m, first_waiting
@@ -580,6 +585,9 @@ cdef class RespClient:
                     return rc
         return <int>total
 
+    # indices are enum counters and hist_index(), in range by construction
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _queue(self, ClientConn *conn, int i, uint64_t m, uint64_t now) noexcept nogil:
         cdef uint64_t j, slot, seq, due, ready, lag
         for j in range(m):
@@ -691,6 +699,9 @@ cdef class RespClient:
         if conn.loss_run > self.c[C_LOSS_MAX_RUN]:
             self.c[C_LOSS_MAX_RUN] = conn.loss_run
 
+    # indices are enum counters and hist_index(), in range by construction
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _reply(self, ClientConn *conn, uint8_t kind, Py_ssize_t length,
                      uint64_t rx) noexcept nogil:
         if conn.replied >= conn.written:
