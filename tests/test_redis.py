@@ -211,3 +211,17 @@ def test_client_refuses_udp_workloads(redis: Redis) -> None:
     with RedisClient(parse_redis_url(redis.url)[0]) as client:
         with pytest.raises(ConfigError, match="TCP only"):
             client.run_step(StepParams(workload="rr", command="ping"))
+
+
+def test_cli_sweep_writes_steps(redis: Redis, tmp_path: Any) -> None:
+    import json
+
+    out = tmp_path / "sweep.json"
+    result = CliRunner().invoke(main, [
+        "sweep", redis.url, "--profile", "redis-ping", "--rates", "1k,2k", "--duration", "0.3",
+        "--warmup", "0", "--connections", "3", "--pipeline", "2", "--quiet", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "knee" in result.output
+    document = json.loads(out.read_text())
+    assert document["config"]["connections"] == 3 and document["config"]["pipeline"] == 2
+    assert [s["sent_packets"] for s in document["steps"]] == [300, 600]
