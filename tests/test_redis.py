@@ -136,8 +136,10 @@ def test_resp_error_replies_count_as_errors(redis: Redis) -> None:
 def test_short_sweep_has_a_knee_table(redis: Redis) -> None:
     profile = config.apply_overrides(config.load_profile("redis-get-small"), source="test",
                                      rates_pps="1k,3k,9k", duration_s=0.5, warmup_s=0.1)
-    result = sweep.sweep(parse_redis_url(redis.url)[0], profile, tcp=TcpOptions(2, 1))
-    assert [s["offered_pps"] for s in result.steps] == [1000.0, 3000.0, 9000.0]
+    result = sweep.sweep(parse_redis_url(redis.url)[0], profile, tcp=TcpOptions(2, 1),
+                         early_stop=False)
+    # a busy machine may fail the top rate, which earns it a confirming retrial
+    assert sorted({s["offered_pps"] for s in result.steps}) == [1000.0, 3000.0, 9000.0]
     for s in result.steps:
         assert s["sent_packets"] == round(s["offered_pps"] * 0.5)
         assert s["received_packets"] > 0 and s["latency_us"] is not None
