@@ -1,4 +1,4 @@
-"""Build the Cython engine into pktbench._engine.
+"""Build the Cython engine: pktbench._engine (UDP) and pktbench._tcp (RESP over TCP).
 
 PKTBENCH_DEBUG=1 writes annotated HTML next to the sources and turns on
 line tracing, so a hot loop that touches Python objects shows up in yellow.
@@ -20,12 +20,9 @@ if debug:
     directives.update(linetrace=True)
     macros.append(("CYTHON_TRACE_NOGIL", "1"))
 
-engine = Extension(
-    "pktbench._engine",
-    ["ext/_engine.pyx"],
-    include_dirs=["ext"],
-    define_macros=macros,
-    extra_compile_args=["-O2"],
-)
+extensions = [
+    Extension(name, [source], include_dirs=["ext"], define_macros=macros, extra_compile_args=["-O2"])
+    for name, source in (("pktbench._engine", "ext/_engine.pyx"), ("pktbench._tcp", "ext/_tcp.pyx"))
+]
 
-setup(ext_modules=cythonize([engine], compiler_directives=directives, annotate=debug))
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=debug))

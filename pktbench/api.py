@@ -9,13 +9,16 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from pktbench import redis_target
 from pktbench.address import Target, parse_target
 from pktbench.config import Profile
 from pktbench.engine import ENGINE_NAME
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
+from pktbench.redis_target import RedisAuth
 from pktbench.session import Client, LocalServer
 from pktbench.sweeper import StepCallback
+from pktbench.tcp_rr import TcpOptions
 from pktbench.sweeper import sweep as _sweep_impl
 
 
@@ -31,9 +34,18 @@ def as_target(target: str | Target | None) -> Target | None:
 
 
 def run_step(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
+             redis_auth: RedisAuth | None = None,
              stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run one step and return its step dict (see pktbench.step)."""
+    """Run one step and return its step dict (see pktbench.step).
+
+    A redis:// target is driven directly (RESP over TCP, no pktbench server);
+    its password comes from the URL unless `redis_auth` is given.
+    """
+    if isinstance(target, str) and target.strip().lower().startswith("redis://"):
+        return redis_target.run_step(target, params, auth=redis_auth, stop=stop)
     resolved = as_target(target)
+    if resolved is not None and resolved.redis:
+        return redis_target.run_step(resolved, params, auth=redis_auth, stop=stop)
     if resolved is None:
         with LocalServer() as server:
             with Client(server.target) as client:
@@ -56,7 +68,19 @@ def run_result(target: str | Target | None, params: StepParams,
 
 def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,
           early_stop: bool = True, on_step: StepCallback | None = None,
-          stop: threading.Event | None = None) -> SweepResult:
-    """Sweep the profile's rates against `target` (None: both ends on this machine)."""
-    return _sweep_impl(as_target(target), profile, secret=secret, early_stop=early_stop,
-                       on_step=on_step, stop=stop)
+          stop: threading.Event | None = None, tcp: TcpOptions | None = None,
+          redis_auth: RedisAuth | None = None) -> SweepResult:
+    """Sweep the profile's rates against `target` (None: both ends on this machine).
+
+    A redis:// target (its password in the URL or `redis_auth`) sweeps a
+    real Redis server over RESP/TCP; `tcp` runs rr steps over TCP
+    connections with pipelining against a pktbench server.
+    """
+    resolved: Target | None
+    if isinstance(target, str) and target.strip().lower().startswith("redis://"):
+        resolved, url_auth = redis_target.parse_redis_url(target)
+        redis_auth = redis_auth or url_auth
+    else:
+        resolved = as_target(target)
+    return _sweep_impl(resolved, profile, secret=secret, early_stop=early_stop,
+                       on_step=on_step, stop=stop, tcp=tcp, redis_auth=redis_auth)

@@ -94,6 +94,53 @@ def token_options(func: Any) -> Any:
                         help="Shared secret (HMAC challenge-response; never sent).")(func)
 
 
+# -- rr-tcp and redis:// targets -----------------------------------------------------
+
+def tcp_options(func: Any) -> Any:
+    func = click.option("--redis-password", metavar="PASSWORD",
+                        envvar="PKTBENCH_REDIS_PASSWORD",
+                        help="AUTH password of a redis:// target (or put it in the URL: "
+                             "redis://:PASSWORD@HOST:PORT).")(func)
+    func = click.option("--pipeline", type=click.IntRange(1, 1024), default=None,
+                        help="rr-tcp: requests in flight per connection [default: 1].")(func)
+    return click.option("--connections", type=click.IntRange(1, 128), default=None,
+                        help="rr-tcp: TCP connections the rate is spread over "
+                             "[default: 1].")(func)
+
+
+def resolve_tcp(target: str | None, workload: str | None, connections: int | None,
+                pipeline: int | None, redis_password: str | None) -> tuple[Any, Any, Any]:
+    """(Target or None, TcpOptions or None, RedisAuth or None) from the options.
+
+    A redis:// target always runs rr-tcp; --connections/--pipeline need it.
+    """
+    from pktbench import api
+    from pktbench.address import Target
+    from pktbench.redis_target import RedisAuth, parse_redis_url
+    from pktbench.tcp_rr import TcpOptions
+
+    auth: RedisAuth | None = None
+    resolved: Target | None
+    if target is not None and target.strip().lower().startswith("redis://"):
+        resolved, auth = parse_redis_url(target)
+        if workload not in (None, "rr", "rr-tcp"):
+            raise click.UsageError(f"a redis:// target runs request/response only, not "
+                                   f"--workload {workload}")
+        workload = "rr-tcp"
+    else:
+        resolved = api.as_target(target)
+        if redis_password is not None:
+            raise click.UsageError("--redis-password needs a redis://HOST:PORT target")
+    if redis_password is not None:
+        auth = RedisAuth(redis_password, auth.username if auth else None)
+    if workload != "rr-tcp":
+        if connections is not None or pipeline is not None:
+            raise click.UsageError("--connections and --pipeline need --workload rr-tcp "
+                                   "or a redis:// target")
+        return resolved, None, auth
+    return resolved, TcpOptions(connections or 1, pipeline or 1), auth
+
+
 # -- serve ------------------------------------------------------------------------
 
 @main.command()
@@ -138,9 +185,11 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
 # -- run --------------------------------------------------------------------------
 
 @main.command()
-@click.argument("target", required=False, metavar="[HOST[:PORT]]")
-@click.option("--workload", type=click.Choice(["rr", "blast"]), default="rr", show_default=True,
-              help="rr: UDP request/response; blast: one-way UDP.")
+@click.argument("target", required=False, metavar="[HOST[:PORT] | redis://HOST[:PORT]]")
+@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default="rr",
+              show_default=True,
+              help="rr: UDP request/response; blast: one-way UDP; rr-tcp: RESP over TCP "
+                   "(always, against redis://).")
 @click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default="ping",
               show_default=True, help="RESP command carried by rr requests.")
 @click.option("--rate", type=RateType(), default="10000", show_default=True,
@@ -159,36 +208,43 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
               show_default=True, help="A response later than this counts as lost, seconds.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @token_options
+@tcp_options
 def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
         warmup: float, size: int, busy_poll: bool, outstanding: int | None, timeout: float,
-        json_path: str | None,
-        token: str | None, token_file: str | None) -> None:
+        json_path: str | None, token: str | None, token_file: str | None,
+        connections: int | None, pipeline: int | None, redis_password: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
     from pktbench import api
     from pktbench.report import check_output_path, step_table, write_json
 
     if json_path:
         check_output_path(json_path, "json")
-    params = api.step_params(workload=workload, command=command if workload == "rr" else "none",
+    resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
+    if tcp is not None:
+        workload = "rr-tcp"
+    params = api.step_params(workload=workload,
+                             command=command if workload in ("rr", "rr-tcp") else "none",
                              rate_pps=rate, duration_s=duration, warmup_s=warmup,
                              size_bytes=size, busy_poll=busy_poll, timeout_s=timeout,
-                             outstanding=outstanding if workload == "rr" else None)
+                             outstanding=outstanding if workload == "rr" else None,
+                             connections=tcp.connections if tcp else None,
+                             pipeline=tcp.pipeline if tcp else None)
     secret = read_secret(token, token_file)
-    step = api.run_step(target, params, secret=secret)
+    step = api.run_step(resolved, params, secret=secret, redis_auth=auth)
     out = sys.stderr if json_path == "-" else sys.stdout
     click.echo(step_table(step), file=out)
     if json_path:
-        write_json(api.run_result(target, params, step), json_path)
+        write_json(api.run_result(resolved, params, step), json_path)
 
 
 # -- sweep ------------------------------------------------------------------------
 
 @main.command()
-@click.argument("target", required=False, metavar="[HOST[:PORT]]")
+@click.argument("target", required=False, metavar="[HOST[:PORT] | redis://HOST[:PORT]]")
 @click.option("--profile", "profile_name", default="default", show_default=True,
               metavar="NAME|FILE", help="Built-in profile name or a .toml file.")
-@click.option("--workload", type=click.Choice(["rr", "blast"]), default=None,
-              help="Override the profile's workload.")
+@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default=None,
+              help="Override the profile's workload (rr-tcp: its rr steps as RESP over TCP).")
 @click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
               help="Override the RESP command of rr requests.")
 @click.option("--rates", metavar="LIST", default=None,
@@ -224,6 +280,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @token_options
+@tcp_options
 def sweep(target: str | None, profile_name: str, workload: str | None, command: str | None,
           rates: str | None, from_pps: float | None, to_pps: float | None, steps: int | None,
           scale: str | None, search_goals: str | None, pdr_loss: float | None,
@@ -231,7 +288,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           repeat: int | None, size: int | None, busy_poll: bool | None, max_loss: float | None,
           latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
           json_path: str | None, csv_path: str | None, plot_path: str | None, quiet: bool,
-          token: str | None, token_file: str | None) -> None:
+          token: str | None, token_file: str | None, connections: int | None,
+          pipeline: int | None, redis_password: str | None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine."""
     from pktbench import api, config
     from pktbench.report import Progress, check_output_path, step_line, write_report
@@ -242,6 +300,9 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
             check_output_path(path, kind)
     if sum(1 for path in outputs.values() if path == "-") > 1:
         raise click.UsageError("only one output can go to stdout ('-')")
+    resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
+    if workload == "rr-tcp":
+        workload = "rr"  # a profile's rr steps, carried over TCP
     profile = config.apply_overrides(
         config.load_profile(profile_name), source="command line",
         workload=workload, command=command, rates_pps=rates, from_pps=from_pps, to_pps=to_pps,
@@ -259,8 +320,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
             else:
                 progress.step_done(step)
 
-        result = api.sweep(target, profile, secret=secret, early_stop=not no_early_stop,
-                           on_step=show)
+        result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
+                           on_step=show, tcp=tcp, redis_auth=auth)
     write_report("table", result, sys.stderr if to_stdout else sys.stdout)
     for kind, path in outputs.items():
         if path:

@@ -767,8 +767,10 @@ def verify_auth(secret: bytes, challenge_hex: str, mac_hex: str) -> bool:
 # Step parameters
 # --------------------------------------------------------------------------
 
-WORKLOADS = ("rr", "blast", "bulk")
+WORKLOADS = ("rr", "blast", "bulk", "rr-tcp")
+REQUEST_WORKLOADS = ("rr", "rr-tcp")  # the ones that carry a RESP command
 MAX_STREAMS = 128  # a remote client must not make the server allocate without bound
+MAX_PIPELINE = 1024  # requests in flight per rr-tcp connection
 MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server to hold
 
 
@@ -815,6 +817,8 @@ class StepParams:
     timeout_s: float = 1.0
     streams: int = 1
     reverse: bool = False
+    connections: int = 1  # rr-tcp: TCP connections the rate is spread over
+    pipeline: int = 1  # rr-tcp: requests in flight per connection at most
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or self.workload not in WORKLOADS:
@@ -823,9 +827,10 @@ class StepParams:
         if not isinstance(self.command, str) or self.command not in wire.COMMANDS:
             raise _step_error(f"command must be one of {', '.join(wire.COMMANDS)} "
                               f"(got {self.command!r})")
-        if self.workload == "rr" and self.command == "none":
-            raise _step_error("workload rr needs command ping, get or set (got none)")
-        if self.workload != "rr" and self.command != "none":
+        if self.workload in REQUEST_WORKLOADS and self.command == "none":
+            raise _step_error(f"workload {self.workload} needs command ping, get or set "
+                              "(got none)")
+        if self.workload not in REQUEST_WORKLOADS and self.command != "none":
             raise _step_error(f"workload {self.workload} is one-way: command must be none "
                               f"(got {self.command})")
         if self.rate_pps is not None:
@@ -869,6 +874,9 @@ class StepParams:
             raise _step_error(f"reverse must be true or false (got {type(self.reverse).__name__})")
         if self.reverse and self.workload != "bulk":
             raise _step_error(f"reverse is for bulk only (got workload {self.workload})")
+        for name, most in (("connections", MAX_STREAMS), ("pipeline", MAX_PIPELINE)):
+            if not 1 <= _integer(name, getattr(self, name)) <= most:
+                raise _step_error(f"{name} must be in 1..{most} (got {getattr(self, name)})")
 
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
@@ -912,7 +920,7 @@ def validate_step_params(
     values: dict[str, Any] = dict(params)
     workload = values.get("workload", "rr")
     if "command" not in values:
-        values["command"] = "ping" if workload == "rr" else "none"
+        values["command"] = "ping" if workload in REQUEST_WORKLOADS else "none"
     command = values["command"]
     if "size_bytes" not in values and isinstance(command, str) and command in wire.COMMANDS:
         values["size_bytes"] = max(64, wire.min_request_size(wire.COMMANDS[command]))

@@ -65,7 +65,7 @@ class TcpStepHandler(Protocol):
 # that implement TCP workloads when they are imported (the server imports
 # every module named in TCP_WORKLOAD_MODULES when it opens).
 TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] = {}
-TCP_WORKLOAD_MODULES: tuple[str, ...] = ("pktbench.bulk",)
+TCP_WORKLOAD_MODULES: tuple[str, ...] = ("pktbench.bulk", "pktbench.tcp_rr")
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -617,7 +617,11 @@ class Client:
 
     def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
                  stop: threading.Event | None = None) -> dict[str, Any]:
-        """Run one UDP step on the server and return its step dict."""
+        """Run one step on the server and return its step dict."""
+        if params.workload == "rr-tcp":
+            from pktbench import tcp_rr
+
+            return tcp_rr.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
         if params.workload not in CAPABILITIES:
             raise ConfigError(f"workload {params.workload} is not available over UDP")
         interface = interface_for(self.server_address[0])

@@ -19,9 +19,12 @@ from pktbench import knee, search
 from pktbench.address import Target
 from pktbench.config import Profile
 from pktbench.engine import ENGINE_NAME
+from pktbench.errors import ConfigError
 from pktbench.protocol import StepParams, validate_step_params
+from pktbench.redis_target import RedisAuth, RedisClient
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
+from pktbench.tcp_rr import TcpOptions
 
 StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
 
@@ -30,6 +33,7 @@ StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
 class SweepPlan:
     profile: Profile
     early_stop: bool = True
+    tcp: TcpOptions | None = None  # run the profile's rr steps as rr-tcp
 
     @property
     def criteria(self) -> knee.KneeCriteria:
@@ -37,7 +41,15 @@ class SweepPlan:
 
 
 def step_params_for(profile: Profile, rate_pps: float | None, *,
-                    duration_s: float | None = None) -> StepParams:
+                    duration_s: float | None = None, tcp: TcpOptions | None = None
+                    ) -> StepParams:
+    extra: dict[str, Any] = {}
+    if tcp is not None:
+        if profile.workload != "rr":
+            raise ConfigError(f"profile {profile.name}: workload {profile.workload} is one-way; "
+                              "request/response over TCP needs an rr profile")
+        extra = {"workload": "rr-tcp", "connections": tcp.connections,
+                 "pipeline": tcp.pipeline}
     return validate_step_params({
         "workload": profile.workload,
         "command": profile.command if profile.workload == "rr" else "none",
@@ -48,6 +60,7 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
         "size_bytes": profile.size_bytes,
         "busy_poll": profile.busy_poll,
         "timeout_s": profile.timeout_s,
+        **extra,
     })
 
 
@@ -56,7 +69,7 @@ def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
 
 
 class _Runner:
-    def __init__(self, client: Client, plan: SweepPlan, on_step: StepCallback | None,
+    def __init__(self, client: Client | RedisClient, plan: SweepPlan, on_step: StepCallback | None,
                  stop: threading.Event | None) -> None:
         self.client = client
         self.plan = plan
@@ -67,7 +80,8 @@ class _Runner:
 
     def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
              ) -> dict[str, Any]:
-        params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s)
+        params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s,
+                                 tcp=self.plan.tcp)
         result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
                                       stop=self.stop)
         return result
@@ -130,23 +144,37 @@ class _Runner:
 
 def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = None,
           early_stop: bool = True, on_step: StepCallback | None = None,
-          stop: threading.Event | None = None) -> SweepResult:
+          stop: threading.Event | None = None, tcp: TcpOptions | None = None,
+          redis_auth: RedisAuth | None = None) -> SweepResult:
     """Sweep `profile`'s rates against `target` (None: an embedded loopback server).
+
+    With `tcp`, rr steps run as rr-tcp over that many connections and that
+    pipeline depth; a redis:// target always runs rr-tcp (one connection,
+    no pipelining unless `tcp` says otherwise), authenticated with
+    `redis_auth`.
 
     Returns the SweepResult with every step annotated, the knee (or None),
     the Kneedle estimate and, when the profile asks, NDR/PDR.
     """
-    plan = SweepPlan(profile, early_stop)
+    if target is not None and target.redis:
+        redis = target
+        plan = SweepPlan(profile, early_stop, tcp or TcpOptions())
+        return _sweep(target, plan, lambda: RedisClient(redis, auth=redis_auth), on_step, stop,
+                      embedded=False)
+    plan = SweepPlan(profile, early_stop, tcp)
     if target is None:
         with LocalServer() as server:
-            return _sweep(server.target, plan, None, on_step, stop, embedded=True)
-    return _sweep(target, plan, secret, on_step, stop, embedded=False)
+            return _sweep(server.target, plan, lambda: Client(server.target), on_step, stop,
+                          embedded=True)
+    remote = target
+    return _sweep(target, plan, lambda: Client(remote, secret=secret), on_step, stop,
+                  embedded=False)
 
 
-def _sweep(target: Target, plan: SweepPlan, secret: bytes | None,
+def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | RedisClient],
            on_step: StepCallback | None, stop: threading.Event | None, *,
            embedded: bool) -> SweepResult:
-    with Client(target, secret=secret) as client:
+    with connect() as client:
         runner = _Runner(client, plan, on_step, stop)
         runner.sweep()
         found: search.SearchResult | None = None
@@ -161,6 +189,9 @@ def _sweep(target: Target, plan: SweepPlan, secret: bytes | None,
                                               "sndbuf": buffers.sndbuf_bytes}
     config = {"target": "embedded loopback server" if embedded else str(target),
               "early_stop": plan.early_stop, **plan.profile.to_dict()}
+    if plan.tcp is not None:
+        config.update(transport="tcp", connections=plan.tcp.connections,
+                      pipeline=plan.tcp.pipeline)
     search_doc = None
     if found is not None:
         search_doc = found.to_dict()

@@ -1,0 +1,323 @@
+"""TCP request/response in plain RESP (workload "rr-tcp"): both ends.
+
+Owns: the RESP bytes a step sends and expects, the driver that runs the
+compiled RespClient (pktbench._tcp) through warm-up, the measured window
+and the drain in bounded chunks, the step dict of a TCP step, the client
+side of an rr-tcp step against `pktbench serve`, and the server's
+TcpStepHandler that answers it (registered in session.TCP_STEP_HANDLERS
+when this module is imported).
+
+Invariants:
+- The RESP command of a step is exactly what a UDP rr request of the same
+  size_bytes carries after its header, minus the zero padding (a stream has
+  no datagram to fill); a GET reply is the same bulk value. So one profile
+  means the same commands over UDP, over TCP and against a real Redis.
+- Latency counts from the scheduled send time, waits for a pipeline slot
+  included; the client alone decides what was lost (no reply within
+  timeout_s, or never sent because no slot freed in time).
+- A TCP step dict has the keys of a UDP rr step (workload "rr", so reports
+  and the knee finder read it unchanged); sender.transport says "tcp".
+- Every loop call is bounded by engine.CHUNK_S; a handler never serves past
+  its step's hard deadline and never closes a socket it was not given.
+
+Must not: parse options or print; open control connections (session.py does).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pktbench import _tcp, engine, histogram, session, wire
+from pktbench.address import resolve
+from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
+from pktbench.protocol import StepParams
+from pktbench.step import summarize_step
+
+WORKLOAD = "rr-tcp"
+
+# A client whose own sends (not the waits for a pipeline slot) are this late
+# at the median could not keep the schedule: the step then says nothing about
+# the server and is marked sender-bound, like a UDP sender that fell short.
+# The median, because a client that falls behind falls further behind with
+# every request, while a loaded machine's preemptions only make a tail.
+SENDER_LAG_LIMIT_NS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TcpOptions:
+    """How an rr-tcp step spreads its rate: connections x pipeline depth."""
+
+    connections: int = 1
+    pipeline: int = 1
+
+    def __post_init__(self) -> None:
+        StepParams(workload=WORKLOAD, command="ping", connections=self.connections,
+                   pipeline=self.pipeline)  # one set of range checks
+
+
+def request_bytes(command: str, size_bytes: int) -> bytes:
+    """The RESP command of an rr-tcp step (see the module invariants)."""
+    return wire.request_payload(wire.COMMANDS[command], size_bytes).rstrip(b"\0")
+
+
+def reply_bytes(command: str, size_bytes: int) -> bytes:
+    """What a Redis-like server answers to request_bytes(command, size_bytes)."""
+    return wire.reply_payload(wire.COMMANDS[command], size_bytes)
+
+
+def get_value(size_bytes: int) -> bytes:
+    """The value GET returns for this size (a real Redis must hold it under wire.KEY)."""
+    return b"v" * wire.get_value_bytes(size_bytes)
+
+
+# --------------------------------------------------------------------------
+# Client side
+# --------------------------------------------------------------------------
+
+def _check(rc: int, peer: str) -> None:
+    if rc >= 0:
+        return
+    code = -rc
+    if code in (errno.ECONNRESET, errno.EPIPE):
+        raise ConnectError(f"{peer} closed a connection mid-step (server stopped, or a "
+                           "client limit such as maxclients or timeout)")
+    if code == errno.EPROTO:
+        raise RemoteProtocolError(f"{peer} answered with bytes that are not RESP: "
+                                  "is it a Redis (or pktbench) server?")
+    if code == errno.EMSGSIZE:
+        raise RemoteProtocolError(f"{peer} sent a reply larger than the client's receive "
+                                  "buffer; not a reply to our command")
+    raise EngineError(code, f"rr-tcp to {peer}: {errno.errorcode.get(code, code)}")
+
+
+def _run_until(client: Any, until_ns: int, stop: threading.Event | None, peer: str,
+               *, until_done: bool = False) -> bool:
+    """Run the client in chunks; False if `stop` was set first."""
+    chunk_ns = int(engine.CHUNK_S * 1e9)
+    while True:
+        now = engine.monotonic_ns()
+        if now >= until_ns:
+            return True
+        if stop is not None and stop.is_set():
+            return False
+        _check(client.run(min(until_ns, now + chunk_ns)), peer)
+        if until_done and client.done:
+            return True
+
+
+def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
+          stop: threading.Event | None = None) -> engine.SenderOutcome:
+    """Run one step's requests over connected sockets; the client's own counts.
+
+    Warm-up requests go out on the same schedule just before t0 and their
+    replies are discarded. The measured window holds duration_s * rate_pps
+    requests (rate_pps None: every window kept full for duration_s); then
+    the drain waits up to drain_s for the replies still owed.
+
+    Raises:
+        ConnectError: the server closed a connection.
+        RemoteProtocolError: the server does not speak RESP.
+    """
+    rate = params.rate_pps
+    reply = reply_bytes(params.command, params.size_bytes)
+    for sock in sockets:
+        sock.setblocking(False)
+    client = _tcp.RespClient(
+        [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
+        rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
+        busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
+    period_ns = 1e9 / rate if rate else 0.0
+    start_ns = engine.monotonic_ns() + 1_000_000
+    warmup_sent = 0
+    if params.warmup_s > 0:
+        warmup_count = int(round(params.warmup_s * rate)) if rate else engine.UNLIMITED
+        client.begin(start_ns, warmup_count, True)
+        _run_until(client, start_ns + int(params.warmup_s * 1e9), stop, peer)
+        warmup_sent = client.scheduled
+        start_ns = start_ns + int(warmup_count * period_ns) if rate else engine.monotonic_ns()
+    count = int(round(params.duration_s * rate)) if rate else engine.UNLIMITED
+    client.begin(start_ns, count, False)
+    cpu_before = engine.thread_cpu_s()
+    completed = _run_until(client, start_ns + int(params.duration_s * 1e9), stop, peer)
+    send_end_ns = engine.monotonic_ns()
+    cpu_s = engine.thread_cpu_s() - cpu_before
+    client.stop_issuing()
+    if completed:
+        completed = _run_until(client, engine.monotonic_ns() + int(params.drain_s * 1e9), stop,
+                               peer, until_done=True)
+    client.finish()
+    counters = {name: int(value) for name, value in zip(_tcp.CLIENT_COUNTERS, client.counters)}
+    span_s = params.duration_s if rate else max((send_end_ns - start_ns) / 1e9, 1e-9)
+    return engine.SenderOutcome(
+        counters=counters,
+        latency_hist=client.latency_hist.copy(),
+        actual_latency_hist=client.actual_latency_hist.copy(),
+        send_lag_hist=client.send_lag_hist.copy(),
+        offered_pps=rate,
+        duration_s=params.duration_s,
+        send_span_s=span_s,
+        cpu_s=cpu_s,
+        stopped_early=not completed,
+        warmup_sent=warmup_sent,
+    )
+
+
+def summarize(params: StepParams, outcome: engine.SenderOutcome, receiver: dict[str, Any],
+              *, index: int = 0, repeat: int = 0) -> dict[str, Any]:
+    """The step dict of an rr-tcp step: a UDP rr step's keys, TCP facts in "sender"."""
+    step = summarize_step(dataclasses.replace(params, workload="rr"), outcome, receiver,
+                          index=index, repeat=repeat)
+    c = outcome.counters
+    lag_p50_ns = histogram.percentile_ns(outcome.send_lag_hist, 50.0)
+    if params.rate_pps is not None and lag_p50_ns is not None \
+            and lag_p50_ns > SENDER_LAG_LIMIT_NS:
+        step["sender_bound"] = True
+    step["sender"].update({
+        "transport": "tcp",
+        "connections": params.connections,
+        "pipeline": params.pipeline,
+        "written_requests": c["written"],
+        "window_waits": c["window_waits"],
+        "resp_errors": c["resp_errors"],
+        "late_replies": c["late"],
+    })
+    return step
+
+
+def connect_data(address: tuple[str, int], family: int, count: int, token: int,
+                 timeout_s: float) -> list[socket.socket]:
+    """`count` data connections to a pktbench server, each opened with the preamble."""
+    sockets: list[socket.socket] = []
+    try:
+        for stream_id in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(wire.pack_data_preamble(stream_id, token))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConnectError(f"cannot open data connection {len(sockets)} of {count} to "
+                           f"{address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def run_client_step(client: session.Client, params: StepParams, *, index: int = 0,
+                    repeat: int = 0, stop: threading.Event | None = None) -> dict[str, Any]:
+    """One rr-tcp step against `pktbench serve`: arm, connect, drive, collect."""
+    if params.workload != WORKLOAD:
+        raise ConfigError(f"workload {params.workload} is not {WORKLOAD}")
+    armed = client.begin_step(params)
+    sockets: list[socket.socket] = []
+    try:
+        family, address = resolve(client.target)
+        sockets = connect_data(address, family, params.connections, armed.token,
+                               client.connect_timeout_s)
+        outcome = drive(sockets, params, peer=str(client.target), stop=stop)
+    except BaseException:
+        client.abandon_step()
+        raise
+    finally:
+        for sock in sockets:
+            sock.close()
+    receiver = client.end_step({"sent": outcome.sent}, params.drain_s + 15.0)
+    return summarize(params, outcome, receiver, index=index, repeat=repeat)
+
+
+# --------------------------------------------------------------------------
+# Server side
+# --------------------------------------------------------------------------
+
+class TcpRrStepHandler:
+    """Answers one rr-tcp step's RESP connections until `finish`.
+
+    A serving thread runs the compiled RespServer over every connection the
+    server hands in (at most step.connections, one per stream id); it stops
+    at finish() or at the step's hard deadline, whichever comes first.
+    """
+
+    def __init__(self, step: StepParams, token: int, peer_ip: str) -> None:
+        self.token = token
+        self.peer_ip = peer_ip
+        self.step = step
+        self._engine = _tcp.RespServer(
+            step.connections, reply_bytes("get", step.size_bytes),
+            rx_bytes=max(65536, 4 * step.size_bytes), busy_poll=step.busy_poll)
+        self._lock = threading.Lock()
+        self._sockets: dict[int, socket.socket] = {}
+        self._rejected = 0
+        self._stop = threading.Event()
+        self._cpu_s = 0.0
+        self._error: str | None = None
+        self._started_ns = engine.monotonic_ns()
+        hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._started_ns + int(hard_limit_s * 1e9),), daemon=True)
+        self._thread.start()
+
+    def add_connection(self, conn: socket.socket, stream_id: int) -> None:
+        with self._lock:
+            if (self._stop.is_set() or not 0 <= stream_id < self.step.connections
+                    or stream_id in self._sockets):
+                self._rejected += 1
+                conn.close()
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self._engine.add(conn.fileno()):
+                self._rejected += 1
+                conn.close()
+                return
+            self._sockets[stream_id] = conn
+
+    def _serve(self, deadline_ns: int) -> None:
+        chunk_ns = int(engine.CHUNK_S * 1e9)
+        before = engine.thread_cpu_s()
+        try:
+            while not self._stop.is_set():
+                now = engine.monotonic_ns()
+                if now >= deadline_ns:
+                    return
+                engine.check_rc(self._engine.run(min(deadline_ns, now + chunk_ns)),
+                                "serving RESP")
+        except Exception as exc:  # reported in the step result, never kills the server
+            self._error = str(exc)
+        finally:
+            self._cpu_s = engine.thread_cpu_s() - before
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        elapsed_s = (engine.monotonic_ns() - self._started_ns) / 1e9
+        with self._lock:
+            for sock in self._sockets.values():
+                sock.close()
+            connections = len(self._sockets)
+        counts = {name: int(value) for name, value in
+                  zip(_tcp.SERVER_COUNTERS, self._engine.counters)}
+        receiver: dict[str, Any] = {
+            "received": counts["commands"],
+            "received_packets": counts["commands"],
+            "received_bytes": counts["received_bytes"],
+            "replied": counts["replies"],
+            "reply_bytes": counts["reply_bytes"],
+            "connections": connections,
+            "rejected_connections": self._rejected,
+            "drops": {"protocol_error": counts["protocol_errors"],
+                      "unknown_command": counts["unknown_commands"]},
+            "rcvbuf_errors": 0,
+            "cpu_percent": 100.0 * self._cpu_s / elapsed_s if elapsed_s > 0 else 0.0,
+        }
+        if self._error is not None:
+            receiver["error"] = self._error
+        return receiver
+
+
+session.TCP_STEP_HANDLERS[WORKLOAD] = TcpRrStepHandler
