@@ -135,11 +135,19 @@ def test_one_way_loss_matches_the_policers_own_drop_count(policed, server, tmp_p
     assert step["sent_packets"] - step["receiver"]["received"] == policed_drops
 
 
-def test_request_response_knee_through_the_policer(policed, server, tmp_path):
+def test_request_response_knee_through_the_policer(make_testbed, tmp_path):
+    # A deeper bucket than the other tests: a sender preempted for a few ms
+    # catches up in a burst, which a 100-packet bucket would punish below the
+    # limit; the knee between 5,000 and 6,000 pps stays where it is.
+    policed = make_testbed(pps_limit=POLICER_PPS, pps_burst=300)
+    server = ServerInB(policed)
     json_path = tmp_path / "rr.json"
-    done = client(policed, "sweep", server.address, "--workload", "rr",
-                  "--rates", "3000,4500,5000,6000,7000,8000", "--duration", "1",
-                  "--warmup", "0.3", "--json", str(json_path))
+    try:
+        done = client(policed, "sweep", server.address, "--workload", "rr",
+                      "--rates", "3000,4500,5000,6000,7000,8000", "--duration", "1",
+                      "--warmup", "0.3", "--json", str(json_path))
+    finally:
+        server.close()
     assert done.returncode == 0, done.stderr
     knee = json.loads(json_path.read_text())["knee"]
     assert knee is not None and knee["offered_pps"] == 6000
