@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from cli_support import PKTBENCH
 from click.testing import CliRunner
 
 from pktbench.cli import main
@@ -151,7 +153,7 @@ def test_sweep_embedded_table_json_and_csv_agree(tmp_path):
 def test_sweep_json_to_stdout_stays_valid_json():
     # the table and progress move to stderr when stdout carries the JSON
     result = subprocess.run(
-        [sys.executable, "-m", "pktbench", "sweep", "--rates", "1k", "--duration", "0.2",
+        [*PKTBENCH, "sweep", "--rates", "1k", "--duration", "0.2",
          "--warmup", "0", "--json", "-"],
         capture_output=True, text=True, timeout=60, check=False, cwd=PACKAGE_ROOT)
     assert result.returncode == 0, result.stderr

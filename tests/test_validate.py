@@ -12,12 +12,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from cli_support import PKTBENCH
 from click.testing import CliRunner
 
 from pktbench import protocol, wire
@@ -353,10 +354,9 @@ def test_raw_cases_are_skipped_without_raw_sockets() -> None:
                 pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_RAW")
             proc = subprocess.run(
                 ["setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw",
-                 sys.executable, "-m", "pktbench", "validate", str(server.target),
+                 *PKTBENCH, "validate", str(server.target),
                  *[arg for name in _RAW_CASES for arg in ("--case", name)], "--json", "-"],
-                capture_output=True, text=True, timeout=60, cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)})
+                capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
             report = json.loads(proc.stdout)
     statuses = {c["name"]: (c["status"], c["observed"]) for c in report["cases"]}

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 
 import pytest
 
-import pktbench
+from cli_support import PKTBENCH
+
 from pktbench import testbed as tb
 from pktbench import wire
 from pktbench.decode import FlowStats, decode_pcap
@@ -35,13 +35,11 @@ pytestmark = pytest.mark.root
 PORT = wire.DEFAULT_PORT  # the namespaces are ours alone: the default port is free
 RATE_PPS = 2000
 DURATION_S = 2.0
-SOURCE = str(Path(pktbench.__file__).resolve().parents[1])  # the tree under test
 
 
 def _python(*args: str) -> list[str]:
-    # `ip netns exec` keeps the environment; name the tree explicitly anyway so
-    # the namespaces run the same pktbench this test imported.
-    return ["env", f"PYTHONPATH={SOURCE}", sys.executable, "-m", "pktbench", *args]
+    # the namespaces run the same pktbench this test imported
+    return [*PKTBENCH, *args]
 
 
 def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT,

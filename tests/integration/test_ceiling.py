@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from cli_support import PKTBENCH
 
 from pktbench import testbed as tb
 
@@ -26,7 +27,7 @@ TOLERANCE = 0.03
 @pytest.fixture
 def served(testbed: tb.TestbedInfo) -> Iterator[tb.TestbedInfo]:
     """`pktbench serve` in namespace b for the test's length."""
-    server = tb.popen_in("b", [sys.executable, "-m", "pktbench", "serve", "--bind", "0.0.0.0",
+    server = tb.popen_in("b", [*PKTBENCH, "serve", "--bind", "0.0.0.0",
                                "--port", "7425", "--quiet"],
                          prefix=testbed.prefix, stdout=subprocess.PIPE, text=True)
     try:
@@ -42,7 +43,7 @@ def served(testbed: tb.TestbedInfo) -> Iterator[tb.TestbedInfo]:
 
 def _bulk(info: tb.TestbedInfo, *args: str) -> tuple[dict[str, Any], str]:
     paths = [p.ifname_a for p in info.paths]
-    proc = tb.exec_in("a", [sys.executable, "-m", "pktbench", "bulk", info.addrs["b"],
+    proc = tb.exec_in("a", [*PKTBENCH, "bulk", info.addrs["b"],
                             "--path-ifaces", ",".join(paths), "--json", "-", "--quiet", *args],
                       prefix=info.prefix, capture_output=True, timeout_s=90)
     assert proc.returncode == 0, proc.stderr

@@ -11,25 +11,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-import pktbench
+from cli_support import PKTBENCH
+
 from pktbench import testbed as tb
 
 pytestmark = pytest.mark.root
 
 POLICER_PPS = 5500
-PACKAGE_ROOT = str(Path(pktbench.__file__).resolve().parent.parent)
-# `python -m pktbench` would import a source tree without its compiled engine
-# when the cwd is one; put the package under test first on the path instead.
-PKTBENCH = [sys.executable, "-c",
-            f"import sys; sys.path.insert(0, {PACKAGE_ROOT!r}); "
-            "from pktbench.cli import main; main(prog_name='pktbench')"]
 
 
 def _cpus() -> tuple[str, str]:
