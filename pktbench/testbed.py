@@ -453,15 +453,24 @@ def _policer_ruleset(ingress_ifnames: Sequence[str], config: TestbedConfig) -> s
     # prerouting/raw sees every IPv4 packet arriving from the paths (ARP is not
     # in the inet family, so neighbour discovery is never policed). One rule
     # serves all paths, so the limit is an aggregate over them.
+    # Drops are also counted per protocol: a policer drops the control
+    # channel's TCP segments too, and a UDP loss count is checked against
+    # the UDP drops alone.
     return (
         f"table inet {NFT_TABLE} {{\n"
         "  counter seen { }\n"
         "  counter dropped { }\n"
+        "  counter dropped_udp { }\n"
+        "  chain over_limit {\n"
+        "    counter name \"dropped\"\n"
+        "    meta l4proto udp counter name \"dropped_udp\"\n"
+        "    drop\n"
+        "  }\n"
         "  chain police {\n"
         "    type filter hook prerouting priority raw; policy accept;\n"
         f"    iifname {{ {devices} }} counter name \"seen\"\n"
         f"    iifname {{ {devices} }} limit rate over {config.pps_limit}/second "
-        f"burst {config.pps_burst} packets counter name \"dropped\" drop\n"
+        f"burst {config.pps_burst} packets jump over_limit\n"
         "  }\n"
         "}\n"
     )
@@ -660,7 +669,8 @@ def policer_counters(side: Side, prefix: str = DEFAULT_PREFIX) -> dict[str, int]
     """Packets the policer at `side`'s ingress saw and dropped, None if it has none.
 
     Returns:
-        {"seen_packets", "dropped_packets", "passed_packets"} or None.
+        {"seen_packets", "dropped_packets", "dropped_udp_packets", "passed_packets"}
+        or None.
     """
     require_root()
     _check_side(side)
