@@ -275,6 +275,9 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
               help="Knee criterion: received below this fraction of offered fails.")
 @click.option("--no-early-stop", is_flag=True, help="Run every rate even past the knee.")
+@click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
+              help="rr over UDP: at most N requests in flight (1 = ping-pong); "
+                   "default from the profile, else open loop.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
@@ -287,9 +290,9 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           precision: float | None, duration: float | None, warmup: float | None,
           repeat: int | None, size: int | None, busy_poll: bool | None, max_loss: float | None,
           latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
-          json_path: str | None, csv_path: str | None, plot_path: str | None, quiet: bool,
-          token: str | None, token_file: str | None, connections: int | None,
-          pipeline: int | None, redis_password: str | None) -> None:
+          outstanding: int | None, json_path: str | None, csv_path: str | None,
+          plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
+          connections: int | None, pipeline: int | None, redis_password: str | None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine."""
     from pktbench import api, config
     from pktbench.report import Progress, check_output_path, step_line, write_report
@@ -301,6 +304,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
     if sum(1 for path in outputs.values() if path == "-") > 1:
         raise click.UsageError("only one output can go to stdout ('-')")
     resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
+    if tcp is not None and outstanding is not None:
+        raise click.UsageError("--outstanding is for rr over UDP; over TCP use --pipeline")
     if workload == "rr-tcp":
         workload = "rr"  # a profile's rr steps, carried over TCP
     profile = config.apply_overrides(
@@ -309,7 +314,12 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         steps=steps, scale=scale, search=search_goals, pdr_loss_ratio=pdr_loss,
         precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
         size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
-        latency_factor=latency_factor, min_delivery_ratio=min_delivery)
+        latency_factor=latency_factor, min_delivery_ratio=min_delivery,
+        connections=connections, pipeline=pipeline, outstanding=outstanding)
+    if tcp is not None:
+        from pktbench.sweeper import tcp_options_for
+
+        tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     secret = read_secret(token, token_file)
     to_stdout = "-" in outputs.values()
     with Progress(profile.step_count, quiet=quiet) as progress:

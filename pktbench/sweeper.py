@@ -43,6 +43,12 @@ class SweepPlan:
 def step_params_for(profile: Profile, rate_pps: float | None, *,
                     duration_s: float | None = None, tcp: TcpOptions | None = None
                     ) -> StepParams:
+    """The StepParams of one step of `profile` at `rate_pps`.
+
+    Over TCP (`tcp` given) the step is rr-tcp with `tcp`'s connections and
+    pipeline depth (see `tcp_options_for` for the profile's own); over UDP
+    an rr step closes its loop at the profile's `outstanding`.
+    """
     extra: dict[str, Any] = {}
     if tcp is not None:
         if profile.workload != "rr":
@@ -50,6 +56,8 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
                               "request/response over TCP needs an rr profile")
         extra = {"workload": "rr-tcp", "connections": tcp.connections,
                  "pipeline": tcp.pipeline}
+    elif profile.workload == "rr" and profile.outstanding is not None:
+        extra = {"outstanding": profile.outstanding}
     return validate_step_params({
         "workload": profile.workload,
         "command": profile.command if profile.workload == "rr" else "none",
@@ -62,6 +70,11 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
         "timeout_s": profile.timeout_s,
         **extra,
     })
+
+
+def tcp_options_for(profile: Profile) -> TcpOptions:
+    """The profile's rr-over-TCP options (connections, pipeline), 1 where unset."""
+    return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
 def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
@@ -149,16 +162,16 @@ def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = Non
     """Sweep `profile`'s rates against `target` (None: an embedded loopback server).
 
     With `tcp`, rr steps run as rr-tcp over that many connections and that
-    pipeline depth; a redis:// target always runs rr-tcp (one connection,
-    no pipelining unless `tcp` says otherwise), authenticated with
-    `redis_auth`.
+    pipeline depth; a redis:// target always runs rr-tcp (with `tcp`, else
+    the profile's connections and pipeline, else one connection without
+    pipelining), authenticated with `redis_auth`.
 
     Returns the SweepResult with every step annotated, the knee (or None),
     the Kneedle estimate and, when the profile asks, NDR/PDR.
     """
     if target is not None and target.redis:
         redis = target
-        plan = SweepPlan(profile, early_stop, tcp or TcpOptions())
+        plan = SweepPlan(profile, early_stop, tcp or tcp_options_for(profile))
         return _sweep(target, plan, lambda: RedisClient(redis, auth=redis_auth), on_step, stop,
                       embedded=False)
     plan = SweepPlan(profile, early_stop, tcp)
