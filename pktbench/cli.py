@@ -243,8 +243,15 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.argument("target", required=False, metavar="[HOST[:PORT] | redis://HOST[:PORT]]")
 @click.option("--profile", "profile_name", default="default", show_default=True,
               metavar="NAME|FILE", help="Built-in profile name or a .toml file.")
-@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default=None,
-              help="Override the profile's workload (rr-tcp: its rr steps as RESP over TCP).")
+@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp", "bulk"]), default=None,
+              help="Override the profile's workload (rr-tcp: its rr steps as RESP over TCP; "
+                   "bulk: throughput over --streams or --gbps, as `pktbench bulk`).")
+@click.option("--streams", "bulk_streams", metavar="LIST", default=None,
+              help="bulk: one step per TCP stream count, e.g. 1,2,4,8.")
+@click.option("--gbps", "bulk_gbps", metavar="LIST", default=None,
+              help="bulk --udp: one step per offered rate in Gbit/s, e.g. 1,2,5.")
+@click.option("--udp", "bulk_udp", is_flag=True,
+              help="bulk: large UDP datagrams instead of TCP streams.")
 @click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
               help="Override the RESP command of rr requests.")
 @click.option("--rates", metavar="LIST", default=None,
@@ -292,10 +299,33 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
           outstanding: int | None, json_path: str | None, csv_path: str | None,
           plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
-          connections: int | None, pipeline: int | None, redis_password: str | None) -> None:
-    """Sweep offered rates and print the knee table. Without HOST, on this machine."""
+          connections: int | None, pipeline: int | None, redis_password: str | None,
+          bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool) -> None:
+    """Sweep offered rates and print the knee table. Without HOST, on this machine.
+
+    With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
+    (--udp --gbps) instead and print the throughput table of `pktbench bulk`.
+    """
     from pktbench import api, config
     from pktbench.report import Progress, check_output_path, step_line, write_report
+
+    if workload == "bulk":
+        ctx = click.get_current_context()
+        rr_only = [name for name in ("profile_name", "command", "rates", "from_pps", "to_pps",
+                                     "steps", "scale", "search_goals", "pdr_loss", "precision",
+                                     "repeat", "busy_poll", "max_loss", "latency_factor",
+                                     "min_delivery", "no_early_stop", "outstanding", "csv_path",
+                                     "plot_path", "connections", "pipeline", "redis_password")
+                   if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if rr_only:
+            option = next(p for p in ctx.command.params if p.name == rr_only[0])
+            raise click.UsageError(f"{option.opts[-1]} does not apply to --workload bulk "
+                                   "(it takes --streams, or --udp with --gbps)")
+        _sweep_bulk(target, bulk_streams, bulk_gbps, bulk_udp, duration, warmup, size,
+                    json_path, quiet, read_secret(token, token_file))
+        return
+    if bulk_streams is not None or bulk_gbps is not None or bulk_udp:
+        raise click.UsageError("--streams, --gbps and --udp need --workload bulk")
 
     outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
     for kind, path in outputs.items():
@@ -757,6 +787,44 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
         lambda step: click.echo(bulk_mod.step_line(step), err=True))
     result = bulk_mod.run_bulk(target, config, secret=read_secret(token, token_file),
                                on_step=progress)
+    click.echo(bulk_mod.render_bulk(result), file=out)
+    if json_path:
+        bulk_mod.write_bulk_json(result, json_path)
+
+
+# ---------------------------------------------------------------- sweep --workload bulk
+# `pktbench sweep --workload bulk`: the stream-count or offered-Gbit/s sweep of
+# pktbench.bulk.run_bulk, with the same table and JSON as `pktbench bulk`.
+
+def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: bool,
+                duration: float | None, warmup: float | None, size: int | None,
+                json_path: str | None, quiet: bool, secret: bytes | None) -> None:
+    from pktbench import bulk as bulk_mod
+    from pktbench.flows import parse_count_list, parse_rate_list
+    from pktbench.report import check_output_path
+
+    if json_path:
+        check_output_path(json_path, "json")
+    if target is not None and target.strip().lower().startswith("redis://"):
+        raise click.UsageError("a redis:// target runs request/response only, not --workload bulk")
+    if streams is None and gbps is None:
+        raise click.UsageError("--workload bulk sweeps --streams LIST (TCP) or --gbps LIST "
+                               "(with --udp)")
+    try:
+        stream_counts = parse_count_list(streams) if streams is not None else ()
+        rates_bps = parse_rate_list(gbps) if gbps is not None else ()
+        defaults = bulk_mod.BulkConfig()
+        config = bulk_mod.BulkConfig(
+            streams=stream_counts[0] if stream_counts else 1,
+            duration_s=duration if duration is not None else defaults.duration_s,
+            warmup_s=warmup if warmup is not None else defaults.warmup_s,
+            udp=udp, size_bytes=size, sweep_streams=stream_counts, sweep_rates_bps=rates_bps)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    out = sys.stderr if json_path == "-" else sys.stdout
+    progress = (lambda step: None) if quiet else (
+        lambda step: click.echo(bulk_mod.step_line(step), err=True))
+    result = bulk_mod.run_bulk(target, config, secret=secret, on_step=progress)
     click.echo(bulk_mod.render_bulk(result), file=out)
     if json_path:
         bulk_mod.write_bulk_json(result, json_path)
