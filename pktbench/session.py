@@ -419,12 +419,17 @@ class Server:
         self._flush_udp()
         loop: engine.ResponderLoop | workers.StreamResponders
         if len(flows) > 1:  # one connected socket and responder per client flow
-            loop = workers.StreamResponders(
-                self._udp, local_ip=str(conn.getsockname()[0]),
-                peers=[self._peer_for_socket((peer[0], port)) for port in flows], token=token,
-                command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                sink=step.workload == "blast", busy_poll=step.busy_poll,
-                cpus=self.config.cpus)
+            try:
+                loop = workers.StreamResponders(
+                    self._udp, local_ip=str(conn.getsockname()[0]),
+                    peers=[self._peer_for_socket((peer[0], port)) for port in flows],
+                    token=token, command=wire.COMMANDS[step.command],
+                    size_bytes=step.size_bytes, sink=step.workload == "blast",
+                    busy_poll=step.busy_poll, cpus=self.config.cpus)
+            except ConfigError as exc:
+                self.stats.refused_steps += 1
+                _send(conn, cc, protocol.Error("refused", str(exc)))
+                return
         else:
             loop = engine.ResponderLoop(
                 self._udp, peer=self._peer_for_socket(peer), token=token,
