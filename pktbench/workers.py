@@ -231,7 +231,7 @@ class WorkerPool:
         self._stop.clear()
         for (_, parent), job in zip(self._jobs, jobs):
             parent.send(job)
-        pending = {parent: index for index, (_, parent) in enumerate(self._jobs)}
+        pending: dict[Any, int] = {parent: index for index, (_, parent) in enumerate(self._jobs)}
         outcomes: dict[int, engine.SenderOutcome] = {}
         failure: tuple[int, str, str] | None = None
         deadline = time.monotonic() + timeout_s
@@ -243,9 +243,10 @@ class WorkerPool:
                 raise PktbenchError(f"{len(pending)} worker(s) did not finish the step within "
                                     f"{timeout_s:g} s")
             for ready in multiprocessing.connection.wait(list(pending), timeout=0.05):
-                index = pending.pop(ready)  # type: ignore[call-overload]
+                index = pending.pop(ready)
+                connection: Any = ready
                 try:
-                    reply = ready.recv()  # type: ignore[union-attr]
+                    reply: Any = connection.recv()
                 except (EOFError, OSError):
                     self.close()
                     raise PktbenchError(f"worker {index} exited in the middle of a step") from None
@@ -431,7 +432,7 @@ class StreamResponders:
         for loop, sent in zip(self.loops, sent_per_stream):
             loop.finish(sent)
 
-    def counters(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, object]:
         """ResponderLoop.counters summed over the flows, plus "streams": each
         flow's own (its client port, what it received and dropped)."""
         streams: list[dict[str, Any]] = []
@@ -451,7 +452,8 @@ class StreamResponders:
         jitters = [s["jitter_us"] for s in streams if s["jitter_us"] is not None]
         merged["jitter_us"] = max(jitters) if jitters else None  # the worst flow's
         merged["streams"] = streams
-        return merged
+        result: dict[str, object] = merged
+        return result
 
     def close(self) -> None:
         if any(thread.is_alive() for thread in self._threads):

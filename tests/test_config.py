@@ -358,14 +358,14 @@ def test_cli_sweep_outstanding_reaches_the_steps(tmp_path: Path) -> None:
 
     out = tmp_path / "sweep.json"
     result = CliRunner().invoke(main, [
-        "sweep", "--rates", "200k", "--duration", "0.2", "--warmup", "0", "--outstanding", "1",
+        "sweep", "--rates", "1M", "--duration", "0.2", "--warmup", "0", "--outstanding", "1",
         "--quiet", "--json", str(out)])
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     assert document["config"]["outstanding"] == 1
     step = document["steps"][0]
-    # one request in flight at a time cannot reach 200k pps over loopback's round trips
-    assert step["sender_bound"] and step["sent_pps"] < 100_000
+    # one request in flight at a time cannot reach 1M pps over loopback's round trips
+    assert step["sender_bound"] and step["sent_pps"] < 500_000
     assert step["lost_packets"] == 0
     refused = CliRunner().invoke(main, ["sweep", "--workload", "rr-tcp", "--outstanding", "1"])
     assert refused.exit_code == 2 and "--outstanding is for rr over UDP" in refused.output
