@@ -35,11 +35,14 @@ def as_target(target: str | Target | None) -> Target | None:
 
 def run_step(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
              redis_auth: RedisAuth | None = None,
-             stop: threading.Event | None = None) -> dict[str, Any]:
+             stop: threading.Event | None = None,
+             worker_cpus: tuple[int, ...] = ()) -> dict[str, Any]:
     """Run one step and return its step dict (see pktbench.step).
 
     A redis:// target is driven directly (RESP over TCP, no pktbench server);
-    its password comes from the URL unless `redis_auth` is given.
+    its password comes from the URL unless `redis_auth` is given. A UDP step
+    with params.streams > 1 is sent by that many processes, one flow each,
+    pinned to `worker_cpus` round-robin (see pktbench.workers).
     """
     if isinstance(target, str) and target.strip().lower().startswith("redis://"):
         return redis_target.run_step(target, params, auth=redis_auth, stop=stop)
@@ -48,9 +51,9 @@ def run_step(target: str | Target | None, params: StepParams, *, secret: bytes |
         return redis_target.run_step(resolved, params, auth=redis_auth, stop=stop)
     if resolved is None:
         with LocalServer() as server:
-            with Client(server.target) as client:
+            with Client(server.target, worker_cpus=worker_cpus) as client:
                 return client.run_step(params, stop=stop)
-    with Client(resolved, secret=secret) as client:
+    with Client(resolved, secret=secret, worker_cpus=worker_cpus) as client:
         return client.run_step(params, stop=stop)
 
 
@@ -69,12 +72,14 @@ def run_result(target: str | Target | None, params: StepParams,
 def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,
           early_stop: bool = True, on_step: StepCallback | None = None,
           stop: threading.Event | None = None, tcp: TcpOptions | None = None,
-          redis_auth: RedisAuth | None = None) -> SweepResult:
+          redis_auth: RedisAuth | None = None, workers: int = 1,
+          cpus: tuple[int, ...] = ()) -> SweepResult:
     """Sweep the profile's rates against `target` (None: both ends on this machine).
 
     A redis:// target (its password in the URL or `redis_auth`) sweeps a
     real Redis server over RESP/TCP; `tcp` runs rr steps over TCP
-    connections with pipelining against a pktbench server.
+    connections with pipelining against a pktbench server; `workers` > 1
+    sends each UDP step from that many processes (pinned to `cpus`).
     """
     resolved: Target | None
     if isinstance(target, str) and target.strip().lower().startswith("redis://"):
@@ -83,4 +88,5 @@ def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None
     else:
         resolved = as_target(target)
     return _sweep_impl(resolved, profile, secret=secret, early_stop=early_stop,
-                       on_step=on_step, stop=stop, tcp=tcp, redis_auth=redis_auth)
+                       on_step=on_step, stop=stop, tcp=tcp, redis_auth=redis_auth,
+                       workers=workers, cpus=cpus)

@@ -206,13 +206,19 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
               help="rr: at most N requests in flight (1 = ping-pong); default open loop.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="A response later than this counts as lost, seconds.")
+@click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
+              help="rr/blast over UDP: sender processes, one flow (source port) each, "
+                   "the rate split evenly.")
+@click.option("--cpus", "cpus_text", metavar="LIST", default=None,
+              help="Pin the worker processes to these CPUs, round-robin, e.g. 0,1.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @token_options
 @tcp_options
 def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
         warmup: float, size: int, busy_poll: bool, outstanding: int | None, timeout: float,
         json_path: str | None, token: str | None, token_file: str | None,
-        connections: int | None, pipeline: int | None, redis_password: str | None) -> None:
+        connections: int | None, pipeline: int | None, redis_password: str | None,
+        workers: int, cpus_text: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
     from pktbench import api
     from pktbench.report import check_output_path, step_table, write_json
@@ -222,15 +228,16 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
     resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
     if tcp is not None:
         workload = "rr-tcp"
+    cpus = _worker_cpus(workers, cpus_text, workload)
     params = api.step_params(workload=workload,
                              command=command if workload in ("rr", "rr-tcp") else "none",
                              rate_pps=rate, duration_s=duration, warmup_s=warmup,
                              size_bytes=size, busy_poll=busy_poll, timeout_s=timeout,
                              outstanding=outstanding if workload == "rr" else None,
                              connections=tcp.connections if tcp else None,
-                             pipeline=tcp.pipeline if tcp else None)
+                             pipeline=tcp.pipeline if tcp else None, streams=workers)
     secret = read_secret(token, token_file)
-    step = api.run_step(resolved, params, secret=secret, redis_auth=auth)
+    step = api.run_step(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus)
     out = sys.stderr if json_path == "-" else sys.stdout
     click.echo(step_table(step), file=out)
     if json_path:
@@ -243,8 +250,20 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.argument("target", required=False, metavar="[HOST[:PORT] | redis://HOST[:PORT]]")
 @click.option("--profile", "profile_name", default="default", show_default=True,
               metavar="NAME|FILE", help="Built-in profile name or a .toml file.")
-@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default=None,
-              help="Override the profile's workload (rr-tcp: its rr steps as RESP over TCP).")
+@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp", "bulk"]), default=None,
+              help="Override the profile's workload (rr-tcp: its rr steps as RESP over TCP; "
+                   "bulk: throughput over --streams or --gbps, as `pktbench bulk`).")
+@click.option("--streams", "bulk_streams", metavar="LIST", default=None,
+              help="bulk: one step per TCP stream count, e.g. 1,2,4,8.")
+@click.option("--gbps", "bulk_gbps", metavar="LIST", default=None,
+              help="bulk --udp: one step per offered rate in Gbit/s, e.g. 1,2,5.")
+@click.option("--udp", "bulk_udp", is_flag=True,
+              help="bulk: large UDP datagrams instead of TCP streams.")
+@click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
+              help="rr/blast over UDP: sender processes, one flow (source port) each, "
+                   "the rate split evenly.")
+@click.option("--cpus", "cpus_text", metavar="LIST", default=None,
+              help="Pin the worker processes to these CPUs, round-robin, e.g. 0,1.")
 @click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
               help="Override the RESP command of rr requests.")
 @click.option("--rates", metavar="LIST", default=None,
@@ -275,6 +294,9 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
               help="Knee criterion: received below this fraction of offered fails.")
 @click.option("--no-early-stop", is_flag=True, help="Run every rate even past the knee.")
+@click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
+              help="rr over UDP: at most N requests in flight (1 = ping-pong); "
+                   "default from the profile, else open loop.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
@@ -287,12 +309,37 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           precision: float | None, duration: float | None, warmup: float | None,
           repeat: int | None, size: int | None, busy_poll: bool | None, max_loss: float | None,
           latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
-          json_path: str | None, csv_path: str | None, plot_path: str | None, quiet: bool,
-          token: str | None, token_file: str | None, connections: int | None,
-          pipeline: int | None, redis_password: str | None) -> None:
-    """Sweep offered rates and print the knee table. Without HOST, on this machine."""
+          outstanding: int | None, json_path: str | None, csv_path: str | None,
+          plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
+          connections: int | None, pipeline: int | None, redis_password: str | None,
+          bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
+          cpus_text: str | None) -> None:
+    """Sweep offered rates and print the knee table. Without HOST, on this machine.
+
+    With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
+    (--udp --gbps) instead and print the throughput table of `pktbench bulk`.
+    """
     from pktbench import api, config
     from pktbench.report import Progress, check_output_path, step_line, write_report
+
+    if workload == "bulk":
+        ctx = click.get_current_context()
+        rr_only = [name for name in ("profile_name", "command", "rates", "from_pps", "to_pps",
+                                     "steps", "scale", "search_goals", "pdr_loss", "precision",
+                                     "repeat", "busy_poll", "max_loss", "latency_factor",
+                                     "min_delivery", "no_early_stop", "outstanding", "csv_path",
+                                     "plot_path", "connections", "pipeline", "redis_password")
+                   if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if rr_only:
+            option = next(p for p in ctx.command.params if p.name == rr_only[0])
+            raise click.UsageError(f"{option.opts[-1]} does not apply to --workload bulk "
+                                   "(it takes --streams, or --udp with --gbps)")
+        _sweep_bulk(target, bulk_streams, bulk_gbps, bulk_udp, duration, warmup, size,
+                    json_path, quiet, read_secret(token, token_file), workers,
+                    _worker_cpus(1, cpus_text, "bulk"))
+        return
+    if bulk_streams is not None or bulk_gbps is not None or bulk_udp:
+        raise click.UsageError("--streams, --gbps and --udp need --workload bulk")
 
     outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
     for kind, path in outputs.items():
@@ -301,6 +348,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
     if sum(1 for path in outputs.values() if path == "-") > 1:
         raise click.UsageError("only one output can go to stdout ('-')")
     resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
+    if tcp is not None and outstanding is not None:
+        raise click.UsageError("--outstanding is for rr over UDP; over TCP use --pipeline")
     if workload == "rr-tcp":
         workload = "rr"  # a profile's rr steps, carried over TCP
     profile = config.apply_overrides(
@@ -309,7 +358,13 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         steps=steps, scale=scale, search=search_goals, pdr_loss_ratio=pdr_loss,
         precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
         size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
-        latency_factor=latency_factor, min_delivery_ratio=min_delivery)
+        latency_factor=latency_factor, min_delivery_ratio=min_delivery,
+        connections=connections, pipeline=pipeline, outstanding=outstanding)
+    if tcp is not None:
+        from pktbench.sweeper import tcp_options_for
+
+        tcp = tcp_options_for(profile)  # the command line's values, else the profile's
+    cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
     secret = read_secret(token, token_file)
     to_stdout = "-" in outputs.values()
     with Progress(profile.step_count, quiet=quiet) as progress:
@@ -321,7 +376,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                 progress.step_done(step)
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
-                           on_step=show, tcp=tcp, redis_auth=auth)
+                           on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus)
     write_report("table", result, sys.stderr if to_stdout else sys.stdout)
     for kind, path in outputs.items():
         if path:
@@ -750,3 +805,67 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     click.echo(bulk_mod.render_bulk(result), file=out)
     if json_path:
         bulk_mod.write_bulk_json(result, json_path)
+
+
+# ---------------------------------------------------------------- sweep --workload bulk
+# `pktbench sweep --workload bulk`: the stream-count or offered-Gbit/s sweep of
+# pktbench.bulk.run_bulk, with the same table and JSON as `pktbench bulk`.
+
+def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: bool,
+                duration: float | None, warmup: float | None, size: int | None,
+                json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
+                cpus: tuple[int, ...] = ()) -> None:
+    from pktbench import bulk as bulk_mod
+    from pktbench.flows import parse_count_list, parse_rate_list
+    from pktbench.report import check_output_path
+
+    if json_path:
+        check_output_path(json_path, "json")
+    if target is not None and target.strip().lower().startswith("redis://"):
+        raise click.UsageError("a redis:// target runs request/response only, not --workload bulk")
+    if streams is None and gbps is None:
+        raise click.UsageError("--workload bulk sweeps --streams LIST (TCP) or --gbps LIST "
+                               "(with --udp)")
+    try:
+        stream_counts = parse_count_list(streams) if streams is not None else ()
+        rates_bps = parse_rate_list(gbps) if gbps is not None else ()
+        defaults = bulk_mod.BulkConfig()
+        config = bulk_mod.BulkConfig(
+            streams=stream_counts[0] if stream_counts else 1,
+            duration_s=duration if duration is not None else defaults.duration_s,
+            warmup_s=warmup if warmup is not None else defaults.warmup_s,
+            udp=udp, size_bytes=size, sweep_streams=stream_counts, sweep_rates_bps=rates_bps,
+            workers=workers, cpus=cpus)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    out = sys.stderr if json_path == "-" else sys.stdout
+    progress = (lambda step: None) if quiet else (
+        lambda step: click.echo(bulk_mod.step_line(step), err=True))
+    result = bulk_mod.run_bulk(target, config, secret=secret, on_step=progress)
+    click.echo(bulk_mod.render_bulk(result), file=out)
+    if json_path:
+        bulk_mod.write_bulk_json(result, json_path)
+
+
+# ---------------------------------------------------------------- --workers / --cpus
+# `run` and `sweep` over several sender processes (pktbench.workers).
+
+def _worker_cpus(workers: int, cpus_text: str | None, workload: str) -> tuple[int, ...]:
+    """The --cpus list, checked against this machine and the workload."""
+    import os
+
+    if workers > 1 and workload not in ("rr", "blast", "bulk"):
+        raise click.UsageError("--workers splits rr and blast over UDP; over TCP spread the "
+                               "rate with --connections")
+    if cpus_text is None:
+        return ()
+    try:
+        cpus = _bulk_cpus(cpus_text)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cpus") from None
+    count = os.cpu_count() or 1
+    unknown = [cpu for cpu in cpus if cpu >= count]
+    if unknown:
+        raise click.BadParameter(f"CPU {unknown[0]} does not exist here (CPUs 0..{count - 1})",
+                                 param_hint="--cpus")
+    return cpus

@@ -29,6 +29,7 @@ from typing import Any
 from pktbench import wire
 from pktbench.errors import ConfigError
 from pktbench.knee import KneeCriteria
+from pktbench.protocol import MAX_PIPELINE, MAX_STREAMS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +48,7 @@ SCALES: tuple[str, ...] = ("log", "linear")
 MAX_RATE_PPS = 50_000_000.0
 MAX_DURATION_S = 3600.0
 MAX_STEPS = 1000
+MAX_OUTSTANDING = 65536  # StepParams.outstanding's bound
 
 
 # The knee finder owns the criteria; profiles only fill them in.
@@ -77,6 +79,11 @@ class Profile:
         precision: a search stops once (upper - lower) / upper <= precision.
         early_stop_steps: stop the sweep after this many consecutive failing
             steps past the knee (0 runs every rate).
+        connections: rr over TCP (rr-tcp, redis://): connections the rate is
+            spread over; None leaves it to the command line (1).
+        pipeline: rr over TCP: requests in flight per connection at most; None: 1.
+        outstanding: rr over UDP: close the loop at this many requests in
+            flight (1 = ping-pong); None is open loop.
     """
 
     name: str
@@ -97,6 +104,9 @@ class Profile:
     pdr_loss_ratio: float = 0.005
     precision: float = 0.02
     early_stop_steps: int = 2
+    connections: int | None = None
+    pipeline: int | None = None
+    outstanding: int | None = None
 
     @property
     def step_count(self) -> int:
@@ -127,6 +137,11 @@ class Profile:
             "pdr_loss_ratio": self.pdr_loss_ratio,
             "precision": self.precision,
             "early_stop_steps": self.early_stop_steps,
+            # unset transport options stay out, so older result files compare equal
+            **{key: value for key, value in (("connections", self.connections),
+                                             ("pipeline", self.pipeline),
+                                             ("outstanding", self.outstanding))
+               if value is not None},
         }
 
 
@@ -216,7 +231,7 @@ def parse_rates(text: str) -> tuple[float, ...]:
 _TOP_KEYS = (
     "name", "description", "workload", "command", "size_bytes", "rates", "duration_s",
     "warmup_s", "drain_s", "repeat", "timeout_s", "busy_poll", "criteria", "search",
-    "early_stop_steps",
+    "early_stop_steps", "connections", "pipeline", "outstanding",
 )
 _RATES_KEYS = ("from_pps", "to_pps", "steps", "scale", "list_pps")
 _CRITERIA_KEYS = ("max_loss_ratio", "latency_factor", "min_delivery_ratio", "baseline_steps",
@@ -285,6 +300,13 @@ def _integer(table: Mapping[str, Any], key: str, default: int, label: str, *,
     if not minimum <= value <= maximum:
         raise _KeyError(f"{label} must be from {minimum} to {maximum} (got {value!r})")
     return value
+
+
+def _optional_integer(table: Mapping[str, Any], key: str, label: str, *,
+                      maximum: int) -> int | None:
+    if table.get(key) is None:
+        return None
+    return _integer(table, key, 1, label, minimum=1, maximum=maximum)
 
 
 def _string(table: Mapping[str, Any], key: str, default: str, label: str,
@@ -390,6 +412,16 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
     early_stop_steps = _integer(raw, "early_stop_steps", _D.early_stop_steps, "early_stop_steps",
                                 minimum=0, maximum=MAX_STEPS)
 
+    connections = _optional_integer(raw, "connections", "connections", maximum=MAX_STREAMS)
+    pipeline = _optional_integer(raw, "pipeline", "pipeline", maximum=MAX_PIPELINE)
+    outstanding = _optional_integer(raw, "outstanding", "outstanding", maximum=MAX_OUTSTANDING)
+    if workload != "rr":
+        for key, value in (("connections", connections), ("pipeline", pipeline),
+                           ("outstanding", outstanding)):
+            if value is not None:
+                raise _KeyError(f"{key} is for workload 'rr' only (got workload {workload!r}); "
+                                f"remove {key}")
+
     crit = _table(raw, "criteria")
     _check_keys(crit, _CRITERIA_KEYS, "criteria.")
     criteria = Criteria(
@@ -429,7 +461,8 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
         duration_s=duration_s, warmup_s=warmup_s, drain_s=drain_s, repeat=repeat,
         timeout_s=timeout_s, busy_poll=busy_poll, criteria=criteria,
         search=tuple(methods), pdr_loss_ratio=pdr_loss_ratio, precision=precision,
-        early_stop_steps=early_stop_steps,
+        early_stop_steps=early_stop_steps, connections=connections, pipeline=pipeline,
+        outstanding=outstanding,
     )
 
 
@@ -558,6 +591,10 @@ def apply_overrides(profile: Profile, source: str = "command line", **options: A
         "warmup_s": profile.warmup_s, "drain_s": profile.drain_s, "repeat": profile.repeat,
         "timeout_s": profile.timeout_s, "busy_poll": profile.busy_poll,
         "early_stop_steps": profile.early_stop_steps,
+        **{key: value for key, value in (("connections", profile.connections),
+                                         ("pipeline", profile.pipeline),
+                                         ("outstanding", profile.outstanding))
+           if value is not None},
         "criteria": profile.criteria.as_dict(),
         "search": {"methods": list(profile.search), "pdr_loss_ratio": profile.pdr_loss_ratio,
                    "precision": profile.precision},
@@ -566,6 +603,11 @@ def apply_overrides(profile: Profile, source: str = "command line", **options: A
     if "workload" in given and given["workload"] != profile.workload and "command" not in given:
         # Switching workload without naming a command: take that workload's default.
         raw.pop("command")
+    if given.get("workload", profile.workload) != "rr":
+        # rr-only options the profile carries do not follow it to a one-way workload.
+        for key in ("connections", "pipeline", "outstanding"):
+            if key not in given:
+                raw.pop(key, None)
     for key, value in given.items():
         if key in _CRITERIA_KEYS:
             raw["criteria"][key] = value

@@ -186,7 +186,8 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
                duration_s: float, warmup_s: float = 0.0, drain_s: float = 0.5,
                expect_replies: bool, busy_poll: bool = False, timeout_s: float = 1.0,
                batch: int = 64, outstanding: int | None = None,
-               stop: threading.Event | None = None) -> SenderOutcome:
+               stop: threading.Event | None = None, start_ns: int | None = None
+               ) -> SenderOutcome:
     """Send one step from a connected UDP socket and collect replies.
 
     The schedule is absolute: packet i of the measured window is due at
@@ -196,11 +197,14 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     rate_pps None sends as fast as the socket takes packets. `outstanding`
     closes the loop: at most that many requests wait for replies at once
     (1 = ping-pong, as netperf UDP_RR and sockperf ping-pong measure).
+    `start_ns` (monotonic) is when the schedule begins, so senders in several
+    processes can share one; by default 1 ms from now.
     """
     sender = _Sender(sock, template, rate_pps, expect_replies, busy_poll, timeout_s, batch,
                      outstanding)
     period_ns = 1e9 / rate_pps if rate_pps else 0.0
-    start_ns = monotonic_ns() + 1_000_000
+    if start_ns is None:
+        start_ns = monotonic_ns() + 1_000_000
     warmup_sent = 0
     if warmup_s > 0:
         warmup_count = int(round(warmup_s * rate_pps)) if rate_pps else UNLIMITED

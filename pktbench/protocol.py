@@ -135,6 +135,7 @@ __all__ = [
     "check_version",
     "make_challenge",
     "make_session_token",
+    "validate_client_ports",
     "validate_step_params",
     "verify_auth",
 ]
@@ -884,6 +885,29 @@ class StepParams:
 
 
 _STEP_KEYS = tuple(f.name for f in fields(StepParams))
+
+
+def validate_client_ports(value: object, streams: int) -> tuple[int, ...]:
+    """The client's UDP source ports of a multi-flow step, one per stream.
+
+    A client running a UDP step over several flows (streams > 1) sends them
+    in StepRequest.params as "client_ports" (the server takes them out before
+    validate_step_params, like "client_port"): the server arms one responder
+    per port, and datagrams from any other port are not that step's.
+
+    Raises:
+        ConfigError: not a list of distinct ports 1..65535, one per stream.
+    """
+    if (not isinstance(value, (list, tuple))
+            or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= _U16_MAX
+                       for p in value)):
+        raise _step_error("client_ports must be a list of the client's UDP ports (1..65535)")
+    if len(value) != streams:
+        raise _step_error(f"client_ports must name one UDP port per stream: {streams} streams, "
+                          f"{len(value)} ports")
+    if len(set(value)) != len(value):
+        raise _step_error("client_ports must be distinct: one flow per stream")
+    return tuple(value)
 
 
 def validate_step_params(

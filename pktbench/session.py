@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pktbench import engine, nic, protocol, wire
+from pktbench import engine, nic, protocol, wire, workers
 from pktbench._version import __version__
 from pktbench.address import Target, resolve
 from pktbench.errors import (
@@ -126,6 +126,7 @@ class ServerConfig:
     max_duration_s: float | None = None
     once: bool = False
     idle_timeout_s: float = 60.0  # between steps, a silent client is dropped after this
+    cpus: tuple[int, ...] = ()  # multi-flow steps pin their responder threads here, round-robin
 
 
 @dataclass
@@ -185,6 +186,8 @@ class Server:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 listener.bind((self.config.bind, self.config.port))
                 port = listener.getsockname()[1]
+                # Multi-flow steps bind one connected socket per flow to this port.
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 try:
                     udp.bind((self.config.bind, port))
                 except OSError:
@@ -346,6 +349,8 @@ class Server:
             assert isinstance(event, protocol.StepRequest)
             params = dict(event.params)
             client_port = params.pop("client_port", None)
+            client_ports = params.pop("client_ports", None)
+            flows: tuple[int, ...] = ()
             try:
                 step = protocol.validate_step_params(
                     params, max_rate_pps=self.config.max_rate_pps,
@@ -353,6 +358,9 @@ class Server:
                 if step.workload in CAPABILITIES and (
                         not isinstance(client_port, int) or not 1 <= client_port <= 65535):
                     raise ConfigError("step params: client_port must be the client's UDP port")
+                if step.workload in CAPABILITIES and (step.streams > 1
+                                                      or client_ports is not None):
+                    flows = protocol.validate_client_ports(client_ports, step.streams)
                 if step.workload not in CAPABILITIES and step.workload not in TCP_STEP_HANDLERS:
                     raise ConfigError(f"step params: workload {step.workload} is not served here")
             except ConfigError as exc:
@@ -363,7 +371,7 @@ class Server:
             if step.workload in TCP_STEP_HANDLERS:
                 self._run_tcp_step(conn, cc, step, peer_ip, token, step_id)
             else:
-                self._run_step(conn, cc, step, (peer_ip, client_port), token, step_id)
+                self._run_step(conn, cc, step, (peer_ip, client_port), token, step_id, flows)
             step_id += 1
 
     def _run_tcp_step(self, conn: socket.socket, cc: protocol.ControlConnection,
@@ -405,13 +413,28 @@ class Server:
         return peer
 
     def _run_step(self, conn: socket.socket, cc: protocol.ControlConnection, step: StepParams,
-                  peer: tuple[str, int], token: int, step_id: int) -> None:
+                  peer: tuple[str, int], token: int, step_id: int,
+                  flows: tuple[int, ...] = ()) -> None:
         assert self._udp is not None
         self._flush_udp()
-        loop = engine.ResponderLoop(
-            self._udp, peer=self._peer_for_socket(peer), token=token,
-            command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-            sink=step.workload == "blast", busy_poll=step.busy_poll)
+        loop: engine.ResponderLoop | workers.StreamResponders
+        if len(flows) > 1:  # one connected socket and responder per client flow
+            try:
+                loop = workers.StreamResponders(
+                    self._udp, local_ip=str(conn.getsockname()[0]),
+                    peers=[self._peer_for_socket((peer[0], port)) for port in flows],
+                    token=token, command=wire.COMMANDS[step.command],
+                    size_bytes=step.size_bytes, sink=step.workload == "blast",
+                    busy_poll=step.busy_poll, cpus=self.config.cpus)
+            except ConfigError as exc:
+                self.stats.refused_steps += 1
+                _send(conn, cc, protocol.Error("refused", str(exc)))
+                return
+        else:
+            loop = engine.ResponderLoop(
+                self._udp, peer=self._peer_for_socket(peer), token=token,
+                command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
+                sink=step.workload == "blast", busy_poll=step.busy_poll)
         hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
         stop = threading.Event()
         cpu: dict[str, float] = {}
@@ -439,20 +462,32 @@ class Server:
             sent = event.sender.get("sent")
             if not isinstance(sent, int) or sent < 0:
                 raise RemoteProtocolError("StepStop without a valid 'sent' count")
+            if isinstance(loop, workers.StreamResponders):
+                sent_per_stream = workers.check_sent_per_stream(
+                    event.sender.get("sent_per_stream"), len(flows))
             if step.workload == "blast":
                 # stragglers still in flight count; then the window closes
                 stop.wait(step.drain_s)
         finally:
             stop.set()
             worker.join(timeout=5)
+            if isinstance(loop, workers.StreamResponders):
+                loop.close()
         elapsed = time.monotonic() - started
-        loop.finish(sent)
+        if isinstance(loop, workers.StreamResponders):
+            loop.finish(sent_per_stream)
+            cpu["s"] = loop.cpu_s
+        else:
+            loop.finish(sent)
         receiver = loop.counters()
         drops: dict[str, int] = receiver["drops"]  # type: ignore[assignment]
         # SO_RXQ_OVFL counts for the socket's whole life; the step gets the rise.
         rxq_total = int(receiver.pop("rcvbuf_drops"))  # type: ignore[call-overload]
-        receiver["rcvbuf_errors"] = max(rxq_total - self._rxq_dropped, 0)
-        self._rxq_dropped = max(rxq_total, self._rxq_dropped)
+        if isinstance(loop, workers.StreamResponders):
+            receiver["rcvbuf_errors"] = rxq_total  # fresh sockets: their life is this step
+        else:
+            receiver["rcvbuf_errors"] = max(rxq_total - self._rxq_dropped, 0)
+            self._rxq_dropped = max(rxq_total, self._rxq_dropped)
         receiver["host_rcvbuf_errors"] = engine.udp_rcvbuf_errors() - host_drops_before
         receiver["interface"] = interface
         receiver["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
@@ -480,9 +515,11 @@ class Client:
     """One control session to a server; runs steps and returns step dicts."""
 
     def __init__(self, target: Target, *, secret: bytes | None = None,
-                 connect_timeout_s: float = 5.0, buffer_bytes: int = engine.DEFAULT_BUFFER_BYTES
-                 ) -> None:
+                 connect_timeout_s: float = 5.0, buffer_bytes: int = engine.DEFAULT_BUFFER_BYTES,
+                 worker_cpus: tuple[int, ...] = ()) -> None:
         self.target = target
+        self.worker_cpus = worker_cpus  # CPUs of multi-flow steps' sender processes
+        self.workers: workers.WorkerPool | None = None  # started by the first such step
         self.secret = secret
         self.connect_timeout_s = connect_timeout_s
         self.buffer_bytes = buffer_bytes
@@ -584,15 +621,19 @@ class Client:
         assert self._data is not None
         return self._data
 
-    def begin_step(self, params: StepParams) -> ArmedStep:
+    def begin_step(self, params: StepParams, client_ports: list[int] | None = None
+                   ) -> ArmedStep:
         """Ask the server to arm a step; returns once it is ready for data.
 
         The caller then sends the step's traffic (with `ArmedStep.token` in
         every header, or in every TCP data preamble) and calls `end_step`.
+        `client_ports`: a multi-flow UDP step's source ports, one per stream.
         """
         assert self._control is not None and self._data is not None
         request = params.to_dict()
         request["client_port"] = self._data.getsockname()[1]
+        if client_ports is not None:
+            request["client_ports"] = list(client_ports)
         self._flush_data()
         _send(self._control, self._cc, protocol.StepRequest(request))
         ready = self._expect((protocol.StepReady,), 10.0)
@@ -624,6 +665,8 @@ class Client:
             return tcp_rr.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
         if params.workload not in CAPABILITIES:
             raise ConfigError(f"workload {params.workload} is not available over UDP")
+        if params.streams > 1:  # one sender process and flow per stream
+            return workers.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
         interface = interface_for(self.server_address[0])
         nic_before = nic.read_counters(interface)
         armed = self.begin_step(params)
@@ -648,6 +691,9 @@ class Client:
         return step
 
     def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
         if self._control is not None:
             try:
                 if self._cc.state is protocol.State.READY:

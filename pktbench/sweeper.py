@@ -34,6 +34,7 @@ class SweepPlan:
     profile: Profile
     early_stop: bool = True
     tcp: TcpOptions | None = None  # run the profile's rr steps as rr-tcp
+    workers: int = 1  # UDP steps over this many sender processes and flows
 
     @property
     def criteria(self) -> knee.KneeCriteria:
@@ -41,8 +42,15 @@ class SweepPlan:
 
 
 def step_params_for(profile: Profile, rate_pps: float | None, *,
-                    duration_s: float | None = None, tcp: TcpOptions | None = None
-                    ) -> StepParams:
+                    duration_s: float | None = None, tcp: TcpOptions | None = None,
+                    workers: int = 1) -> StepParams:
+    """The StepParams of one step of `profile` at `rate_pps`.
+
+    Over TCP (`tcp` given) the step is rr-tcp with `tcp`'s connections and
+    pipeline depth (see `tcp_options_for` for the profile's own); over UDP
+    an rr step closes its loop at the profile's `outstanding`, and with
+    `workers` > 1 runs over that many sender processes, one flow each.
+    """
     extra: dict[str, Any] = {}
     if tcp is not None:
         if profile.workload != "rr":
@@ -50,6 +58,13 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
                               "request/response over TCP needs an rr profile")
         extra = {"workload": "rr-tcp", "connections": tcp.connections,
                  "pipeline": tcp.pipeline}
+    elif profile.workload == "rr" and profile.outstanding is not None:
+        extra = {"outstanding": profile.outstanding}
+    if workers > 1:
+        if tcp is not None:
+            raise ConfigError("workers split UDP steps over processes; over TCP, spread the "
+                              "rate with connections instead")
+        extra["streams"] = workers
     return validate_step_params({
         "workload": profile.workload,
         "command": profile.command if profile.workload == "rr" else "none",
@@ -62,6 +77,11 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
         "timeout_s": profile.timeout_s,
         **extra,
     })
+
+
+def tcp_options_for(profile: Profile) -> TcpOptions:
+    """The profile's rr-over-TCP options (connections, pipeline), 1 where unset."""
+    return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
 def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
@@ -81,7 +101,7 @@ class _Runner:
     def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
              ) -> dict[str, Any]:
         params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s,
-                                 tcp=self.plan.tcp)
+                                 tcp=self.plan.tcp, workers=self.plan.workers)
         result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
                                       stop=self.stop)
         return result
@@ -145,30 +165,36 @@ class _Runner:
 def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = None,
           early_stop: bool = True, on_step: StepCallback | None = None,
           stop: threading.Event | None = None, tcp: TcpOptions | None = None,
-          redis_auth: RedisAuth | None = None) -> SweepResult:
+          redis_auth: RedisAuth | None = None, workers: int = 1,
+          cpus: tuple[int, ...] = ()) -> SweepResult:
     """Sweep `profile`'s rates against `target` (None: an embedded loopback server).
 
     With `tcp`, rr steps run as rr-tcp over that many connections and that
-    pipeline depth; a redis:// target always runs rr-tcp (one connection,
-    no pipelining unless `tcp` says otherwise), authenticated with
-    `redis_auth`.
+    pipeline depth; a redis:// target always runs rr-tcp (with `tcp`, else
+    the profile's connections and pipeline, else one connection without
+    pipelining), authenticated with `redis_auth`. `workers` > 1 sends each
+    UDP step from that many processes (pinned to `cpus` round-robin), one
+    flow each.
 
     Returns the SweepResult with every step annotated, the knee (or None),
     the Kneedle estimate and, when the profile asks, NDR/PDR.
     """
+    if workers > 1 and ((target is not None and target.redis) or tcp is not None):
+        raise ConfigError("workers split UDP steps over processes; over TCP, spread the rate "
+                          "with connections instead")
     if target is not None and target.redis:
         redis = target
-        plan = SweepPlan(profile, early_stop, tcp or TcpOptions())
+        plan = SweepPlan(profile, early_stop, tcp or tcp_options_for(profile))
         return _sweep(target, plan, lambda: RedisClient(redis, auth=redis_auth), on_step, stop,
                       embedded=False)
-    plan = SweepPlan(profile, early_stop, tcp)
+    plan = SweepPlan(profile, early_stop, tcp, workers)
     if target is None:
         with LocalServer() as server:
-            return _sweep(server.target, plan, lambda: Client(server.target), on_step, stop,
-                          embedded=True)
+            return _sweep(server.target, plan, lambda: Client(server.target, worker_cpus=cpus),
+                          on_step, stop, embedded=True)
     remote = target
-    return _sweep(target, plan, lambda: Client(remote, secret=secret), on_step, stop,
-                  embedded=False)
+    return _sweep(target, plan, lambda: Client(remote, secret=secret, worker_cpus=cpus),
+                  on_step, stop, embedded=False)
 
 
 def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | RedisClient],
@@ -192,6 +218,8 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
     if plan.tcp is not None:
         config.update(transport="tcp", connections=plan.tcp.connections,
                       pipeline=plan.tcp.pipeline)
+    if plan.workers > 1:
+        config["workers"] = plan.workers
     search_doc = None
     if found is not None:
         search_doc = found.to_dict()

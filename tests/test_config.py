@@ -151,6 +151,15 @@ BAD = [
     ("loss-over-one", GOOD + "[criteria]\nmax_loss_ratio = 2\n",
      ["criteria.max_loss_ratio must be <= 1 (got 2)"]),
     ("busy-poll-string", "busy_poll = \"yes\"\n" + GOOD, ["busy_poll must be true or false"]),
+    ("connections-zero", "connections = 0\n" + GOOD, ["connections must be from 1 to 128 (got 0)"]),
+    ("pipeline-too-deep", "pipeline = 5000\n" + GOOD,
+     ["pipeline must be from 1 to 1024 (got 5000)"]),
+    ("outstanding-float", "outstanding = 1.5\n" + GOOD, ["outstanding must be an integer (got 1.5)"]),
+    ("outstanding-on-blast", "workload = \"blast\"\noutstanding = 4\n" + GOOD,
+     ["outstanding is for workload 'rr' only", "remove outstanding"]),
+    ("pipeline-typo", "pipelines = 4\n" + GOOD, ["key 'pipelines'", "did you mean 'pipeline'?"]),
+    ("outstanding-after-table", GOOD + "outstanding = 1\n",
+     ["key 'rates.outstanding'", "move 'outstanding' above the [rates] header"]),
 ]
 
 
@@ -287,3 +296,75 @@ def test_estimated_duration() -> None:
                       drain_s=0.5)
     assert profile.step_count == 6
     assert profile.estimated_duration_s() == 12
+
+
+# --------------------------------------------------------------------------
+# TCP and closed-loop options
+
+
+def test_profile_sets_connections_pipeline_and_outstanding(tmp_path: Path) -> None:
+    profile = load_profile(write(tmp_path, "connections = 4\npipeline = 8\noutstanding = 2\n"
+                                 + GOOD))
+    assert (profile.connections, profile.pipeline, profile.outstanding) == (4, 8, 2)
+    data = profile.to_dict()
+    assert (data["connections"], data["pipeline"], data["outstanding"]) == (4, 8, 2)
+    unset = load_profile(write(tmp_path, GOOD, "plain.toml"))
+    assert (unset.connections, unset.pipeline, unset.outstanding) == (None, None, None)
+    # unset options stay out of results, which then read as before
+    assert not {"connections", "pipeline", "outstanding"} & set(unset.to_dict())
+
+
+def test_overrides_set_and_check_the_transport_options(tmp_path: Path) -> None:
+    base = load_profile(write(tmp_path, "outstanding = 2\npipeline = 8\n" + GOOD))
+    changed = apply_overrides(base, outstanding=1, connections=3)
+    assert (changed.connections, changed.pipeline, changed.outstanding) == (3, 8, 1)
+    assert apply_overrides(base, duration_s=2).outstanding == 2  # kept when not named
+    with pytest.raises(ConfigError, match=r"^command line: outstanding must be from 1 to 65536 "
+                                          r"\(got 0\)$"):
+        apply_overrides(base, outstanding=0)
+    # a one-way workload drops the rr-only options it was not given...
+    blast = apply_overrides(base, workload="blast")
+    assert (blast.pipeline, blast.outstanding) == (None, None)
+    # ...and refuses ones it is given
+    with pytest.raises(ConfigError, match="^command line: outstanding is for workload 'rr'"):
+        apply_overrides(base, workload="blast", outstanding=4)
+
+
+def test_step_params_carry_the_profile_options(tmp_path: Path) -> None:
+    from pktbench.sweeper import step_params_for, tcp_options_for
+    from pktbench.tcp_rr import TcpOptions
+
+    profile = load_profile(write(tmp_path, "connections = 3\npipeline = 4\noutstanding = 2\n"
+                                 + GOOD))
+    udp = step_params_for(profile, 1000.0)
+    assert (udp.workload, udp.outstanding, udp.connections, udp.pipeline) == ("rr", 2, 1, 1)
+    tcp = step_params_for(profile, 1000.0, tcp=tcp_options_for(profile))
+    assert (tcp.workload, tcp.connections, tcp.pipeline, tcp.outstanding) == ("rr-tcp", 3, 4,
+                                                                              None)
+    # explicit options win over the profile's
+    explicit = step_params_for(profile, 1000.0, tcp=TcpOptions(5, 1))
+    assert (explicit.connections, explicit.pipeline) == (5, 1)
+    plain = step_params_for(load_profile("default"), 1000.0)
+    assert plain.outstanding is None
+    assert tcp_options_for(load_profile("default")) == TcpOptions(1, 1)
+
+
+def test_cli_sweep_outstanding_reaches_the_steps(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from pktbench.cli import main
+
+    out = tmp_path / "sweep.json"
+    result = CliRunner().invoke(main, [
+        "sweep", "--rates", "1M", "--duration", "0.2", "--warmup", "0", "--outstanding", "1",
+        "--quiet", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["config"]["outstanding"] == 1
+    step = document["steps"][0]
+    # one request in flight at a time cannot reach 1M pps over loopback's round trips
+    assert step["sender_bound"] and step["sent_pps"] < 500_000
+    refused = CliRunner().invoke(main, ["sweep", "--workload", "rr-tcp", "--outstanding", "1"])
+    assert refused.exit_code == 2 and "--outstanding is for rr over UDP" in refused.output
