@@ -140,14 +140,15 @@ def test_sweep_embedded_table_json_and_csv_agree(tmp_path):
     assert code == 0, err
     document = json.loads(json_path.read_text())
     rows = list(csv.DictReader(csv_path.open()))
-    assert [s["offered_pps"] for s in document["steps"]] == [1000, 2000, 4000]
-    assert len(rows) == 3
+    # a step that fails on a loaded machine earns one confirming retrial
+    assert sorted({s["offered_pps"] for s in document["steps"]}) == [1000, 2000, 4000]
+    assert len(rows) == len(document["steps"]) >= 3
     for step, row in zip(document["steps"], rows):
         assert float(row["offered_pps"]) == step["offered_pps"]
         assert int(row["sent_packets"]) == step["sent_packets"]
         assert int(row["received_packets"]) == step["received_packets"]
         assert f"{step['offered_pps']:,.0f}" in out
-    assert "step 3/3" in err  # live progress on stderr
+    assert "step 1/3" in err and "step 3/" in err  # live progress on stderr
 
 
 def test_sweep_json_to_stdout_stays_valid_json():
