@@ -573,7 +573,11 @@ cdef class RespClient:
                         self.c[C_WINDOW_WAITS] += conn.issued + backlog - conn.waited
                         conn.waited = conn.issued + backlog
             else:
-                m = room
+                # Without a schedule, a connection sends its whole pipeline at
+                # once and waits for every reply before the next batch, as
+                # redis-benchmark -P does: topping up one request per reply
+                # would cost a write and a server wake-up per request.
+                m = room if conn.written == conn.replied else 0
                 if m > self.limit - self.issued_total:
                     m = self.limit - self.issued_total
             if m > 0:

@@ -255,11 +255,16 @@ def answer_each(reply: bytes, *, stall_after: int | None = None, stall_s: float 
             buffer = buffer[sum(length for length, _ in commands):]
             if seen is not None:
                 seen.append(len(commands))
+            # like Redis: the replies to one read go out in one write
+            pending = b""
             for _ in commands:
                 answered += 1
                 if stall_after is not None and answered == stall_after:
+                    conn.sendall(pending)
+                    pending = b""
                     time.sleep(stall_s)
-                conn.sendall(reply)
+                pending += reply
+            conn.sendall(pending)
 
     return script
 
