@@ -16,6 +16,7 @@ Invariants:
 
 Layout constants come from _wire.pxi, rendered from pktbench/wire.py.
 """
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport calloc, free
@@ -185,7 +186,7 @@ cdef class _SeqWindow:
         cdef uint64_t slot = seq & self.mask
         self.bits[slot >> 3] &= <uint8_t>~(1 << (slot & 7))
 
-    cdef void finalize_to(self, uint64_t end, uint64_t[::1] counters, int lost,
+    cdef void finalize_to(self, uint64_t end, uint64_t *counters, int lost,
                           int episodes, int max_run) noexcept nogil:
         """Count losses in [final_end, end) and clear those slots for reuse."""
         while self.final_end < end:
@@ -353,6 +354,12 @@ cdef class PacedSender:
             rc = self._run(until_ns, send)
         return rc
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef int _run(self, uint64_t until_ns, bint send) noexcept nogil:
         cdef uint64_t now, due, wake
         cdef uint64_t n_due
@@ -413,6 +420,12 @@ cdef class PacedSender:
             if due > now + SPIN_MARGIN_NS:
                 sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef inline uint64_t _window_room(self, uint64_t now, uint64_t n_due) noexcept nogil:
         """Closed-loop cap: at most max_outstanding requests unanswered.
 
@@ -429,6 +442,12 @@ cdef class PacedSender:
             return self.max_outstanding - in_flight
         return n_due
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef int _send(self, int n, uint64_t now) noexcept nogil:
         cdef int i
         cdef uint8_t *pkt
@@ -453,7 +472,7 @@ cdef class PacedSender:
             seq = self.next_seq + i
             if self.expect_replies:
                 if seq > self.window.mask:
-                    self.window.finalize_to(seq - self.window.mask, self.c, S_LOST,
+                    self.window.finalize_to(seq - self.window.mask, &self.c[0], S_LOST,
                                             S_LOSS_EPISODES, S_LOSS_MAX_RUN)
             if self.period_ns > 0:
                 due = self.due_ns(seq)
@@ -467,6 +486,12 @@ cdef class PacedSender:
         self.c[S_SENT_BYTES] += <uint64_t>sent * <uint64_t>self.size
         return sent
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef int _receive(self) noexcept nogil:
         """Read one batch of replies; returns how many, or -errno."""
         cdef int i, got
@@ -536,7 +561,7 @@ cdef class PacedSender:
     def finish(self):
         """Count every request still unanswered as lost (call after draining)."""
         if self.expect_replies:
-            self.window.finalize_to(self.next_seq, self.c, S_LOST, S_LOSS_EPISODES,
+            self.window.finalize_to(self.next_seq, &self.c[0], S_LOST, S_LOSS_EPISODES,
                                     S_LOSS_MAX_RUN)
 
 
@@ -668,6 +693,12 @@ cdef class Responder:
             rc = self._run(until_ns)
         return rc
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef int _run(self, uint64_t until_ns) noexcept nogil:
         cdef int got, i, n_replies, sent
         cdef uint32_t dropped
@@ -720,6 +751,12 @@ cdef class Responder:
         # family and port, then the IPv6 address after the flow label
         return memcmp(name, self.peer, 4) == 0 and memcmp(name + 8, self.peer + 8, 16) == 0
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef bint _accept(self, int i, uint64_t rx) noexcept nogil:
         """Validate datagram i; count it by outcome. True when it is valid."""
         cdef uint8_t *pkt = self.rx_buf + i * self.rx_slot
@@ -759,6 +796,12 @@ cdef class Responder:
             self._account(pkt, rx)
         return True
 
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
     cdef void _account(self, const uint8_t *pkt, uint64_t rx) noexcept nogil:
         """Sequence and jitter accounting for one valid blast packet."""
         cdef uint64_t seq = load_be64(pkt + WIRE_OFF_SEQ)
@@ -768,7 +811,7 @@ cdef class Responder:
             return
         if seq >= self.highest_seq_plus1:
             if seq >= self.window.final_end + self.window.size():
-                self.window.finalize_to(seq - self.window.size() + 1, self.c, R_LOST,
+                self.window.finalize_to(seq - self.window.size() + 1, &self.c[0], R_LOST,
                                         R_LOSS_EPISODES, R_LOSS_MAX_RUN)
             self.highest_seq_plus1 = seq + 1
             self.c[R_SEQ_END] = self.highest_seq_plus1
@@ -801,5 +844,5 @@ cdef class Responder:
         if self.mode == MODE_SINK:
             if sent_packets > self.highest_seq_plus1:
                 self.highest_seq_plus1 = sent_packets
-            self.window.finalize_to(self.highest_seq_plus1, self.c, R_LOST, R_LOSS_EPISODES,
+            self.window.finalize_to(self.highest_seq_plus1, &self.c[0], R_LOST, R_LOSS_EPISODES,
                                     R_LOSS_MAX_RUN)
