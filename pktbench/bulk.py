@@ -301,7 +301,7 @@ class _Pumped:
                 edges.append(end_ns + self.tail_ns)
         return min(edges)
 
-    def step(self, stopping: bool = False) -> bool:
+    def step(self) -> bool:
         """Pump one chunk and take the samples due; False when this end is done."""
         now = time.monotonic_ns()
         rc = self.pump.run(self._next_edge(now)) if now < self.deadline_ns else 0
@@ -309,19 +309,19 @@ class _Pumped:
         if self.window.start_ns is None and self.pump.first_ns:
             self.window.anchor(self.pump.first_ns)
         if rc < 0:
-            self._book(now, stopping)
+            self._book(now)
             message = os.strerror(-rc)
             for stream in self.streams:
                 stream.error = stream.error or f"bulk pump: {message}"
             return False
-        self._book(now, stopping)
+        self._book(now)
         if rc == 1 or now >= self.deadline_ns:
             return False
         end_ns = self.window.end_ns
         return not (self.tail_ns is not None and end_ns is not None
                     and now >= end_ns + self.tail_ns)
 
-    def _book(self, now: int, stopping: bool) -> None:
+    def _book(self, now: int) -> None:
         counts = self.pump.byte_counts
         status = self.pump.status
         start_ns, end_ns = self.window.start_ns, self.window.end_ns
@@ -338,7 +338,7 @@ class _Pumped:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)
-                if code < 0 and not stopping and -code not in (errno.ECONNRESET, errno.EPIPE):
+                if code < 0 and -code not in (errno.ECONNRESET, errno.EPIPE):
                     stream.error = os.strerror(-code)
 
     def finish(self) -> None:
