@@ -1022,3 +1022,162 @@ cdef class RespServer:
             ev.events = EPOLLIN
             ev.data.u32 = <uint32_t>(conn - self.conns)
             epoll_ctl(self.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+
+
+# --------------------------------------------------------------------------
+# Bulk pump
+# --------------------------------------------------------------------------
+
+MAX_STREAMS = 1024
+
+# Per-stream state (BulkPump.status): open, finished by the peer (EOF), or
+# -errno of the call that failed.
+cdef enum:
+    S_OPEN = 0
+    S_EOF = 1
+    # calls on one ready socket before the next gets its turn: enough to
+    # fill or drain a socket buffer, few enough that no stream starves
+    PUMP_BURST = 16
+    PUMP_MAX_WAIT_MS = 20
+
+PUMP_OPEN = S_OPEN
+PUMP_EOF = S_EOF
+
+
+cdef class BulkPump:
+    """Moves bulk bytes on up to `capacity` TCP streams from the calling thread.
+
+    Sending, every stream writes `buffer_bytes` at a time (zeros) as fast as
+    its socket takes them; receiving, every stream reads and discards. One
+    epoll set, level-triggered, MSG_DONTWAIT: a stream that would block waits
+    for epoll, the others go on. `bytes` holds each stream's running byte
+    count (`byte_counts`) and `status` PUMP_OPEN, PUMP_EOF or -errno; a stream that is not
+    open is no longer watched. Streams may be added while `run` is pumping
+    (from another thread). The pump never closes a caller's socket.
+    """
+    cdef int epfd
+    cdef int capacity
+    cdef int count        # changed by `add` only
+    cdef int n_done       # changed by `run` only: the two may be on different threads
+    cdef bint sending
+    cdef Py_ssize_t buf_len
+    cdef uint8_t *buf
+    cdef int *fds
+    cdef epoll_event *events
+    cdef uint64_t[::1] b
+    cdef int64_t[::1] s
+    cdef readonly object byte_counts
+    cdef readonly object status
+    cdef readonly uint64_t first_ns
+
+    def __cinit__(self, int capacity, bint sending, Py_ssize_t buffer_bytes):
+        if capacity < 1 or capacity > MAX_STREAMS:
+            raise ValueError(f"capacity must be 1..{MAX_STREAMS} (got {capacity})")
+        if buffer_bytes < 1024:
+            raise ValueError("buffer_bytes must be at least 1024")
+        self.epfd = -1
+        self.capacity = capacity
+        self.sending = sending
+        self.buf_len = buffer_bytes
+        self.buf = <uint8_t *>calloc(<size_t>buffer_bytes, 1)
+        self.fds = <int *>calloc(capacity, sizeof(int))
+        self.events = <epoll_event *>calloc(capacity, sizeof(epoll_event))
+        if not (self.buf and self.fds and self.events):
+            raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        self.byte_counts = np.zeros(capacity, dtype=np.uint64)
+        self.status = np.zeros(capacity, dtype=np.int64)
+        self.b = self.byte_counts
+        self.s = self.status
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+        free(self.buf)
+        free(self.fds)
+        free(self.events)
+
+    @property
+    def streams(self):
+        return self.count
+
+    @property
+    def open_streams(self):
+        return self.count - self.n_done
+
+    def add(self, int fd):
+        """Pump a connected socket; returns its index, or -1 when full."""
+        if self.count >= self.capacity:
+            return -1
+        cdef int i = self.count
+        self.fds[i] = fd
+        cdef epoll_event ev
+        ev.events = EPOLLOUT if self.sending else EPOLLIN
+        ev.data.u32 = <uint32_t>i
+        # The slot is complete before epoll can report it to the pumping thread.
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, "cannot watch the stream")
+        self.count += 1
+        return i
+
+    def run(self, uint64_t until_ns):
+        """Pump until `until_ns` or until no stream is open.
+
+        Returns 0 at `until_ns`, 1 when every stream added is finished, or
+        -errno of epoll.
+        """
+        cdef int rc
+        with nogil:
+            rc = self._run(until_ns)
+        return rc
+
+    cdef int _run(self, uint64_t until_ns) noexcept nogil:
+        cdef uint64_t now
+        cdef int got, k, timeout_ms
+        while True:
+            if self.count > 0 and self.n_done >= self.count:
+                return 1
+            now = now_ns()
+            if now >= until_ns:
+                return 0
+            timeout_ms = <int>((until_ns - now + 999999) // 1000000)
+            if timeout_ms > PUMP_MAX_WAIT_MS:
+                timeout_ms = PUMP_MAX_WAIT_MS
+            got = epoll_wait(self.epfd, self.events, self.capacity, timeout_ms)
+            if got < 0:
+                if errno == EINTR:
+                    continue
+                return -errno
+            for k in range(got):
+                self._move(<int>self.events[k].data.u32)
+
+    # i comes from an epoll event this object registered, always < count
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _move(self, int i) noexcept nogil:
+        """Write (or read) on stream i until its socket would block, or a burst is done."""
+        cdef ssize_t moved
+        cdef int calls
+        cdef int fd = self.fds[i]
+        if self.s[i] != S_OPEN:
+            return
+        for calls in range(PUMP_BURST):
+            if self.sending:
+                moved = send(fd, self.buf, <size_t>self.buf_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+            else:
+                moved = recv(fd, self.buf, <size_t>self.buf_len, MSG_DONTWAIT)
+            if moved > 0:
+                if self.first_ns == 0:
+                    self.first_ns = now_ns()
+                self.b[i] += <uint64_t>moved
+                if moved < self.buf_len:
+                    return  # the socket buffer is full (or drained): epoll says when to go on
+                continue
+            if moved < 0 and (errno == EAGAIN or errno == EINTR):
+                return
+            self.s[i] = S_EOF if moved == 0 else -errno
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, NULL)
+            self.n_done += 1
+            return

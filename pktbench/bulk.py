@@ -16,9 +16,12 @@ datagrams: the engine's PacedSender and the blast sink do the work.
 
 Measured window: each end anchors it at its first data (the sender when it
 starts writing, the receiver at its first byte), skips `warmup_s` (slow
-start) and counts `duration_s`. Every stream samples its byte counter, its
-thread's CPU time and TCP_INFO as it crosses the window's edges, so rates
-are bytes in the window over the time between the samples. The sender keeps
+start) and counts `duration_s`. Each end pumps all its streams from one
+thread with pktbench._tcp.BulkPump (non-blocking sockets, one epoll set, no
+GIL held while bytes move), in chunks of at most CHUNK_S that end at the
+window's edges; between chunks every stream samples its byte counter, the
+pump thread's CPU time and TCP_INFO, so rates are bytes in the window over
+the time between the samples. The sender keeps
 writing `drain_s` past its window so the receiver's window, which starts a
 path delay later, is full too.
 
@@ -34,9 +37,10 @@ goodput; behind tbf (which splits GSO packets) they read the frame rate.
 Flow planning (plan_flows) probes instead of computing the hash: see
 flows.py for why. Its ports can be reused later with BulkConfig.ports.
 
-Invariants: no stream thread outlives its step's deadline; sockets are
+Invariants: no pump thread outlives its step's deadline; sockets are
 closed by the end that opened or accepted them; a stream that fails early
-reports what it counted and its error, never raises across a thread.
+reports what it counted and its error, never raises across a thread. A
+stream's cpu_s is its share (1/N) of the CPU time of the thread pumping it.
 
 Must not: touch the UDP data socket outside Client.run_step, or run `ip`
 (interface counters come from sysfs or a callable the caller passes).
@@ -58,8 +62,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pktbench import protocol, session, wire
+from pktbench._tcp import PUMP_OPEN, BulkPump
 from pktbench.address import Target, parse_target
-from pktbench.errors import ConfigError, ConnectError, PktbenchError
+from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
     FlowPlan,
@@ -92,7 +97,8 @@ __all__ = [
 BULK_SCHEMA_VERSION = 1
 RECV_BUFFER_BYTES = 256 * 1024
 DEFAULT_WRITE_BYTES = 128 * 1024
-POLL_S = 0.05  # socket timeout: how often a blocked stream looks at the clock and stop flag
+POLL_S = 0.05  # how long a finishing server waits for its pump thread at least
+CHUNK_S = 0.02  # one nogil pump call: stop requests and the clock are looked at this often
 PROBE_BYTES = 256 * 1024
 TCP_INFO_BYTES = 232  # struct tcp_info up to tcpi_snd_wnd (Linux 5.4+); shorter kernels return less
 
@@ -175,19 +181,6 @@ def _thread_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _set_kernel_timeouts(sock: socket.socket, timeout_s: float) -> None:
-    """Blocking socket with kernel timeouts: one syscall per read or write.
-
-    Python's own socket timeout polls before every call; SO_RCVTIMEO and
-    SO_SNDTIMEO make a blocked call return EAGAIN instead, at no extra cost.
-    """
-    sock.setblocking(True)
-    seconds = int(timeout_s)
-    timeval = struct.pack("@ll", seconds, int((timeout_s - seconds) * 1e6))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-
 # -- the measured window and the stream pumps -------------------------------------
 
 class _Window:
@@ -226,6 +219,7 @@ class _Stream:
     mss_bytes: int | None = None
     error: str | None = None
     ports: tuple[int, int] = (0, 0)  # (local, remote)
+    cpu_shared_by: int = 1  # streams the pumping thread moved: cpu_s is this one's share
 
     def sample(self) -> _Sample:
         return _Sample(time.monotonic_ns(), self.bytes_total, _thread_cpu_s(),
@@ -247,7 +241,7 @@ class _Stream:
             "total_bytes": self.bytes_total,
             "window_s": window_s,
             "bits_per_second": in_window * 8 / window_s if window_s > 0 else 0.0,
-            "cpu_s": (end.cpu_s - start.cpu_s) if start and end else 0.0,
+            "cpu_s": ((end.cpu_s - start.cpu_s) / self.cpu_shared_by) if start and end else 0.0,
             "mss_bytes": self.mss_bytes,
             "error": self.error,
         }
@@ -272,48 +266,91 @@ class _Stream:
         return out
 
 
-def _pump(stream: _Stream, window: _Window, stop: threading.Event, *, sending: bool,
-          buffer: bytearray, tail_ns: int | None, deadline_ns: int) -> None:
-    """Move bytes on one stream until stopped, EOF, an error or the deadline.
+class _Pumped:
+    """The streams one thread pumps with a BulkPump, and their window samples.
 
+    Only the pumping thread calls `step` and `finish` (the CPU samples are
+    its own); `add` may come from another thread, under the caller's lock.
     A sender with `tail_ns` stops that long after its window ends; a receiver
-    with `tail_ns` (the client in reverse) stops at its window's end.
+    with `tail_ns` (the client in reverse) stops at its window's end; without
+    it the pump runs until every stream is finished, the deadline or `stop`.
     """
-    sock = stream.sock
-    view = memoryview(buffer)
-    op = sock.send if sending else sock.recv_into
-    try:
-        while not stop.is_set():
-            now = time.monotonic_ns()
-            if now >= deadline_ns:
-                break
-            start_ns = window.start_ns
-            if start_ns is not None:
+
+    def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
+                 tail_ns: int | None, deadline_ns: int) -> None:
+        self.pump = BulkPump(capacity, sending, buffer_bytes)
+        self.window = window
+        self.sending = sending
+        self.tail_ns = tail_ns
+        self.deadline_ns = deadline_ns
+        self.streams: list[_Stream] = []
+
+    def add(self, stream: _Stream) -> None:
+        stream.sock.setblocking(False)
+        if self.pump.add(stream.sock.fileno()) != len(self.streams):
+            raise EngineError(f"bulk pump is full ({len(self.streams)} streams)")
+        self.streams.append(stream)
+
+    def _next_edge(self, now: int) -> int:
+        """The soonest of the deadline, the next window edge and the tail's end."""
+        edges = [self.deadline_ns, now + int(CHUNK_S * 1e9)]
+        start_ns, end_ns = self.window.start_ns, self.window.end_ns
+        if start_ns is not None and end_ns is not None:
+            edges += [e for e in (start_ns, end_ns) if e > now]
+            if self.tail_ns is not None:
+                edges.append(end_ns + self.tail_ns)
+        return min(edges)
+
+    def step(self) -> bool:
+        """Pump one chunk and take the samples due; False when this end is done."""
+        now = time.monotonic_ns()
+        rc = self.pump.run(self._next_edge(now)) if now < self.deadline_ns else 0
+        now = time.monotonic_ns()
+        if self.window.start_ns is None and self.pump.first_ns:
+            self.window.anchor(self.pump.first_ns)
+        if rc < 0:
+            self._book(now)
+            message = os.strerror(-rc)
+            for stream in self.streams:
+                stream.error = stream.error or f"bulk pump: {message}"
+            return False
+        self._book(now)
+        if rc == 1 or now >= self.deadline_ns:
+            return False
+        end_ns = self.window.end_ns
+        return not (self.tail_ns is not None and end_ns is not None
+                    and now >= end_ns + self.tail_ns)
+
+    def _book(self, now: int) -> None:
+        counts = self.pump.byte_counts
+        status = self.pump.status
+        start_ns, end_ns = self.window.start_ns, self.window.end_ns
+        for index, stream in enumerate(self.streams):
+            stream.bytes_total = int(counts[index])
+            code = int(status[index])
+            if start_ns is not None and end_ns is not None and stream.last is None:
                 if stream.start is None and now >= start_ns:
                     stream.start = stream.sample()
-                assert window.end_ns is not None
-                if stream.end is None and now >= window.end_ns:
+                if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
-                    stream.mss_bytes = _maxseg(sock)
-                if tail_ns is not None and now >= window.end_ns + tail_ns:
-                    break
-            try:
-                moved = op(view)
-            except (BlockingIOError, InterruptedError, socket.timeout):
-                continue
-            except OSError as exc:
-                if not stop.is_set() and exc.errno not in (errno.ECONNRESET, errno.EPIPE):
-                    stream.error = exc.strerror or str(exc)
-                break
-            if moved == 0 and not sending:
-                break  # the peer finished
-            stream.bytes_total += moved
-            if window.start_ns is None:
-                window.anchor(time.monotonic_ns())
-    finally:
-        stream.last = stream.sample()
-        if stream.mss_bytes is None:
-            stream.mss_bytes = _maxseg(sock)
+                    stream.mss_bytes = _maxseg(stream.sock)
+            if code != PUMP_OPEN and stream.last is None:
+                stream.last = stream.sample()
+                if stream.mss_bytes is None:
+                    stream.mss_bytes = _maxseg(stream.sock)
+                if code < 0 and -code not in (errno.ECONNRESET, errno.EPIPE):
+                    stream.error = os.strerror(-code)
+
+    def finish(self) -> None:
+        """The last samples of the streams still open."""
+        counts = self.pump.byte_counts
+        for index, stream in enumerate(self.streams):
+            stream.bytes_total = int(counts[index])
+            stream.cpu_shared_by = len(self.streams)
+            if stream.last is None:
+                stream.last = stream.sample()
+            if stream.mss_bytes is None:
+                stream.mss_bytes = _maxseg(stream.sock)
 
 
 def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
@@ -336,8 +373,10 @@ def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
 class BulkStepHandler:
     """The server's end of one bulk step: reads (or, reversed, writes) every stream.
 
-    At most `step.streams` connections join; more are closed at once. Stream
-    threads stop at `finish`, or by themselves at the step's hard deadline.
+    At most `step.streams` connections join; more are closed at once. One
+    pump thread moves the bytes of every stream; it starts with the first
+    connection and stops at `finish`, or by itself at the step's hard
+    deadline, or when all `step.streams` streams are finished.
     """
 
     def __init__(self, step: StepParams, token: int, peer_ip: str) -> None:
@@ -349,9 +388,13 @@ class BulkStepHandler:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._streams: list[_Stream] = []
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._deadline_ns = time.monotonic_ns() + int(
             (step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0) * 1e9)
+        self._pumped = _Pumped(step.streams, self._window, sending=self.sending,
+                               buffer_bytes=DEFAULT_WRITE_BYTES if self.sending
+                               else RECV_BUFFER_BYTES, tail_ns=None,
+                               deadline_ns=self._deadline_ns)
         self.rejected = 0
 
     def add_connection(self, conn: socket.socket, stream_id: int) -> None:
@@ -361,7 +404,6 @@ class BulkStepHandler:
                 conn.close()
                 return
             try:
-                _set_kernel_timeouts(conn, POLL_S)
                 ports = (conn.getsockname()[1], conn.getpeername()[1])
             except OSError:  # reset before it joined (a planning probe, a vanished client)
                 self.rejected += 1
@@ -371,27 +413,36 @@ class BulkStepHandler:
             if self.sending:
                 # the writer's window starts with its first stream
                 self._window.anchor(time.monotonic_ns())
+            self._pumped.add(stream)
             self._streams.append(stream)
-            buffer = bytearray(DEFAULT_WRITE_BYTES if self.sending else RECV_BUFFER_BYTES)
-            worker = threading.Thread(
-                target=_pump, args=(stream, self._window, self._stop),
-                kwargs={"sending": self.sending, "buffer": buffer, "tail_ns": None,
-                        "deadline_ns": self._deadline_ns},
-                daemon=True, name=f"bulk-{stream_id}")
-            self._threads.append(worker)
-            worker.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="bulk-pump")
+                self._thread.start()
+
+    def _run(self) -> None:
+        pumped = self._pumped
+        try:
+            while not self._stop.is_set():
+                if not pumped.step():
+                    with self._lock:
+                        # a finished stream set with room left may still grow (probes)
+                        full = len(self._streams) >= self.step.streams
+                    if full or time.monotonic_ns() >= self._deadline_ns:
+                        break
+                    time.sleep(CHUNK_S)
+        finally:
+            pumped.finish()
 
     def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
-        if not self.sending:
+        thread = self._thread
+        if thread is not None and not self.sending:
             # a forward sender has stopped; the last bytes it wrote are still
-            # arriving, so readers run on until EOF (bounded by the drain)
-            until = time.monotonic() + max(self.step.drain_s, POLL_S)
-            for worker in self._threads:
-                worker.join(timeout=max(0.0, until - time.monotonic()))
+            # arriving, so the pump runs on until EOF (bounded by the drain)
+            thread.join(timeout=max(self.step.drain_s, POLL_S))
         with self._lock:
             self._stop.set()
-        for worker in self._threads:
-            worker.join(timeout=4 * POLL_S)
+        if thread is not None:
+            thread.join(timeout=4 * POLL_S + CHUNK_S)
         for stream in self._streams:
             stream.sock.close()
         wanted = sender.get("stream_ids")
@@ -631,34 +682,24 @@ class BulkConfig:
 def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, anchor_ns: int | None,
                  warmup_s: float, duration_s: float, tail_s: float, write_bytes: int,
                  deadline_ns: int, cpu: int | None = None) -> dict[str, Any]:
-    """Pump these streams in threads of this process; the end report of this end."""
+    """Pump these streams from this thread; the end report of this end."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     window = _Window(warmup_s, duration_s)
     if anchor_ns is not None:
         window.anchor(anchor_ns)
-    stop = threading.Event()
-    streams: list[_Stream] = []
-    threads: list[threading.Thread] = []
+    pumped = _Pumped(len(socks), window, sending=sending,
+                     buffer_bytes=write_bytes if sending else RECV_BUFFER_BYTES,
+                     tail_ns=int(tail_s * 1e9) if sending else 0, deadline_ns=deadline_ns)
     for stream_id, sock in socks:
-        _set_kernel_timeouts(sock, POLL_S)
-        stream = _Stream(stream_id, sock, ports=(sock.getsockname()[1], sock.getpeername()[1]))
-        streams.append(stream)
-        buffer = bytearray(write_bytes if sending else RECV_BUFFER_BYTES)
-        threads.append(threading.Thread(
-            target=_pump, args=(stream, window, stop),
-            kwargs={"sending": sending, "buffer": buffer, "deadline_ns": deadline_ns,
-                    "tail_ns": int(tail_s * 1e9) if sending else 0},
-            daemon=True, name=f"bulk-{stream_id}"))
+        pumped.add(_Stream(stream_id, sock,
+                           ports=(sock.getsockname()[1], sock.getpeername()[1])))
     try:
-        for worker in threads:
-            worker.start()
-        for worker in threads:
-            while worker.is_alive():
-                worker.join(timeout=0.2)
+        while pumped.step():
+            pass
     finally:
-        stop.set()
-    return _end_report(streams, sending)
+        pumped.finish()
+    return _end_report(pumped.streams, sending)
 
 
 def _worker_main(conn: Any, socks: list[tuple[int, socket.socket]], kwargs: dict[str, Any]) -> None:

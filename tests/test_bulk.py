@@ -1,9 +1,11 @@
 """Bulk throughput on loopback: TCP_INFO, streams at both ends, UDP bulk, planning, CLI."""
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,6 +118,40 @@ def test_tcp_streams_both_ends_count(client: session.Client, reverse: bool) -> N
     assert step["link_percent"] == pytest.approx(100 * step["wire_bits_per_second"] / 100e9)
     # the sender's TCP_INFO is carried across: cwnd and RTT for every stream
     assert all(s["cwnd_segments"] and s["rtt_us"] is not None for s in step["streams"])
+
+
+def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
+    """One thread pumps two streams each way: counts are exact, EOF and a reset show."""
+    from pktbench._tcp import PUMP_EOF, PUMP_OPEN, BulkPump
+
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        sender = BulkPump(2, True, 4096)
+        receiver = BulkPump(2, False, 8192)
+        for near, far in pairs:
+            near.setblocking(False)
+            far.setblocking(False)
+            assert sender.add(near.fileno()) >= 0
+            receiver.add(far.fileno())
+        assert sender.add(0) == -1  # full
+        deadline = time.monotonic_ns() + 200_000_000
+        while time.monotonic_ns() < deadline:
+            assert sender.run(time.monotonic_ns() + 5_000_000) == 0
+            assert receiver.run(time.monotonic_ns() + 5_000_000) == 0
+        sent = [int(n) for n in sender.byte_counts]
+        assert all(n > 0 for n in sent) and list(sender.status) == [PUMP_OPEN] * 2
+        assert sender.first_ns > 0
+        pairs[0][0].shutdown(socket.SHUT_WR)  # stream 0 ends cleanly
+        pairs[1][1].close()  # stream 1's reader goes away
+        assert receiver.run(time.monotonic_ns() + 200_000_000) == 0
+        assert int(receiver.byte_counts[0]) == sent[0]
+        assert list(receiver.status) == [PUMP_EOF, PUMP_OPEN]
+        assert sender.run(time.monotonic_ns() + 1_000_000_000) == 1  # no stream can write
+        assert all(-int(s) in (errno.EPIPE, errno.ECONNRESET) for s in sender.status)
+    finally:
+        for near, far in pairs:
+            near.close()
+            far.close()
 
 
 def test_stray_connections_do_not_join(server: session.Server, client: session.Client) -> None:
