@@ -754,6 +754,8 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @click.option("--rate", "rate", callback=_bulk_speed, metavar="BITRATE", default=None,
               help="UDP offered rate, e.g. 5G, 800M [default: as fast as possible].")
 @click.option("--reverse", is_flag=True, help="The server sends, this end receives (TCP).")
+@click.option("--write-size", "write_size", type=click.IntRange(1024, 16 * 1024 * 1024),
+              default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
               help="Line rate to compare the ceiling with, e.g. 10G, 2x10G.")
 @click.option("--paths", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -779,7 +781,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
          paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
          sweep_streams: tuple[int, ...], sweep_rates: tuple[float, ...], workers: int,
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
-         token_file: str | None) -> None:
+         token_file: str | None, write_size: int | None) -> None:
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
     Without HOST, a server is started on this machine.
@@ -794,7 +796,8 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
             rate_bps=rate, reverse=reverse, link_speed_bps=link_speed, paths=paths,
             path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
-            sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates)
+            sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates,
+            write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     out = sys.stderr if json_path == "-" else sys.stdout
