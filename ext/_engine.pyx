@@ -26,7 +26,7 @@ from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from netapi cimport (
     iovec, msghdr, mmsghdr, cmsghdr, sockaddr_storage, socklen_t, pollfd,
     sendmmsg, recvmmsg, ppoll, prctl, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE,
-    MSG_DONTWAIT, MSG_TRUNC, SOL_SOCKET, SO_RXQ_OVFL, AF_INET, AF_INET6, POLLIN,
+    MSG_DONTWAIT, MSG_WAITFORONE, MSG_TRUNC, SOL_SOCKET, SO_RXQ_OVFL, AF_INET, AF_INET6, POLLIN,
     PR_SET_TIMERSLACK, htobe64, be64toh, htobe16, be16toh, __builtin_clzll,
 )
 
@@ -39,6 +39,12 @@ include "_timing.pxi"
 # measured window never counts them, whichever end they reach.
 cdef enum:
     FLAG_WARMUP = 1
+
+# A "blocking" receive that returns EAGAIN sooner than this did not block:
+# the socket is non-blocking (someone set a Python timeout on it), so fall
+# back to ppoll instead of spinning.
+cdef enum:
+    NONBLOCKING_NS = 1000000
     CTRL_BYTES = 64
 
 # Sender counters (index into PacedSender.counters)
@@ -388,7 +394,7 @@ cdef class PacedSender:
                     if sent < 0:
                         return sent
                     if self.expect_replies:
-                        rc = self._receive()
+                        rc = self._receive(MSG_DONTWAIT)
                         if rc < 0:
                             return rc
                     continue
@@ -397,7 +403,7 @@ cdef class PacedSender:
             elif not send and self.c[S_RECEIVED] >= self.next_seq:
                 return 0
             if self.expect_replies:
-                rc = self._receive()
+                rc = self._receive(MSG_DONTWAIT)
                 if rc < 0:
                     return rc
                 if rc > 0:
@@ -408,7 +414,13 @@ cdef class PacedSender:
                 # Closed loop: sleep until the reply arrives, or until the
                 # timeout frees the slot of a request whose reply was lost.
                 wake = self.last_send_ns + self.timeout_ns
-                sleep_until(self.fd, True, wake if wake < until_ns else until_ns)
+                if wake > until_ns:
+                    wake = until_ns
+                rc = self._receive(MSG_WAITFORONE)
+                if rc < 0:
+                    return rc
+                if rc == 0 and now_ns() < now + NONBLOCKING_NS:
+                    sleep_until(self.fd, True, wake)  # the socket does not block
                 continue
             if send and self.next_seq < self.limit:
                 due = self.due_ns(self.next_seq)
@@ -492,13 +504,18 @@ cdef class PacedSender:
     @cython.wraparound(False)
     @cython.initializedcheck(False)
     @cython.cdivision(True)
-    cdef int _receive(self) noexcept nogil:
-        """Read one batch of replies; returns how many, or -errno."""
+    cdef int _receive(self, int flags) noexcept nogil:
+        """Read one batch of replies; returns how many, or -errno.
+
+        MSG_WAITFORONE sleeps in the kernel until the first reply (or the
+        socket's SO_RCVTIMEO): one syscall per wake-up instead of a poll
+        and a read, which is what a blocking round trip costs in netperf.
+        """
         cdef int i, got
         for i in range(self.batch):
             self.rx_msgs[i].msg_hdr.msg_controllen = CTRL_BYTES
             self.rx_msgs[i].msg_hdr.msg_flags = 0
-        got = recvmmsg(self.fd, self.rx_msgs, self.batch, MSG_DONTWAIT, NULL)
+        got = recvmmsg(self.fd, self.rx_msgs, self.batch, flags, NULL)
         if got < 0:
             if errno == EAGAIN or errno == EINTR:
                 return 0
@@ -711,11 +728,14 @@ cdef class Responder:
                 self.rx_msgs[i].msg_hdr.msg_controllen = CTRL_BYTES
                 self.rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 self.rx_msgs[i].msg_hdr.msg_flags = 0
-            got = recvmmsg(self.fd, self.rx_msgs, self.batch, MSG_DONTWAIT, NULL)
+            # Blocking mode waits inside recvmmsg (one syscall per wake-up);
+            # the socket's SO_RCVTIMEO bounds the wait so the deadline holds.
+            got = recvmmsg(self.fd, self.rx_msgs, self.batch,
+                           MSG_DONTWAIT if self.busy_poll else MSG_WAITFORONE, NULL)
             if got < 0:
                 if errno == EAGAIN or errno == EINTR:
-                    if not self.busy_poll:
-                        sleep_until(self.fd, True, until_ns)
+                    if not self.busy_poll and now_ns() < rx + NONBLOCKING_NS:
+                        sleep_until(self.fd, True, until_ns)  # the socket does not block
                     continue
                 return -errno
             rx = now_ns()

@@ -41,6 +41,7 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t length)
     enum:
         MSG_DONTWAIT
+        MSG_WAITFORONE
         MSG_TRUNC
         SOL_SOCKET
         SO_RXQ_OVFL

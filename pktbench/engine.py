@@ -66,7 +66,14 @@ def tune_socket(sock: socket.socket, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, buffer_bytes)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-    sock.setblocking(False)
+    # Blocking with a kernel receive timeout: the engine's blocking mode
+    # sleeps inside recvmmsg (one syscall per wake-up, as netperf's recv),
+    # and the timeout keeps every wait within one chunk. Every other call
+    # passes MSG_DONTWAIT.
+    sock.setblocking(True)
+    seconds = int(CHUNK_S)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("@ll", seconds, int((CHUNK_S - seconds) * 1e6)))
     # getsockopt reports twice the usable size (the kernel's bookkeeping share).
     return BufferSizes(
         requested_bytes=buffer_bytes,

@@ -399,7 +399,7 @@ class Server:
         assert self._udp is not None
         while True:
             try:
-                self._udp.recv(65536)
+                self._udp.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -602,7 +602,7 @@ class Client:
         assert self._data is not None
         while True:
             try:
-                self._data.recv(65536)
+                self._data.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

@@ -428,7 +428,7 @@ def _collect(sockets: list[socket.socket], until: float, replies: list[_Reply],
         for sock in readable:
             while True:
                 try:
-                    data = sock.recv(65536)
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
                 except ConnectionRefusedError:

@@ -125,7 +125,7 @@ def check_sent_per_stream(value: object, streams: int) -> list[int]:
 def _flush(sock: socket.socket) -> None:
     while True:
         try:
-            sock.recv(65536)
+            sock.recv(65536, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
