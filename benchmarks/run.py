@@ -54,7 +54,7 @@ VETH_CLIENT_ADDR = "198.18.0.1"
 VETH_SERVER_ADDR = "198.18.0.2"
 PAYLOAD_BYTES = 64
 SINK_RCVBUF_BYTES = 4 << 20  # = rmem_max here; below it small-packet loss is a buffer artefact
-# Medians from /work/shared/ANCHORS.md; used only to size count-based runs and as a
+# Reference medians measured earlier on a machine of this kind; used only to size count-based runs and as a
 # fallback for B3's "80 % of B1's maximum" when B1 was not measured in this invocation.
 ANCHOR_REDIS_RPS = {(1, 1): 13_000, (50, 1): 120_000, (50, 16): 1_600_000}
 ANCHOR_C_SENDMMSG_PPS = {"lo": 641_000, "veth": 576_000}
