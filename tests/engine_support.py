@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pktbench import engine
+from pktbench.session import Server, ServerConfig
 
 
 class ThreadedResponder:
@@ -20,3 +23,18 @@ class ThreadedResponder:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+
+
+@contextmanager
+def serving(config: ServerConfig) -> Iterator[Server]:
+    """A pktbench Server accepting sessions in a daemon thread; stopped on exit."""
+    server = Server(config, log=lambda line: None)
+    server.open()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        server.close()

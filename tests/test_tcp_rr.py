@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from engine_support import serving
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -458,14 +459,8 @@ def test_responder_refuses_past_capacity() -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    srv = Server(ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)
-    srv.open()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop()
-    thread.join(timeout=5)
-    srv.close()
+    with serving(ServerConfig(bind="127.0.0.1", port=0)) as srv:
+        yield srv
 
 
 def run(server: Server, **overrides: object) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def test_cli_sweep_bulk_refuses_rate_sweep_options() -> None:
 # multi-core UDP steps
 
 import socket  # noqa: E402
-import threading  # noqa: E402
+from engine_support import serving  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -68,14 +68,8 @@ from pktbench.session import Client, Server, ServerConfig  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    srv = Server(ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)
-    srv.open()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop()
-    thread.join(timeout=10)
-    srv.close()
+    with serving(ServerConfig(bind="127.0.0.1", port=0)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
