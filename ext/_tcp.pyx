@@ -36,9 +36,9 @@ from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 
 from netapi cimport pollfd, ppoll, prctl, POLLIN, PR_SET_TIMERSLACK, MSG_DONTWAIT, __builtin_clzll
 from tcpapi cimport (
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait, send, recv, shutdown, close,
+    epoll_event, epoll_create1, epoll_ctl, epoll_wait, send, recv, setsockopt, shutdown, close,
     EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL,
-    EPOLL_CLOEXEC, MSG_NOSIGNAL, SHUT_RDWR,
+    EPOLL_CLOEXEC, MSG_NOSIGNAL, SHUT_RDWR, SOL_SOCKET, SO_RCVLOWAT,
 )
 
 cimport cython
@@ -1048,6 +1048,17 @@ cdef enum:
     # fill or drain a socket buffer, few enough that no stream starves
     PUMP_BURST = 16
     PUMP_MAX_WAIT_MS = 20
+    # A receiving stream is woken only once it holds about LOWAT_HOLD_NS of
+    # its own recent rate (SO_RCVLOWAT), at least LOWAT_MIN and at most
+    # LOWAT_MAX bytes. Each wake-up costs the sending host a cross-CPU
+    # interrupt; on loopback that host is the same machine and pays for it
+    # in throughput. The mark follows the rate every LOWAT_TICK_NS, so a
+    # stream that slows or stalls is read within a tick, and every window
+    # edge reads what is held, so no byte is counted in the wrong window.
+    LOWAT_HOLD_NS = 1000000
+    LOWAT_TICK_NS = 10000000
+    LOWAT_MIN = 16384
+    LOWAT_MAX = 262144
 
 PUMP_OPEN = S_OPEN
 PUMP_EOF = S_EOF
@@ -1072,6 +1083,9 @@ cdef class BulkPump:
     cdef Py_ssize_t buf_len
     cdef uint8_t *buf
     cdef int *fds
+    cdef int *lowat        # each receiving stream's SO_RCVLOWAT (1: the default)
+    cdef uint64_t *marked  # its byte count at the last tick
+    cdef uint64_t tick_ns
     cdef epoll_event *events
     cdef uint64_t[::1] b
     cdef int64_t[::1] s
@@ -1090,8 +1104,10 @@ cdef class BulkPump:
         self.buf_len = buffer_bytes
         self.buf = <uint8_t *>calloc(<size_t>buffer_bytes, 1)
         self.fds = <int *>calloc(capacity, sizeof(int))
+        self.lowat = <int *>calloc(capacity, sizeof(int))
+        self.marked = <uint64_t *>calloc(capacity, sizeof(uint64_t))
         self.events = <epoll_event *>calloc(capacity, sizeof(epoll_event))
-        if not (self.buf and self.fds and self.events):
+        if not (self.buf and self.fds and self.lowat and self.marked and self.events):
             raise MemoryError()
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
@@ -1106,6 +1122,8 @@ cdef class BulkPump:
             close(self.epfd)
         free(self.buf)
         free(self.fds)
+        free(self.lowat)
+        free(self.marked)
         free(self.events)
 
     @property
@@ -1122,6 +1140,8 @@ cdef class BulkPump:
             return -1
         cdef int i = self.count
         self.fds[i] = fd
+        self.lowat[i] = 1
+        self.marked[i] = 0
         cdef epoll_event ev
         ev.events = EPOLLOUT if self.sending else EPOLLIN
         ev.data.u32 = <uint32_t>i
@@ -1145,15 +1165,22 @@ cdef class BulkPump:
     cdef int _run(self, uint64_t until_ns) noexcept nogil:
         cdef uint64_t now
         cdef int got, k, timeout_ms
+        cdef int max_wait_ms = PUMP_MAX_WAIT_MS if self.sending else LOWAT_TICK_NS // 1000000
+        if self.tick_ns == 0:
+            self.tick_ns = now_ns()
         while True:
             if self.count > 0 and self.n_done >= self.count:
                 return 1
             now = now_ns()
+            if not self.sending and now >= self.tick_ns + LOWAT_TICK_NS:
+                self._retune(now)
             if now >= until_ns:
+                if not self.sending:
+                    self._collect_held()
                 return 0
             timeout_ms = <int>((until_ns - now + 999999) // 1000000)
-            if timeout_ms > PUMP_MAX_WAIT_MS:
-                timeout_ms = PUMP_MAX_WAIT_MS
+            if timeout_ms > max_wait_ms:
+                timeout_ms = max_wait_ms
             got = epoll_wait(self.epfd, self.events, self.capacity, timeout_ms)
             if got < 0:
                 if errno == EINTR:
@@ -1161,6 +1188,40 @@ cdef class BulkPump:
                 return -errno
             for k in range(got):
                 self._move(<int>self.events[k].data.u32)
+
+    # i < count by construction
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _retune(self, uint64_t now) noexcept nogil:
+        """Set each receiving stream's wake-up mark from its rate since the last tick."""
+        cdef int i, mark
+        cdef uint64_t moved, target
+        cdef uint64_t elapsed = now - self.tick_ns
+        for i in range(self.count):
+            if self.s[i] != S_OPEN:
+                continue
+            moved = self.b[i] - self.marked[i]
+            self.marked[i] = self.b[i]
+            target = moved * <uint64_t>LOWAT_HOLD_NS // elapsed
+            # powers of two, so a steady rate does not move the mark every tick
+            if target < LOWAT_MIN:
+                mark = 1
+            elif target >= LOWAT_MAX:
+                mark = LOWAT_MAX
+            else:
+                mark = 1 << (63 - __builtin_clzll(target))
+            if mark != self.lowat[i]:
+                # lowering it wakes the reader at once if enough is queued
+                if setsockopt(self.fds[i], SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(int)) == 0:
+                    self.lowat[i] = mark
+        self.tick_ns = now
+
+    cdef void _collect_held(self) noexcept nogil:
+        """Read what streams hold below their wake-up mark (a window edge)."""
+        cdef int i
+        for i in range(self.count):
+            if self.lowat[i] > 1:
+                self._move(i)
 
     # i comes from an epoll event this object registered, always < count
     @cython.boundscheck(False)

@@ -31,10 +31,13 @@ cdef extern from "<sys/epoll.h>" nogil:
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int setsockopt(int fd, int level, int name, const void *value, unsigned int length)
     int shutdown(int fd, int how)
     enum:
         MSG_NOSIGNAL
         SHUT_RDWR
+        SOL_SOCKET
+        SO_RCVLOWAT
 
 
 cdef extern from "<unistd.h>" nogil:

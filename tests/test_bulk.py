@@ -154,6 +154,54 @@ def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
             far.close()
 
 
+def test_fast_receiver_raises_its_wakeup_mark_and_loses_no_held_byte() -> None:
+    """A fast TCP stream gets a high SO_RCVLOWAT, yet bytes held under it are
+    counted at the next window edge, and once the sender stalls, within ticks."""
+    from pktbench._tcp import BulkPump
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    writer = socket.create_connection(listener.getsockname())
+    reader, _ = listener.accept()
+    listener.close()
+    chunk = bytes(1 << 20)
+    sent = 0
+    try:
+        reader.setblocking(False)
+        pump = BulkPump(1, False, 256 * 1024)
+        pump.add(reader.fileno())
+        written = threading.Event()
+
+        def write(total: int) -> None:
+            nonlocal sent
+            for _ in range(total):
+                writer.sendall(chunk)
+                sent += len(chunk)
+            written.set()
+
+        thread = threading.Thread(target=write, args=(256,))
+        thread.start()
+        marks = []
+        while not written.is_set():
+            pump.run(time.monotonic_ns() + 5_000_000)
+            marks.append(reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+        thread.join()
+        assert max(marks) > 16 * 1024  # the mark rose with the rate
+        # the writer is done but the stream stays open: a window edge reads what is held
+        assert pump.run(time.monotonic_ns() + 2_000_000) == 0
+        assert int(pump.byte_counts[0]) == sent
+        # a stalled stream also drops its mark within a few ticks
+        writer.sendall(bytes(1000))
+        sent += 1000
+        deadline = time.monotonic() + 1.0
+        while int(pump.byte_counts[0]) < sent and time.monotonic() < deadline:
+            pump.run(time.monotonic_ns() + 50_000_000)
+        assert int(pump.byte_counts[0]) == sent
+        assert reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    finally:
+        writer.close()
+        reader.close()
+
+
 def test_stray_connections_do_not_join(server: session.Server, client: session.Client) -> None:
     """A data connection with a wrong token is refused; extra streams are cut off."""
     armed = client.begin_step(protocol.StepParams(workload="bulk", command="none", streams=1,
