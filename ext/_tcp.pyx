@@ -312,6 +312,9 @@ CLIENT_COUNTERS = (
     "written", "resp_errors", "window_waits", "recv_calls",
 )
 
+cdef enum:
+    EPOLL_SPIN_NS = 20000
+
 MAX_CONNECTIONS = 4096
 MAX_PIPELINE = 4096
 
@@ -516,6 +519,10 @@ cdef class RespClient:
         # work, so a blocking client waits in the epoll_wait that returns it:
         # one syscall per wake-up, as redis-benchmark's event loop makes.
         cdef bint wait_in_epoll = self.period_ns <= 0 and not self.busy_poll
+        # ...but it polls for EPOLL_SPIN_NS after each piece of work first:
+        # under load the next reply is closer than that, and every sleep
+        # would cost the server's CPU an interrupt to wake this thread.
+        cdef uint64_t spin_until = 0
         while True:
             now = now_ns()
             if now >= until_ns:
@@ -523,8 +530,10 @@ cdef class RespClient:
             queued = self._issue_all(now)
             if queued < 0:
                 return queued
+            if queued > 0:
+                spin_until = now + EPOLL_SPIN_NS
             wait_ms = 0
-            if wait_in_epoll and until_ns - now >= 1000000:
+            if wait_in_epoll and now >= spin_until and until_ns - now >= 1000000:
                 # whole milliseconds only; the last one is slept with ppoll below
                 wait_ms = <int>((until_ns - now) // 1000000)
             got = epoll_wait(self.epfd, self.events, self.n_conns, wait_ms)
@@ -536,8 +545,9 @@ cdef class RespClient:
                 queued = self._handle(got)
                 if queued < 0:
                     return queued
+                spin_until = now_ns() + EPOLL_SPIN_NS
                 continue
-            if queued > 0 or self.busy_poll:
+            if queued > 0 or self.busy_poll or (wait_in_epoll and now < spin_until):
                 continue
             if self.period_ns > 0 and self.n_scheduled < self.limit:
                 wake = self.t0_ns + <uint64_t>(<double>self.n_scheduled * self.period_ns)
