@@ -1054,10 +1054,9 @@ MAX_STREAMS = 1024
 cdef enum:
     S_OPEN = 0
     S_EOF = 1
-    # calls on one ready socket before the next gets its turn. One: streams
-    # interleave call by call, as a select loop's do; longer bursts per
-    # stream measured slower with 4 streams on loopback and no faster with 1.
-    PUMP_BURST = 1
+    # calls on one ready socket before the next gets its turn: enough to
+    # fill or drain a socket buffer, few enough that no stream starves
+    PUMP_BURST = 16
     PUMP_MAX_WAIT_MS = 20
     # A receiving stream is woken only once it holds about LOWAT_HOLD_NS of
     # its own recent rate (SO_RCVLOWAT), at least LOWAT_MIN and at most
