@@ -1054,9 +1054,15 @@ MAX_STREAMS = 1024
 cdef enum:
     S_OPEN = 0
     S_EOF = 1
-    # calls on one ready socket before the next gets its turn: enough to
-    # fill or drain a socket buffer, few enough that no stream starves
-    PUMP_BURST = 16
+    # writes on one ready socket before the next gets its turn: enough to
+    # fill a socket buffer, few enough that no stream starves
+    PUMP_WRITE_BURST = 16
+    # A reader takes one read per ready stream per round and lets epoll
+    # (level-triggered) bring it back: with 4 streams of 128 KiB on
+    # loopback that measured 27.7 against 24.1 Gbit/s (medians of 6)
+    # for draining each stream in turn, and no loss with 1 MiB writes.
+    PUMP_READ_BURST = 1
+    PUMP_DRAIN_CALLS = 64  # at a window edge: everything queued, within reason
     PUMP_MAX_WAIT_MS = 20
     # A receiving stream is woken only once it holds about LOWAT_HOLD_NS of
     # its own recent rate (SO_RCVLOWAT), at least LOWAT_MIN and at most
@@ -1197,7 +1203,8 @@ cdef class BulkPump:
                     continue
                 return -errno
             for k in range(got):
-                self._move(<int>self.events[k].data.u32)
+                self._move(<int>self.events[k].data.u32,
+                           PUMP_WRITE_BURST if self.sending else PUMP_READ_BURST)
 
     # i < count by construction
     @cython.boundscheck(False)
@@ -1231,19 +1238,19 @@ cdef class BulkPump:
         cdef int i
         for i in range(self.count):
             if self.lowat[i] > 1:
-                self._move(i)
+                self._move(i, PUMP_DRAIN_CALLS)
 
     # i comes from an epoll event this object registered, always < count
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef void _move(self, int i) noexcept nogil:
-        """Write (or read) on stream i until its socket would block, or a burst is done."""
+    cdef void _move(self, int i, int max_calls) noexcept nogil:
+        """Write (or read) on stream i until its socket would block, or max_calls are made."""
         cdef ssize_t moved
         cdef int calls
         cdef int fd = self.fds[i]
         if self.s[i] != S_OPEN:
             return
-        for calls in range(PUMP_BURST):
+        for calls in range(max_calls):
             if self.sending:
                 moved = send(fd, self.buf, <size_t>self.buf_len, MSG_DONTWAIT | MSG_NOSIGNAL)
             else:
