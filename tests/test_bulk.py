@@ -17,21 +17,15 @@ from pktbench.address import Target
 from pktbench.cli import main
 from pktbench.errors import ConfigError
 
+from engine_support import serving
+
 SHORT = {"duration_s": 0.4, "warmup_s": 0.1, "drain_s": 0.1}
 
 
 @pytest.fixture
 def server() -> Iterator[session.Server]:
-    srv = session.Server(session.ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)
-    srv.open()
-    worker = threading.Thread(target=srv.serve_forever, daemon=True)
-    worker.start()
-    try:
+    with serving(session.ServerConfig(bind="127.0.0.1", port=0)) as srv:
         yield srv
-    finally:
-        srv.stop()
-        worker.join(timeout=5)
-        srv.close()
 
 
 @pytest.fixture
