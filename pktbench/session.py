@@ -289,11 +289,13 @@ class _UdpLiveStep(_LiveStep):
         loop = self._loop
         try:
             sent = sender.get("sent")
-            if not isinstance(sent, int) or sent < 0:
+            if not isinstance(sent, int) or isinstance(sent, bool) or sent < 0:
                 raise RemoteProtocolError("StepStop without a valid 'sent' count")
+            _check_plausible("sent", sent, self.step)
             if isinstance(loop, workers.StreamResponders):
                 sent_per_stream = workers.check_sent_per_stream(
                     sender.get("sent_per_stream"), self._flows)
+                _check_plausible("sum of sent_per_stream", sum(sent_per_stream), self.step)
             if self.step.workload == "blast":
                 # stragglers still in flight count; then the window closes
                 self._stop.wait(self.step.drain_s)
@@ -325,6 +327,16 @@ class _UdpLiveStep(_LiveStep):
         for reason, count in drops.items():
             server.stats.drops[reason] += count
         return receiver
+
+
+def _check_plausible(name: str, count: int, step: StepParams) -> None:
+    """Refuse a peer's packet count that the step's rate and length cannot
+    reach: it would drive the loss accounting, so it is never trusted."""
+    if count > step.max_packets:
+        raise RemoteProtocolError(
+            f"StepStop {name} {count} is more than this step can send (at most "
+            f"{step.max_packets} at {step.rate_pps or protocol.MAX_RATE_PPS:g} pps for "
+            f"{step.warmup_s + step.duration_s:g} s)")
 
 
 def _is_loopback(bind: str) -> bool:
@@ -881,12 +893,14 @@ class Server:
                     peers=[self._peer_for_socket((peer.ip, port)) for port in flows],
                     token=token, command=wire.COMMANDS[step.command],
                     size_bytes=step.size_bytes, sink=step.workload == "blast",
-                    busy_poll=step.busy_poll, cpus=self.config.cpus)
+                    busy_poll=step.busy_poll, cpus=self.config.cpus,
+                    seq_limit=step.max_packets)
             else:
                 loop = engine.ResponderLoop(
                     self._udp, peer=self._peer_for_socket((peer.ip, client_port)), token=token,
                     command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                    sink=step.workload == "blast", busy_poll=step.busy_poll)
+                    sink=step.workload == "blast", busy_poll=step.busy_poll,
+                    seq_limit=step.max_packets)
             live = _UdpLiveStep(self, step, step_id, loop, peer.ip, len(flows))
             live.start()
             return live
