@@ -777,7 +777,7 @@ MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server
 # every value a peer sends becomes a deadline, an allocation or a loop bound,
 # and must stay far inside what the engine's 64-bit nanosecond clock and
 # counters hold.
-MAX_STEP_S = 3600.0  # warmup_s and duration_s each
+MAX_STEP_S = 86400.0  # warmup_s and duration_s each: a day
 MAX_RATE_PPS = 1e9  # beyond any NIC's packet rate (100 Gbit/s of 64-byte frames is 148.8 Mpps)
 MAX_COUNT = 1 << 40
 # A peer's packet count or sequence number is trusted up to this many times
@@ -859,8 +859,8 @@ class StepParams:
             raise _step_error(f"outstanding must be 1..65536 requests, or null for open loop "
                               f"(got {self.outstanding})")
         if self.count is not None and not 1 <= _integer("count", self.count) <= MAX_COUNT:
-            raise _step_error(f"count must be 1..{MAX_COUNT}, or null to run for duration_s "
-                              f"(got {self.count})")
+            raise _step_error(f"count must be >= 1 and at most {MAX_COUNT}, or null to run "
+                              f"for duration_s (got {self.count})")
         for name, minimum, inclusive in (("duration_s", 0.0, False), ("warmup_s", 0.0, True),
                                          ("drain_s", 0.0, True), ("timeout_s", 0.0, False)):
             value = _number(name, getattr(self, name))

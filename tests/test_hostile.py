@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -172,3 +174,40 @@ def test_a_huge_seq_is_counted_as_bad_and_the_responder_goes_quiet(seq: int) -> 
         time.sleep(0.5)
         assert_quiet(server)
         assert_legit_client_measured(server)
+
+
+# -- finding 8: pcapng blocks too short for their fields ----------------------------
+
+def _pcapng_block(block_type: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    length = 12 + len(body)
+    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+
+
+def _capture_with_short_blocks() -> bytes:
+    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _pcapng_block(1, struct.pack("<HHI", 101, 0, 0))  # raw IP
+    frame = (b"\x45\x00" + struct.pack("!H", 28 + 64) + bytes(4) + b"\x40\x11" + bytes(2)
+             + socket.inet_aton("198.18.0.1") + socket.inet_aton("198.18.0.2")
+             + struct.pack("!HHHH", 40000, wire.DEFAULT_PORT, 8 + 64, 0)
+             + wire.build_request(wire.COMMAND_NONE, 64, token=7, seq=0, send_ns=0))
+
+    def epb(seq_frame: bytes) -> bytes:
+        return _pcapng_block(6, struct.pack("<IIIII", 0, 0, 1, len(seq_frame), len(seq_frame))
+                             + seq_frame)
+
+    short = _pcapng_block(6, struct.pack("<III", 0, 0, 1))  # 24 bytes: no caplen, no origlen
+    return shb + idb + epb(frame) + short + epb(frame) + short
+
+
+def test_decode_counts_short_blocks_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "short.pcapng"
+    path.write_bytes(_capture_with_short_blocks())
+    done = subprocess.run([sys.executable, "-m", "pktbench", "decode", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=PACKAGE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stdout.splitlines() if "malformed" in line]
+    assert len(lines) == 1 and lines[0].startswith("2 malformed blocks"), done.stdout
+    # the two packets around the short blocks are read, and only they
+    assert "2 packets: 2 pktbench" in done.stdout, done.stdout
