@@ -84,6 +84,12 @@ def tcp_options_for(profile: Profile) -> TcpOptions:
     return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
+def _outcome(step: dict[str, Any]) -> search.TrialOutcome:
+    return search.TrialOutcome(offered_pps=step["offered_pps"], loss_ratio=step["loss_ratio"],
+                               sender_bound=step["sender_bound"], duration_s=step["duration_s"],
+                               sent_pps=step["sent_pps"], received_pps=step["received_pps"])
+
+
 def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
     return len({s["offered_pps"] for s in steps if s["offered_pps"] > rate_pps * (1 + 1e-9)})
 
@@ -143,21 +149,21 @@ class _Runner:
             trials.append(step)
             if self.on_step is not None:
                 self.on_step(step, len(self.steps) + len(trials), 0)
-            return search.TrialOutcome(offered_pps=rate_pps, loss_ratio=step["loss_ratio"],
-                                       sender_bound=step["sender_bound"],
-                                       duration_s=step["duration_s"],
-                                       sent_pps=step["sent_pps"])
+            return _outcome(step)
 
         # The sweep already showed where loss starts: searching above the
         # lowest lossy rate would only hammer a path known to be broken.
         lossy = [s["offered_pps"] for s in self.steps
                  if s["loss_ratio"] > profile.pdr_loss_ratio and not s["sender_bound"]]
         max_pps = min(lossy) if lossy else max(profile.rates_pps)
+        # Each bound rests on a trial as long as the sweep's steps; shorter
+        # trials only narrow the interval first (RFC 9971).
         result = search.search_throughput(
             trial, min_pps=min(profile.rates_pps), max_pps=max_pps,
             pdr_loss_ratio=profile.pdr_loss_ratio, precision=profile.precision,
             initial_duration_s=min(0.5, profile.duration_s),
-            final_duration_s=max(profile.duration_s, min(0.5, profile.duration_s)))
+            final_duration_s=profile.duration_s,
+            known=[_outcome(s) for s in self.steps])
         self.search_steps = trials
         return result
 
