@@ -28,6 +28,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from pktbench.errors import ConfigError
+from pktbench.search import delivered_plateau_pps
 
 Step = Mapping[str, Any]
 Criterion = Literal["loss", "latency", "delivery"]
@@ -41,6 +42,7 @@ __all__ = [
     "KneeResult",
     "analyze_steps",
     "annotate",
+    "capacity_pps",
     "attribute",
     "baseline_p99_us",
     "evaluate_step",
@@ -686,6 +688,26 @@ def latency_kneedle_pps(steps: Sequence[Step], *, sensitivity: float = 1.0,
     return float(math.exp(knee_x)) if log_rate else knee_x
 
 
+# Steps of a sweep are as far apart as its rates; received rates within 1 %
+# of each other over rates that far apart are one level.
+PLATEAU_PRECISION = 0.01
+
+
+def capacity_pps(steps: Sequence[Step]) -> float | None:
+    """The delivered-rate plateau of a sweep's lossy steps (see search.delivered_plateau_pps)."""
+    return delivered_plateau_pps(
+        ((_field(s, "offered_pps"), _field(s, "received_pps")) for s in steps
+         if float(s.get("loss_ratio") or 0.0) > 0 and not s.get("sender_bound")),
+        PLATEAU_PRECISION)
+
+
+def sender_max_pps(steps: Sequence[Step]) -> float | None:
+    """The highest rate the sender reached, when some step was sender-bound (else None)."""
+    if not any(s.get("sender_bound") for s in steps):
+        return None
+    return max((float(s.get("sent_pps") or 0.0) for s in steps), default=None)
+
+
 def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
                   ) -> dict[str, Any]:
     """Everything the reports need from a sweep's steps.
@@ -693,7 +715,9 @@ def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
     Returns:
         {"steps": annotated copies, "knee": SCHEMA knee object or None,
          "kneedle_pps": float or None, "baseline_p99_us": float or None,
-         "loss_floor_ratio": the floor steps were judged above (0.0: none)}
+         "loss_floor_ratio": the floor steps were judged above (0.0: none),
+         "capacity_pps": the delivered-rate plateau or None,
+         "sender_max_pps": the sender's highest rate when it was bound, or None}
     """
     knee = find_knee(steps, criteria)
     return {
@@ -702,4 +726,6 @@ def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
         "kneedle_pps": latency_kneedle_pps(steps),
         "baseline_p99_us": baseline_p99_us(steps, criteria),
         "loss_floor_ratio": loss_floor_ratio(steps, criteria),
+        "capacity_pps": capacity_pps(steps),
+        "sender_max_pps": sender_max_pps(steps),
     }

@@ -226,6 +226,14 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
                       pipeline=plan.tcp.pipeline)
     if plan.workers > 1:
         config["workers"] = plan.workers
+    judgement = {
+        "criteria": plan.criteria.as_dict(),
+        "loss_floor_ratio": analysis["loss_floor_ratio"],
+        "baseline_p99_us": analysis["baseline_p99_us"],
+        "capacity_pps": (found.capacity_pps if found is not None and found.capacity_pps
+                         is not None else analysis["capacity_pps"]),
+        "sender_max_pps": analysis["sender_max_pps"],
+    }
     search_doc = None
     if found is not None:
         search_doc = found.to_dict()
@@ -234,6 +242,7 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
         search_doc["stopped_by"] = found.stopped_by
     return SweepResult(
         environment=env, config=config, steps=tuple(analysis["steps"]), knee=analysis["knee"],
+        judgement=judgement,
         kneedle_pps=analysis["kneedle_pps"],
         ndr_pps=found.ndr_pps if found is not None and "ndr" in plan.profile.search else None,
         pdr_pps=found.pdr_pps if found is not None and "pdr" in plan.profile.search else None,
