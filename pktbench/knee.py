@@ -269,8 +269,10 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
             skips the latency criterion, as does a step without latency.
         criteria: the thresholds.
         loss_floor_ratio: the path's loss floor (`loss_floor_ratio()`): the
-            loss limit is max_loss_ratio above it, and the delivery limit
-            is min_delivery_ratio of what the floor leaves.
+            loss limit is max_loss_ratio above it (plus three binomial
+            standard deviations of the floor over the step's sent_packets),
+            and the delivery limit is min_delivery_ratio of what the floor
+            leaves.
 
     Returns:
         One Failure per failed criterion; [] when the step passes.
@@ -280,13 +282,19 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
     """
     failures: list[Failure] = []
     loss_ratio = _field(step, "loss_ratio")
-    loss_limit = loss_floor_ratio + criteria.max_loss_ratio
+    # Loss drawn at random by the floor varies from step to step: three
+    # binomial standard deviations of it are counting noise, not a knee.
+    packets = float(step.get("sent_packets") or 0)
+    noise = (3.0 * math.sqrt(loss_floor_ratio * (1.0 - loss_floor_ratio) / packets)
+             if loss_floor_ratio > 0 and packets > 0 else 0.0)
+    loss_limit = loss_floor_ratio + criteria.max_loss_ratio + noise
     if loss_ratio > loss_limit:
         reason = (f"loss {_percent(loss_ratio, distinct_from=loss_limit)}"
                   f" > {_percent(loss_limit)}")
         if loss_floor_ratio > 0:
             reason += (f" ({_percent(criteria.max_loss_ratio)} above the"
-                       f" {_percent(loss_floor_ratio)} loss floor)")
+                       f" {_percent(loss_floor_ratio)} loss floor"
+                       + (f", {_percent(noise)} counting noise" if noise else "") + ")")
         failures.append(Failure("loss", reason, loss_ratio, loss_limit))
 
     p99 = _p99_us(step)

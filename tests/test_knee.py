@@ -370,7 +370,7 @@ def test_knee_above_a_floor_is_judged_on_the_loss_above_it() -> None:
     assert knee is not None
     assert knee.offered_pps == 5000.0 and knee.last_good_pps == 4000.0
     assert knee.loss_floor_ratio == pytest.approx(0.00995)
-    assert knee.reason.startswith("loss 4.1% > 1.5% (0.5% above the 1% loss floor)")
+    assert knee.reason == "loss 4.1% > 1.7% (0.5% above the 1% loss floor, 0.21% counting noise)"
     assert summarize_knee(knee)["loss_floor_ratio"] == pytest.approx(0.00995)  # type: ignore[index]
 
 
