@@ -912,6 +912,12 @@ class StepParams:
             packets = min(packets, (self.count + rate * self.warmup_s) * PLAUSIBLE_MARGIN)
         return math.ceil(packets) + PLAUSIBLE_SLACK_PACKETS
 
+    @property
+    def result_timeout_s(self) -> float:
+        """How long a client waits for StepResult after StepStop: the server's
+        drain, then 15 s for it to count and answer."""
+        return self.drain_s + 15.0
+
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
