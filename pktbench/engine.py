@@ -65,7 +65,10 @@ def _wheel_tag() -> str:
                 .splitlines() if line.startswith("Tag:")]
     except (metadata.PackageNotFoundError, OSError):
         return "source build"
-    return ".".join(tags) if tags else "source build"
+    # A plain linux_* tag is a wheel pip built on this host from the sdist.
+    portable = [tag for tag in tags if "linux_" not in tag or "manylinux" in tag
+                or "musllinux" in tag]
+    return ".".join(portable) if portable else "source build"
 
 
 def engine_environment() -> dict[str, str]:
