@@ -63,24 +63,24 @@ def logger(log_format: str, quiet: bool) -> Callable[[str], None]:
 
 def announce(log_format: str, host: str, port: int) -> None:
     """The listening line on stdout (scripts and tests wait for it)."""
+    from pktbench.report import listening_line
+
+    line = listening_line((host, port))
     if log_format == "json":
-        print(_json_line(f"listening on {host}:{port}", event="listening", host=host, port=port),
-              flush=True)
-    else:
-        print(f"listening on {host}:{port}", flush=True)
+        line = _json_line(line, event="listening", host=host, port=port)
+    print(line, flush=True)
 
 
 def log_stats(log_format: str, stats: Any) -> None:
-    drops = sum(stats.drops.values())
+    """What the server did, on stderr when it stops."""
+    from pktbench.report import server_summary_line
+
+    line = server_summary_line(stats)
     if log_format == "json":
-        print(_json_line("stopped", event="stopped", sessions=stats.sessions, steps=stats.steps,
-                         busy=stats.busy_refusals, auth_failures=stats.auth_failures,
-                         dropped=stats.protocol_errors, drops=drops),
-              file=sys.stderr, flush=True)
-        return
-    print(f"pktbench serve: {stats.sessions} sessions, {stats.steps} steps, "
-          f"{stats.busy_refusals} busy, {stats.auth_failures} auth failures, "
-          f"{stats.protocol_errors} dropped, drops {drops}", file=sys.stderr, flush=True)
+        line = _json_line(line, event="stopped", sessions=stats.sessions, steps=stats.steps,
+                          busy=stats.busy_refusals, auth_failures=stats.auth_failures,
+                          dropped=stats.protocol_errors, drops=sum(stats.drops.values()))
+    print(line, file=sys.stderr, flush=True)
 
 
 @contextmanager
