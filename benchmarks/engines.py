@@ -75,7 +75,7 @@ def main() -> None:
         cells = []
         for engine in ENGINES:
             m = got[engine]
-            cells.append(f"{m['sent_pps'] / m['offered_pps']:.3f} ({m['offered_pps']:,.0f})"
+            cells.append(f"{m['sent_pps'] / m['offered_pps']:.3f} ({m['offered_pps']:,.0f} pps)"
                          if isinstance(rate, dict) else f"{m['sent_pps'] / m['offered_pps']:.3f}")
         print(f"| B3 | achieved/offered at {label} | {cells[0]} | {cells[1]} | |", flush=True)
 
