@@ -11,7 +11,7 @@ come from the profile), and the whole sweep stops on `stop` between steps.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from pktbench.protocol import StepParams, validate_step_params
 from pktbench.redis_target import RedisAuth, RedisClient
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
+from pktbench.step import StepResult
 from pktbench.tcp_rr import TcpOptions
 
 StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
@@ -84,7 +85,18 @@ def tcp_options_for(profile: Profile) -> TcpOptions:
     return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
-def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
+def _outcome(step: Mapping[str, Any]) -> search.TrialOutcome:
+    return search.TrialOutcome(offered_pps=step["offered_pps"], loss_ratio=step["loss_ratio"],
+                               sender_bound=step["sender_bound"], duration_s=step["duration_s"],
+                               sent_pps=step["sent_pps"], received_pps=step["received_pps"])
+
+
+def _as_dict(step: StepResult) -> dict[str, Any]:
+    """A step for readers that take plain mappings (progress, reports)."""
+    return step  # type: ignore[return-value]  # a TypedDict is a dict at run time
+
+
+def _rates_above(steps: Sequence[Mapping[str, Any]], rate_pps: float) -> int:
     return len({s["offered_pps"] for s in steps if s["offered_pps"] > rate_pps * (1 + 1e-9)})
 
 
@@ -95,11 +107,11 @@ class _Runner:
         self.plan = plan
         self.on_step = on_step
         self.stop = stop
-        self.steps: list[dict[str, Any]] = []
+        self.steps: list[StepResult] = []
         self.planned = plan.profile.step_count
 
     def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
-             ) -> dict[str, Any]:
+             ) -> StepResult:
         params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s,
                                  tcp=self.plan.tcp, workers=self.plan.workers)
         result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
@@ -125,39 +137,39 @@ class _Runner:
             repeats = sum(1 for s in self.steps if s["offered_pps"] == retrial)
             self._record(self.step(retrial, repeats))
 
-    def _record(self, step: dict[str, Any]) -> None:
+    def _record(self, step: StepResult) -> None:
         self.steps.append(step)
         if self.on_step is not None:
-            self.on_step(step, len(self.steps), self.planned)
+            self.on_step(_as_dict(step), len(self.steps), self.planned)
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
     def search(self) -> search.SearchResult:
         profile = self.plan.profile
-        trials: list[dict[str, Any]] = []
+        trials: list[StepResult] = []
 
         def trial(rate_pps: float, duration_s: float) -> search.TrialOutcome:
-            step = self.step(rate_pps, 0, duration_s=duration_s)
-            step["search_trial"] = True
+            step: StepResult = {**self.step(rate_pps, 0, duration_s=duration_s),
+                                "search_trial": True}
             trials.append(step)
             if self.on_step is not None:
-                self.on_step(step, len(self.steps) + len(trials), 0)
-            return search.TrialOutcome(offered_pps=rate_pps, loss_ratio=step["loss_ratio"],
-                                       sender_bound=step["sender_bound"],
-                                       duration_s=step["duration_s"],
-                                       sent_pps=step["sent_pps"])
+                self.on_step(_as_dict(step), len(self.steps) + len(trials), 0)
+            return _outcome(_as_dict(step))
 
         # The sweep already showed where loss starts: searching above the
         # lowest lossy rate would only hammer a path known to be broken.
         lossy = [s["offered_pps"] for s in self.steps
                  if s["loss_ratio"] > profile.pdr_loss_ratio and not s["sender_bound"]]
         max_pps = min(lossy) if lossy else max(profile.rates_pps)
+        # Each bound rests on a trial as long as the sweep's steps; shorter
+        # trials only narrow the interval first (RFC 9971).
         result = search.search_throughput(
             trial, min_pps=min(profile.rates_pps), max_pps=max_pps,
             pdr_loss_ratio=profile.pdr_loss_ratio, precision=profile.precision,
             initial_duration_s=min(0.5, profile.duration_s),
-            final_duration_s=max(profile.duration_s, min(0.5, profile.duration_s)))
+            final_duration_s=profile.duration_s,
+            known=[_outcome(s) for s in self.steps])
         self.search_steps = trials
         return result
 
@@ -220,6 +232,14 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
                       pipeline=plan.tcp.pipeline)
     if plan.workers > 1:
         config["workers"] = plan.workers
+    judgement = {
+        "criteria": plan.criteria.as_dict(),
+        "loss_floor_ratio": analysis["loss_floor_ratio"],
+        "baseline_p99_us": analysis["baseline_p99_us"],
+        "capacity_pps": (found.capacity_pps if found is not None and found.capacity_pps
+                         is not None else analysis["capacity_pps"]),
+        "sender_max_pps": analysis["sender_max_pps"],
+    }
     search_doc = None
     if found is not None:
         search_doc = found.to_dict()
@@ -228,6 +248,7 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
         search_doc["stopped_by"] = found.stopped_by
     return SweepResult(
         environment=env, config=config, steps=tuple(analysis["steps"]), knee=analysis["knee"],
+        judgement=judgement,
         kneedle_pps=analysis["kneedle_pps"],
         ndr_pps=found.ndr_pps if found is not None and "ndr" in plan.profile.search else None,
         pdr_pps=found.pdr_pps if found is not None and "pdr" in plan.profile.search else None,
