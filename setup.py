@@ -1,4 +1,7 @@
-"""Build the Cython engine: pktbench._engine (UDP) and pktbench._tcp (RESP over TCP).
+"""Build the Cython engine: one extension module, pktbench._engine.
+
+ext/_engine.pyx includes one .pyx per workload (udp, resp, bulk), so they
+share cdef types; the C calls they make are declared in ext/*.pxd.
 
 PKTBENCH_DEBUG=1 writes annotated HTML next to the sources and turns on
 line tracing, so a hot loop that touches Python objects shows up in yellow.
@@ -20,9 +23,7 @@ if debug:
     directives.update(linetrace=True)
     macros.append(("CYTHON_TRACE_NOGIL", "1"))
 
-extensions = [
-    Extension(name, [source], include_dirs=["ext"], define_macros=macros, extra_compile_args=["-O2"])
-    for name, source in (("pktbench._engine", "ext/_engine.pyx"), ("pktbench._tcp", "ext/_tcp.pyx"))
-]
+extensions = [Extension("pktbench._engine", ["ext/_engine.pyx"], include_dirs=["ext"],
+                        define_macros=macros, extra_compile_args=["-O2"])]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=debug))

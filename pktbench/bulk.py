@@ -17,7 +17,7 @@ datagrams: the engine's PacedSender and the blast sink do the work.
 Measured window: each end anchors it at its first data (the sender when it
 starts writing, the receiver at its first byte), skips `warmup_s` (slow
 start) and counts `duration_s`. Each end pumps all its streams from one
-thread with pktbench._tcp.BulkPump (non-blocking sockets, one epoll set, no
+thread with pktbench._engine.BulkPump (non-blocking sockets, one epoll set, no
 GIL held while bytes move), in chunks of at most CHUNK_S that end at the
 window's edges; between chunks every stream samples its byte counter, the
 pump thread's CPU time and TCP_INFO, so rates are bytes in the window over
@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pktbench import protocol, session, wire
-from pktbench._tcp import PUMP_OPEN, BulkPump
+from pktbench.engine import loops
 from pktbench.address import Target, parse_target
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
@@ -282,7 +282,7 @@ class _Pumped:
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int) -> None:
-        self.pump = BulkPump(capacity, sending, buffer_bytes)
+        self.pump = loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
@@ -338,7 +338,7 @@ class _Pumped:
                 if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
                     stream.mss_bytes = _maxseg(stream.sock)
-            if code != PUMP_OPEN and stream.last is None:
+            if code != loops.PUMP_OPEN and stream.last is None:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)

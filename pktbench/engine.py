@@ -24,6 +24,9 @@ import numpy.typing as npt
 from pktbench import histogram, wire
 from pktbench.errors import ConnectError, EngineError
 
+# --- the engine's loops: the one place pktbench imports them ----------------
+# Every other module takes `loops` from here (`from pktbench.engine import
+# loops`), so which implementation runs is decided in this block alone.
 try:
     from pktbench import _engine
 except ImportError as exc:  # pragma: no cover - depends on the build
@@ -32,6 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "(needs a C compiler and Cython>=3.1), or run `python setup.py build_ext --inplace` "
         f"in a source tree ({exc})"
     ) from exc
+loops = _engine
+# --- end of the engine's import block ---------------------------------------
 
 ENGINE_NAME = "cython"
 CHUNK_S = 0.02
@@ -42,7 +47,7 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 
-monotonic_ns = _engine.monotonic_ns
+monotonic_ns = loops.monotonic_ns
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class _Sender:
     def __init__(self, sock: socket.socket, template: bytes, rate_pps: float | None,
                  expect_replies: bool, busy_poll: bool, timeout_s: float, batch: int,
                  outstanding: int | None) -> None:
-        self.engine = _engine.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
+        self.engine = loops.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
                                           expect_replies=expect_replies, busy_poll=busy_poll,
                                           timeout_s=timeout_s, batch=batch,
                                           max_outstanding=outstanding or 0)
@@ -172,7 +177,7 @@ class _Sender:
 
     def run_until(self, until_ns: int, *, send: bool, stop: threading.Event | None) -> bool:
         chunk_ns = int(CHUNK_S * 1e9)
-        received_index = _engine.SENDER_COUNTERS.index("received")
+        received_index = loops.SENDER_COUNTERS.index("received")
         while True:
             now = monotonic_ns()
             if now >= until_ns:
@@ -234,7 +239,7 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     if expect_replies and completed:
         completed = sender.run_until(monotonic_ns() + int(drain_s * 1e9), send=False, stop=stop)
     sender.engine.finish()
-    counters = _counters(sender.engine.counters, _engine.SENDER_COUNTERS)
+    counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
     if rate_pps and counters["sent"] < count:
         span_s = max(duration_s, (send_end_ns - start_ns) / 1e9)
@@ -261,7 +266,7 @@ class ResponderLoop:
         prefix = b"" if sink else wire.command_prefix(command)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
-        self.engine = _engine.Responder(
+        self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
             busy_poll=busy_poll, batch=batch)
@@ -279,7 +284,7 @@ class ResponderLoop:
 
     def counters(self) -> dict[str, object]:
         result: dict[str, object] = dict(_counters(self.engine.counters,
-                                                   _engine.RESPONDER_COUNTERS))
+                                                   loops.RESPONDER_COUNTERS))
         result["drops"] = _counters(self.engine.drops, wire.DROP_REASONS)
         result["jitter_us"] = self.engine.jitter_ns / 1000.0 if self.sink else None
         return result

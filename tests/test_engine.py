@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from pktbench import engine, histogram, wire
-from pktbench._engine import HISTOGRAM_BUCKETS, hist_record
+from pktbench.engine import loops
 
 from engine_support import ThreadedResponder
+
+HISTOGRAM_BUCKETS, hist_record = loops.HISTOGRAM_BUCKETS, loops.hist_record
 
 TOKEN = 0x0123456789ABCDEF
 
