@@ -23,6 +23,7 @@ from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.redis_target import RedisAuth
 from pktbench.session import Client, LocalServer
+from pktbench.step import StepResult
 from pktbench.sweeper import StepCallback
 from pktbench.tcp_rr import TcpOptions
 from pktbench.sweeper import sweep as _sweep_impl
@@ -47,7 +48,7 @@ def as_target(target: str | Target | None) -> Target | None:
 def run_step(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
              redis_auth: RedisAuth | None = None,
              stop: threading.Event | None = None,
-             worker_cpus: tuple[int, ...] = ()) -> dict[str, Any]:
+             worker_cpus: tuple[int, ...] = ()) -> StepResult:
     """Run one step and return its step dict (see pktbench.step).
 
     A redis:// target is driven directly (RESP over TCP, no pktbench server);
@@ -94,7 +95,7 @@ def run(target: str | Target | None, params: StepParams, *, secret: bytes | None
 
 
 def run_result(target: str | Target | None, params: StepParams,
-               step: dict[str, Any]) -> SweepResult:
+               step: Mapping[str, Any]) -> SweepResult:
     """A one-step result document, the same shape a sweep writes."""
     resolved = as_target(target)
     host = resolved.host if resolved else "127.0.0.1"
@@ -102,7 +103,7 @@ def run_result(target: str | Target | None, params: StepParams,
               **params.to_dict()}
     env = environment(host)
     env["engine"] = ENGINE_NAME
-    return SweepResult(environment=env, config=config, steps=(step,))
+    return SweepResult(environment=env, config=config, steps=(dict(step),))
 
 
 def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,
