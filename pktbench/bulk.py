@@ -60,8 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import protocol, session, wire
-from pktbench.engine import loops
+from pktbench import engine, protocol, session, wire
 from pktbench.address import Target, parse_target
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
@@ -276,7 +275,7 @@ class _Pumped:
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int) -> None:
-        self.pump = loops.BulkPump(capacity, sending, buffer_bytes)
+        self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
@@ -332,7 +331,7 @@ class _Pumped:
                 if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
                     stream.mss_bytes = _maxseg(stream.sock)
-            if code != loops.PUMP_OPEN and stream.last is None:
+            if code != engine.loops.PUMP_OPEN and stream.last is None:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)

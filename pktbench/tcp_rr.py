@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pktbench import engine, histogram, session, wire
-from pktbench.engine import loops
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
 from pktbench.protocol import StepParams
@@ -128,7 +127,7 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
     reply = reply_bytes(params.command, params.size_bytes)
     for sock in sockets:
         sock.setblocking(False)
-    client = loops.RespClient(
+    client = engine.loops.RespClient(
         [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
         rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
         busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
@@ -152,7 +151,8 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         completed = _run_until(client, engine.monotonic_ns() + int(params.drain_s * 1e9), stop,
                                peer, until_done=True)
     client.finish()
-    counters = {name: int(value) for name, value in zip(loops.CLIENT_COUNTERS, client.counters)}
+    counters = {name: int(value)
+                for name, value in zip(engine.loops.CLIENT_COUNTERS, client.counters)}
     span_s = params.duration_s if rate else max((send_end_ns - start_ns) / 1e9, 1e-9)
     return engine.SenderOutcome(
         counters=counters,
@@ -225,7 +225,7 @@ def run_client_step(client: session.Client, params: StepParams, *, index: int = 
     finally:
         for sock in sockets:
             sock.close()
-    receiver = client.end_step({"sent": outcome.sent}, params.drain_s + 15.0)
+    receiver = client.end_step({"sent": outcome.sent}, params.result_timeout_s)
     return summarize(params, outcome, receiver, index=index, repeat=repeat)
 
 
@@ -245,7 +245,7 @@ class TcpRrStepHandler:
         self.token = token
         self.peer_ip = peer_ip
         self.step = step
-        self._engine = loops.RespServer(
+        self._engine = engine.loops.RespServer(
             step.connections, reply_bytes("get", step.size_bytes),
             rx_bytes=max(65536, 4 * step.size_bytes), busy_poll=step.busy_poll)
         self._lock = threading.Lock()
@@ -299,7 +299,7 @@ class TcpRrStepHandler:
                 sock.close()
             connections = len(self._sockets)
         counts = {name: int(value) for name, value in
-                  zip(loops.SERVER_COUNTERS, self._engine.counters)}
+                  zip(engine.loops.SERVER_COUNTERS, self._engine.counters)}
         receiver: dict[str, Any] = {
             "received": counts["commands"],
             "received_packets": counts["commands"],
