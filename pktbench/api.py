@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pktbench import redis_target
 from pktbench.address import Target, parse_target
 from pktbench.config import Profile
-from pktbench.engine import ENGINE_NAME
+from pktbench.engine import engine_environment
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.redis_target import RedisAuth
@@ -102,7 +102,7 @@ def run_result(target: str | Target | None, params: StepParams,
     config = {"mode": "run", "target": str(resolved) if resolved else "embedded loopback server",
               **params.to_dict()}
     env = environment(host)
-    env["engine"] = ENGINE_NAME
+    env.update(engine_environment())
     return SweepResult(environment=env, config=config, steps=(dict(step),))
 
 

@@ -7,6 +7,7 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,37 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def _choose_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Eager and before any engine import: pktbench/engine.py reads this once, when imported.
+    if value == "python":
+        os.environ["PKTBENCH_PUREPYTHON"] = "1"
+    elif value == "cython":
+        os.environ["PKTBENCH_PUREPYTHON"] = "0"
+        from pktbench import engine
+        if engine.ENGINE_NAME != "cython":
+            raise click.BadParameter("the compiled engine is not available in this install",
+                                     ctx=ctx, param=param)
+    return value
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from pktbench.engine import engine_environment
+
+    info = engine_environment()
+    click.echo(f"pktbench {__version__} (engine: {info['engine']}, {info['engine_build']}, "
+               f"{info['engine_wheel']})")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pktbench")
+@click.option("--engine", type=click.Choice(["cython", "python"]), default=None, is_eager=True,
+              expose_value=False, callback=_choose_engine,
+              help="Packet engine: the compiled one (default when built) or pure Python "
+                   "(also PKTBENCH_PUREPYTHON=1).")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False,
+              callback=_print_version, help="Show the version and the engine, then exit.")
 def main() -> None:
     """Find a network path's packets-per-second knee and throughput ceiling."""
 
@@ -155,27 +185,38 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="Refuse steps longer than this (warm-up included), seconds.")
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--quiet", is_flag=True, help="No per-session log lines.")
+@click.option("--pid-file", metavar="FILE", default=None,
+              help="Write the process id here once listening; removed on exit.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or one JSON object per line.")
+@click.option("--print-systemd-unit", is_flag=True,
+              help="Print a systemd unit that runs this serve as a service, then exit.")
 def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
-          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool) -> None:
+          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool,
+          pid_file: str | None, log_format: str, print_systemd_unit: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
-    from pktbench import wire
-    from pktbench.report import listening_line, server_summary_line
+    from pktbench import service, wire
     from pktbench.session import Server, ServerConfig
 
+    if print_systemd_unit:
+        click.echo(service.systemd_unit(), nl=False)
+        return
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
                           secret=read_secret(token, token_file), max_rate_pps=max_rate,
                           max_duration_s=max_duration, once=once)
-    log = (lambda line: None) if quiet else None
+    log = service.logger(log_format, quiet)
     with Server(config, log=log) as server:
-        click.echo(listening_line(server.address))
-        sys.stdout.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if not quiet:
-                click.echo(server_summary_line(server.stats), err=True)
+        host, chosen = server.address
+        with service.pid_file(pid_file):
+            service.announce(log_format, host, chosen)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                stats = server.stats
+                if not quiet:
+                    service.log_stats(log_format, stats)
 
 
 # -- run --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from pktbench import knee, search
 from pktbench.address import Target
 from pktbench.config import Profile
-from pktbench.engine import ENGINE_NAME
+from pktbench.engine import engine_environment
 from pktbench.errors import ConfigError
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.redis_target import RedisAuth, RedisClient
@@ -221,7 +221,7 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
         buffers = client.buffers
     analysis = knee.analyze_steps(runner.steps, plan.criteria)
     env = environment(target.host)
-    env["engine"] = ENGINE_NAME
+    env.update(engine_environment())
     if buffers is not None:
         env["client_socket_buffers_bytes"] = {"rcvbuf": buffers.rcvbuf_bytes,
                                               "sndbuf": buffers.sndbuf_bytes}

@@ -131,7 +131,25 @@ def test_run_embedded_writes_the_step_document(tmp_path):
     for key in ("p50", "p90", "p99", "p999", "max"):
         assert step["latency_us"][key] > 0
     assert step["sent_packets"] == 1000 and step["received_packets"] == 1000
-    assert document["environment"]["engine"] == "cython"
+    from pktbench import engine
+    env = document["environment"]
+    assert (env["engine"], env["engine_build"]) == (engine.ENGINE_NAME, engine.ENGINE_BUILD)
+    assert env["engine_wheel"]
+
+
+def test_engine_python_option_runs_the_pure_engine_and_says_so(tmp_path):
+    path = tmp_path / "run.json"
+    done = subprocess.run([*PKTBENCH, "--engine", "python", "run", "--rate", "1k",
+                           "--duration", "0.3", "--json", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(path.read_text())
+    assert document["steps"][0]["received_packets"] == 300
+    env = document["environment"]
+    assert (env["engine"], env["engine_build"]) == ("python", "pure")
+    version = subprocess.run([*PKTBENCH, "--engine", "python", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "engine: python, pure" in version.stdout
 
 
 def test_sweep_embedded_table_json_and_csv_agree(tmp_path):
