@@ -18,7 +18,7 @@ datagrams: the engine's PacedSender and the blast sink do the work.
 Measured window: each end anchors it at its first data (the sender when it
 starts writing, the receiver at its first byte), skips `warmup_s` (slow
 start) and counts `duration_s`. Each end pumps all its streams from one
-thread with pktbench._tcp.BulkPump (non-blocking sockets, one epoll set, no
+thread with pktbench._engine.BulkPump (non-blocking sockets, one epoll set, no
 GIL held while bytes move), in chunks of at most CHUNK_S that end at the
 window's edges; between chunks every stream samples its byte counter, the
 pump thread's CPU time and TCP_INFO, so rates are bytes in the window over
@@ -60,9 +60,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import protocol, session, wire
+from pktbench import engine, protocol, session, wire
 from pktbench.address import Target, parse_target
-from pktbench.engine import _tcp
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
@@ -276,7 +275,7 @@ class _Pumped:
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int) -> None:
-        self.pump = _tcp.BulkPump(capacity, sending, buffer_bytes)
+        self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
@@ -332,7 +331,7 @@ class _Pumped:
                 if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
                     stream.mss_bytes = _maxseg(stream.sock)
-            if code != _tcp.PUMP_OPEN and stream.last is None:
+            if code != engine.loops.PUMP_OPEN and stream.last is None:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)

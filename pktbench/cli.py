@@ -477,12 +477,10 @@ def profiles_command() -> None:
 @click.option("--json", "json_path", metavar="FILE", help="Write the comparison as JSON.")
 def compare(old: str, new: str, json_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side."""
-    from pktbench.report import compare as compare_results
+    from pktbench.comparison import compare_files
     from pktbench.report import write_report
-    from pktbench.results import load_result
 
-    a, b = load_result(old), load_result(new)
-    comparison = compare_results(a, b, label_a=Path(old).stem, label_b=Path(new).stem)
+    comparison = compare_files(old, new)
     write_report("table", comparison, sys.stdout, kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")

@@ -117,7 +117,8 @@ def test_tcp_streams_both_ends_count(client: session.Client, reverse: bool) -> N
 
 def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
     """One thread pumps two streams each way: counts are exact, EOF and a reset show."""
-    from pktbench._tcp import PUMP_EOF, PUMP_OPEN, BulkPump
+    from pktbench import engine
+    BulkPump, PUMP_EOF, PUMP_OPEN = engine.loops.BulkPump, engine.loops.PUMP_EOF, engine.loops.PUMP_OPEN
 
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
     try:
@@ -152,7 +153,8 @@ def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
 def test_fast_receiver_raises_its_wakeup_mark_and_loses_no_held_byte() -> None:
     """A fast TCP stream gets a high SO_RCVLOWAT, yet bytes held under it are
     counted at the next window edge, and once the sender stalls, within ticks."""
-    from pktbench._tcp import BulkPump
+    from pktbench import engine
+    BulkPump = engine.loops.BulkPump
 
     listener = socket.create_server(("127.0.0.1", 0))
     writer = socket.create_connection(listener.getsockname())
