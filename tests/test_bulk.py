@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pktbench import bulk, protocol, session, wire
+from pktbench import protocol, session, wire
+from pktbench.workloads import bulk
 from pktbench.address import Target
 from pktbench.cli import main
 from pktbench.errors import ConfigError
