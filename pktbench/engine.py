@@ -258,7 +258,10 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     if warmup_s > 0:
         warmup_count = int(round(warmup_s * rate_pps)) if rate_pps else UNLIMITED
         sender.phase(start_ns, warmup_count, True)
-        sender.run_until(start_ns + int(warmup_s * 1e9), send=True, stop=stop)
+        # The last warm-up packet is due one period before the deadline; a
+        # sender woken a little late still sends it (the phase ends at its limit).
+        warmup_grace_ns = int(max(0.01, warmup_s * 0.01) * 1e9) if rate_pps else 0
+        sender.run_until(start_ns + int(warmup_s * 1e9) + warmup_grace_ns, send=True, stop=stop)
         warmup_sent = sender.engine.sent
         start_ns = (start_ns + int(warmup_count * period_ns)) if rate_pps else monotonic_ns()
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED

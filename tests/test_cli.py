@@ -213,3 +213,24 @@ def test_library_face_is_lazy_and_callable():
                           timeout=60, check=False, cwd=PACKAGE_ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "200"
+
+
+def test_fail_on_exits_3_only_for_what_it_names() -> None:
+    from pktbench.cli import EXIT_PATH_FAILED, _exit_on_failure
+
+    failed = {"verdict": "fail", "failed_criteria": ["loss"]}
+    _exit_on_failure(failed, ())  # not asked: no exit
+    _exit_on_failure(failed, ("latency",))
+    _exit_on_failure({"verdict": "pass", "failed_criteria": []}, ("knee", "loss"))
+    for names in (("loss",), ("knee",), ("delivery", "loss")):
+        with pytest.raises(SystemExit) as stop:
+            _exit_on_failure(failed, names)
+        assert stop.value.code == EXIT_PATH_FAILED == 3
+
+
+def test_run_prints_the_thresholds_it_judged_by() -> None:
+    done = subprocess.run([*PKTBENCH, "run", "--workload", "blast", "--rate", "2311",
+                           "--duration", "0.3", "--max-loss", "0.0137", "--fail-on", "loss"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "judged by: loss > 1.37 %" in done.stdout and "verdict       ok" in done.stdout
