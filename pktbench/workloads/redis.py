@@ -25,9 +25,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
-from pktbench import wire
+from pktbench import engine, wire
 from pktbench.workloads import resp
-from pktbench.engine import _tcp
 from pktbench.address import Target, parse_target, resolve
 from pktbench.errors import AuthError, ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
@@ -78,7 +77,7 @@ def call(sock: socket.socket, *args: bytes, where: str) -> bytes:
     sock.sendall(encode_command(*args))
     data = b""
     while True:
-        values, status = _tcp.parse_replies(data)
+        values, status = engine.loops.parse_replies(data)
         if values:
             return data[:values[0][0]]
         if status == "malformed":
