@@ -156,6 +156,48 @@ def pack_sockaddr(host: str, port: int) -> bytes:
             + socket.inet_pton(socket.AF_INET, host) + bytes(8))
 
 
+def socket_drops(sock: socket.socket) -> int | None:
+    """The kernel's drop count of one UDP socket (sk_drops: the "drops"
+    column of /proc/net/udp and udp6), readable at any moment, unlike
+    SO_RXQ_OVFL, which only arrives with the next datagram read. None where
+    /proc does not list the socket."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 12 and fields[9] == inode:
+                        return int(fields[12])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def ip_reassembly_failures() -> dict[str, int]:
+    """This network namespace's IP reassembly failures, v4 + v6: "fails"
+    (ReasmFails, timeouts included) and "timeouts" (ReasmTimeout), from
+    /proc/net/snmp and /proc/net/snmp6; zeros where they cannot be read."""
+    counts = {"fails": 0, "timeouts": 0}
+    try:
+        with open("/proc/net/snmp", encoding="ascii") as handle:
+            rows = [line.split() for line in handle if line.startswith("Ip:")]
+        if len(rows) >= 2:
+            named = dict(zip(rows[0][1:], rows[1][1:]))
+            counts["fails"] += int(named.get("ReasmFails", 0))
+            counts["timeouts"] += int(named.get("ReasmTimeout", 0))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/net/snmp6", encoding="ascii") as handle:
+            named = dict(line.split()[:2] for line in handle if line.startswith("Ip6Reasm"))
+        counts["fails"] += int(named.get("Ip6ReasmFails", 0))
+        counts["timeouts"] += int(named.get("Ip6ReasmTimeout", 0))
+    except (OSError, ValueError):
+        pass
+    return counts
+
+
 def udp_rcvbuf_errors() -> int:
     """Host-wide UDP receive-buffer drops (/proc/net/snmp, v4 + v6)."""
     total = 0

@@ -32,7 +32,8 @@ from pktbench.search import delivered_plateau_pps
 
 Step = Mapping[str, Any]
 Criterion = Literal["loss", "latency", "delivery"]
-Attribution = Literal["ok", "sender-bound", "receiver-host-bound", "path-bound"]
+Attribution = Literal["ok", "sender-bound", "receiver-host-bound", "receiver-reassembly-failed",
+                      "path-bound"]
 
 __all__ = [
     "DEFAULT_LATENCY_FLOOR_US",
@@ -341,7 +342,11 @@ def attribute(step: Step) -> Attribution:
          (receiver.rcvbuf_errors, capped at lost_packets because the kernel
          counter may be host-wide) are more than half of lost_packets: the
          packets crossed the path and the receiving host could not take them.
-      4. "path-bound" otherwise: most lost packets were sent but never reached
+      4. "receiver-reassembly-failed" ("receiving host: IP reassembly
+         failed") when the receiving host's IP reassembly failures during the
+         step (receiver.ip_reassembly.fails, capped the same way) are more than
+         half of lost_packets: fragments arrived and never made a datagram.
+      5. "path-bound" otherwise: most lost packets were sent but never reached
          the receiver's socket (or, for rr, their responses never came back).
          Packets the receiver read and then rejected (receiver.drops) count on
          this side: they arrived as something other than what was sent.
@@ -358,6 +363,9 @@ def attribute(step: Step) -> Attribution:
     rcvbuf = min(int(receiver.get("rcvbuf_errors") or 0), lost)
     if 2 * rcvbuf > lost:
         return "receiver-host-bound"
+    reassembly = receiver.get("ip_reassembly") or {}
+    if 2 * min(int(reassembly.get("fails") or 0), lost) > lost:
+        return "receiver-reassembly-failed"
     return "path-bound"
 
 

@@ -137,6 +137,7 @@ class ServerStats:
     handshake_timeouts: int = 0  # no hello, or no answer to the challenge, in time
     evicted_connections: int = 0  # the oldest pending connection, closed to admit a new one
     refused_connections: int = 0  # the host refused a descriptor or a thread for it
+    between_steps_rcvbuf_drops: int = 0  # the data socket's kernel drops while no step ran
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
 
     def summary(self) -> str:
@@ -146,8 +147,9 @@ class ServerStats:
                 f"{self.handshake_timeouts} handshake timeouts, "
                 f"{self.evicted_connections} evicted, {self.refused_connections} refused "
                 f"for resources, {self.rejected_data_connections} rejected data connections, "
+                f"drops {sum(self.drops.values())}; between steps: "
                 f"{self.unsolicited_datagrams} unsolicited datagrams, "
-                f"drops {sum(self.drops.values())}")
+                f"{self.between_steps_rcvbuf_drops} receive-buffer drops")
 
 
 class _Phase(enum.Enum):
@@ -237,6 +239,11 @@ class _UdpLiveStep(_LiveStep):
         self._stop = threading.Event()
         self._cpu_s = 0.0
         self._host_drops_before = engine.udp_rcvbuf_errors()
+        self._reassembly_before = engine.ip_reassembly_failures()
+        # The shared data socket was just drained; its kernel drop count from
+        # here on is this step's (multi-flow steps have fresh sockets).
+        shared = server._udp if not loop.own_sockets else None  # noqa: SLF001
+        self._socket_drops_before = engine.socket_drops(shared) if shared is not None else None
         self._interface = interface_for(peer_ip)
         self._nic_before = nic.read_counters(self._interface)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="responder")
@@ -278,6 +285,9 @@ class _UdpLiveStep(_LiveStep):
                 self._stop.wait(self.step.drain_s)
         finally:
             self._halt()
+        socket_drops = (engine.socket_drops(self._server._udp)  # noqa: SLF001
+                        if self._socket_drops_before is not None
+                        and self._server._udp is not None else None)  # noqa: SLF001
         elapsed = time.monotonic() - self._started
         loop.finish(figures)
         cpu_s = loop.cpu_s if loop.cpu_s is not None else self._cpu_s
@@ -288,9 +298,16 @@ class _UdpLiveStep(_LiveStep):
         server = self._server
         if loop.own_sockets:
             receiver["rcvbuf_errors"] = rxq_total  # fresh sockets: their life is this step
+        elif socket_drops is not None and self._socket_drops_before is not None:
+            receiver["rcvbuf_errors"] = socket_drops - self._socket_drops_before
+            server._drops_mark = socket_drops  # noqa: SLF001
+            server._rxq_dropped = max(rxq_total, server._rxq_dropped)  # noqa: SLF001
         else:
             receiver["rcvbuf_errors"] = max(rxq_total - server._rxq_dropped, 0)  # noqa: SLF001
             server._rxq_dropped = max(rxq_total, server._rxq_dropped)  # noqa: SLF001
+        reassembly = engine.ip_reassembly_failures()
+        receiver["ip_reassembly"] = {name: reassembly[name] - self._reassembly_before[name]
+                                     for name in reassembly}
         receiver["host_rcvbuf_errors"] = engine.udp_rcvbuf_errors() - self._host_drops_before
         receiver["interface"] = self._interface
         receiver["nic"] = nic.deltas(self._nic_before, nic.read_counters(self._interface))
@@ -337,6 +354,7 @@ class Server:
         self._listener: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._rxq_dropped = 0
+        self._drops_mark: int | None = None  # data socket's kernel drops when the last step ended
         self._tcp_step: TcpStepHandler | None = None
         self._session: _Session | None = None
         self._peers: set[_Peer] = set()
@@ -410,6 +428,7 @@ class Server:
                                   f"{exc.strerror or exc}") from None
             self._listener, self._udp = listener, udp
             self.buffers = engine.tune_socket(udp)
+            self._drops_mark = engine.socket_drops(udp)
             self._spare_fd = _open_spare_fd()
             if not self.config.secret and not _is_loopback(self.config.bind):
                 self._log(f"warning: listening on {self.config.bind} without a token: anyone "
@@ -999,10 +1018,14 @@ class Server:
             try:
                 self._udp.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
-                return  # e.g. a queued ICMP error from an earlier step
+                break  # e.g. a queued ICMP error from an earlier step
             self.stats.unsolicited_datagrams += 1
+        drops = engine.socket_drops(self._udp)
+        if drops is not None and self._drops_mark is not None:
+            self.stats.between_steps_rcvbuf_drops += drops - self._drops_mark
+        self._drops_mark = drops
 
     def _peer_for_socket(self, peer: tuple[str, int]) -> tuple[str, int]:
         assert self._udp is not None

@@ -211,3 +211,91 @@ def test_decode_counts_short_blocks_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("2 malformed blocks"), done.stdout
     # the two packets around the short blocks are read, and only they
     assert "2 packets: 2 pktbench" in done.stdout, done.stdout
+
+
+# -- finding 4: receive-buffer drops between steps are not the next step's ----------
+
+def _socket_drops_on_port(port: int) -> int:
+    """The kernel's drops of every UDP socket bound to `port` (/proc/net/udp{,6})."""
+    total = 0
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(path, encoding="ascii") as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    total += int(fields[12])
+    return total
+
+
+def test_drops_between_steps_are_counted_apart_from_the_next_step() -> None:
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                before = _socket_drops_on_port(server.target.port)
+                junk = bytes(64)
+                for _ in range(60_000):  # far more than the 4 MiB buffer holds
+                    flood.sendto(junk, server.address)
+            finally:
+                flood.close()
+            idle_drops = _socket_drops_on_port(server.target.port) - before
+            assert idle_drops > 0, "the flood did not overflow the server's buffer"
+            at_start = _socket_drops_on_port(server.target.port)
+            result = client.run_step(LEGIT)
+            during = _socket_drops_on_port(server.target.port) - at_start
+            assert result["receiver"]["rcvbuf_errors"] == during == 0, result["receiver"]
+            assert result["lost_packets"] == 0
+        deadline = time.monotonic() + 5
+        while "session " not in server.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (line,) = [x for x in server.log.read_text().splitlines() if x.startswith("session ")]
+        between = line.split("between steps:", 1)[1]
+        drained = int(between.split("unsolicited datagrams")[0].strip())
+        dropped = int(between.split(",")[1].split("receive-buffer drops")[0].strip())
+        assert drained > 0 and dropped >= idle_drops, line
+        assert_legit_client_measured(server)
+
+
+# -- finding 6: IP reassembly failures named per step ---------------------------------
+
+def _reassembly_fails() -> int:
+    with open("/proc/net/snmp", encoding="ascii") as handle:
+        rows = [line.split() for line in handle if line.startswith("Ip:")]
+    return int(dict(zip(rows[0], rows[1]))["ReasmFails"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a raw socket to send fragments")
+def test_reassembly_failures_during_a_step_are_reported_and_named() -> None:
+    from pktbench.knee import attribute
+    from pktbench.report._common import step_verdict
+
+    raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(BLAST)
+            kernel_before = _reassembly_fails()
+            try:
+                # First fragments whose rest never comes: past the kernel's
+                # fragment memory limit, incomplete datagrams are evicted as
+                # reassembly failures.
+                for ident in range(6000):
+                    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 1480, ident, 0x2000,
+                                         64, socket.IPPROTO_UDP, 0,
+                                         socket.inet_aton("127.0.0.1"),
+                                         socket.inet_aton("127.0.0.1"))
+                    udp = struct.pack("!HHHH", 40000, server.target.port, 3008, 0)
+                    raw_sock.sendto(header + udp + bytes(1472), ("127.0.0.1", 0))
+            finally:
+                raw_sock.close()
+            blast(client, armed.token, list(range(100)))
+            receiver = client.end_step({"sent": 100}, timeout_s=5.0)
+            kernel_delta = _reassembly_fails() - kernel_before
+        fails = receiver["ip_reassembly"]["fails"]
+        assert 0 < fails <= kernel_delta + 100, (fails, kernel_delta)
+        step = {"lost_packets": fails, "sent_packets": fails + 100,
+                "receiver": receiver, "failures": ["loss 50 % > 1 %"]}
+        assert attribute(step) == "receiver-reassembly-failed"
+        step["attribution"] = attribute(step)
+        assert step_verdict(step).endswith("(receiving host: IP reassembly failed)")
+        assert_legit_client_measured(server)

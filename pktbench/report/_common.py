@@ -132,6 +132,9 @@ def received_label(workload: Any) -> str:
     return "responses" if workload == "rr" else "received"
 
 
+_ATTRIBUTION_WORDS = {"receiver-reassembly-failed": "receiving host: IP reassembly failed"}
+
+
 def step_verdict(step: Mapping[str, Any]) -> str:
     """ok / sender-bound / FAIL with the failed criteria in words."""
     if step.get("sender_bound"):
@@ -142,5 +145,5 @@ def step_verdict(step: Mapping[str, Any]) -> str:
     text = "FAIL " + "; ".join(str(f) for f in failures)
     attribution = step.get("attribution")
     if attribution and attribution not in ("ok", "sender-bound"):
-        text += f" ({attribution})"
+        text += f" ({_ATTRIBUTION_WORDS.get(attribution, attribution)})"
     return text
