@@ -504,7 +504,8 @@ def build_in_place(root: Path, label: str) -> None:
 
 def installed_package(env: dict[str, str], cwd: Path) -> Optional[str]:
     """Where this Python's installed pktbench is, if it has its engine; run outside the tree."""
-    code = "import pktbench, pktbench.engine; print(pktbench.__version__, pktbench.__file__)"
+    code = ("import os, pktbench, pktbench.engine as e; "
+            "print(pktbench.__version__, 'with the', e.ENGINE_NAME, 'engine, in', os.path.dirname(pktbench.__file__))")
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, cwd=cwd, timeout=60)
