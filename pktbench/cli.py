@@ -146,8 +146,8 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
     """
     from pktbench import api
     from pktbench.address import Target
-    from pktbench.redis_target import RedisAuth, parse_redis_url
-    from pktbench.tcp_rr import TcpOptions
+    from pktbench.workloads.redis import RedisAuth, parse_redis_url
+    from pktbench.workloads.resp import TcpOptions
 
     auth: RedisAuth | None = None
     resolved: Target | None
@@ -756,6 +756,11 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
               help="Line rate to compare the ceiling with, e.g. 10G, 2x10G.")
+@click.option("--link-model", type=click.Choice(["auto", "l1", "l2"]), default="auto",
+              show_default=True,
+              help="What the link speed limits: l1 a physical link (preamble and gap count), "
+                   "l2 a shaper such as tbf/htb (frame bytes); auto: l1 unless the traffic "
+                   "exceeded what such a link carries.")
 @click.option("--paths", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Plan source ports so the streams spread evenly over this many paths.")
 @click.option("--path-ifaces", callback=_bulk_names, metavar="IF,IF",
@@ -776,7 +781,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @token_options
 def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
          size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
-         paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
+         link_model: str, paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
          sweep_streams: tuple[int, ...], sweep_rates: tuple[float, ...], workers: int,
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
          token_file: str | None, write_size: int | None) -> None:
@@ -785,7 +790,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     Without HOST, a server is started on this machine.
     """
     from pktbench import api
-    from pktbench import bulk as bulk_mod
+    from pktbench.workloads import bulk as bulk_mod
     from pktbench.report import bulk_step_line, check_output_path, write_report
 
     if json_path:
@@ -793,7 +798,8 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     try:
         config = bulk_mod.BulkConfig(
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
-            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed, paths=paths,
+            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed,
+            link_model=link_model, paths=paths,
             path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
             sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates,
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
@@ -817,7 +823,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
                 json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
                 cpus: tuple[int, ...] = ()) -> None:
     from pktbench import api
-    from pktbench import bulk as bulk_mod
+    from pktbench.workloads import bulk as bulk_mod
     from pktbench.flows import parse_count_list, parse_rate_list
     from pktbench.report import bulk_step_line, check_output_path, write_report
 
@@ -849,7 +855,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
 
 
 # ---------------------------------------------------------------- --workers / --cpus
-# `run` and `sweep` over several sender processes (pktbench.workers).
+# `run` and `sweep` over several sender processes (pktbench.workloads.multiflow).
 
 def _worker_cpus(workers: int, cpus_text: str | None, workload: str) -> tuple[int, ...]:
     """The --cpus list, checked against this machine and the workload."""

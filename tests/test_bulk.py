@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pktbench import bulk, protocol, session, wire
+from pktbench import protocol, session, wire
+from pktbench.workloads import bulk
 from pktbench.address import Target
 from pktbench.cli import main
 from pktbench.errors import ConfigError
@@ -302,3 +303,17 @@ def test_cli_bad_options_exit_2() -> None:
     assert runner.invoke(main, ["bulk", "--link-speed", "fast"]).exit_code == 2
     assert runner.invoke(main, ["bulk", "--udp", "--streams", "2"]).exit_code == 2
     assert runner.invoke(main, ["bulk", "--sweep-streams", "1,x"]).exit_code == 2
+
+
+def test_link_model_is_chosen_by_what_can_carry_the_traffic() -> None:
+    from pktbench.workloads.bulk import LINK_MODELS, link_model_for
+
+    # 0.406 Gbit/s on an L1 wire cannot cross a 0.4 Gbit/s physical link: a shaper metered frames
+    assert link_model_for(406e6, 399e6, 400e6) == "l2"
+    assert link_model_for(380e6, 374e6, 400e6) == "l1"
+    assert link_model_for(406e6, 399e6, None) == "l1"
+    assert link_model_for(380e6, 374e6, 400e6, "l2") == "l2"
+    assert link_model_for(406e6, 399e6, 400e6, "l1") == "l1"
+    assert set(LINK_MODELS) == {"l1", "l2"}
+    with pytest.raises(ConfigError, match="link model"):
+        bulk.BulkConfig(link_model="l3")

@@ -43,7 +43,8 @@ closed by the end that opened or accepted them; a stream that fails early
 reports what it counted and its error, never raises across a thread. A
 stream's cpu_s is its share (1/N) of the CPU time of the thread pumping it.
 
-Must not: touch the UDP data socket outside Client.run_step, or run `ip`
+Must not: touch the UDP data socket outside StepClient.run_step, import
+pktbench.session, or run `ip`
 (interface counters come from sysfs or a callable the caller passes).
 """
 from __future__ import annotations
@@ -60,8 +61,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import engine, protocol, session, wire
-from pktbench.address import Target, parse_target
+from pktbench import engine, protocol, wire
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
@@ -74,6 +74,8 @@ from pktbench.flows import (
 )
 from pktbench.protocol import StepParams
 from pktbench.results import SweepResult
+from pktbench.step import StepResult
+from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
 
 __all__ = [
     "BulkConfig",
@@ -82,7 +84,7 @@ __all__ = [
     "TcpInfo",
     "plan_flows",
     "read_tcp_info",
-    "run_bulk",
+    "run_session",
     "run_tcp_step",
     "run_udp_step",
     "sysfs_counters",
@@ -452,9 +454,6 @@ class BulkStepHandler:
         return report
 
 
-session.TCP_STEP_HANDLERS["bulk"] = BulkStepHandler
-
-
 # -- client side: interface counters and flow planning ----------------------------
 
 def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
@@ -477,13 +476,13 @@ def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
     return read
 
 
-def _data_address(client: session.Client) -> tuple[int, tuple[str, int]]:
+def _data_address(client: StepClient) -> tuple[int, tuple[str, int]]:
     host, port = client.server_address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return family, (host, port)
 
 
-def _open_stream(client: session.Client, stream_id: int, token: int,
+def _open_stream(client: StepClient, stream_id: int, token: int,
                  source_port: int | None) -> socket.socket:
     family, address = _data_address(client)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -512,7 +511,7 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-def plan_flows(client: session.Client, streams: int, counters: PathCounters, *,
+def plan_flows(client: StepClient, streams: int, counters: PathCounters, *,
                reverse: bool = False, first_port: int = 41000, max_probes: int | None = None,
                probe_bytes: int = PROBE_BYTES) -> FlowPlan:
     """Pick source ports that spread `streams` flows evenly over the counted paths.
@@ -590,6 +589,10 @@ class BulkConfig:
         rate_bps: UDP offered goodput in bit/s; None as fast as the sender goes.
         reverse: the server sends, the client receives.
         link_speed_bps: the line rate the ceiling is compared to (e.g. 20e9 for 2x10G).
+        link_model: how the limit counts bits (see LINK_MODELS): "l1" a physical
+            link (frames plus preamble and gap), "l2" a shaper such as tbf or
+            htb (frame bytes only), "auto" l1 unless the traffic measured more
+            than an l1 link of that speed could carry.
         paths: plan source ports over this many paths (needs path_ifaces).
         path_ifaces: interfaces whose byte counters tell the paths apart.
         ports: source ports to use (given, not planned), one per stream.
@@ -608,6 +611,7 @@ class BulkConfig:
     rate_bps: float | None = None
     reverse: bool = False
     link_speed_bps: float | None = None
+    link_model: str = "auto"
     paths: int = 1
     path_ifaces: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
@@ -652,6 +656,8 @@ class BulkConfig:
             raise ConfigError(f"workers must be 1..64 (got {self.workers})")
         if self.link_speed_bps is not None and not self.link_speed_bps > 0:
             raise ConfigError("link speed must be > 0")
+        if self.link_model not in ("auto", *LINK_MODELS):
+            raise ConfigError(f"link model must be auto, l1 or l2 (got {self.link_model!r})")
         if not 1024 <= self.write_bytes <= 16 * 1024 * 1024:
             raise ConfigError(f"write size must be 1 KiB..16 MiB (got {self.write_bytes})")
 
@@ -668,7 +674,8 @@ class BulkConfig:
             "direction": "reverse" if self.reverse else "forward",
             "streams": self.streams, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
             "drain_s": self.drain_s, "size_bytes": self.size_bytes, "rate_bps": self.rate_bps,
-            "link_speed_bps": self.link_speed_bps, "paths": self.paths,
+            "link_speed_bps": self.link_speed_bps, "link_model": self.link_model,
+            "paths": self.paths,
             "path_ifaces": list(self.path_ifaces), "ports": list(self.ports),
             "workers": self.workers, "cpus": list(self.cpus), "write_bytes": self.write_bytes,
             "sweep_streams": list(self.sweep_streams),
@@ -799,18 +806,43 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
     return None
 
 
-def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float | None
-           ) -> dict[str, Any]:
+# What limits a path decides which bits count against its speed. A physical
+# link carries the frame plus 8 bytes of preamble and 12 of inter-frame gap
+# (IEEE 802.3 clause 4.4.2): that is wire_bits_per_second. A shaper (tc tbf,
+# htb) meters the frame bytes the kernel hands it and nothing else:
+# frame_bits_per_second. Traffic measured above an l1 link's speed cannot
+# have crossed such a link, so "auto" then judges it by the l2 model.
+LINK_MODELS = {"l1": "L1: frame + preamble + inter-frame gap, as a physical link carries it",
+               "l2": "L2: frame bytes only, as a shaper (tbf, htb) counts them"}
+
+
+def link_model_for(wire_bps: float | None, frame_bps: float | None,
+                   link_speed_bps: float | None, requested: str = "auto") -> str:
+    """The overhead model ("l1" or "l2") that `requested` resolves to for these rates."""
+    if requested in LINK_MODELS:
+        return requested
+    if link_speed_bps and wire_bps is not None and frame_bps is not None \
+            and wire_bps > link_speed_bps:
+        return "l2"
+    return "l1"
+
+
+def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float | None,
+           link_model: str = "auto") -> dict[str, Any]:
     wire_bps = overhead.wire_bps(goodput_bps) if overhead else None
+    frame_bps = overhead.frame_bps(goodput_bps) if overhead else None
+    model = link_model_for(wire_bps, frame_bps, link_speed_bps, link_model)
+    counted = frame_bps if model == "l2" else wire_bps
     return {
         "wire_bits_per_second": wire_bps,
-        "frame_bits_per_second": overhead.frame_bps(goodput_bps) if overhead else None,
-        "link_percent": (100.0 * wire_bps / link_speed_bps
-                         if wire_bps is not None and link_speed_bps else None),
+        "frame_bits_per_second": frame_bps,
+        "link_model": model,
+        "link_percent": (100.0 * counted / link_speed_bps
+                         if counted is not None and link_speed_bps else None),
     }
 
 
-def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, index: int = 0,
+def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0,
                  ports: Sequence[int] | None = None, plan: FlowPlan | None = None,
                  counters: PathCounters | None = None) -> dict[str, Any]:
     """Run one TCP bulk step of `streams` streams and return its step dict.
@@ -886,7 +918,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
             "error": got.get("error") or sent.get("error"),
         }
         row.update(_rates(got["bits_per_second"], overhead, None))
-        del row["link_percent"]
+        del row["link_percent"], row["link_model"]
         rows.append(row)
     aggregate = sum(r["bits_per_second"] for r in rows)
     retransmits = [r["retransmits"] for r in rows if r["retransmits"] is not None]
@@ -898,7 +930,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
         "streams": rows,
         "aggregate_bits_per_second": aggregate,
         "sender_bits_per_second": sender.get("bits_per_second"),
-        **_rates(aggregate, overhead, config.link_speed_bps),
+        **_rates(aggregate, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict() if overhead else None,
         "retransmits": sum(retransmits) if retransmits else None,
         "sender_cpu_percent": sender.get("cpu_percent"),
@@ -928,7 +960,7 @@ def _path_mtu(sock: socket.socket) -> int:
         return 1500
 
 
-def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float | None,
+def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | None,
                  index: int = 0, counters: PathCounters | None = None,
                  stop: threading.Event | None = None) -> dict[str, Any]:
     """One UDP bulk step: a blast step with large datagrams at `rate_bps` (None: max)."""
@@ -954,7 +986,7 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
            "sender_bits_per_second": sent, "retransmits": None, "cwnd_segments": None,
            "rtt_us": None, "mss_bytes": None, "error": None}
     row.update(_rates(goodput, overhead, None))
-    del row["link_percent"]
+    del row["link_percent"], row["link_model"]
     return {
         "index": index,
         "transport": "udp",
@@ -966,7 +998,7 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
         "streams": [row],
         "aggregate_bits_per_second": goodput,
         "sender_bits_per_second": sent,
-        **_rates(goodput, overhead, config.link_speed_bps),
+        **_rates(goodput, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict(),
         "loss_ratio": step["loss_ratio"],
         "retransmits": None,
@@ -984,71 +1016,66 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
 StepHook = Callable[[dict[str, Any]], None]
 
 
-def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,
-             counters: PathCounters | None = None, on_step: StepHook | None = None,
-             stop: threading.Event | None = None) -> SweepResult:
-    """Run a bulk test (one step, or a sweep over stream counts or offered rates).
+def run_session(client: StepClient, label: str, config: BulkConfig,
+                counters: PathCounters | None = None, on_step: StepHook | None = None,
+                stop: threading.Event | None = None) -> SweepResult:
+    """Run a bulk test (one step, or a sweep over stream counts or offered
+    rates) over an open control session; `label` names the target.
 
-    Args:
-        target: the server, "HOST[:PORT]"; None starts one on this machine.
-        config: what to run.
-        secret: the server's shared secret, if it has one.
-        counters: per-path byte counters; default: sysfs counters of
-            config.path_ifaces when given.
-        on_step: called with each finished step dict.
-        stop: set to stop between steps.
-
-    Returns:
-        The result document, kind "bulk": its steps, flow plan and ceiling.
-
-    Raises:
-        PktbenchError: connection, protocol, planning or configuration trouble.
+    Returns the result document, kind "bulk": its steps, flow plan and
+    ceiling. PktbenchError on connection, protocol, planning or
+    configuration trouble. (pktbench.api.run_bulk opens the session.)
     """
     from pktbench.results import environment
 
-    resolved = parse_target(target) if isinstance(target, str) else target
     if counters is None and config.path_ifaces:
         counters = sysfs_counters(config.path_ifaces)
-    if resolved is None:
-        with session.LocalServer() as server:
-            return _run_with(server.target, "embedded loopback server", config, secret,
-                             counters, on_step, stop, environment)
-    return _run_with(resolved, str(resolved), config, secret, counters, on_step, stop,
-                     environment)
-
-
-def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | None,
-              counters: PathCounters | None, on_step: StepHook | None,
-              stop: threading.Event | None, environment: Callable[..., dict[str, Any]]
-              ) -> SweepResult:
     steps: list[dict[str, Any]] = []
     plan: FlowPlan | None = None
-    with session.Client(target, secret=secret) as client:
-        ports: tuple[int, ...] | None = config.ports or None
-        if config.ports:
-            plan = FlowPlan(config.ports, tuple(-1 for _ in config.ports),
-                            tuple(config.path_ifaces), "given")
-        elif config.paths > 1 and not config.udp:
-            assert counters is not None
-            plan = plan_flows(client, config.max_streams, counters, reverse=config.reverse)
-            ports = plan.ports
-        if config.udp:
-            for index, rate in enumerate(config.sweep_rates_bps or (config.rate_bps,)):
-                if stop is not None and stop.is_set():
-                    break
-                steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
-                                          counters=counters))
-                if on_step:
-                    on_step(steps[-1])
-        else:
-            for index, streams in enumerate(config.stream_counts()):
-                if stop is not None and stop.is_set():
-                    break
-                steps.append(run_tcp_step(client, config, streams=streams, index=index,
-                                          ports=ports[:streams] if ports else None, plan=plan,
-                                          counters=counters))
-                if on_step:
-                    on_step(steps[-1])
-        env = environment(client.server_address[0])
+    ports: tuple[int, ...] | None = config.ports or None
+    if config.ports:
+        plan = FlowPlan(config.ports, tuple(-1 for _ in config.ports),
+                        tuple(config.path_ifaces), "given")
+    elif config.paths > 1 and not config.udp:
+        assert counters is not None
+        plan = plan_flows(client, config.max_streams, counters, reverse=config.reverse)
+        ports = plan.ports
+    if config.udp:
+        for index, rate in enumerate(config.sweep_rates_bps or (config.rate_bps,)):
+            if stop is not None and stop.is_set():
+                break
+            steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
+                                      counters=counters))
+            if on_step:
+                on_step(steps[-1])
+    else:
+        for index, streams in enumerate(config.stream_counts()):
+            if stop is not None and stop.is_set():
+                break
+            steps.append(run_tcp_step(client, config, streams=streams, index=index,
+                                      ports=ports[:streams] if ports else None, plan=plan,
+                                      counters=counters))
+            if on_step:
+                on_step(steps[-1])
+    env = environment(client.server_address[0])
     return SweepResult.bulk(env, {"target": label, **config.to_dict()}, tuple(steps),
                             plan.to_dict() if plan else None)
+
+
+@dataclass(frozen=True)
+class BulkWorkload:
+    """bulk: N TCP streams (UDP bulk is a blast step of the UDP workload)."""
+
+    name: str = "bulk"
+    transport: Transport = "tcp"
+
+    def run_client_step(self, client: StepClient, params: StepParams, *, index: int = 0,
+                        repeat: int = 0, stop: threading.Event | None = None) -> StepResult:
+        raise ConfigError("workload bulk is not a sweep step: run it with `pktbench bulk` "
+                          "(pktbench.run_bulk)")
+
+    def server_handler(self, arm: ServerArm) -> TcpStepHandler:
+        return BulkStepHandler(arm.step, arm.token, arm.peer_ip)
+
+
+BULK = BulkWorkload()
