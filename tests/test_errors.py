@@ -42,7 +42,7 @@ def test_a_refused_udp_port_raises_connection_refused(udp_pair) -> None:
 
 def test_a_reset_tcp_connection_raises_connection_reset() -> None:
     """The RESP client on a connection the server resets (RST) sees ECONNRESET."""
-    from pktbench import tcp_rr
+    from pktbench.workloads import resp as tcp_rr
     from pktbench.protocol import StepParams
 
     listener = socket.create_server(("127.0.0.1", 0))
