@@ -334,3 +334,25 @@ def test_temporary_testbed_is_up_inside_and_gone_after() -> None:
         assert not pktbench.testbed_status("pkrt").up
     finally:
         pktbench.testbed_down("pkrt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_cli_testbed_up_and_status_print_the_same_summary() -> None:
+    runner = CliRunner()
+    try:
+        up = runner.invoke(main, ["testbed", "up", "--prefix", "pkru", "--rate-cap", "1gbit"])
+        assert up.exit_code == 0, up.stderr
+        status = runner.invoke(main, ["testbed", "status", "--prefix", "pkru"])
+        assert status.exit_code == 0
+        # the interface counters may move between the calls (neighbour discovery)
+        def head(text: str) -> str:
+            return text.split("  counters (")[0]
+        assert head(up.stdout) == head(status.stdout)
+        assert head(status.stdout) == head(rendered("testbed", api.testbed_status("pkru")))
+        assert "  counters (packets rx/tx, dropped rx/tx):\n    a va0: " in status.stdout
+        assert up.stdout.startswith("testbed pkru: up, ")
+        assert "  rate cap: tbf 1000000000 bit/s per path, a->b\n" in up.stdout
+        down = runner.invoke(main, ["testbed", "down", "--prefix", "pkru"])
+        assert down.exit_code == 0 and down.stdout == "testbed pkru: removed\n"
+    finally:
+        api.testbed_down("pkru")

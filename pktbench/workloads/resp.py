@@ -39,7 +39,8 @@ from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.step import StepResult, summarize_step
-from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
+from pktbench.workloads.base import (
+    ArmedStep, ServerArm, StepClient, TcpStepHandler, Transport, drive_step)
 
 WORKLOAD = "rr-tcp"
 
@@ -216,20 +217,19 @@ def run_client_step(client: StepClient, params: StepParams, *, index: int = 0,
     """One rr-tcp step against `pktbench serve`: arm, connect, drive, collect."""
     if params.workload != WORKLOAD:
         raise ConfigError(f"workload {params.workload} is not {WORKLOAD}")
-    armed = client.begin_step(params)
-    sockets: list[socket.socket] = []
-    try:
-        family, address = resolve(client.target)
-        sockets = connect_data(address, family, params.connections, armed.token,
-                               client.connect_timeout_s)
-        outcome = drive(sockets, params, peer=str(client.target), stop=stop)
-    except BaseException:
-        client.abandon_step()
-        raise
-    finally:
-        for sock in sockets:
-            sock.close()
-    receiver = client.end_step({"sent": outcome.sent}, params.result_timeout_s)
+
+    def send(armed: ArmedStep) -> engine.SenderOutcome:
+        sockets: list[socket.socket] = []
+        try:
+            family, address = resolve(client.target)
+            sockets = connect_data(address, family, params.connections, armed.token,
+                                   client.connect_timeout_s)
+            return drive(sockets, params, peer=str(client.target), stop=stop)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    outcome, receiver = drive_step(client, params, send, lambda outcome: {"sent": outcome.sent})
     return summarize(params, outcome, receiver, index=index, repeat=repeat)
 
 
