@@ -11,7 +11,7 @@ Invariants:
 - Python has no sendmmsg/recvmmsg, so a batch is a loop of send/recvmsg_into
   calls: one syscall per datagram, and every one counted as a call.
 - The caller's file descriptors are never closed: each socket object here
-  wraps a dup of the caller's fd, which shares its file description.
+  wraps the caller's fd and is detached from it, never closed, when dropped.
 - Every loop holds the GIL except inside its syscalls; threads of one
   process share one core's worth of Python, which is the price of no compiler.
 """
@@ -93,8 +93,18 @@ def _sleep_until(fd: int, watch_fd: bool, deadline_ns: int) -> None:
 
 
 def _wrap(fd: int) -> socket.socket:
-    """A socket object on a dup of `fd`: the caller's fd stays the caller's to close."""
-    return socket.socket(fileno=os.dup(fd))
+    """A socket object on the caller's `fd` itself, released with `_release`, never closed.
+
+    Not a dup: a dup would keep the socket open after the caller closes it,
+    so a peer would never see the EOF or reset the caller meant to send.
+    """
+    return socket.socket(fileno=fd)
+
+
+def _release(sock: socket.socket) -> None:
+    """Let go of a `_wrap` socket without closing the caller's fd."""
+    if sock.fileno() >= 0:
+        sock.detach()
 
 
 def _errno_of(exc: OSError) -> int:
@@ -486,7 +496,7 @@ class PacedSender:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
-            sock.close()
+            _release(sock)
 
 
 def _unpack_peer(peer: bytes) -> tuple[int, str, int]:
@@ -685,7 +695,7 @@ class Responder:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
-            sock.close()
+            _release(sock)
 
 
 # --------------------------------------------------------------------------
@@ -1208,7 +1218,7 @@ class RespClient:
         try:
             self.epoll.close()
             for conn in self.conns:
-                conn.sock.close()
+                _release(conn.sock)
         except AttributeError:
             pass
 
@@ -1275,7 +1285,7 @@ class RespServer:
         try:
             self.epoll.register(conn.sock.fileno(), select.EPOLLIN)
         except OSError:
-            conn.sock.close()
+            _release(conn.sock)
             raise
         self.conns[conn.sock.fileno()] = conn
         self.c[V_CONNECTIONS] += 1
@@ -1410,7 +1420,7 @@ class RespServer:
         try:
             self.epoll.close()
             for conn in self.conns.values():
-                conn.sock.close()
+                _release(conn.sock)
         except AttributeError:
             pass
 
@@ -1582,6 +1592,6 @@ class BulkPump:
         try:
             self.epoll.close()
             for sock in self.socks:
-                sock.close()
+                _release(sock)
         except AttributeError:
             pass
