@@ -156,11 +156,15 @@ class _SeqWindow:
         self.bits[slot >> 3] |= 1 << (slot & 7)
 
     def finalize_to(self, end: int, c: list[int], lost: int, episodes: int, max_run: int) -> None:
-        """Count losses in [final_end, end) and clear those slots for reuse."""
+        """Count losses in [final_end, end) and clear those slots for reuse.
+
+        Work is bounded by the window: past one window's worth nothing can
+        have been recorded, so the rest is one run of misses, counted at once."""
         bits, mask = self.bits, self.mask
         seq = self.final_end
         run = self.run_length
-        while seq < end:
+        stop = min(end, seq + mask + 1)
+        while seq < stop:
             slot = seq & mask
             byte, bit = slot >> 3, 1 << (slot & 7)
             if bits[byte] & bit:
@@ -174,6 +178,13 @@ class _SeqWindow:
                 if run > c[max_run]:
                     c[max_run] = run
             seq += 1
+        if seq < end:
+            c[lost] += end - seq
+            if run == 0:
+                c[episodes] += 1
+            run += end - seq
+            if run > c[max_run]:
+                c[max_run] = run
         self.final_end = max(self.final_end, end)
         self.run_length = run
 
@@ -220,9 +231,9 @@ RESPONDER_COUNTERS = (
 
 _U64_MAX = (1 << 64) - 1
 (D_TOO_SHORT, D_BAD_MAGIC, D_BAD_VERSION, D_BAD_KIND, D_BAD_TOKEN, D_BAD_SOURCE, D_BAD_PAYLOAD,
- D_OVERSIZED) = (wire.DROP_REASONS.index(name) for name in (
+ D_OVERSIZED, D_BAD_SEQ) = (wire.DROP_REASONS.index(name) for name in (
      "too_short", "bad_magic", "bad_version", "bad_kind", "bad_token", "bad_source",
-     "bad_payload", "oversized"))
+     "bad_payload", "oversized", "bad_seq"))
 
 
 class PacedSender:
@@ -520,7 +531,8 @@ class Responder:
 
     def __init__(self, fd: int, *, peer: bytes, token: int, command: int, sink: bool,
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
-                 busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20) -> None:
+                 busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
+                 seq_limit: int = _U64_MAX) -> None:
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
         if not sink and wire.HEADER_SIZE + len(reply) > max_size:
@@ -530,6 +542,7 @@ class Responder:
         self.fd = self._sock.fileno()
         self.batch = batch
         self.sink = bool(sink)
+        self.seq_limit = seq_limit
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -633,6 +646,9 @@ class Responder:
                 self.prefix and view[wire.HEADER_SIZE:wire.HEADER_SIZE + len(self.prefix)]
                 != self.prefix):
             d[D_BAD_PAYLOAD] += 1
+            return False
+        if self.sink and seq >= self.seq_limit:
+            d[D_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
         if flags & FLAG_WARMUP:
             c[R_WARMUP] += 1

@@ -126,6 +126,21 @@ def test_old_bulk_file_upgrades_to_the_shared_schema() -> None:
     assert again == result
 
 
+def test_a_saved_bulk_document_renders_without_the_engine() -> None:
+    code = ("import sys\n"
+            f"sys.path.insert(0, {PACKAGE_ROOT!r})\n"
+            "from pktbench.report import write_report\n"
+            "from pktbench.results import load_result\n"
+            f"write_report('table', load_result({str(DATA / 'bulk-old-tcp.json')!r}), sys.stdout)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pktbench._engine', "
+            "'pktbench.engine', 'pktbench.workloads', 'pktbench.session'))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert done.stdout.startswith((DATA / "bulk-old-tcp.table.txt").read_text())
+
+
 def test_ceiling_is_worked_out_from_the_steps() -> None:
     old = g.document("bulk-old-tcp.json")
     rebuilt = SweepResult.bulk(old["environment"], old["config"], tuple(old["steps"]),

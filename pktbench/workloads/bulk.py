@@ -73,7 +73,7 @@ from pktbench.flows import (
     udp_overhead,
 )
 from pktbench.protocol import StepParams
-from pktbench.results import SweepResult
+from pktbench.results import LINK_MODELS, SweepResult
 from pktbench.step import StepResult
 from pktbench.workloads.base import (
     ArmedStep, ServerArm, StepClient, TcpStepHandler, Transport, drive_step)
@@ -813,8 +813,8 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
 # htb) meters the frame bytes the kernel hands it and nothing else:
 # frame_bits_per_second. Traffic measured above an l1 link's speed cannot
 # have crossed such a link, so "auto" then judges it by the l2 model.
-LINK_MODELS = {"l1": "L1: frame + preamble + inter-frame gap, as a physical link carries it",
-               "l2": "L2: frame bytes only, as a shaper (tbf, htb) counts them"}
+# LINK_MODELS (their names and descriptions) lives in pktbench.results, so
+# the reporter can name a saved document's model without this module.
 
 
 def link_model_for(wire_bps: float | None, frame_bps: float | None,

@@ -102,11 +102,12 @@ class UdpWorkload:
             return multiflow.StreamResponders(
                 arm.udp, local_ip=arm.local_ip, peers=arm.peers, token=arm.token,
                 command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus)
+                sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus,
+                seq_limit=step.max_packets)
         return SingleFlowResponder(engine.ResponderLoop(
             arm.udp, peer=arm.peers[0], token=arm.token, command=wire.COMMANDS[step.command],
             size_bytes=step.size_bytes, sink=step.workload == "blast",
-            busy_poll=step.busy_poll))
+            busy_poll=step.busy_poll, seq_limit=step.max_packets))
 
 
 RR = UdpWorkload("rr")
