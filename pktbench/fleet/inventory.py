@@ -206,7 +206,10 @@ def _from_ini(source: str, text: str) -> list[Host]:
             if not sep:
                 raise ConfigError(f"{source}: line {number}: expected KEY=VALUE in "
                                   f"[{section}:vars]")
-            group_vars.setdefault(section, {})[key.strip()] = value.strip()
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            group_vars.setdefault(section, {})[key.strip()] = value
             continue
         name, settings = words[0], words[1:]
         values = hostvars.setdefault(name, {})

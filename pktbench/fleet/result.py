@@ -5,8 +5,9 @@ one sweep document (knee, last good, NDR, PDR, highest passing rate), host
 medians in and out, and the outliers.
 
 A pair's figure for medians and outliers is `good_pps`: the last good rate
-below its knee, or, with no knee, the highest rate that passed (then the
-path is at least that good: `no_knee` is true). A host or pair is an outlier
+below its knee, or, with no knee, the highest rate tried (then the path is
+at least that good, `no_knee` is true: the knee finder saw no confirmed
+failure, and a step the sender could not generate is never the path's). A host or pair is an outlier
 when its figure is below the fleet median by more than `outlier_fraction`;
 a host's direction is "in" (as destination) or "out" (as source).
 
@@ -39,8 +40,12 @@ def summarize_sweep(sweep: Mapping[str, Any] | None) -> dict[str, Any]:
               and not s.get("sender_bound")]
     if knee:
         good = knee.get("last_good_pps")
+    elif passed:
+        # The knee finder found no confirmed failure (a lone one, or a step the
+        # sender could not generate, is not the path's): good up to the top.
+        good = max(offered)
     else:
-        good = max(passed) if passed else None
+        good = None
     return {"knee_pps": knee.get("offered_pps") if knee else None,
             "last_good_pps": knee.get("last_good_pps") if knee else None,
             "ndr_pps": sweep.get("ndr_pps"), "pdr_pps": sweep.get("pdr_pps"),
