@@ -114,6 +114,7 @@ def test_cli_compare_detects_fleet_files(tmp_path: Path) -> None:
     (["INV", "--profile", "nosuch"], "nosuch"),
     (["INV", "--pairs", "PAIRS"], "host zz is not in"),
     (["INV", "--sample", "5"], "--sample 5: at most 1 peers"),
+    (["INV", "--known-hosts", "/nonexistent"], "known_hosts file /nonexistent not found"),
 ])
 def test_fleet_cli_errors_are_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
     inv = tmp_path / "inv.toml"

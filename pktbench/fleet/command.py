@@ -103,6 +103,8 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
         raise ConfigError(f"--resume {resume_dir}: no such directory")
     if out_dir and not resume_dir and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise ConfigError(f"--out {out_dir} is not empty: continue it with --resume {out_dir}")
+    policy = SshPolicy(known_hosts=known_hosts, accept_new=accept_new_host_keys,
+                       insecure=insecure, connect_timeout_s=connect_timeout)
     hosts = inv.load_inventory(inventory, group=group)
     if len(hosts) < 2:
         raise ConfigError(f"{inventory}: a fleet needs at least 2 hosts (got {len(hosts)})")
@@ -111,8 +113,7 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
         inventory=inventory, profile=profile_name,
         pairs=_read_pairs(pairs_file) if pairs_file else None, sample=sample, bulk=bulk,
         parallel=parallel, out_dir=directory, resume=bool(resume_dir),
-        ssh=SshPolicy(known_hosts=known_hosts, accept_new=accept_new_host_keys,
-                      insecure=insecure, connect_timeout_s=connect_timeout),
+        ssh=policy,
         serve_port=serve_port, outlier_fraction=outlier_fraction)
     if options.pairs is not None:
         names = {h.name for h in hosts}
@@ -122,6 +123,10 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
     if sample is not None and sample > len(hosts) - 1:
         raise ConfigError(f"--sample {sample}: at most {len(hosts) - 1} peers with "
                           f"{len(hosts)} hosts")
+
+    if not (insecure or accept_new_host_keys or policy.known_hosts_path.exists()):
+        raise ConfigError(f"known_hosts file {policy.known_hosts_path} not found: give "
+                          "--known-hosts FILE, or --accept-new-host-keys for first contact")
 
     def log(line: str) -> None:
         click.echo(line, err=True)

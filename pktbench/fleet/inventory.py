@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,10 @@ from typing import Any
 
 from pktbench.errors import ConfigError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOML_KEYS = {"name", "address", "port", "user", "key", "test_address", "pktbench", "groups"}
@@ -226,7 +227,7 @@ def _from_ini(source: str, text: str) -> list[Host]:
 
 def _from_yaml(source: str, text: str) -> list[Host]:
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
     except ModuleNotFoundError:
         raise ConfigError(f"{source}: a YAML inventory needs PyYAML "
                           "(pip install 'pktbench[fleet]')") from None

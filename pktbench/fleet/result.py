@@ -101,7 +101,7 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
             "median_in_pps": med_in, "median_out_pps": med_out,
             "median_ceiling_in_bps": ceil_in, "median_ceiling_out_bps": ceil_out})
         for direction, value in (("in", med_in), ("out", med_out)):
-            if limit is not None and value is not None and value < limit:
+            if limit is not None and fleet_median and value is not None and value < limit:
                 outliers.append({"kind": "host", "host": name, "direction": direction,
                                  "median_pps": value, "fleet_median_pps": fleet_median,
                                  "below_by": round(1 - value / fleet_median, 4)})

@@ -75,13 +75,18 @@ def render_fleet(doc: Mapping[str, Any], width: int = 100) -> str:
     """The whole human report: matrix, hosts, outliers, timing."""
     parts = [render_matrix(doc, width)]
     rows = []
+    reasons = []
     for h in doc["hosts"]:
-        rows.append([h["name"], "yes" if h.get("reachable") else "no",
+        up = h.get("reachable")
+        rows.append([h["name"], "-" if up is None else "yes" if up else "no",
                      _k(h.get("median_in_pps")), _k(h.get("median_out_pps")),
                      "" if h.get("clock_offset_ms") is None else f"{h['clock_offset_ms']:+.1f}",
-                     (h.get("reason") or "")[:50]])
+                     "" if h.get("ssh_rtt_ms") is None else f"{h['ssh_rtt_ms']:.1f}"])
+        if h.get("reason"):
+            reasons.append(f"  {h['name']}: {h['reason']}")
     parts.append(tabulate(rows, headers=["host", "up", "median in", "median out",
-                                         "clock ms", "reason"], disable_numparse=True))
+                                         "clock ms", "ssh rtt ms"], disable_numparse=True)
+                 + ("\nunreachable:\n" + "\n".join(reasons) if reasons else ""))
     outliers = doc.get("outliers") or []
     if outliers:
         lines = [f"outliers (below the fleet median {_k(doc.get('fleet_median_pps'))} pps by "
