@@ -394,7 +394,7 @@ class BulkStepHandler:
         self._streams: list[_Stream] = []
         self._thread: threading.Thread | None = None
         self._deadline_ns = time.monotonic_ns() + int(
-            (step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0) * 1e9)
+            step.hard_limit_s * 1e9)
         self._pumped = _Pumped(step.streams, self._window, sending=self.sending,
                                buffer_bytes=DEFAULT_WRITE_BYTES if self.sending
                                else RECV_BUFFER_BYTES, tail_ns=None,

@@ -879,6 +879,12 @@ class StepParams:
             if not 1 <= _integer(name, getattr(self, name)) <= most:
                 raise _step_error(f"{name} must be in 1..{most} (got {getattr(self, name)})")
 
+    @property
+    def hard_limit_s(self) -> float:
+        """The longest either end keeps this step armed: its schedule, its
+        reply timeout and 10 s for the control round trips around it."""
+        return self.warmup_s + self.duration_s + self.drain_s + self.timeout_s + 10.0
+
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

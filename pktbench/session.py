@@ -15,11 +15,16 @@ Invariants:
 """
 from __future__ import annotations
 
+import enum
+import errno
 import importlib
 import os
+import queue
+import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -68,14 +73,6 @@ TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] =
 TCP_WORKLOAD_MODULES: tuple[str, ...] = ("pktbench.bulk", "pktbench.tcp_rr")
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        data += chunk
-    return data
 _U64 = (1 << 64) - 1
 
 
@@ -117,6 +114,23 @@ def _receive(sock: socket.socket, conn: protocol.ControlConnection,
 # Server
 # --------------------------------------------------------------------------
 
+# Connections that have not yet become a session or joined a step. Bounded so
+# that a crowd of idle or dripping peers costs a fixed amount of memory and
+# descriptors; when full, the oldest goes, since a real client finishes its
+# handshake within a round trip or two.
+PENDING_LIMIT = 64
+# A peer must send its hello (or its data preamble) this soon after connecting,
+# and answer the challenge this soon after it was sent.
+HELLO_TIMEOUT_S = 5.0
+AUTH_TIMEOUT_S = 5.0
+# A data connection's preamble arriving in pieces is looked at again after
+# this long rather than spinning on a readable socket.
+_PREAMBLE_RECHECK_S = 0.01
+# Hostile-peer events are logged at most once a second, with a count.
+_LOG_INTERVAL_S = 1.0
+_LOOPBACK_BINDS = ("127.", "::1", "localhost")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     bind: str = "0.0.0.0"
@@ -139,23 +153,218 @@ class ServerStats:
     protocol_errors: int = 0
     unsolicited_datagrams: int = 0
     rejected_data_connections: int = 0
+    handshake_timeouts: int = 0  # no hello, or no answer to the challenge, in time
+    evicted_connections: int = 0  # the oldest pending connection, closed to admit a new one
+    refused_connections: int = 0  # the host refused a descriptor or a thread for it
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
+
+    def summary(self) -> str:
+        """The counters a log line reports, in words."""
+        return (f"{self.sessions} sessions, {self.steps} steps, {self.busy_refusals} busy, "
+                f"{self.auth_failures} auth failures, {self.protocol_errors} protocol errors, "
+                f"{self.handshake_timeouts} handshake timeouts, "
+                f"{self.evicted_connections} evicted, {self.refused_connections} refused "
+                f"for resources, {self.rejected_data_connections} rejected data connections, "
+                f"{self.unsolicited_datagrams} unsolicited datagrams, "
+                f"drops {sum(self.drops.values())}")
+
+
+class _Phase(enum.Enum):
+    FIRST = "first bytes"  # control or data: not known yet
+    HELLO = "hello"
+    AUTH = "challenge answer"
+    READY = "between steps"
+    STEP = "step running"
+    FINISHING = "step finishing"
+    CLOSING = "closing"
+
+
+_PENDING_PHASES = frozenset({_Phase.FIRST, _Phase.HELLO, _Phase.AUTH})
+_UNREAD_PHASES = frozenset({_Phase.FINISHING})
+
+
+@dataclass(eq=False)
+class _Peer:
+    """One accepted connection, as the event loop tracks it."""
+
+    sock: socket.socket
+    address: tuple[Any, ...]
+    accepted: float
+    deadline: float
+    wait_s: float = HELLO_TIMEOUT_S  # the span `deadline` was set for
+    phase: _Phase = _Phase.FIRST
+    cc: protocol.ControlConnection = field(
+        default_factory=lambda: protocol.ControlConnection(Role.SERVER))
+    out: bytearray = field(default_factory=bytearray)
+    close_after_write: bool = False
+    challenge: str | None = None
+    recheck_at: float | None = None  # a partial data preamble: look again then
+    closed: bool = False
+
+    @property
+    def ip(self) -> str:
+        return str(self.address[0])
+
+
+@dataclass(eq=False)
+class _Session:
+    peer: _Peer
+    token: int
+    started: float
+    steps_before: int
+    step_id: int = 0
+    live: _LiveStep | None = None
+
+
+class _LiveStep:
+    """A step armed on the server: its responder runs in engine threads while
+    the event loop waits for the client's StepStop.
+
+    `finish` may block (a blast step's drain, joining the responder) and so
+    runs off the event loop; `abort` stops everything without a result.
+    """
+
+    def __init__(self, step: StepParams, step_id: int) -> None:
+        self.step = step
+        self.step_id = step_id
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class _TcpLiveStep(_LiveStep):
+    def __init__(self, step: StepParams, step_id: int, handler: TcpStepHandler) -> None:
+        super().__init__(step, step_id)
+        self.handler = handler
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        return self.handler.finish(sender)
+
+    def abort(self) -> None:
+        self.finish({})
+
+
+class _UdpLiveStep(_LiveStep):
+    def __init__(self, server: Server, step: StepParams, step_id: int,
+                 loop: engine.ResponderLoop | workers.StreamResponders, peer_ip: str,
+                 flows: int) -> None:
+        super().__init__(step, step_id)
+        self._server = server
+        self._loop = loop
+        self._flows = flows
+        self._stop = threading.Event()
+        self._cpu_s = 0.0
+        self._host_drops_before = engine.udp_rcvbuf_errors()
+        self._interface = interface_for(peer_ip)
+        self._nic_before = nic.read_counters(self._interface)
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="responder")
+        self._started = 0.0
+
+    def start(self) -> None:
+        """Start the responder; RuntimeError when the host refuses a thread."""
+        self._thread.start()
+        self._started = time.monotonic()
+
+    def _serve(self) -> None:
+        before = engine.thread_cpu_s()
+        try:
+            self._loop.serve_until(engine.monotonic_ns() + int(self.step.hard_limit_s * 1e9),
+                                   self._stop)
+        finally:
+            self._cpu_s = engine.thread_cpu_s() - before
+
+    def _halt(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if isinstance(self._loop, workers.StreamResponders):
+            self._loop.close()
+
+    def abort(self) -> None:
+        self._halt()
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        loop = self._loop
+        try:
+            sent = sender.get("sent")
+            if not isinstance(sent, int) or sent < 0:
+                raise RemoteProtocolError("StepStop without a valid 'sent' count")
+            if isinstance(loop, workers.StreamResponders):
+                sent_per_stream = workers.check_sent_per_stream(
+                    sender.get("sent_per_stream"), self._flows)
+            if self.step.workload == "blast":
+                # stragglers still in flight count; then the window closes
+                self._stop.wait(self.step.drain_s)
+        finally:
+            self._halt()
+        elapsed = time.monotonic() - self._started
+        cpu_s = self._cpu_s
+        if isinstance(loop, workers.StreamResponders):
+            loop.finish(sent_per_stream)
+            cpu_s = loop.cpu_s
+        else:
+            loop.finish(sent)
+        receiver = loop.counters()
+        drops: dict[str, int] = receiver["drops"]  # type: ignore[assignment]
+        # SO_RXQ_OVFL counts for the socket's whole life; the step gets the rise.
+        rxq_total = int(receiver.pop("rcvbuf_drops"))  # type: ignore[call-overload]
+        server = self._server
+        if isinstance(loop, workers.StreamResponders):
+            receiver["rcvbuf_errors"] = rxq_total  # fresh sockets: their life is this step
+        else:
+            receiver["rcvbuf_errors"] = max(rxq_total - server._rxq_dropped, 0)  # noqa: SLF001
+            server._rxq_dropped = max(rxq_total, server._rxq_dropped)  # noqa: SLF001
+        receiver["host_rcvbuf_errors"] = engine.udp_rcvbuf_errors() - self._host_drops_before
+        receiver["interface"] = self._interface
+        receiver["nic"] = nic.deltas(self._nic_before, nic.read_counters(self._interface))
+        receiver["received_packets"] = receiver["received"]
+        receiver["cpu_percent"] = 100.0 * cpu_s / elapsed if elapsed > 0 else 0.0
+        receiver["buffers_bytes"] = server.buffers.rcvbuf_bytes if server.buffers else None
+        for reason, count in drops.items():
+            server.stats.drops[reason] += count
+        return receiver
+
+
+def _is_loopback(bind: str) -> bool:
+    return bind.startswith(_LOOPBACK_BINDS)
 
 
 class Server:
-    """`pktbench serve`: a control listener plus the UDP data socket."""
+    """`pktbench serve`: a control listener plus the UDP data socket.
+
+    One thread runs one selectors loop over the listener and every control
+    connection; a live step's responder runs in engine threads beside it.
+    selectors rather than asyncio: the loop is a small state machine over
+    sans-IO ControlConnections that must also hand raw accepted sockets to
+    engine threads, and asyncio would own those sockets and add a second
+    scheduler in front of the engine's own threads for no gain.
+    """
 
     def __init__(self, config: ServerConfig, log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.stats = ServerStats()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
-        self._busy = threading.Lock()
         self._listener: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._rxq_dropped = 0
-        self._workers: set[threading.Thread] = set()
         self._tcp_step: TcpStepHandler | None = None
+        self._session: _Session | None = None
+        self._peers: set[_Peer] = set()
+        self._selector: selectors.DefaultSelector | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._finished: queue.SimpleQueue[tuple[_Session, int, dict[str, Any] | BaseException]] = (
+            queue.SimpleQueue())
+        self._finishers: set[threading.Thread] = set()
+        self._spare_fd: int | None = None
+        self._accept_paused_until = 0.0
+        self._last_note = 0.0
+        self._notes_held = 0
+        self._watch: socket.socket | None = None
         self.buffers: engine.BufferSizes | None = None
 
     # -- set-up ------------------------------------------------------------
@@ -171,6 +380,11 @@ class Server:
         assert self._listener is not None
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def in_session(self) -> bool:
+        """Whether a client holds the server now."""
+        return self._session is not None
 
     def open(self) -> None:
         for module in TCP_WORKLOAD_MODULES:
@@ -196,204 +410,601 @@ class Server:
                         udp.close()
                         continue
                     raise
-                listener.listen(16)
+                # The kernel caps the backlog at net.core.somaxconn; asking for
+                # SOMAXCONN takes whatever the host allows, so a burst of
+                # connects queues instead of being dropped into SYN retries.
+                listener.listen(socket.SOMAXCONN)
+                listener.setblocking(False)
             except OSError as exc:
                 listener.close()
                 udp.close()
-                if exc.errno == 98:
+                if exc.errno == errno.EADDRINUSE:
                     raise ConfigError(f"port {self.config.port} on {self.config.bind} is in use "
                                       "(TCP or UDP); choose another with --port") from None
                 raise ConfigError(f"cannot listen on {self.config.bind}:{self.config.port}: "
                                   f"{exc.strerror or exc}") from None
             self._listener, self._udp = listener, udp
             self.buffers = engine.tune_socket(udp)
+            self._spare_fd = _open_spare_fd()
+            if not self.config.secret and not _is_loopback(self.config.bind):
+                self._log(f"warning: listening on {self.config.bind} without a token: anyone "
+                          "who reaches this port can run tests through it (--token)")
             return
         raise ConfigError("could not find a free port for both TCP and UDP; give one with --port")
 
     def close(self) -> None:
-        self._stop.set()
+        self.stop()
         for sock in (self._listener, self._udp):
             if sock is not None:
                 sock.close()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+        self._wake_r.close()
+        self._wake_w.close()
 
     def stop(self) -> None:
+        """Ask serve_forever to return (from any thread)."""
         self._stop.set()
+        self._wake()
 
-    # -- serving -----------------------------------------------------------
-    def serve_forever(self) -> None:
-        """Accept sessions until stop() (or after one session with `once`)."""
-        assert self._listener is not None
-        self._listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, peer = self._listener.accept()
-            except socket.timeout:
-                if self.config.once and self.stats.sessions and not self._busy.locked():
-                    break
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    break
-                raise
-            threading.Thread(target=self._dispatch, args=(conn, peer), daemon=True).start()
-        for worker in list(self._workers):
-            worker.join(timeout=5)
-
-    def _dispatch(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
-        """A control connection starts a session; a data connection joins a step."""
+    def _wake(self) -> None:
         try:
-            conn.settimeout(5.0)
-            first = conn.recv(len(wire.DATA_MAGIC), socket.MSG_PEEK | socket.MSG_WAITALL)
+            self._wake_w.send(b"x")
         except OSError:
-            conn.close()
-            return
-        if first == wire.DATA_MAGIC:
-            self._attach_data(conn, str(peer[0]))
-            return
-        if not self._busy.acquire(blocking=False):
-            self._refuse_busy(conn, peer)
-            return
-        worker = threading.current_thread()
-        self._workers.add(worker)
-        try:
-            self._session_thread(conn, peer)
-        finally:
-            self._workers.discard(worker)
+            pass  # full (a wake-up is already pending) or closed
 
-    def _attach_data(self, conn: socket.socket, peer_ip: str) -> None:
+    # -- the event loop ----------------------------------------------------
+    def serve_forever(self, *, until_eof: socket.socket | None = None) -> None:
+        """Serve until stop() (or after one session with `once`, or when
+        `until_eof` reaches end of file: a parent that went away)."""
+        assert self._listener is not None
+        with selectors.DefaultSelector() as selector:
+            self._selector = selector
+            selector.register(self._listener, selectors.EVENT_READ, "listener")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            if until_eof is not None:
+                until_eof.setblocking(False)
+                selector.register(until_eof, selectors.EVENT_READ, "watch")
+            try:
+                while not self._stop.is_set():
+                    self._turn(selector)
+            finally:
+                self._shutdown()
+                self._selector = None
+
+    def _turn(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            assert self._listener is not None
+            selector.register(self._listener, selectors.EVENT_READ, "listener")
+        wait = 1.0
+        for peer in self._peers:
+            wait = min(wait, peer.deadline - now)
+            if peer.recheck_at is not None:
+                wait = min(wait, peer.recheck_at - now)
+        if self._accept_paused_until:
+            wait = min(wait, self._accept_paused_until - now)
+        for key, events in selector.select(max(wait, 0.0)):
+            if key.data == "listener":
+                self._accept_burst()
+            elif key.data == "wake":
+                self._drain_wake()
+            elif key.data == "watch":
+                self._check_watch(key.fileobj)  # type: ignore[arg-type]
+            else:
+                self._guarded(key.data, events)
+        self._collect_finished()
+        now = time.monotonic()
+        for peer in list(self._peers):
+            if peer.closed:
+                continue
+            if peer.recheck_at is not None and now >= peer.recheck_at:
+                peer.recheck_at = None
+                self._watch_events(peer)
+            if not peer.closed and now >= peer.deadline:
+                self._expire(peer)
+        if (self.config.once and self.stats.sessions and self._session is None
+                and not self._finishers):
+            self._stop.set()
+
+    def _guarded(self, peer: _Peer, events: int) -> None:
+        """Handle one peer's events; whatever goes wrong ends that peer only."""
         try:
-            stream_id, token = wire.unpack_data_preamble(_recv_exactly(conn,
-                                                                       wire.DATA_PREAMBLE_SIZE))
-        except (OSError, ValueError):
+            if events & selectors.EVENT_WRITE:
+                self._flush(peer)
+            if not peer.closed and events & selectors.EVENT_READ:
+                self._readable(peer)
+        except (RemoteProtocolError, LocalProtocolError, OSError) as exc:
+            self._fail(peer, f"dropped: {_reason(exc)}")
+        except Exception as exc:  # the server must survive its own bugs too
+            self._fail(peer, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _check_watch(self, watch: socket.socket) -> None:
+        try:
+            if watch.recv(4096):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._stop.set()  # the watched end is gone: whoever started us has left
+
+    # -- accepting ---------------------------------------------------------
+    def _accept_burst(self) -> None:
+        assert self._listener is not None
+        for _ in range(256):  # let other work run between long bursts
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._refuse_for_descriptors(exc)
+                    continue
+                if exc.errno in (errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(f"refused a connection: {exc.strerror}")
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                self._pause_accepting(f"accept failed: {exc.strerror or exc}")
+                return
+            self._admit(sock, address)
+
+    def _refuse_for_descriptors(self, exc: OSError) -> None:
+        """Out of descriptors: the oldest pending handshake gives its
+        descriptor to the newcomer; with none pending, take the waiting
+        connection with the spare descriptor and close it at once, so the
+        peer learns now and the backlog drains."""
+        pending = [p for p in self._peers if p.phase in _PENDING_PHASES]
+        if pending:
+            oldest = min(pending, key=lambda p: p.accepted)
+            self.stats.evicted_connections += 1
+            self._note(f"closed {oldest.ip}: out of file descriptors, and it had not "
+                       "completed its handshake")
+            self._close(oldest)
+            return  # the accept loop takes the newcomer with the freed descriptor
+        self.stats.refused_connections += 1
+        if self._spare_fd is None:
+            self._pause_accepting(f"refused a connection: {exc.strerror}")
+            return
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+            sock.close()
+        except OSError:
+            pass
+        self._spare_fd = _open_spare_fd()
+        self._note(f"refused a connection: {exc.strerror} (the host is out of file descriptors)")
+
+    def _pause_accepting(self, line: str) -> None:
+        self.stats.refused_connections += 1
+        self._note(line)
+        if self._selector is not None and not self._accept_paused_until:
+            assert self._listener is not None
+            self._selector.unregister(self._listener)
+            self._accept_paused_until = time.monotonic() + 0.1
+
+    def _admit(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        pending = [p for p in self._peers if p.phase in _PENDING_PHASES]
+        if len(pending) >= PENDING_LIMIT:
+            oldest = min(pending, key=lambda p: p.accepted)
+            self.stats.evicted_connections += 1
+            self._note(f"closed {oldest.ip}: {len(pending)} connections were waiting "
+                       "to complete a handshake")
+            self._close(oldest)
+        sock.setblocking(False)
+        now = time.monotonic()
+        peer = _Peer(sock, address, accepted=now, deadline=now + HELLO_TIMEOUT_S)
+        assert self._selector is not None
+        self._selector.register(sock, selectors.EVENT_READ, peer)
+        self._peers.add(peer)
+
+    def _note(self, line: str) -> None:
+        """Log a hostile-peer event, at most one line a second."""
+        now = time.monotonic()
+        if now - self._last_note < _LOG_INTERVAL_S:
+            self._notes_held += 1
+            return
+        held, self._notes_held = self._notes_held, 0
+        self._last_note = now
+        self._log(line + (f" (and {held} similar events before)" if held else ""))
+
+    # -- reading and writing -----------------------------------------------
+    def _readable(self, peer: _Peer) -> None:
+        if peer.phase is _Phase.FIRST:
+            if not self._sort_first(peer):
+                return
+        if peer.phase is _Phase.FINISHING:
+            return  # nothing is read until the step's result is out
+        try:
+            data = peer.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        peer.cc.receive_data(data)
+        while not peer.closed:
+            event = peer.cc.next_event()
+            if event is protocol.NEED_DATA:
+                return
+            if event is protocol.CLOSED:
+                self._end_of_stream(peer)
+                return
+            assert isinstance(event, protocol.Event)
+            self._handle(peer, event)
+            if peer.phase in _UNREAD_PHASES:
+                return  # what follows waits for the step's result
+
+    def _sort_first(self, peer: _Peer) -> bool:
+        """Tell a data connection from a control one by its first bytes; True
+        when it is a control connection (read on)."""
+        try:
+            head = peer.sock.recv(wire.DATA_PREAMBLE_SIZE, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        if not head:
+            self._close(peer)  # connected and left: a port probe
+            return False
+        magic = wire.DATA_MAGIC
+        shared = min(len(head), len(magic))
+        if head[:shared] != magic[:shared]:
+            peer.phase = _Phase.HELLO
+            return True
+        if len(head) < wire.DATA_PREAMBLE_SIZE:
+            # Level-triggered readiness would spin on the partial preamble.
+            assert self._selector is not None
+            self._selector.unregister(peer.sock)
+            peer.recheck_at = time.monotonic() + _PREAMBLE_RECHECK_S
+            return False
+        self._attach_data(peer, peer.sock.recv(wire.DATA_PREAMBLE_SIZE))
+        return False
+
+    def _attach_data(self, peer: _Peer, preamble: bytes) -> None:
+        self._forget(peer)
+        conn = peer.sock
+        try:
+            stream_id, token = wire.unpack_data_preamble(preamble)
+        except ValueError:
             self.stats.rejected_data_connections += 1
             conn.close()
             return
         handler = self._tcp_step
-        if handler is None or handler.token != token or handler.peer_ip != peer_ip:
+        if handler is None or handler.token != token or handler.peer_ip != peer.ip:
             self.stats.rejected_data_connections += 1
             conn.close()
             return
-        handler.add_connection(conn, stream_id)
-
-    def _refuse_busy(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
-        self.stats.busy_refusals += 1
-        cc = protocol.ControlConnection(Role.SERVER)
+        conn.settimeout(5.0)
         try:
-            _receive(conn, cc, 2.0)
-            _send(conn, cc, protocol.Error("busy", "another client is running a test on this "
-                                                   "server; try again when it is done"))
-        except (PktbenchError, OSError):
-            pass
-        finally:
+            handler.add_connection(conn, stream_id)
+        except (RuntimeError, OSError) as exc:  # the host refused the step a thread
+            self.stats.rejected_data_connections += 1
+            self.stats.refused_connections += 1
             conn.close()
-        self._log(f"refused {peer[0]}: busy")
+            self._note(f"refused a data connection from {peer.ip}: {exc}")
 
-    def _session_thread(self, conn: socket.socket, peer: tuple[Any, ...]) -> None:
-        self.stats.sessions += 1
-        started = time.monotonic()
-        steps_before = self.stats.steps
-        outcome = "ok"
+    def _queue(self, peer: _Peer, event: protocol.Event, *, then_close: bool = False) -> None:
+        peer.out += peer.cc.send(event)
+        peer.close_after_write = peer.close_after_write or then_close
+        self._flush(peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        if peer.closed:
+            return
+        while peer.out:
+            try:
+                sent = peer.sock.send(peer.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            del peer.out[:sent]
+        if not peer.out and peer.close_after_write:
+            self._close(peer)
+            return
+        self._watch_events(peer)
+
+    def _watch_events(self, peer: _Peer) -> None:
+        if peer.closed or peer.recheck_at is not None or self._selector is None:
+            return
+        events = selectors.EVENT_WRITE if peer.out else 0
+        if peer.phase is not _Phase.FINISHING and not peer.close_after_write:
+            events |= selectors.EVENT_READ
         try:
-            self._session(conn, str(peer[0]))
-        except AuthError as exc:
-            self.stats.auth_failures += 1
-            outcome = f"auth failed ({exc})"
-        except (RemoteProtocolError, LocalProtocolError, OSError) as exc:
-            self.stats.protocol_errors += 1
-            outcome = f"dropped: {exc}"
-        except Exception as exc:  # the server must survive its own bugs too
-            self.stats.protocol_errors += 1
-            outcome = f"internal error: {type(exc).__name__}: {exc}"
-        finally:
-            # Free the server before the peer sees the close, so a client
-            # that reconnects at once is not told the server is busy.
-            self._tcp_step = None
-            self._busy.release()
-            conn.close()
-        self._log(f"session {peer[0]}: {self.stats.steps - steps_before} steps in "
-                  f"{time.monotonic() - started:.1f} s, {outcome}")
+            key = self._selector.get_key(peer.sock)
+        except KeyError:
+            if events:
+                self._selector.register(peer.sock, events, peer)
+            return
+        if not events:
+            self._selector.unregister(peer.sock)
+        elif key.events != events:
+            self._selector.modify(peer.sock, events, peer)
 
-    def _session(self, conn: socket.socket, peer_ip: str) -> None:
-        cc = protocol.ControlConnection(Role.SERVER)
-        hello = _receive(conn, cc, 10.0)
-        if not isinstance(hello, protocol.Hello):  # the table already forbids this
-            raise RemoteProtocolError("expected Hello")
+    def _forget(self, peer: _Peer) -> None:
+        """Stop tracking a peer without closing its socket."""
+        peer.closed = True
+        self._peers.discard(peer)
+        if self._selector is not None:
+            try:
+                self._selector.unregister(peer.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _close(self, peer: _Peer) -> None:
+        if peer.closed:
+            return
+        self._forget(peer)
+        peer.sock.close()
+
+    # -- the conversation ----------------------------------------------------
+    def _handle(self, peer: _Peer, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Hello):
+            self._on_hello(peer, event)
+        elif isinstance(event, protocol.AuthResponse):
+            self._on_auth(peer, event)
+        elif isinstance(event, protocol.Bye):
+            self._on_bye(peer)
+        elif isinstance(event, protocol.StepRequest):
+            self._on_step_request(peer, event)
+        elif isinstance(event, protocol.StepStop):
+            self._on_step_stop(peer, event)
+        else:  # the state table admits nothing else from a client
+            raise RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+    def _on_hello(self, peer: _Peer, hello: protocol.Hello) -> None:
         mismatch = protocol.check_version(hello)
         if mismatch is not None:
-            _send(conn, cc, mismatch)
-            raise RemoteProtocolError(mismatch.message)
-        challenge = protocol.make_challenge() if self.config.secret else None
-        _send(conn, cc, protocol.ServerHello(capabilities=CAPABILITIES,
-                                             server=f"pktbench {__version__}",
-                                             challenge_hex=challenge))
-        if challenge is not None:
-            answer = _receive(conn, cc, 10.0)
-            if isinstance(answer, protocol.Bye):
-                _send(conn, cc, protocol.Goodbye())
-                return
-            assert isinstance(answer, protocol.AuthResponse)
-            assert self.config.secret is not None
-            if not protocol.verify_auth(self.config.secret, challenge, answer.mac_hex):
-                _send(conn, cc, protocol.Error("auth_failed", "wrong shared secret"))
-                raise AuthError("wrong shared secret")
+            self.stats.protocol_errors += 1
+            self._queue(peer, mismatch, then_close=True)
+            self._log(f"refused {peer.ip}: {mismatch.message}")
+            return
+        if self.config.secret:
+            peer.challenge = protocol.make_challenge()
+            peer.phase = _Phase.AUTH
+            _wait(peer, AUTH_TIMEOUT_S)
+            self._queue(peer, protocol.ServerHello(capabilities=CAPABILITIES,
+                                                   server=f"pktbench {__version__}",
+                                                   challenge_hex=peer.challenge))
+            return
+        if self._refuse_if_busy(peer):
+            return
+        self._queue(peer, protocol.ServerHello(capabilities=CAPABILITIES,
+                                               server=f"pktbench {__version__}"))
+        self._begin_session(peer)
+
+    def _on_auth(self, peer: _Peer, answer: protocol.AuthResponse) -> None:
+        assert self.config.secret is not None and peer.challenge is not None
+        if not protocol.verify_auth(self.config.secret, peer.challenge, answer.mac_hex):
+            self.stats.auth_failures += 1
+            self._queue(peer, protocol.Error("auth_failed", "wrong shared secret"),
+                        then_close=True)
+            self._log(f"refused {peer.ip}: auth failed (wrong shared secret)")
+            return
+        if self._refuse_if_busy(peer):
+            return
+        self._begin_session(peer)
+
+    def _refuse_if_busy(self, peer: _Peer) -> bool:
+        """Only a peer that has said hello and proved the secret learns the
+        server is busy, and only then may it take the server."""
+        if self._session is None:
+            return False
+        self.stats.busy_refusals += 1
+        self._queue(peer, protocol.Error("busy", "another client is running a test on this "
+                                                 "server; try again when it is done"),
+                    then_close=True)
+        self._log(f"refused {peer.ip}: busy")
+        return True
+
+    def _begin_session(self, peer: _Peer) -> None:
+        self.stats.sessions += 1
         session_token = protocol.make_session_token()
+        self._session = _Session(peer, session_token, started=time.monotonic(),
+                                 steps_before=self.stats.steps)
+        peer.phase = _Phase.READY
+        _wait(peer, self.config.idle_timeout_s)
         assert self._udp is not None
-        _send(conn, cc, protocol.Welcome(session_token=session_token,
-                                         data_port=self._udp.getsockname()[1]))
-        step_id = 0
-        while True:
-            event = _receive(conn, cc, self.config.idle_timeout_s)
-            if isinstance(event, protocol.Bye):
-                _send(conn, cc, protocol.Goodbye())
-                return
-            assert isinstance(event, protocol.StepRequest)
-            params = dict(event.params)
-            client_port = params.pop("client_port", None)
-            client_ports = params.pop("client_ports", None)
-            flows: tuple[int, ...] = ()
-            try:
-                step = protocol.validate_step_params(
-                    params, max_rate_pps=self.config.max_rate_pps,
-                    max_duration_s=self.config.max_duration_s)
-                if step.workload in CAPABILITIES and (
-                        not isinstance(client_port, int) or not 1 <= client_port <= 65535):
-                    raise ConfigError("step params: client_port must be the client's UDP port")
-                if step.workload in CAPABILITIES and (step.streams > 1
-                                                      or client_ports is not None):
-                    flows = protocol.validate_client_ports(client_ports, step.streams)
-                if step.workload not in CAPABILITIES and step.workload not in TCP_STEP_HANDLERS:
-                    raise ConfigError(f"step params: workload {step.workload} is not served here")
-            except ConfigError as exc:
-                self.stats.refused_steps += 1
-                _send(conn, cc, protocol.Error("refused", str(exc)))
-                continue
-            token = data_token(session_token, step_id)
-            if step.workload in TCP_STEP_HANDLERS:
-                self._run_tcp_step(conn, cc, step, peer_ip, token, step_id)
-            else:
-                self._run_step(conn, cc, step, (peer_ip, client_port), token, step_id, flows)
-            step_id += 1
+        self._queue(peer, protocol.Welcome(session_token=session_token,
+                                           data_port=self._udp.getsockname()[1]))
 
-    def _run_tcp_step(self, conn: socket.socket, cc: protocol.ControlConnection,
-                      step: StepParams, peer_ip: str, token: int, step_id: int) -> None:
-        handler = TCP_STEP_HANDLERS[step.workload](step, token, peer_ip)
-        hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
-        self._tcp_step = handler
-        sender: dict[str, Any] = {}
+    def _session_of(self, peer: _Peer) -> _Session:
+        session = self._session
+        if session is None or session.peer is not peer:
+            raise LocalProtocolError("event for a connection that holds no session")
+        return session
+
+    def _on_bye(self, peer: _Peer) -> None:
+        if peer.phase is _Phase.AUTH:  # a client without the secret leaves
+            self._queue(peer, protocol.Goodbye(), then_close=True)
+            return
+        session = self._session_of(peer)
+        outcome = "ok"
+        if session.live is not None:
+            session.live.abort()
+            session.live = None
+            self.stats.protocol_errors += 1
+            outcome = "dropped: client left mid-step"
+        # The server is free before the client reads Goodbye, so a client
+        # that reconnects at once is never told it is busy.
+        self._end_session(session, outcome)
+        self._queue(peer, protocol.Goodbye(), then_close=True)
+
+    def _on_step_request(self, peer: _Peer, event: protocol.StepRequest) -> None:
+        session = self._session_of(peer)
+        params = dict(event.params)
+        client_port = params.pop("client_port", None)
+        client_ports = params.pop("client_ports", None)
+        flows: tuple[int, ...] = ()
         try:
-            _send(conn, cc, protocol.StepReady(step_id))
-            event = _receive(conn, cc, hard_limit_s)
-            if isinstance(event, protocol.Bye):
-                _send(conn, cc, protocol.Goodbye())
-                raise RemoteProtocolError("client left mid-step")
-            assert isinstance(event, protocol.StepStop)
-            sender = dict(event.sender)
-        finally:
-            self._tcp_step = None
-            receiver = handler.finish(sender)
-        self.stats.steps += 1
-        _send(conn, cc, protocol.StepResult(step_id, receiver))
+            step = protocol.validate_step_params(
+                params, max_rate_pps=self.config.max_rate_pps,
+                max_duration_s=self.config.max_duration_s)
+            if step.workload in CAPABILITIES and (
+                    not isinstance(client_port, int) or not 1 <= client_port <= 65535):
+                raise ConfigError("step params: client_port must be the client's UDP port")
+            if step.workload in CAPABILITIES and (step.streams > 1 or client_ports is not None):
+                flows = protocol.validate_client_ports(client_ports, step.streams)
+            if step.workload not in CAPABILITIES and step.workload not in TCP_STEP_HANDLERS:
+                raise ConfigError(f"step params: workload {step.workload} is not served here")
+            token = data_token(session.token, session.step_id)
+            live = self._arm(peer, step, session.step_id, token, client_port, flows)
+        except ConfigError as exc:
+            self.stats.refused_steps += 1
+            self._queue(peer, protocol.Error("refused", str(exc)))
+            return
+        session.live = live
+        peer.phase = _Phase.STEP
+        _wait(peer, step.hard_limit_s)
+        self._queue(peer, protocol.StepReady(session.step_id))
 
+    def _arm(self, peer: _Peer, step: StepParams, step_id: int, token: int,
+             client_port: object, flows: tuple[int, ...]) -> _LiveStep:
+        """Start a step's receiving end; ConfigError when it cannot run now."""
+        try:
+            if step.workload in TCP_STEP_HANDLERS:
+                handler = TCP_STEP_HANDLERS[step.workload](step, token, peer.ip)
+                self._tcp_step = handler
+                return _TcpLiveStep(step, step_id, handler)
+            assert self._udp is not None and isinstance(client_port, int)
+            self._flush_udp()
+            loop: engine.ResponderLoop | workers.StreamResponders
+            if len(flows) > 1:  # one connected socket and responder per client flow
+                loop = workers.StreamResponders(
+                    self._udp, local_ip=str(peer.sock.getsockname()[0]),
+                    peers=[self._peer_for_socket((peer.ip, port)) for port in flows],
+                    token=token, command=wire.COMMANDS[step.command],
+                    size_bytes=step.size_bytes, sink=step.workload == "blast",
+                    busy_poll=step.busy_poll, cpus=self.config.cpus)
+            else:
+                loop = engine.ResponderLoop(
+                    self._udp, peer=self._peer_for_socket((peer.ip, client_port)), token=token,
+                    command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
+                    sink=step.workload == "blast", busy_poll=step.busy_poll)
+            live = _UdpLiveStep(self, step, step_id, loop, peer.ip, len(flows))
+            live.start()
+            return live
+        except RuntimeError as exc:  # the host refused a thread
+            self._tcp_step = None
+            self.stats.refused_connections += 1
+            self._note(f"refused a step from {peer.ip}: {exc}")
+            raise ConfigError("the server cannot start a thread now (host limit); "
+                              "try again later") from None
+
+    def _on_step_stop(self, peer: _Peer, event: protocol.StepStop) -> None:
+        session = self._session_of(peer)
+        live = session.live
+        assert live is not None
+        self._tcp_step = None  # no data connection joins a finishing step
+        peer.phase = _Phase.FINISHING
+        _wait(peer, live.step.drain_s + 30.0)
+        self._watch_events(peer)
+        sender = dict(event.sender)
+
+        def finish() -> None:
+            outcome: dict[str, Any] | BaseException
+            try:
+                outcome = live.finish(sender)
+            except BaseException as exc:  # handed to the loop, which drops the session
+                outcome = exc
+            self._finished.put((session, live.step_id, outcome))
+            self._wake()
+
+        thread = threading.Thread(target=finish, daemon=True, name="step-finish")
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to spare: finish here, the loop waits
+            finish()
+            return
+        self._finishers.add(thread)
+
+    def _collect_finished(self) -> None:
+        for thread in [t for t in self._finishers if not t.is_alive()]:
+            self._finishers.discard(thread)
+        while True:
+            try:
+                session, step_id, outcome = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            session.live = None
+            peer = session.peer
+            if self._session is not session:
+                continue
+            if isinstance(outcome, BaseException):
+                self._fail(peer, f"dropped: {_reason(outcome)}")
+                continue
+            self.stats.steps += 1
+            session.step_id = step_id + 1
+            peer.phase = _Phase.READY
+            _wait(peer, self.config.idle_timeout_s)
+            try:
+                self._queue(peer, protocol.StepResult(step_id, outcome))
+            except OSError as exc:
+                self._fail(peer, f"dropped: {_reason(exc)}")
+
+    def _end_of_stream(self, peer: _Peer) -> None:
+        if self._session is not None and self._session.peer is peer:
+            self._end_session(self._session, "ok")
+        self._close(peer)
+
+    def _expire(self, peer: _Peer) -> None:
+        if peer.phase in _PENDING_PHASES:
+            self.stats.handshake_timeouts += 1
+            self._note(f"closed {peer.ip}: no {peer.phase.value} within {peer.wait_s:g} s")
+            self._close(peer)
+        elif peer.phase is _Phase.CLOSING or peer.close_after_write:
+            self._close(peer)  # a peer that does not read its last message
+        elif peer.phase is _Phase.FINISHING:
+            _wait(peer, 1.0)  # the finisher owns the step, and its joins are bounded
+        else:
+            self._fail(peer, f"dropped: peer sent nothing for {peer.wait_s:g} s")
+
+    def _fail(self, peer: _Peer, outcome: str) -> None:
+        """End a peer on an error: a session is logged, a handshake counted."""
+        session = self._session
+        if session is not None and session.peer is peer:
+            if session.live is not None and peer.phase is _Phase.FINISHING:
+                # The finisher still owns the step; the loop ends the session
+                # when the result comes back.
+                return
+            if session.live is not None:
+                session.live.abort()
+                session.live = None
+            self.stats.protocol_errors += 1
+            self._end_session(session, outcome)
+        elif peer.phase in _PENDING_PHASES:
+            self.stats.protocol_errors += 1
+            self._log(f"refused {peer.ip}: {outcome}")
+        self._close(peer)
+
+    def _end_session(self, session: _Session, outcome: str) -> None:
+        self._tcp_step = None
+        self._session = None
+        session.peer.phase = _Phase.CLOSING
+        _wait(session.peer, 2.0)
+        self._log(f"session {session.peer.ip}: {self.stats.steps - session.steps_before} steps "
+                  f"in {time.monotonic() - session.started:.1f} s, {outcome}; server: "
+                  f"{self.stats.summary()}")
+
+    def _shutdown(self) -> None:
+        session = self._session
+        if session is not None:
+            for thread in list(self._finishers):
+                thread.join(timeout=10)
+            if session.live is not None:
+                session.live.abort()
+                session.live = None
+            self._end_session(session, "dropped: server stopping")
+        for peer in list(self._peers):
+            self._close(peer)
+
+    # -- UDP data socket ---------------------------------------------------
     def _flush_udp(self) -> None:
         """Drop whatever arrived while no step was armed, counting it."""
         assert self._udp is not None
@@ -412,92 +1023,23 @@ class Server:
             return ("::ffff:" + peer[0], peer[1])
         return peer
 
-    def _run_step(self, conn: socket.socket, cc: protocol.ControlConnection, step: StepParams,
-                  peer: tuple[str, int], token: int, step_id: int,
-                  flows: tuple[int, ...] = ()) -> None:
-        assert self._udp is not None
-        self._flush_udp()
-        loop: engine.ResponderLoop | workers.StreamResponders
-        if len(flows) > 1:  # one connected socket and responder per client flow
-            try:
-                loop = workers.StreamResponders(
-                    self._udp, local_ip=str(conn.getsockname()[0]),
-                    peers=[self._peer_for_socket((peer[0], port)) for port in flows],
-                    token=token, command=wire.COMMANDS[step.command],
-                    size_bytes=step.size_bytes, sink=step.workload == "blast",
-                    busy_poll=step.busy_poll, cpus=self.config.cpus)
-            except ConfigError as exc:
-                self.stats.refused_steps += 1
-                _send(conn, cc, protocol.Error("refused", str(exc)))
-                return
-        else:
-            loop = engine.ResponderLoop(
-                self._udp, peer=self._peer_for_socket(peer), token=token,
-                command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                sink=step.workload == "blast", busy_poll=step.busy_poll)
-        hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
-        stop = threading.Event()
-        cpu: dict[str, float] = {}
-        host_drops_before = engine.udp_rcvbuf_errors()
-        interface = interface_for(peer[0])
-        nic_before = nic.read_counters(interface)
 
-        def serve() -> None:
-            before = engine.thread_cpu_s()
-            try:
-                loop.serve_until(engine.monotonic_ns() + int(hard_limit_s * 1e9), stop)
-            finally:
-                cpu["s"] = engine.thread_cpu_s() - before
+def _wait(peer: _Peer, seconds: float) -> None:
+    peer.wait_s = seconds
+    peer.deadline = time.monotonic() + seconds
 
-        worker = threading.Thread(target=serve, daemon=True)
-        worker.start()
-        started = time.monotonic()
-        try:
-            _send(conn, cc, protocol.StepReady(step_id))
-            event = _receive(conn, cc, hard_limit_s)
-            if isinstance(event, protocol.Bye):
-                _send(conn, cc, protocol.Goodbye())
-                raise RemoteProtocolError("client left mid-step")
-            assert isinstance(event, protocol.StepStop)
-            sent = event.sender.get("sent")
-            if not isinstance(sent, int) or sent < 0:
-                raise RemoteProtocolError("StepStop without a valid 'sent' count")
-            if isinstance(loop, workers.StreamResponders):
-                sent_per_stream = workers.check_sent_per_stream(
-                    event.sender.get("sent_per_stream"), len(flows))
-            if step.workload == "blast":
-                # stragglers still in flight count; then the window closes
-                stop.wait(step.drain_s)
-        finally:
-            stop.set()
-            worker.join(timeout=5)
-            if isinstance(loop, workers.StreamResponders):
-                loop.close()
-        elapsed = time.monotonic() - started
-        if isinstance(loop, workers.StreamResponders):
-            loop.finish(sent_per_stream)
-            cpu["s"] = loop.cpu_s
-        else:
-            loop.finish(sent)
-        receiver = loop.counters()
-        drops: dict[str, int] = receiver["drops"]  # type: ignore[assignment]
-        # SO_RXQ_OVFL counts for the socket's whole life; the step gets the rise.
-        rxq_total = int(receiver.pop("rcvbuf_drops"))  # type: ignore[call-overload]
-        if isinstance(loop, workers.StreamResponders):
-            receiver["rcvbuf_errors"] = rxq_total  # fresh sockets: their life is this step
-        else:
-            receiver["rcvbuf_errors"] = max(rxq_total - self._rxq_dropped, 0)
-            self._rxq_dropped = max(rxq_total, self._rxq_dropped)
-        receiver["host_rcvbuf_errors"] = engine.udp_rcvbuf_errors() - host_drops_before
-        receiver["interface"] = interface
-        receiver["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
-        receiver["received_packets"] = receiver["received"]
-        receiver["cpu_percent"] = 100.0 * cpu.get("s", 0.0) / elapsed if elapsed > 0 else 0.0
-        receiver["buffers_bytes"] = self.buffers.rcvbuf_bytes if self.buffers else None
-        for reason, count in drops.items():
-            self.stats.drops[reason] += count
-        self.stats.steps += 1
-        _send(conn, cc, protocol.StepResult(step_id, receiver))
+
+def _open_spare_fd() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, PktbenchError):
+        return f"control connection failed: {exc.strerror or exc}"
+    return str(exc)
 
 
 # --------------------------------------------------------------------------
@@ -713,16 +1255,21 @@ class Client:
 # --------------------------------------------------------------------------
 
 class LocalServer:
-    """`pktbench serve` on 127.0.0.1 in a child process, pinned apart from us.
+    """A pktbench Server on 127.0.0.1 in a child process, pinned apart from us.
 
     Sender and receiver share two cores here; on separate CPUs neither
     steals the other's cycles, which is how the reference tools are run.
+    The child runs `serve_for_parent` (the library, not the CLI): it hands
+    its port back over a socket pair and exits when that socket reaches end
+    of file, so the server never outlives this process, however it ends.
     """
 
     def __init__(self, *, bind: str = "127.0.0.1", pin: bool = True) -> None:
         self.bind = bind
         self.pin = pin
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._link: socket.socket | None = None
+        self._our_cpus: set[int] = set()  # given back at stop
         self.port = 0
 
     def __enter__(self) -> LocalServer:
@@ -737,37 +1284,98 @@ class LocalServer:
         return Target(self.bind, self.port)
 
     def start(self) -> None:
-        # Run from the directory holding the package we were imported from, so
-        # `-m pktbench` in the child finds this same pktbench, not a source
-        # tree without its compiled engine that happens to be the cwd.
+        ours, theirs = socket.socketpair()
+        # The child imports the very package we were imported from, not
+        # whatever a working directory or PYTHONPATH would put first.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pktbench", "serve", "--bind", self.bind, "--port", "0",
-             "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=package_root)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("listening on "):
-            error = self.process.stderr.read() if self.process.stderr else ""
-            self.stop()
-            raise ConnectError(f"the embedded server did not start: {(line + error).strip()}")
-        self.port = int(line.rsplit(":", 1)[1])
+        code = (f"import sys; sys.path.insert(0, {package_root!r}); "
+                "from pktbench.session import serve_for_parent; "
+                f"sys.exit(serve_for_parent({theirs.fileno()}, {self.bind!r}))")
+        # A file, not a pipe, for the child's stderr: nobody reads it while
+        # the child runs, and a full pipe would stall it.
+        with tempfile.TemporaryFile() as errors:
+            try:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", code], pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+            except OSError as exc:
+                ours.close()
+                raise ConnectError(f"the embedded server did not start: {exc}") from None
+            finally:
+                theirs.close()
+            self._link = ours
+            line = _read_line(ours, timeout_s=30.0)
+            if not line.startswith("port "):
+                self.stop()
+                errors.seek(0)
+                said = errors.read().decode("utf-8", "replace").strip().splitlines()
+                detail = line.removeprefix("error ") or (said[-1] if said
+                                                         else "it exited without a word")
+                raise ConnectError(f"the embedded server did not start: {detail}")
+        self.port = int(line.split()[1])
         cpus = sorted(os.sched_getaffinity(0))
         if self.pin and len(cpus) >= 2:
             os.sched_setaffinity(self.process.pid, {cpus[-1]})
             os.sched_setaffinity(0, set(cpus[:-1]))
+            self._our_cpus = set(cpus)
 
     def stop(self) -> None:
+        if self._our_cpus:
+            os.sched_setaffinity(0, self._our_cpus)
+            self._our_cpus = set()
+        if self._link is not None:
+            self._link.close()  # the child's cue to leave
+            self._link = None
         if self.process is None:
             return
-        if self.process.poll() is None:
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
         self.process = None
+
+
+def _read_line(sock: socket.socket, *, timeout_s: float) -> str:
+    """One line from `sock`, "" when it closes or stays silent first."""
+    sock.settimeout(timeout_s)
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.decode("utf-8", "replace").strip()
+
+
+def serve_for_parent(fd: int, bind: str = "127.0.0.1") -> int:
+    """Run a quiet Server on `bind` (a free port) for the process holding the
+    other end of socket `fd`: write "port N\\n" to it, then serve until
+    it closes. Returns the exit status for a child process."""
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    link = socket.socket(fileno=fd)
+    try:
+        try:
+            server = Server(ServerConfig(bind=bind, port=0), log=lambda line: None)
+            server.open()
+        except PktbenchError as exc:
+            link.sendall(f"error {exc}\n".encode())
+            return 1
+        with server:
+            link.sendall(f"port {server.address[1]}\n".encode())
+            server.serve_forever(until_eof=link)
+        return 0
+    except OSError:
+        return 1  # the parent left before we could tell it anything
+    finally:
+        link.close()

@@ -257,7 +257,7 @@ class TcpRrStepHandler:
         self._cpu_s = 0.0
         self._error: str | None = None
         self._started_ns = engine.monotonic_ns()
-        hard_limit_s = step.warmup_s + step.duration_s + step.drain_s + step.timeout_s + 10.0
+        hard_limit_s = step.hard_limit_s
         self._thread = threading.Thread(
             target=self._serve, args=(self._started_ns + int(hard_limit_s * 1e9),), daemon=True)
         self._thread.start()
