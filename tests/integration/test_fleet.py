@@ -30,9 +30,9 @@ QUICK = """description = "fleet test: one-way UDP, 4 rates around the policer"
 workload = "blast"
 command = "none"
 size_bytes = 64
-duration_s = 0.5
-warmup_s = 0.2
-drain_s = 0.2
+duration_s = 0.4
+warmup_s = 0.1
+drain_s = 0.1
 early_stop_steps = 1
 
 [rates]
