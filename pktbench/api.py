@@ -1,13 +1,19 @@
 """The library face of pktbench: what every CLI verb calls.
 
 `run_step` measures one step against a server (or against an embedded
-server on loopback when no target is given). Nothing here parses options
-or prints; errors are PktbenchError subclasses.
+server on loopback when no target is given); `run`, `sweep` and `run_bulk`
+return result documents (pktbench.results.SweepResult); `validate`, the
+testbed functions and the kernel probe return their own result objects.
+Every result goes to a reporter (pktbench.report) to be shown. Nothing here
+parses options or prints; errors are PktbenchError subclasses.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pktbench import redis_target
 from pktbench.address import Target, parse_target
@@ -17,9 +23,15 @@ from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.redis_target import RedisAuth
 from pktbench.session import Client, LocalServer
+from pktbench.step import StepResult
 from pktbench.sweeper import StepCallback
 from pktbench.tcp_rr import TcpOptions
 from pktbench.sweeper import sweep as _sweep_impl
+from pktbench.testbed import DEFAULT_PREFIX, TestbedConfig, TestbedInfo
+
+if TYPE_CHECKING:
+    from pktbench.bulk import BulkConfig, PathCounters
+    from pktbench.validate import ValidationReport
 
 
 def step_params(**params: Any) -> StepParams:
@@ -36,7 +48,7 @@ def as_target(target: str | Target | None) -> Target | None:
 def run_step(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
              redis_auth: RedisAuth | None = None,
              stop: threading.Event | None = None,
-             worker_cpus: tuple[int, ...] = ()) -> dict[str, Any]:
+             worker_cpus: tuple[int, ...] = ()) -> StepResult:
     """Run one step and return its step dict (see pktbench.step).
 
     A redis:// target is driven directly (RESP over TCP, no pktbench server);
@@ -57,8 +69,33 @@ def run_step(target: str | Target | None, params: StepParams, *, secret: bytes |
         return client.run_step(params, stop=stop)
 
 
+def run(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
+        redis_auth: RedisAuth | None = None, stop: threading.Event | None = None,
+        worker_cpus: tuple[int, ...] = ()) -> SweepResult:
+    """Run one step and return it as a result document (what `pktbench run` shows).
+
+    Args:
+        target: "HOST[:PORT]", "redis://HOST[:PORT]", a Target, or None for a
+            server started on this machine.
+        params: the step (see `step_params`).
+        secret: the pktbench server's shared secret, if it has one.
+        redis_auth: AUTH for a redis:// target (default: from its URL).
+        stop: set to end the step early.
+        worker_cpus: CPUs for the sender processes of a multi-stream UDP step.
+
+    Returns:
+        A SweepResult of kind "sweep" with config mode "run" and one step.
+
+    Raises:
+        PktbenchError: connection, authentication, protocol or engine trouble.
+    """
+    step = run_step(target, params, secret=secret, redis_auth=redis_auth, stop=stop,
+                    worker_cpus=worker_cpus)
+    return run_result(target, params, step)
+
+
 def run_result(target: str | Target | None, params: StepParams,
-               step: dict[str, Any]) -> SweepResult:
+               step: Mapping[str, Any]) -> SweepResult:
     """A one-step result document, the same shape a sweep writes."""
     resolved = as_target(target)
     host = resolved.host if resolved else "127.0.0.1"
@@ -66,7 +103,7 @@ def run_result(target: str | Target | None, params: StepParams,
               **params.to_dict()}
     env = environment(host)
     env["engine"] = ENGINE_NAME
-    return SweepResult(environment=env, config=config, steps=(step,))
+    return SweepResult(environment=env, config=config, steps=(dict(step),))
 
 
 def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,
@@ -90,3 +127,175 @@ def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None
     return _sweep_impl(resolved, profile, secret=secret, early_stop=early_stop,
                        on_step=on_step, stop=stop, tcp=tcp, redis_auth=redis_auth,
                        workers=workers, cpus=cpus)
+
+
+def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,
+             counters: PathCounters | None = None,
+             on_step: Callable[[dict[str, Any]], None] | None = None,
+             stop: threading.Event | None = None) -> SweepResult:
+    """Measure bulk throughput: one step, or a sweep over stream counts or offered rates.
+
+    Args:
+        target: "HOST[:PORT]" of a pktbench server, a Target, or None for a
+            server started on this machine.
+        config: what to run (pktbench.bulk.BulkConfig).
+        secret: the server's shared secret, if it has one.
+        counters: per-path byte counters; default: the sysfs counters of
+            config.path_ifaces when given.
+        on_step: called with each finished step dict.
+        stop: set to stop between steps.
+
+    Returns:
+        A SweepResult of kind "bulk": the steps, the flow plan and the ceiling.
+
+    Raises:
+        PktbenchError: connection, protocol, planning or configuration trouble.
+    """
+    from pktbench import bulk
+
+    return bulk.run_bulk(target, config, secret=secret, counters=counters, on_step=on_step,
+                         stop=stop)
+
+
+def validate_server(target: str | Target | None, secret: bytes | None = None, *,
+                    cases: tuple[str, ...] | None = None, serving_check: bool = True
+                    ) -> ValidationReport:
+    """Check a pktbench server against crafted good and bad datagrams.
+
+    Args:
+        target: "HOST[:PORT]", a Target, or None for a server started on this
+            machine for the run.
+        secret: the server's shared secret, if it has one.
+        cases: names of the cases to run (pktbench.validate.CASE_NAMES;
+            default all).
+        serving_check: end with an ordinary short step that must get every
+            response.
+
+    Returns:
+        A ValidationReport; its `ok` is False when any case failed.
+
+    Raises:
+        ConfigError: a bad target or an unknown case name.
+        ConnectError, AuthError, ServerBusyError: the session could not start.
+    """
+    # pktbench.validate is the module; the package-level name would be ambiguous
+    from pktbench.validate import validate
+
+    return validate(target, secret, cases=cases, serving_check=serving_check)
+
+
+@dataclass(frozen=True)
+class TestbedStatus:
+    """A testbed prefix and what stands in the kernel under it (None: not up)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    prefix: str
+    info: TestbedInfo | None
+
+    @property
+    def up(self) -> bool:
+        return self.info is not None
+
+
+@dataclass(frozen=True)
+class TestbedRemoval:
+    """What `testbed_down` did: removed is False when there was nothing to remove."""
+
+    __test__ = False
+
+    prefix: str
+    removed: bool
+
+
+@dataclass(frozen=True)
+class KernelProbe:
+    """Which testbed features (netem, tbf, htb, bonding, nft, ECMP hash) work here."""
+
+    features: Mapping[str, bool]
+
+
+def testbed_up(config: TestbedConfig) -> TestbedStatus:
+    """Build the namespace testbed `config` describes, or keep the identical one (root).
+
+    Args:
+        config: prefix, paths, shaping and policing of the testbed.
+
+    Returns:
+        The testbed as it now stands.
+
+    Raises:
+        PktbenchError: not root, a missing tool, or the kernel refused a part.
+    """
+    from pktbench import testbed as bed
+
+    return TestbedStatus(config.prefix, bed.up(config))
+
+
+def testbed_down(prefix: str = DEFAULT_PREFIX) -> TestbedRemoval:
+    """Remove the testbed under `prefix` (namespaces and all inside); fine if none.
+
+    Args:
+        prefix: the namespaces are PREFIX-a and PREFIX-b.
+
+    Returns:
+        Whether there was a testbed to remove.
+
+    Raises:
+        PktbenchError: not root, or the kernel refused the removal.
+    """
+    from pktbench import testbed as bed
+
+    return TestbedRemoval(prefix, bed.down(prefix))
+
+
+def testbed_status(prefix: str = DEFAULT_PREFIX) -> TestbedStatus:
+    """Describe the testbed under `prefix`: addresses, shaping, counters.
+
+    Args:
+        prefix: the namespaces are PREFIX-a and PREFIX-b.
+
+    Returns:
+        The status; its `info` is None when no testbed is up.
+
+    Raises:
+        PktbenchError: the kernel state could not be read.
+    """
+    from pktbench import testbed as bed
+
+    return TestbedStatus(prefix, bed.status(prefix))
+
+
+def testbed_probe() -> KernelProbe:
+    """Try each testbed feature in a throw-away namespace (root).
+
+    Returns:
+        Feature name -> usable here.
+
+    Raises:
+        PktbenchError: not root, or `ip` is missing.
+    """
+    from pktbench import testbed as bed
+
+    return KernelProbe(bed.probe_kernel())
+
+
+@contextlib.contextmanager
+def temporary_testbed(config: TestbedConfig) -> Iterator[TestbedInfo]:
+    """The testbed for the length of a `with` block; removed on the way out, even on error.
+
+    Args:
+        config: as for `testbed_up`.
+
+    Yields:
+        The testbed's TestbedInfo (addresses to use inside the block).
+
+    Raises:
+        PktbenchError: as `testbed_up` and `testbed_down`.
+    """
+    status = testbed_up(config)
+    assert status.info is not None
+    try:
+        yield status.info
+    finally:
+        testbed_down(config.prefix)

@@ -4,7 +4,8 @@ Owns: the bulk data connections at both ends (the server's TcpStepHandler for
 workload "bulk", the client's streams), the measured window each end counts
 bytes in, TCP_INFO parsing, probing which path a source port lands on (flow
 planning, see flows.py), the per-step dicts, sweeps over stream counts or
-offered Gbit/s, and the bulk result document with its ceiling.
+offered Gbit/s. The result document (kind "bulk", with its ceiling) is
+pktbench.results.SweepResult; pktbench.report.bulk renders it.
 
 Protocol: after Client.begin_step(StepParams(workload="bulk", streams=N)),
 each stream is its own TCP connection to the server's control port (so its
@@ -48,18 +49,16 @@ Must not: touch the UDP data socket outside Client.run_step, or run `ip`
 from __future__ import annotations
 
 import errno
-import json
 import multiprocessing
 import os
 import resource
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from pktbench import protocol, session, wire
 from pktbench._tcp import PUMP_OPEN, BulkPump
@@ -75,26 +74,21 @@ from pktbench.flows import (
     udp_overhead,
 )
 from pktbench.protocol import StepParams
+from pktbench.results import SweepResult
 
 __all__ = [
-    "BULK_SCHEMA_VERSION",
     "BulkConfig",
-    "BulkResult",
     "BulkStepHandler",
     "PathCounters",
     "TcpInfo",
     "plan_flows",
     "read_tcp_info",
-    "render_bulk",
     "run_bulk",
     "run_tcp_step",
     "run_udp_step",
-    "step_line",
     "sysfs_counters",
-    "write_bulk_json",
 ]
 
-BULK_SCHEMA_VERSION = 1
 RECV_BUFFER_BYTES = 256 * 1024
 # Bytes per send() of a TCP stream. The ceiling is about the path, not the
 # syscall rate: with 1 MiB writes one loopback stream here moves ~2.5x what
@@ -988,65 +982,12 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
 
 # -- the whole test ----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BulkResult:
-    """A bulk test: its steps, the ceiling among them, the flow plan and the host."""
-
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    steps: tuple[dict[str, Any], ...]
-    plan: FlowPlan | None = None
-    target: str = ""
-
-    @property
-    def ceiling_step(self) -> dict[str, Any] | None:
-        return max(self.steps, key=lambda s: s["aggregate_bits_per_second"], default=None)
-
-    def ceiling(self) -> dict[str, Any]:
-        """The highest aggregate goodput, on-wire too, beside the link speed."""
-        best = self.ceiling_step
-        link = self.config.get("link_speed_bps")
-        if best is None:
-            return {"bits_per_second": None}
-        overhead = best.get("overhead")
-        ratio = overhead["goodput_ratio"] if overhead else None
-        return {
-            "bits_per_second": best["aggregate_bits_per_second"],
-            "wire_bits_per_second": best["wire_bits_per_second"],
-            "frame_bits_per_second": best["frame_bits_per_second"],
-            "step_index": best["index"],
-            "streams": best["streams_requested"],
-            "offered_bits_per_second": best.get("offered_bits_per_second"),
-            "link_speed_bps": link,
-            "link_percent": best["link_percent"],
-            "goodput_link_percent": (100.0 * best["aggregate_bits_per_second"] / link
-                                     if link else None),
-            "max_goodput_at_link_bps": link * ratio if link and ratio else None,
-            "overhead": overhead,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        ceiling = self.ceiling()
-        return {
-            "schema_version": BULK_SCHEMA_VERSION,
-            "kind": "bulk",
-            "target": self.target,
-            "environment": self.environment,
-            "config": self.config,
-            "plan": self.plan.to_dict() if self.plan else None,
-            "steps": list(self.steps),
-            "ceiling": ceiling,
-            "ceiling_bits_per_second": ceiling["bits_per_second"],
-            "ceiling_wire_bits_per_second": ceiling.get("wire_bits_per_second"),
-        }
-
-
 StepHook = Callable[[dict[str, Any]], None]
 
 
 def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,
              counters: PathCounters | None = None, on_step: StepHook | None = None,
-             stop: threading.Event | None = None) -> BulkResult:
+             stop: threading.Event | None = None) -> SweepResult:
     """Run a bulk test (one step, or a sweep over stream counts or offered rates).
 
     Args:
@@ -1057,6 +998,9 @@ def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes |
             config.path_ifaces when given.
         on_step: called with each finished step dict.
         stop: set to stop between steps.
+
+    Returns:
+        The result document, kind "bulk": its steps, flow plan and ceiling.
 
     Raises:
         PktbenchError: connection, protocol, planning or configuration trouble.
@@ -1077,7 +1021,7 @@ def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes |
 def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | None,
               counters: PathCounters | None, on_step: StepHook | None,
               stop: threading.Event | None, environment: Callable[..., dict[str, Any]]
-              ) -> BulkResult:
+              ) -> SweepResult:
     steps: list[dict[str, Any]] = []
     plan: FlowPlan | None = None
     with session.Client(target, secret=secret) as client:
@@ -1107,102 +1051,5 @@ def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | No
                 if on_step:
                     on_step(steps[-1])
         env = environment(client.server_address[0])
-    return BulkResult(config=config.to_dict(), environment=env, steps=tuple(steps), plan=plan,
-                      target=label)
-
-
-# -- reports ----------------------------------------------------------------------
-
-def _gbit(value: Any) -> str:
-    return f"{value / 1e9:.3f}" if isinstance(value, (int, float)) else "-"
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
-
-
-def step_line(step: Mapping[str, Any]) -> str:
-    """One progress line for a finished step."""
-    what = (f"{step['streams_requested']} stream(s)" if step["transport"] == "tcp" else
-            f"offered {_gbit(step.get('offered_bits_per_second'))} Gbit/s")
-    return (f"step {step['index'] + 1}: {step['transport']} {what}: "
-            f"{_gbit(step['aggregate_bits_per_second'])} Gbit/s goodput, "
-            f"{_gbit(step['wire_bits_per_second'])} Gbit/s on the wire")
-
-
-def render_bulk(result: BulkResult) -> str:
-    """The human report: per-step and per-stream tables, overhead and the ceiling."""
-    from tabulate import tabulate
-
-    lines: list[str] = []
-    cfg = result.config
-    lines.append(f"bulk {cfg['transport']} {cfg['direction']} to {result.target}")
-    if result.plan is not None:
-        plan = result.plan
-        lines.append(f"flow plan ({plan.method}): ports {', '.join(map(str, plan.ports))}"
-                     + (f" over {', '.join(plan.path_names)}"
-                        f" ({plan.probes} probes)" if plan.method == "probed" else ""))
-    headers = ["step", "streams", "goodput Gbit/s", "on-wire Gbit/s", "% link", "retrans",
-               "sender CPU%", "receiver CPU%"]
-    if cfg["transport"] == "udp":
-        headers[1] = "offered Gbit/s"
-        headers[5] = "loss %"
-    rows = []
-    for step in result.steps:
-        second = (step["streams_requested"] if step["transport"] == "tcp"
-                  else _gbit(step.get("offered_bits_per_second")) if step.get("offered_bits_per_second")
-                  else "max")
-        fifth = (step["retransmits"] if step["transport"] == "tcp"
-                 else _pct(100 * step["loss_ratio"]))
-        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bits_per_second"]),
-                     _gbit(step["wire_bits_per_second"]), _pct(step["link_percent"]),
-                     fifth if fifth is not None else "-", _pct(step["sender_cpu_percent"]),
-                     _pct(step["receiver_cpu_percent"])])
-    lines.append(tabulate(rows, headers=headers, disable_numparse=True))
-    for step in result.steps:
-        lines.append("")
-        lines.append(f"step {step['index'] + 1} per stream:")
-        stream_rows = [[s["stream_id"], s["source_port"], s["path"] if s["path"] is not None
-                        and s["path"] >= 0 else "-", _gbit(s["bits_per_second"]),
-                        _gbit(s["wire_bits_per_second"]),
-                        s["retransmits"] if s["retransmits"] is not None else "-",
-                        s["cwnd_segments"] if s["cwnd_segments"] is not None else "-",
-                        s["rtt_us"] if s["rtt_us"] is not None else "-", s["error"] or ""]
-                       for s in step["streams"]]
-        lines.append(tabulate(stream_rows, headers=["stream", "src port", "path", "Gbit/s",
-                                                    "on-wire", "retrans", "cwnd", "rtt us", ""],
-                              disable_numparse=True))
-        if step.get("per_path"):
-            lines.append("per path (interface counters, " + step["per_path"][0]["direction"]
-                         + "): " + ", ".join(f"{p['name']} {_gbit(p['bits_per_second'])} Gbit/s"
-                                             for p in step["per_path"]))
-    ceiling = result.ceiling()
-    if ceiling.get("bits_per_second") is not None:
-        lines.append("")
-        if ceiling.get("overhead"):
-            lines.append("overhead per " + ("segment" if cfg["transport"] == "tcp"
-                                            else "datagram") + ": " + ceiling["overhead"]["text"])
-        text = (f"ceiling: {_gbit(ceiling['bits_per_second'])} Gbit/s goodput, "
-                f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
-                f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
-        if ceiling.get("link_speed_bps"):
-            text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"
-                     f" Gbit/s link (goodput can reach at most "
-                     f"{_gbit(ceiling['max_goodput_at_link_bps'])} Gbit/s there)")
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def write_bulk_json(result: BulkResult, target: str | IO[str]) -> None:
-    """Write the bulk document to a path, '-' (stdout) or an open stream."""
-    text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-    if isinstance(target, str):
-        if target == "-":
-            sys.stdout.write(text + "\n")
-            return
-        with open(target, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        return
-    target.write(text + "\n")
-
-
+    return SweepResult.bulk(env, {"target": label, **config.to_dict()}, tuple(steps),
+                            plan.to_dict() if plan else None)

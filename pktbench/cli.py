@@ -159,6 +159,7 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
           max_rate: float | None, max_duration: float | None, once: bool, quiet: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
     from pktbench import wire
+    from pktbench.report import listening_line, server_summary_line
     from pktbench.session import Server, ServerConfig
 
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
@@ -166,20 +167,15 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
                           max_duration_s=max_duration, once=once)
     log = (lambda line: None) if quiet else None
     with Server(config, log=log) as server:
-        host, chosen = server.address
-        click.echo(f"listening on {host}:{chosen}")
+        click.echo(listening_line(server.address))
         sys.stdout.flush()
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
-            stats = server.stats
             if not quiet:
-                click.echo(f"pktbench serve: {stats.sessions} sessions, {stats.steps} steps, "
-                           f"{stats.busy_refusals} busy, {stats.auth_failures} auth failures, "
-                           f"{stats.protocol_errors} dropped, drops "
-                           f"{sum(stats.drops.values())}", err=True)
+                click.echo(server_summary_line(server.stats), err=True)
 
 
 # -- run --------------------------------------------------------------------------
@@ -221,7 +217,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
         workers: int, cpus_text: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
     from pktbench import api
-    from pktbench.report import check_output_path, step_table, write_json
+    from pktbench.report import check_output_path, write_report
 
     if json_path:
         check_output_path(json_path, "json")
@@ -237,11 +233,10 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
                              connections=tcp.connections if tcp else None,
                              pipeline=tcp.pipeline if tcp else None, streams=workers)
     secret = read_secret(token, token_file)
-    step = api.run_step(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus)
-    out = sys.stderr if json_path == "-" else sys.stdout
-    click.echo(step_table(step), file=out)
+    result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus)
+    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout, kind="run")
     if json_path:
-        write_json(api.run_result(resolved, params, step), json_path)
+        write_report("json", result, json_path, kind="run")
 
 
 # -- sweep ------------------------------------------------------------------------
@@ -386,12 +381,10 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 @main.command("profiles")
 def profiles_command() -> None:
     """List the built-in workload profiles."""
-    from tabulate import tabulate
-
     from pktbench import config
+    from pktbench.report import write_report
 
-    rows = [(name, description) for name, description in config.list_profiles()]
-    click.echo(tabulate(rows, headers=["profile", "description"]))
+    write_report("table", config.list_profiles(), sys.stdout, kind="profiles")
 
 
 @main.command()
@@ -401,8 +394,8 @@ def profiles_command() -> None:
 def compare(old: str, new: str, json_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side."""
     from pktbench.report import compare as compare_results
-    from pktbench.report import render_compare, write_compare
     from pktbench.fleet.result import is_fleet_file
+    from pktbench.report import write_report
     from pktbench.results import load_result
 
     if is_fleet_file(old) or is_fleet_file(new):
@@ -412,9 +405,9 @@ def compare(old: str, new: str, json_path: str | None) -> None:
         return
     a, b = load_result(old), load_result(new)
     comparison = compare_results(a, b, label_a=Path(old).stem, label_b=Path(new).stem)
-    click.echo(render_compare(comparison))
+    write_report("table", comparison, sys.stdout, kind="compare")
     if json_path:
-        write_compare(comparison, json_path)
+        write_report("json", comparison, json_path, kind="compare")
 
 
 # --- decode: per-flow statistics of a packet capture -------------------------
@@ -426,62 +419,22 @@ def compare(old: str, new: str, json_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def decode(capture: str, port: int | None, as_json: bool) -> None:
     """Per-flow packets, rate, loss, duplicates and reordering in CAPTURE (pcap/pcapng)."""
-    import json
-
-    from pktbench.decode import DECODE_SCHEMA_VERSION, decode_pcap, render_table
-    from pktbench.errors import PktbenchError
+    from pktbench.decode import decode_pcap
+    from pktbench.report import write_decode_error, write_report
 
     try:
         result = decode_pcap(capture, port=port)
     except PktbenchError as exc:
         if as_json:
             # stdout stays one valid JSON document, errors included.
-            click.echo(json.dumps({"schema_version": DECODE_SCHEMA_VERSION, "error": str(exc)}))
+            write_decode_error(str(exc), sys.stdout)
             raise click.exceptions.Exit(1) from None
         raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        click.echo(render_table(result))
+    write_report("json" if as_json else "table", result, sys.stdout, kind="decode")
 
 
 # ---------------------------------------------------------------- testbed
 # `pktbench testbed ...`: thin shell over pktbench.testbed (root only).
-
-
-def _testbed_summary(info: object) -> str:
-    from pktbench.testbed import TestbedInfo
-
-    assert isinstance(info, TestbedInfo)
-    cfg = info.config
-    lines = [
-        f"testbed {info.prefix}: up, {info.mechanism} over {cfg.paths} path(s), "
-        f"namespaces {info.namespaces['a']} (client) / {info.namespaces['b']} (server)",
-        f"  reach a at {info.addrs['a']}, b at {info.addrs['b']}  (mtu {cfg.mtu})",
-    ]
-    for path in info.paths:
-        lines.append(f"  path {path.index}: {path.ifname_a} {path.addr_a} <-> "
-                     f"{path.ifname_b} {path.addr_b}")
-    direction = "a->b and b->a" if cfg.both_directions else "a->b"
-    if cfg.rate_cap_bps is not None:
-        lines.append(f"  rate cap: {cfg.rate_cap_qdisc} {cfg.rate_cap_bps} bit/s per path, "
-                     f"{direction}")
-    for pol in info.policers:
-        lines.append(f"  pps policer {pol.direction}: {pol.rate_pps}/s burst "
-                     f"{pol.burst_packets} (seen {pol.seen_packets}, dropped "
-                     f"{pol.dropped_packets})")
-    if info.delay_applied_ms > 0:
-        lines.append(f"  delay: {info.delay_applied_ms:g} ms {direction}")
-    for note in info.degradations:
-        lines.append(f"  degraded: {note}")
-    lines.append("  counters (packets rx/tx, dropped rx/tx):")
-    for side in ("a", "b"):
-        for name, c in sorted(info.counters[side].items()):
-            if name == "lo":
-                continue
-            lines.append(f"    {side} {name}: {c['rx_packets']}/{c['tx_packets']}, "
-                         f"{c['rx_dropped']}/{c['tx_dropped']}")
-    return "\n".join(lines)
 
 
 @main.group("testbed")
@@ -537,10 +490,8 @@ def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: st
                as_json: bool, hosts: int | None = None,
                host_pps_limits: tuple[str, ...] = ()) -> None:
     """Create (or keep, if identical) the namespace testbed."""
-    import json
-
-    from pktbench import testbed
-    from pktbench.errors import ConfigError, PktbenchError
+    from pktbench import api, testbed
+    from pktbench.report import write_report, write_testbed_error
 
     if hosts is not None:
         from pktbench.fleet.command import testbed_hosts_up
@@ -559,30 +510,27 @@ def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: st
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        info = testbed.up(config)
+        status = api.testbed_up(config)
     except PktbenchError as exc:
         if as_json:
-            click.echo(json.dumps({"error": str(exc)}))
+            write_testbed_error(str(exc), sys.stdout)
             raise SystemExit(1) from None
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(info.to_dict(), indent=2) if as_json else _testbed_summary(info))
+    write_report("json" if as_json else "table", status, sys.stdout, kind="testbed")
 
 
 @testbed_group.command("down")
 @_testbed_prefix_option
 def testbed_down(prefix: str) -> None:
     """Remove the testbed (namespaces, veths, qdiscs, nft rules). Fine if none."""
-    from pktbench import testbed
-    from pktbench.errors import PktbenchError
+    from pktbench import api
+    from pktbench.fleet import testbed as fleet_testbed
+    from pktbench.report import write_report
 
-    try:
-        removed = testbed.down(prefix)
-        from pktbench.fleet import testbed as fleet_testbed
-
-        removed = fleet_testbed.down(prefix) or removed
-    except PktbenchError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"testbed {prefix}: removed" if removed else f"testbed {prefix}: none to remove")
+    removal = api.testbed_down(prefix)
+    if fleet_testbed.down(prefix):  # the namespaces of `testbed up --hosts N`
+        removal = api.TestbedRemoval(prefix, True)
+    write_report("table", removal, sys.stdout, kind="testbed-down")
 
 
 @testbed_group.command("status")
@@ -590,48 +538,29 @@ def testbed_down(prefix: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def testbed_status(prefix: str, as_json: bool) -> None:
     """Show addresses, shaping, mechanism and counters; exit 1 if not up."""
-    import json
-
-    from pktbench import testbed
-    from pktbench.errors import PktbenchError
+    from pktbench import api
+    from pktbench.report import write_report, write_testbed_error
 
     try:
-        info = testbed.status(prefix)
+        status = api.testbed_status(prefix)
     except PktbenchError as exc:
         if as_json:
-            click.echo(json.dumps({"error": str(exc)}))
+            write_testbed_error(str(exc), sys.stdout)
             raise SystemExit(1) from None
         raise click.ClickException(str(exc)) from None
-    if info is None:
-        if as_json:
-            click.echo(json.dumps({"prefix": prefix, "up": False}))
-        else:
-            click.echo(f"testbed {prefix}: not up")
+    write_report("json" if as_json else "table", status, sys.stdout, kind="testbed")
+    if not status.up:
         raise SystemExit(1)
-    if as_json:
-        click.echo(json.dumps({"up": True, **info.to_dict()}, indent=2))
-    else:
-        click.echo(_testbed_summary(info))
 
 
 @testbed_group.command("probe")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def testbed_probe(as_json: bool) -> None:
     """Say which kernel features (netem, bonding, tbf, htb, nft, ECMP hash) work here."""
-    import json
+    from pktbench import api
+    from pktbench.report import write_report
 
-    from pktbench import testbed
-    from pktbench.errors import PktbenchError
-
-    try:
-        found = testbed.probe_kernel()
-    except PktbenchError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(found))
-    else:
-        for name, usable in found.items():
-            click.echo(f"{name}: {'yes' if usable else 'no'}")
+    write_report("json" if as_json else "table", api.testbed_probe(), sys.stdout, kind="probe")
 
 
 @testbed_group.command(
@@ -646,7 +575,6 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
     Example: pktbench testbed exec b -- pktbench serve
     """
     from pktbench import testbed
-    from pktbench.errors import PktbenchError
 
     argv = list(command[1:] if command[0] == "--" else command)
     if not argv:
@@ -655,8 +583,6 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
         proc = testbed.exec_in(side, argv, prefix=prefix)  # type: ignore[arg-type]
     except FileNotFoundError:
         raise click.ClickException(f"command not found: {argv[0]}") from None
-    except PktbenchError as exc:
-        raise click.ClickException(str(exc)) from None
     raise SystemExit(proc.returncode)
 
 
@@ -677,32 +603,23 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
     Without HOST, a server is started on this machine. Exit 0 when no case
     failed (cases that need root are skipped without it), 1 otherwise.
     """
-    import json
-
-    from pktbench.report import check_output_path
-    from pktbench.validate import VALIDATE_SCHEMA_VERSION, render_table, validate
+    from pktbench import api
+    from pktbench.report import check_output_path, write_report, write_validation_error
 
     if json_path:
         check_output_path(json_path, "json")
-
-    def write(document: dict[str, Any]) -> None:
-        text = json.dumps(document, indent=2) + "\n"
-        if json_path == "-":
-            click.echo(text, nl=False)
-        elif json_path:
-            Path(json_path).write_text(text, encoding="utf-8")
-
     try:
-        report = validate(target, read_secret(token, token_file),
-                          cases=case_names or None)
+        report = api.validate_server(target, read_secret(token, token_file),
+                                    cases=case_names or None)
     except PktbenchError as exc:
         if json_path:
             # stdout stays one valid JSON document, errors included.
-            write({"schema_version": VALIDATE_SCHEMA_VERSION, "target": target,
-                   "ok": False, "error": str(exc)})
+            write_validation_error(target, str(exc), json_path)
         raise click.ClickException(str(exc)) from None
-    click.echo(render_table(report), file=sys.stderr if json_path == "-" else sys.stdout)
-    write(report.to_dict())
+    write_report("table", report, sys.stderr if json_path == "-" else sys.stdout,
+                 kind="validate")
+    if json_path:
+        write_report("json", report, json_path, kind="validate")
     if not report.ok:
         raise SystemExit(1)
 
@@ -807,8 +724,9 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
 
     Without HOST, a server is started on this machine.
     """
+    from pktbench import api
     from pktbench import bulk as bulk_mod
-    from pktbench.report import check_output_path
+    from pktbench.report import bulk_step_line, check_output_path, write_report
 
     if json_path:
         check_output_path(json_path, "json")
@@ -821,27 +739,27 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    out = sys.stderr if json_path == "-" else sys.stdout
     progress = (lambda step: None) if quiet else (
-        lambda step: click.echo(bulk_mod.step_line(step), err=True))
-    result = bulk_mod.run_bulk(target, config, secret=read_secret(token, token_file),
-                               on_step=progress)
-    click.echo(bulk_mod.render_bulk(result), file=out)
+        lambda step: click.echo(bulk_step_line(step), err=True))
+    result = api.run_bulk(target, config, secret=read_secret(token, token_file),
+                          on_step=progress)
+    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
     if json_path:
-        bulk_mod.write_bulk_json(result, json_path)
+        write_report("json", result, json_path)
 
 
 # ---------------------------------------------------------------- sweep --workload bulk
 # `pktbench sweep --workload bulk`: the stream-count or offered-Gbit/s sweep of
-# pktbench.bulk.run_bulk, with the same table and JSON as `pktbench bulk`.
+# pktbench.api.run_bulk, with the same table and JSON as `pktbench bulk`.
 
 def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: bool,
                 duration: float | None, warmup: float | None, size: int | None,
                 json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
                 cpus: tuple[int, ...] = ()) -> None:
+    from pktbench import api
     from pktbench import bulk as bulk_mod
     from pktbench.flows import parse_count_list, parse_rate_list
-    from pktbench.report import check_output_path
+    from pktbench.report import bulk_step_line, check_output_path, write_report
 
     if json_path:
         check_output_path(json_path, "json")
@@ -862,13 +780,12 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
             workers=workers, cpus=cpus)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    out = sys.stderr if json_path == "-" else sys.stdout
     progress = (lambda step: None) if quiet else (
-        lambda step: click.echo(bulk_mod.step_line(step), err=True))
-    result = bulk_mod.run_bulk(target, config, secret=secret, on_step=progress)
-    click.echo(bulk_mod.render_bulk(result), file=out)
+        lambda step: click.echo(bulk_step_line(step), err=True))
+    result = api.run_bulk(target, config, secret=secret, on_step=progress)
+    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
     if json_path:
-        bulk_mod.write_bulk_json(result, json_path)
+        write_report("json", result, json_path)
 
 
 # ---------------------------------------------------------------- --workers / --cpus

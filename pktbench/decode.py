@@ -20,7 +20,7 @@ hold millions of packets: scapy's PcapReader dissects about 5k packets/s
 here (100k packets: ~20 s), this struct-over-mmap reader about 350k/s
 (100k: ~0.3 s). Memory per flow is 8 bytes per packet (its sequence
 numbers, for exact duplicate/reorder counts). Formatting for the terminal
-lives in render_table().
+lives in pktbench.report.decode.
 """
 from __future__ import annotations
 
@@ -527,32 +527,5 @@ def sequence_stats(seqs: Any) -> dict[str, int]:
     }
 
 
-def render_table(result: DecodeResult) -> str:
-    """The decode result as a terminal table plus a totals line."""
-    from tabulate import tabulate
-
-    rows = [[
-        f"{f.src}:{f.src_port}", f"{f.dst}:{f.dst_port}", f.stream_id, f"{f.token:x}", f.kind,
-        f.packets, f.payload_bytes,
-        f"{f.size_min_bytes}" if f.size_min_bytes == f.size_max_bytes
-        else f"{f.size_min_bytes}-{f.size_max_bytes}",
-        f"{f.duration_s:.3f}", f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets,
-        f.reordered_packets,
-    ] for f in result.flows]
-    headers = ["source", "destination", "stream", "token", "kind", "packets", "payload_bytes",
-               "size_bytes", "duration_s", "rate_pps", "missing", "duplicate", "reordered"]
-    lines = [tabulate(rows, headers=headers, tablefmt="simple") if rows
-             else "no pktbench packets found"]
-    lines.append(
-        f"{result.packets} packets: {result.pktbench_packets} pktbench, "
-        f"{result.other_udp_packets} other UDP, {result.non_udp_packets} not UDP, "
-        f"{result.fragment_packets} fragments, {result.truncated_packets} truncated"
-    )
-    if result.version_mismatch_packets:
-        lines.append(f"{result.version_mismatch_packets} packets carry pktbench's magic but not "
-                     f"wire version {wire.VERSION}: decode them with the pktbench that sent them")
-    return "\n".join(lines)
-
-
 __all__ = ["DECODE_SCHEMA_VERSION", "DecodeResult", "FlowStats", "SUPPORTED_LINKTYPES",
-           "decode_pcap", "render_table", "sequence_stats"]
+           "decode_pcap", "sequence_stats"]

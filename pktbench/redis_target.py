@@ -29,6 +29,7 @@ from pktbench import _tcp, tcp_rr, wire
 from pktbench.address import Target, parse_target, resolve
 from pktbench.errors import AuthError, ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
+from pktbench.step import StepResult
 
 HANDSHAKE_TIMEOUT_S = 5.0
 
@@ -185,7 +186,7 @@ class RedisClient:
         self._wrote_key = True
 
     def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
-                 stop: threading.Event | None = None) -> dict[str, Any]:
+                 stop: threading.Event | None = None) -> StepResult:
         """One rr-tcp step against the server; returns its step dict."""
         if params.workload != tcp_rr.WORKLOAD:
             raise ConfigError(f"a Redis target runs request/response over TCP only "
@@ -228,7 +229,7 @@ class RedisClient:
 
 
 def run_step(target: str | Target, params: StepParams, *, auth: RedisAuth | None = None,
-             stop: threading.Event | None = None) -> dict[str, Any]:
+             stop: threading.Event | None = None) -> StepResult:
     """Run one rr-tcp step against the Redis server at `target` (a redis:// URL or Target).
 
     Credentials in the URL are used unless `auth` is given.

@@ -1,9 +1,10 @@
-"""The sweep result document: its schema version, reading, writing, host facts.
+"""The result document of sweeps, runs and bulk tests: schema version, reading, host facts.
 
-Owns: SCHEMA_VERSION, the SweepResult wrapper around the sweep document (the
-shape is written out in the project's result-shape notes and README), loading
-result files (refusing newer schemas, upgrading older ones), grouping the
-repeats of a rate, and `environment()`, the host facts recorded with a run.
+Owns: SCHEMA_VERSION, the SweepResult wrapper around the result document (its
+`kind` is "sweep" for rate sweeps and single runs, "bulk" for throughput
+tests), the bulk ceiling, loading result files (refusing newer schemas,
+upgrading older ones, old bulk files included), grouping the repeats of a
+rate, and `environment()`, the host facts recorded with a run.
 
 Invariants:
 - `SweepResult.to_dict()` is exactly what the JSON file holds; `from_dict`
@@ -30,27 +31,53 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pktbench._version import __version__
 from pktbench.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Upgrades from version N to N + 1, applied in order by `upgrade_document`.
-# Version 1 is the first published schema, so there is nothing to upgrade yet;
-# when version 2 comes, `_UPGRADES[1]` turns a version-1 document into one.
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
+KINDS = ("sweep", "bulk")
 _REQUIRED_KEYS = ("environment", "config", "steps")
+
+
+def _one_to_two(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had two documents: sweeps (no `kind`) and bulk tests (`kind` "bulk").
+
+    A version-1 bulk file numbered its schema on its own and kept the target
+    and two copies of the ceiling at the top level; version 2 keeps the
+    target in `config`, as sweeps do, and the ceiling once.
+    """
+    if doc.get("kind") == "bulk":
+        target = doc.pop("target", None)
+        doc["config"] = {**doc.get("config", {}), "target": target}
+        doc.pop("ceiling_bits_per_second", None)
+        doc.pop("ceiling_wire_bits_per_second", None)
+        doc.setdefault("tool", {"name": "pktbench",
+                                "version": doc.get("environment", {}).get("pktbench", "unknown")})
+    else:
+        doc["kind"] = "sweep"
+    for key in ("knee", "kneedle_pps", "ndr_pps", "pdr_pps", "search", "plan", "ceiling"):
+        doc.setdefault(key, None)
+    return doc
+
+
+# Upgrades from version N to N + 1, applied in order by `upgrade_document`;
+# read-only so no caller can change how old files are read.
+_UPGRADES: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = MappingProxyType(
+    {1: _one_to_two})
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    """One sweep: the steps as measured plus what the knee finder concluded.
+    """One result document: the steps as measured plus what was concluded from them.
 
-    Attributes mirror the sweep document's top-level keys; `steps` holds the
-    step dicts unchanged.
+    Attributes mirror the document's top-level keys; `steps` holds the step
+    dicts unchanged. `kind` "sweep" (a rate sweep, or one `run` step) carries
+    the knee and search fields; `kind` "bulk" carries the flow `plan` and
+    the `ceiling` (see `bulk_ceiling`) and leaves the knee fields None.
     """
 
     environment: dict[str, Any]
@@ -63,10 +90,27 @@ class SweepResult:
     search: dict[str, Any] | None = None
     tool: dict[str, Any] = field(
         default_factory=lambda: {"name": "pktbench", "version": __version__})
+    kind: str = "sweep"
+    plan: dict[str, Any] | None = None
+    ceiling: dict[str, Any] | None = None
+
+    @classmethod
+    def bulk(cls, environment: dict[str, Any], config: dict[str, Any],
+             steps: tuple[dict[str, Any], ...], plan: dict[str, Any] | None = None
+             ) -> SweepResult:
+        """A bulk test's document; its ceiling is worked out here, once."""
+        return cls(environment=environment, config=config, steps=steps, kind="bulk",
+                   plan=plan, ceiling=bulk_ceiling(steps, config.get("link_speed_bps")))
+
+    @property
+    def target(self) -> str:
+        """Where the traffic went, as the config records it ("" when unknown)."""
+        return str(self.config.get("target") or "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
+            "kind": self.kind,
             "tool": dict(self.tool),
             "environment": self.environment,
             "config": self.config,
@@ -76,6 +120,8 @@ class SweepResult:
             "ndr_pps": self.ndr_pps,
             "pdr_pps": self.pdr_pps,
             "search": self.search,
+            "plan": self.plan,
+            "ceiling": self.ceiling,
         }
 
     @classmethod
@@ -92,6 +138,9 @@ class SweepResult:
                                   "pktbench sweep result")
         if not isinstance(doc["steps"], list):
             raise ConfigError(f"{source}: 'steps' must be a list of step results")
+        if doc.get("kind") not in KINDS:
+            raise ConfigError(f"{source}: kind {doc.get('kind')!r} is not a pktbench result "
+                              f"kind ({', '.join(KINDS)})")
         return cls(
             environment=dict(doc["environment"]),
             config=dict(doc["config"]),
@@ -102,6 +151,9 @@ class SweepResult:
             pdr_pps=doc.get("pdr_pps"),
             search=doc.get("search"),
             tool=dict(doc.get("tool") or {"name": "pktbench", "version": "unknown"}),
+            kind=doc["kind"],
+            plan=doc.get("plan"),
+            ceiling=doc.get("ceiling"),
         )
 
     @property
@@ -117,8 +169,33 @@ class SweepResult:
         return group_by_rate(self.steps)
 
 
+def bulk_ceiling(steps: tuple[dict[str, Any], ...], link_speed_bps: float | None
+                 ) -> dict[str, Any]:
+    """The bulk step with the highest aggregate goodput, on-wire too, beside the link speed."""
+    best = max(steps, key=lambda s: s["aggregate_bits_per_second"], default=None)
+    if best is None:
+        return {"bits_per_second": None}
+    link = link_speed_bps
+    overhead = best.get("overhead")
+    ratio = overhead["goodput_ratio"] if overhead else None
+    return {
+        "bits_per_second": best["aggregate_bits_per_second"],
+        "wire_bits_per_second": best["wire_bits_per_second"],
+        "frame_bits_per_second": best["frame_bits_per_second"],
+        "step_index": best["index"],
+        "streams": best["streams_requested"],
+        "offered_bits_per_second": best.get("offered_bits_per_second"),
+        "link_speed_bps": link,
+        "link_percent": best["link_percent"],
+        "goodput_link_percent": (100.0 * best["aggregate_bits_per_second"] / link
+                                 if link else None),
+        "max_goodput_at_link_bps": link * ratio if link and ratio else None,
+        "overhead": overhead,
+    }
+
+
 def upgrade_document(document: Mapping[str, Any], source: str = "result") -> dict[str, Any]:
-    """Bring a sweep document to SCHEMA_VERSION (a copy; the input is untouched).
+    """Bring a result document to SCHEMA_VERSION (a copy; the input is untouched).
 
     Raises:
         ConfigError: no schema_version, or one newer than this pktbench reads.
@@ -147,7 +224,13 @@ def upgrade_document(document: Mapping[str, Any], source: str = "result") -> dic
 
 
 def load_result(path: str | os.PathLike[str]) -> SweepResult:
-    """Read a JSON result file written by `pktbench sweep --json`.
+    """Read a JSON result file written by `pktbench sweep`, `run` or `bulk` with --json.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The result, upgraded to SCHEMA_VERSION.
 
     Raises:
         ConfigError: unreadable file, invalid JSON (with the line), a newer

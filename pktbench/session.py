@@ -44,7 +44,7 @@ from pktbench.errors import (
 )
 from pktbench.protocol import Role, StepParams
 from pktbench.results import interface_for
-from pktbench.step import summarize_step
+from pktbench.step import StepResult, summarize_step
 
 CAPABILITIES = ("rr", "blast")
 
@@ -1199,8 +1199,8 @@ class Client:
             pass
 
     def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
-                 stop: threading.Event | None = None) -> dict[str, Any]:
-        """Run one step on the server and return its step dict."""
+                 stop: threading.Event | None = None) -> StepResult:
+        """Run one step on the server and return its step result."""
         if params.workload == "rr-tcp":
             from pktbench import tcp_rr
 
@@ -1224,13 +1224,13 @@ class Client:
             self.abandon_step()
             raise
         receiver = self.end_step({"sent": outcome.counters["sent"]}, params.drain_s + 15.0)
-        step = summarize_step(params, outcome, receiver, index=index, repeat=repeat)
-        step["sender"]["interface"] = interface
+        figures: dict[str, Any] = {"interface": interface}
         if self.buffers is not None:
-            step["sender"]["socket_buffers_bytes"] = {"rcvbuf": self.buffers.rcvbuf_bytes,
-                                                      "sndbuf": self.buffers.sndbuf_bytes}
-        step["sender"]["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
-        return step
+            figures["socket_buffers_bytes"] = {"rcvbuf": self.buffers.rcvbuf_bytes,
+                                               "sndbuf": self.buffers.sndbuf_bytes}
+        figures["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
+        return summarize_step(params, outcome, receiver, index=index, repeat=repeat,
+                              sender_figures=figures)
 
     def close(self) -> None:
         if self.workers is not None:

@@ -1,12 +1,18 @@
 """One step's numbers, as the reports and the knee finder read them.
 
-Owns the step dict (see the keys below): it combines what the sender
-measured with the counters the receiver sent back over the control channel.
-Every key names its unit. Pure computation, no I/O.
+Owns the step result (StepResult below, documented in docs/step-result.md,
+which `python -m pktbench.step` renders from STEP_FIELDS): it combines what
+the sender measured with the counters the receiver sent back over the
+control channel. It is built here, in `summarize_step`, and nowhere else;
+what a workload knows beyond the common figures comes in as arguments, and
+readers that annotate a step (the knee finder) annotate a copy. Every key
+names its unit. Pure computation, no I/O.
 """
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 from pktbench import engine
 from pktbench.protocol import StepParams
@@ -16,13 +22,146 @@ from pktbench.protocol import StepParams
 SENDER_BOUND_RATIO = 0.99
 
 
+class LossEpisodes(TypedDict):
+    count: float
+    max_length: float
+    mean_length: float
+
+
+class SenderFigures(TypedDict, total=False):
+    eagain: int
+    enobufs: int
+    rcvbuf_drops: int
+    cpu_percent: float
+    stopped_early: bool
+    interface: str | None
+    socket_buffers_bytes: dict[str, int]
+    nic: dict[str, Any] | None
+    workers: int
+    transport: str
+    connections: int
+    pipeline: int
+    written_requests: int
+    window_waits: int
+    resp_errors: int
+    late_replies: int
+
+
+class _StepResultOptional(TypedDict, total=False):
+    # NotRequired is 3.11+; a total=False base gives the same on 3.10.
+    workers: list[dict[str, Any]]
+    search_trial: bool
+
+
+class StepResult(_StepResultOptional):
+    index: int
+    repeat: int
+    workload: str
+    command: str
+    offered_pps: float
+    rate_max: bool
+    sent_pps: float
+    received_pps: float
+    sent_packets: int
+    received_packets: int
+    lost_packets: int
+    loss_ratio: float
+    late_packets: int
+    duplicate_packets: int
+    reordered_packets: int
+    size_bytes: int
+    duration_s: float
+    warmup_s: float
+    sent_mbps: float
+    received_mbps: float
+    latency_us: dict[str, float] | None
+    latency_actual_us: dict[str, float] | None
+    send_lag_us: dict[str, float] | None
+    jitter_us: float | None
+    latency_mode: str
+    sender_bound: bool
+    sender: SenderFigures
+    receiver: dict[str, Any]
+    loss_episodes: LossEpisodes
+    attribution: str
+    failures: list[str]
+
+
+# key -> what it holds, in words with its unit; docs/step-result.md is rendered from this.
+STEP_FIELDS: dict[str, str] = {
+    "index": "position of the step in its sweep, from 0",
+    "repeat": "repetition of this rate, from 0",
+    "workload": "rr, blast, rr-tcp (a redis:// target is rr-tcp too)",
+    "command": "RESP command of rr requests (ping, get, set), none for one-way",
+    "offered_pps": "rate the schedule asked for, packets/s (the sent rate when rate_max)",
+    "rate_max": "true when the step ran as fast as the sender could",
+    "sent_pps": "rate that left the sender over the measured window, packets/s",
+    "received_pps": "rate the receiver counted (rr: responses), packets/s",
+    "sent_packets": "packets sent in the measured window",
+    "received_packets": "packets counted at the receiver (rr: responses back)",
+    "lost_packets": "sent minus received (rr: requests without a response in time)",
+    "loss_ratio": "lost_packets / sent_packets",
+    "late_packets": "responses after their timeout (blast: stale datagrams)",
+    "duplicate_packets": "packets counted more than once",
+    "reordered_packets": "packets that arrived after a later sequence number (blast)",
+    "size_bytes": "UDP payload (or TCP request) size, bytes",
+    "duration_s": "span the sender actually sent over, seconds",
+    "warmup_s": "traffic before the window that was not counted, seconds",
+    "sent_mbps": "payload bits sent per second, Mbit/s",
+    "received_mbps": "payload bits received per second, Mbit/s",
+    "latency_us": "rr: round trip from the scheduled send time (p50, p90, p99, p999, min, "
+                  "mean, max), microseconds; null for one-way",
+    "latency_actual_us": "rr: round trip from the actual send time, same keys; null for one-way",
+    "send_lag_us": "how late sends left against their schedule, same keys, microseconds",
+    "jitter_us": "blast: RFC 3550 interarrival jitter, microseconds; null for rr",
+    "latency_mode": "busy-poll or blocking: how both ends waited",
+    "sender_bound": "the sender could not keep its schedule: the step says nothing about the "
+                    "path",
+    "sender": "the sender's own figures (SenderFigures: eagain, enobufs, rcvbuf_drops, "
+              "cpu_percent, stopped_early; interface, socket_buffers_bytes, nic where known; "
+              "workers for multi-flow steps; transport, connections, pipeline, "
+              "written_requests, window_waits, resp_errors, late_replies for rr-tcp)",
+    "receiver": "the counters the far end sent back, as it sent them",
+    "loss_episodes": "runs of consecutive losses: count, max_length, mean_length (packets)",
+    "attribution": "where lost packets went (ok until the knee finder looks)",
+    "failures": "knee criteria the step failed, in words (empty until the knee finder looks)",
+    "workers": "multi-flow steps only: one entry per sender process and flow",
+    "search_trial": "NDR/PDR search trials only: true",
+}
+
+
+def render_doc() -> str:
+    """docs/step-result.md, from STEP_FIELDS."""
+    optional = StepResult.__optional_keys__
+    rows = "\n".join(f"| `{key}` | {'only some steps' if key in optional else 'always'} | "
+                      f"{text} |" for key, text in STEP_FIELDS.items())
+    return ("# The step result\n\n"
+            "<!-- rendered by `python -m pktbench.step` from pktbench/step.py; "
+            "a test fails when they differ -->\n\n"
+            "Every step a sweep, a run or a search measures is one `StepResult`\n"
+            "(`pktbench/step.py`): a mapping with the keys below, built once by\n"
+            "`summarize_step` and never changed afterwards. The JSON result's `steps` are\n"
+            "these mappings, annotated by the knee finder (`failures`, `attribution`).\n"
+            "Every key that carries a number names its unit.\n\n"
+            "| key | present | what it holds |\n|---|---|---|\n" + rows + "\n")
+
+
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole > 0 else 0.0
 
 
 def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: dict[str, Any],
-                   *, index: int = 0, repeat: int = 0) -> dict[str, Any]:
-    """The step dict for one measured window."""
+                   *, index: int = 0, repeat: int = 0,
+                   sender_figures: Mapping[str, Any] | None = None,
+                   sender_bound: bool = False,
+                   workers: Sequence[dict[str, Any]] | None = None) -> StepResult:
+    """The step result for one measured window.
+
+    `sender_figures`: what the workload's client knows beyond the engine's
+    counters (see SenderFigures); `sender_bound`: the workload's own reason
+    to call the sender the bottleneck, beside the delivered-rate rule;
+    `workers`: a multi-flow step's per-flow figures.
+    """
     c = sender.counters
     duration_s = sender.send_span_s
     sent = c["sent"]
@@ -48,9 +187,18 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
     episodes["mean_length"] = _ratio(lost, episodes["count"]) if episodes["count"] else 0.0
     offered = params.rate_pps
     sent_pps = sender.sent_pps
-    sender_bound = offered is not None and sent_pps < SENDER_BOUND_RATIO * offered
+    sender_bound = sender_bound or (offered is not None
+                                    and sent_pps < SENDER_BOUND_RATIO * offered)
     summaries = engine.latency_summaries(sender)
-    return {
+    figures: SenderFigures = {
+        "eagain": c["eagain"],
+        "enobufs": c["enobufs"],
+        "rcvbuf_drops": c["rcvbuf_drops"],
+        "cpu_percent": 100.0 * _ratio(sender.cpu_s, duration_s),
+        "stopped_early": sender.stopped_early,
+    }
+    figures.update(sender_figures or {})  # type: ignore[typeddict-item]
+    result: StepResult = {
         "index": index,
         "repeat": repeat,
         "workload": params.workload,
@@ -77,15 +225,17 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
         "jitter_us": receiver.get("jitter_us") if not rr else None,
         "latency_mode": "busy-poll" if params.busy_poll else "blocking",
         "sender_bound": sender_bound,
-        "sender": {
-            "eagain": c["eagain"],
-            "enobufs": c["enobufs"],
-            "rcvbuf_drops": c["rcvbuf_drops"],
-            "cpu_percent": 100.0 * _ratio(sender.cpu_s, duration_s),
-            "stopped_early": sender.stopped_early,
-        },
+        "sender": figures,
         "receiver": receiver,
-        "loss_episodes": episodes,
+        "loss_episodes": {"count": episodes["count"], "max_length": episodes["max_length"],
+                          "mean_length": episodes["mean_length"]},
         "attribution": "ok",
         "failures": [],
     }
+    if workers is not None:
+        result["workers"] = list(workers)
+    return result
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_doc())

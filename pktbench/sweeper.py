@@ -11,7 +11,7 @@ come from the profile), and the whole sweep stops on `stop` between steps.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from pktbench.protocol import StepParams, validate_step_params
 from pktbench.redis_target import RedisAuth, RedisClient
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
+from pktbench.step import StepResult
 from pktbench.tcp_rr import TcpOptions
 
 StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
@@ -84,7 +85,12 @@ def tcp_options_for(profile: Profile) -> TcpOptions:
     return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
-def _rates_above(steps: list[dict[str, Any]], rate_pps: float) -> int:
+def _as_dict(step: StepResult) -> dict[str, Any]:
+    """A step for readers that take plain mappings (progress, reports)."""
+    return step  # type: ignore[return-value]  # a TypedDict is a dict at run time
+
+
+def _rates_above(steps: Sequence[Mapping[str, Any]], rate_pps: float) -> int:
     return len({s["offered_pps"] for s in steps if s["offered_pps"] > rate_pps * (1 + 1e-9)})
 
 
@@ -95,11 +101,11 @@ class _Runner:
         self.plan = plan
         self.on_step = on_step
         self.stop = stop
-        self.steps: list[dict[str, Any]] = []
+        self.steps: list[StepResult] = []
         self.planned = plan.profile.step_count
 
     def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
-             ) -> dict[str, Any]:
+             ) -> StepResult:
         params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s,
                                  tcp=self.plan.tcp, workers=self.plan.workers)
         result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
@@ -125,24 +131,24 @@ class _Runner:
             repeats = sum(1 for s in self.steps if s["offered_pps"] == retrial)
             self._record(self.step(retrial, repeats))
 
-    def _record(self, step: dict[str, Any]) -> None:
+    def _record(self, step: StepResult) -> None:
         self.steps.append(step)
         if self.on_step is not None:
-            self.on_step(step, len(self.steps), self.planned)
+            self.on_step(_as_dict(step), len(self.steps), self.planned)
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
     def search(self) -> search.SearchResult:
         profile = self.plan.profile
-        trials: list[dict[str, Any]] = []
+        trials: list[StepResult] = []
 
         def trial(rate_pps: float, duration_s: float) -> search.TrialOutcome:
-            step = self.step(rate_pps, 0, duration_s=duration_s)
-            step["search_trial"] = True
+            step: StepResult = {**self.step(rate_pps, 0, duration_s=duration_s),
+                                "search_trial": True}
             trials.append(step)
             if self.on_step is not None:
-                self.on_step(step, len(self.steps) + len(trials), 0)
+                self.on_step(_as_dict(step), len(self.steps) + len(trials), 0)
             return search.TrialOutcome(offered_pps=rate_pps, loss_ratio=step["loss_ratio"],
                                        sender_bound=step["sender_bound"],
                                        duration_s=step["duration_s"],

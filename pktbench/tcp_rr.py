@@ -36,7 +36,7 @@ from pktbench import _tcp, engine, histogram, session, wire
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
 from pktbench.protocol import StepParams
-from pktbench.step import summarize_step
+from pktbench.step import StepResult, summarize_step
 
 WORKLOAD = "rr-tcp"
 
@@ -168,25 +168,22 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
 
 
 def summarize(params: StepParams, outcome: engine.SenderOutcome, receiver: dict[str, Any],
-              *, index: int = 0, repeat: int = 0) -> dict[str, Any]:
-    """The step dict of an rr-tcp step: a UDP rr step's keys, TCP facts in "sender"."""
-    step = summarize_step(dataclasses.replace(params, workload="rr"), outcome, receiver,
-                          index=index, repeat=repeat)
+              *, index: int = 0, repeat: int = 0) -> StepResult:
+    """The step result of an rr-tcp step: a UDP rr step's keys, TCP facts in "sender"."""
     c = outcome.counters
     lag_p50_ns = histogram.percentile_ns(outcome.send_lag_hist, 50.0)
-    if params.rate_pps is not None and lag_p50_ns is not None \
-            and lag_p50_ns > SENDER_LAG_LIMIT_NS:
-        step["sender_bound"] = True
-    step["sender"].update({
-        "transport": "tcp",
-        "connections": params.connections,
-        "pipeline": params.pipeline,
-        "written_requests": c["written"],
-        "window_waits": c["window_waits"],
-        "resp_errors": c["resp_errors"],
-        "late_replies": c["late"],
-    })
-    return step
+    lagging = (params.rate_pps is not None and lag_p50_ns is not None
+               and lag_p50_ns > SENDER_LAG_LIMIT_NS)
+    return summarize_step(dataclasses.replace(params, workload="rr"), outcome, receiver,
+                          index=index, repeat=repeat, sender_bound=lagging, sender_figures={
+                              "transport": "tcp",
+                              "connections": params.connections,
+                              "pipeline": params.pipeline,
+                              "written_requests": c["written"],
+                              "window_waits": c["window_waits"],
+                              "resp_errors": c["resp_errors"],
+                              "late_replies": c["late"],
+                          })
 
 
 def connect_data(address: tuple[str, int], family: int, count: int, token: int,
@@ -210,7 +207,7 @@ def connect_data(address: tuple[str, int], family: int, count: int, token: int,
 
 
 def run_client_step(client: session.Client, params: StepParams, *, index: int = 0,
-                    repeat: int = 0, stop: threading.Event | None = None) -> dict[str, Any]:
+                    repeat: int = 0, stop: threading.Event | None = None) -> StepResult:
     """One rr-tcp step against `pktbench serve`: arm, connect, drive, collect."""
     if params.workload != WORKLOAD:
         raise ConfigError(f"workload {params.workload} is not {WORKLOAD}")

@@ -751,24 +751,6 @@ def validate(target: str | Target | None, secret: bytes | None = None, *,
         return ValidationReport(str(resolved), client.server_name, tuple(results))
 
 
-def render_table(report: ValidationReport) -> str:
-    """The report as a table (case, expected, observed, result) with a verdict line."""
-    from tabulate import tabulate
-
-    rows = [(c.name, c.expected, c.observed, c.status) for c in report.cases]
-    table = tabulate(rows, headers=("case", "expected", "observed", "result"),
-                     maxcolwidths=[None, 34, 60, None])
-    failed, skipped = len(report.failures), len(report.skipped)
-    passed = len(report.cases) - failed - skipped
-    verdict = (f"{report.target} ({report.server}): {passed} passed, {failed} failed, "
-               f"{skipped} skipped")
-    if skipped:
-        reasons = sorted({c.observed.removeprefix("skipped (").removesuffix(")")
-                          for c in report.skipped})
-        verdict += f" ({'; '.join(reasons)}: not passed, not failed)"
-    return f"{table}\n{verdict}"
-
-
 __all__ = ["CASES", "CASE_NAMES", "CaseResult", "ValidationReport", "VALIDATE_SCHEMA_VERSION",
-           "render_table", "validate"]
+           "validate"]
 

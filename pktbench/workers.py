@@ -48,7 +48,7 @@ from pktbench import engine, errors, nic, wire
 from pktbench.errors import ConfigError, PktbenchError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.results import interface_for
-from pktbench.step import summarize_step
+from pktbench.step import StepResult, summarize_step
 
 WORKER_START_TIMEOUT_S = 60.0  # a spawned interpreter imports numpy and the engine
 START_DELAY_S = 0.1  # every worker starts its schedule at the same instant, this far ahead
@@ -288,8 +288,8 @@ def _pool_for(client: Any, count: int) -> WorkerPool:
 
 
 def run_client_step(client: Any, params: StepParams, *, index: int = 0, repeat: int = 0,
-                    stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run one rr or blast step over params.streams worker flows; its step dict."""
+                    stop: threading.Event | None = None) -> StepResult:
+    """Run one rr or blast step over params.streams worker flows; its step result."""
     count = params.streams
     outstanding = split_outstanding(params.outstanding if params.workload == "rr" else None,
                                      count)
@@ -318,16 +318,18 @@ def run_client_step(client: Any, params: StepParams, *, index: int = 0, repeat: 
     receiver = client.end_step({"sent": sum(sent), "sent_per_stream": sent},
                                params.drain_s + 15.0)
     merged = merge_outcomes(outcomes, params.rate_pps)
-    step = summarize_step(params, merged, receiver, index=index, repeat=repeat)
     per_stream = receiver.get("streams") or [{}] * count
-    step["workers"] = [_worker_figures(params, info, outcome, per_stream[i] if i < len(
-        per_stream) else {}) for i, (info, outcome) in enumerate(zip(pool.workers, outcomes))]
-    step["sender"]["workers"] = count
-    step["sender"]["interface"] = interface
-    step["sender"]["socket_buffers_bytes"] = {"rcvbuf": pool.workers[0].rcvbuf_bytes,
-                                              "sndbuf": pool.workers[0].sndbuf_bytes}
-    step["sender"]["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
-    return step
+    flows = [_worker_figures(params, info, outcome, per_stream[i] if i < len(per_stream) else {})
+             for i, (info, outcome) in enumerate(zip(pool.workers, outcomes))]
+    figures = {
+        "workers": count,
+        "interface": interface,
+        "socket_buffers_bytes": {"rcvbuf": pool.workers[0].rcvbuf_bytes,
+                                 "sndbuf": pool.workers[0].sndbuf_bytes},
+        "nic": nic.deltas(nic_before, nic.read_counters(interface)),
+    }
+    return summarize_step(params, merged, receiver, index=index, repeat=repeat,
+                          sender_figures=figures, workers=flows)
 
 
 def _worker_figures(params: StepParams, info: WorkerInfo, outcome: engine.SenderOutcome,

@@ -14,6 +14,7 @@ from cli_support import PKTBENCH
 from click.testing import CliRunner
 
 from pktbench.cli import main
+from pktbench.results import SCHEMA_VERSION
 
 import pktbench
 
@@ -123,7 +124,7 @@ def test_run_embedded_writes_the_step_document(tmp_path):
     assert "responses" in out and "p99" in out
     document = json.loads(path.read_text())
     step = document["steps"][0]
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == SCHEMA_VERSION
     for key in ("offered_pps", "sent_pps", "received_pps", "sent_packets", "received_packets",
                 "loss_ratio", "latency_us", "sender_bound"):
         assert key in step

@@ -32,8 +32,8 @@ def test_cli_sweep_bulk_over_stream_counts_writes_the_bulk_document(tmp_path: Pa
         assert all(stream["error"] is None and stream["bytes"] > 0 for stream in step["streams"])
     # each stream on its own source port
     assert len({s["source_port"] for s in steps[1]["streams"]}) == 2
-    assert document["ceiling_bits_per_second"] == max(s["aggregate_bits_per_second"]
-                                                      for s in steps)
+    assert document["ceiling"]["bits_per_second"] == max(s["aggregate_bits_per_second"]
+                                                         for s in steps)
 
 
 def test_cli_sweep_bulk_refuses_rate_sweep_options() -> None:

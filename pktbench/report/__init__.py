@@ -1,9 +1,16 @@
-"""Reporters: turn a SweepResult into a table, JSON, CSV or a plot.
+"""Reporters: turn a result into a table, JSON, CSV or a plot.
 
-Owns: the explicit registry REPORTERS (name -> callable(result, target)),
-`write_report`, and `check_output_path`, which the CLI calls for every
-output before a sweep starts so that a bad path fails in a second, not after
-a long run.
+Owns: the explicit, read-only registry REPORTERS (result kind -> format ->
+callable(result, target)), `write_report`, and `check_output_path`, which
+the CLI calls for every output before a run starts so that a bad path fails
+in a second, not after a long run.
+
+Result kinds: "sweep" and "bulk" (pktbench.results.SweepResult, whose
+`kind` says which), "run" (a one-step SweepResult shown as one step),
+"validate" (ValidationReport), "decode" (DecodeResult), "testbed"
+(api.TestbedStatus), "testbed-down" (api.TestbedRemoval), "probe"
+(api.KernelProbe), "profiles" (a list of (name, description)) and
+"compare" (the dict `compare` gives for two sweeps).
 
 Invariant: reporters compute nothing; every statistic comes with the result.
 Must not: import matplotlib at import time (only the plot reporter does, when
@@ -11,43 +18,104 @@ called).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pktbench.errors import ConfigError
-from pktbench.report._common import check_output_path
-from pktbench.report.compare import compare, render_compare, write_compare
+from pktbench.report._common import Target, check_output_path, open_text
+from pktbench.report.bulk import bulk_step_line, render_bulk, write_bulk_table
+from pktbench.report.compare import compare, render_compare, write_compare, write_compare_table
 from pktbench.report.csvout import render_csv, write_csv
+from pktbench.report.decode import (
+    render_decode,
+    write_decode_error,
+    write_decode_json,
+    write_decode_table,
+)
 from pktbench.report.jsonout import render_json, write_json
 from pktbench.report.plot import write_plot
 from pktbench.report.progress import Progress, step_line
 from pktbench.report.table import render_table, step_table, write_step_table, write_table
-from pktbench.results import SweepResult
+from pktbench.report.testbed import (
+    render_testbed,
+    write_probe_json,
+    write_probe_table,
+    write_removal_table,
+    write_testbed_error,
+    write_testbed_json,
+    write_testbed_table,
+)
+from pktbench.report.text import listening_line, server_summary_line, write_profiles
+from pktbench.report.validate import (
+    render_validation,
+    write_validation_error,
+    write_validation_json,
+    write_validation_table,
+)
 
-Reporter = Callable[[SweepResult, Any], None]
-
-REPORTERS: dict[str, Reporter] = {
-    "table": write_table,
-    "json": write_json,
-    "csv": write_csv,
-    "plot": write_plot,
-}
+Reporter = Callable[[Any, Any], None]
 
 
-def write_report(kind: str, result: SweepResult, target: Any) -> None:
-    """Write `result` with the reporter named `kind` to a path, "-" or a stream.
+def write_run_table(result: Any, target: Target) -> None:
+    """Reporter ("run", "table"): the one step of a `pktbench run` result."""
+    with open_text(target) as stream:
+        stream.write(step_table(result.steps[0]) + "\n")
+
+
+def _frozen(table: Mapping[str, Mapping[str, Reporter]]
+            ) -> Mapping[str, Mapping[str, Reporter]]:
+    return MappingProxyType({kind: MappingProxyType(dict(formats))
+                             for kind, formats in table.items()})
+
+
+REPORTERS: Mapping[str, Mapping[str, Reporter]] = _frozen({
+    "sweep": {"table": write_table, "json": write_json, "csv": write_csv, "plot": write_plot},
+    "bulk": {"table": write_bulk_table, "json": write_json},
+    "run": {"table": write_run_table, "json": write_json},
+    "validate": {"table": write_validation_table, "json": write_validation_json},
+    "decode": {"table": write_decode_table, "json": write_decode_json},
+    "testbed": {"table": write_testbed_table, "json": write_testbed_json},
+    "testbed-down": {"table": write_removal_table},
+    "probe": {"table": write_probe_table, "json": write_probe_json},
+    "profiles": {"table": write_profiles},
+    "compare": {"table": write_compare_table, "json": write_compare},
+})
+
+
+def write_report(fmt: str, result: Any, target: Any, kind: str | None = None) -> None:
+    """Write `result` in format `fmt` to a path, "-" or a stream.
+
+    Args:
+        fmt: "table", "json", "csv" or "plot", as the result kind offers.
+        result: the result object.
+        target: a path, "-" (standard output) or an open text stream.
+        kind: the result kind (a REPORTERS key); default the result's own
+            `kind` attribute (a SweepResult's "sweep" or "bulk").
 
     Raises:
-        ConfigError: unknown reporter, or the target cannot be written.
+        ConfigError: unknown kind or format, or the target cannot be written.
     """
-    reporter = REPORTERS.get(kind)
+    chosen = kind if kind is not None else getattr(result, "kind", None)
+    formats = REPORTERS.get(chosen) if isinstance(chosen, str) else None
+    if formats is None:
+        raise ConfigError(f"no reporter for results of kind {chosen!r} "
+                          f"(kinds: {', '.join(REPORTERS)})")
+    reporter = formats.get(fmt)
     if reporter is None:
-        raise ConfigError(f"unknown report format {kind!r} (choose from {', '.join(REPORTERS)})")
+        raise ConfigError(f"unknown report format {fmt!r} for a {chosen} result "
+                          f"(choose from {', '.join(formats)})")
     reporter(result, target)
 
 
 __all__ = [
-    "REPORTERS", "Progress", "check_output_path", "compare", "render_compare", "render_csv",
-    "render_json", "render_table", "step_line", "step_table", "write_compare", "write_csv",
-    "write_json", "write_plot", "write_report", "write_step_table", "write_table",
+    "REPORTERS", "Progress", "bulk_step_line", "check_output_path", "compare",
+    "listening_line", "render_bulk", "render_compare", "render_csv", "render_decode",
+    "render_json", "render_table", "render_testbed", "render_validation",
+    "server_summary_line", "step_line", "step_table", "write_bulk_table", "write_compare", "write_compare_table",
+    "write_csv", "write_decode_error", "write_decode_json", "write_decode_table", "write_json",
+    "write_plot", "write_probe_json", "write_probe_table", "write_profiles",
+    "write_removal_table", "write_report", "write_run_table", "write_step_table",
+    "write_table", "write_testbed_error", "write_testbed_json", "write_testbed_table",
+    "write_validation_error", "write_validation_json", "write_validation_table",
 ]

@@ -15,11 +15,13 @@ own numbers side by side.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from tabulate import tabulate
 
+from pktbench.errors import ConfigError
 from pktbench.report._common import (
     Target,
     fmt_loss_percent,
@@ -126,7 +128,14 @@ def compare(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b: str 
                     "a_loss_ratio", "b_loss_ratio", "a_p50_us", "b_p50_us",
                     "p50_ratio", "p50_verdict", "a_p99_us", "b_p99_us",
                     "p99_ratio", "p99_verdict"}]}
+
+    Raises:
+        ConfigError: either result is not a rate sweep (a bulk result).
     """
+    for result, label in ((a, label_a), (b, label_b)):
+        if result.kind != "sweep":
+            raise ConfigError(f"{label} is a {result.kind} result: compare sets two rate "
+                              "sweeps side by side")
     values_a, values_b = _headline_values(a), _headline_values(b)
     summary = []
     for metric, name in _HEADLINES:
@@ -213,6 +222,15 @@ def render_compare(comparison: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_compare(comparison: Mapping[str, Any], target: Target) -> None:
+def write_compare_table(comparison: Mapping[str, Any], target: Target) -> None:
+    """Reporter ("compare", "table"): `render_compare` and a newline."""
     with open_text(target) as stream:
-        stream.write(render_compare(comparison))
+        stream.write(render_compare(comparison) + "\n")
+
+
+def write_compare(comparison: Mapping[str, Any], target: Target) -> None:
+    """Reporter ("compare", "json"): the comparison document, as `compare --json` promises."""
+    from pktbench.report.jsonout import finite
+
+    with open_text(target) as stream:
+        stream.write(json.dumps(finite(dict(comparison)), indent=2, allow_nan=False) + "\n")

@@ -18,18 +18,19 @@ from pktbench.report._common import Target, open_text
 from pktbench.results import SweepResult
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None, nested dicts and lists too."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
 def render_json(result: SweepResult) -> str:
-    return json.dumps(_finite(result.to_dict()), indent=2, allow_nan=False) + "\n"
+    return json.dumps(finite(result.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(result: SweepResult, target: Target) -> None:

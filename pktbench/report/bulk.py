@@ -1,0 +1,130 @@
+"""The bulk reporter: per-step and per-stream throughput tables, overhead and the ceiling.
+
+Owns: how a bulk result reads on a terminal (the table `pktbench bulk` and
+`pktbench sweep --workload bulk` print) and the one progress line per
+finished bulk step.
+
+Must not: compute; the ceiling, the on-wire rates and the overhead text come
+with the result.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pktbench.report._common import Target, open_text
+
+
+def _gbit(value: Any) -> str:
+    return f"{value / 1e9:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def bulk_step_line(step: Mapping[str, Any]) -> str:
+    """One progress line for a finished bulk step."""
+    what = (f"{step['streams_requested']} stream(s)" if step["transport"] == "tcp" else
+            f"offered {_gbit(step.get('offered_bits_per_second'))} Gbit/s")
+    return (f"step {step['index'] + 1}: {step['transport']} {what}: "
+            f"{_gbit(step['aggregate_bits_per_second'])} Gbit/s goodput, "
+            f"{_gbit(step['wire_bits_per_second'])} Gbit/s on the wire")
+
+
+def _plan_line(plan: Mapping[str, Any]) -> str:
+    line = f"flow plan ({plan['method']}): ports {', '.join(map(str, plan['ports']))}"
+    if plan["method"] == "probed":
+        line += f" over {', '.join(plan['path_names'])} ({plan['probes']} probes)"
+    return line
+
+
+def _step_rows(steps: Any, transport: str) -> tuple[list[str], list[list[Any]]]:
+    headers = ["step", "streams", "goodput Gbit/s", "on-wire Gbit/s", "% link", "retrans",
+               "sender CPU%", "receiver CPU%"]
+    if transport == "udp":
+        headers[1] = "offered Gbit/s"
+        headers[5] = "loss %"
+    rows = []
+    for step in steps:
+        tcp = step["transport"] == "tcp"
+        offered = step.get("offered_bits_per_second")
+        second = step["streams_requested"] if tcp else _gbit(offered) if offered else "max"
+        fifth = step["retransmits"] if tcp else _pct(100 * step["loss_ratio"])
+        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bits_per_second"]),
+                     _gbit(step["wire_bits_per_second"]), _pct(step["link_percent"]),
+                     fifth if fifth is not None else "-", _pct(step["sender_cpu_percent"]),
+                     _pct(step["receiver_cpu_percent"])])
+    return headers, rows
+
+
+def _dash(value: Any) -> Any:
+    return value if value is not None else "-"
+
+
+def _stream_lines(step: Mapping[str, Any]) -> list[str]:
+    from tabulate import tabulate
+
+    rows = [[s["stream_id"], s["source_port"],
+             s["path"] if s["path"] is not None and s["path"] >= 0 else "-",
+             _gbit(s["bits_per_second"]), _gbit(s["wire_bits_per_second"]),
+             _dash(s["retransmits"]), _dash(s["cwnd_segments"]), _dash(s["rtt_us"]),
+             s["error"] or ""] for s in step["streams"]]
+    lines = ["", f"step {step['index'] + 1} per stream:",
+             tabulate(rows, headers=["stream", "src port", "path", "Gbit/s", "on-wire",
+                                     "retrans", "cwnd", "rtt us", ""], disable_numparse=True)]
+    per_path = step.get("per_path")
+    if per_path:
+        lines.append("per path (interface counters, " + per_path[0]["direction"] + "): "
+                     + ", ".join(f"{p['name']} {_gbit(p['bits_per_second'])} Gbit/s"
+                                 for p in per_path))
+    return lines
+
+
+def _ceiling_lines(ceiling: Mapping[str, Any], transport: str) -> list[str]:
+    if ceiling.get("bits_per_second") is None:
+        return []
+    lines = [""]
+    if ceiling.get("overhead"):
+        unit = "segment" if transport == "tcp" else "datagram"
+        lines.append(f"overhead per {unit}: " + ceiling["overhead"]["text"])
+    text = (f"ceiling: {_gbit(ceiling['bits_per_second'])} Gbit/s goodput, "
+            f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
+            f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
+    if ceiling.get("link_speed_bps"):
+        text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"
+                 f" Gbit/s link (goodput can reach at most "
+                 f"{_gbit(ceiling['max_goodput_at_link_bps'])} Gbit/s there)")
+    lines.append(text)
+    return lines
+
+
+def render_bulk(result: Any) -> str:
+    """The bulk result as text: the step table, each step's streams, overhead, the ceiling.
+
+    Args:
+        result: a bulk result (its `config`, `target`, `plan`, `steps` and
+            `ceiling`, as `pktbench.run_bulk` returns it).
+
+    Returns:
+        The report without a trailing newline.
+    """
+    from tabulate import tabulate
+
+    cfg = result.config
+    transport = cfg["transport"]
+    lines = [f"bulk {transport} {cfg['direction']} to {result.target}"]
+    if result.plan is not None:
+        lines.append(_plan_line(result.plan))
+    headers, rows = _step_rows(result.steps, transport)
+    lines.append(tabulate(rows, headers=headers, disable_numparse=True))
+    for step in result.steps:
+        lines += _stream_lines(step)
+    lines += _ceiling_lines(result.ceiling or {}, transport)
+    return "\n".join(lines)
+
+
+def write_bulk_table(result: Any, target: Target) -> None:
+    """Reporter ("bulk", "table"): `render_bulk` and a newline to a stream, path or "-"."""
+    with open_text(target) as stream:
+        stream.write(render_bulk(result) + "\n")

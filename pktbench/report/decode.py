@@ -1,0 +1,70 @@
+"""The decode reporter: per-flow statistics of a capture and its totals line.
+
+Owns: how a DecodeResult reads on a terminal and as JSON, including the JSON
+document `pktbench decode --json` prints when the capture cannot be read.
+
+Must not: count; every number comes with the result.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pktbench.report._common import Target, open_text
+
+
+def render_decode(result: Any) -> str:
+    """The decode result as a table, one row per flow, plus a totals line.
+
+    Args:
+        result: a pktbench.decode.DecodeResult.
+
+    Returns:
+        The text, without a trailing newline.
+    """
+    from tabulate import tabulate
+
+    from pktbench import wire
+
+    rows = [[
+        f"{f.src}:{f.src_port}", f"{f.dst}:{f.dst_port}", f.stream_id, f"{f.token:x}", f.kind,
+        f.packets, f.payload_bytes,
+        f"{f.size_min_bytes}" if f.size_min_bytes == f.size_max_bytes
+        else f"{f.size_min_bytes}-{f.size_max_bytes}",
+        f"{f.duration_s:.3f}", f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets,
+        f.reordered_packets,
+    ] for f in result.flows]
+    headers = ["source", "destination", "stream", "token", "kind", "packets", "payload_bytes",
+               "size_bytes", "duration_s", "rate_pps", "missing", "duplicate", "reordered"]
+    lines = [tabulate(rows, headers=headers, tablefmt="simple") if rows
+             else "no pktbench packets found"]
+    lines.append(
+        f"{result.packets} packets: {result.pktbench_packets} pktbench, "
+        f"{result.other_udp_packets} other UDP, {result.non_udp_packets} not UDP, "
+        f"{result.fragment_packets} fragments, {result.truncated_packets} truncated"
+    )
+    if result.version_mismatch_packets:
+        lines.append(f"{result.version_mismatch_packets} packets carry pktbench's magic but not "
+                     f"wire version {wire.VERSION}: decode them with the pktbench that sent them")
+    return "\n".join(lines)
+
+
+def write_decode_table(result: Any, target: Target) -> None:
+    """Reporter ("decode", "table")."""
+    with open_text(target) as stream:
+        stream.write(render_decode(result) + "\n")
+
+
+def write_decode_json(result: Any, target: Target) -> None:
+    """Reporter ("decode", "json"): `result.to_dict()`, indented."""
+    with open_text(target) as stream:
+        stream.write(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def write_decode_error(message: str, target: Target) -> None:
+    """The one-line JSON document of a capture that could not be decoded."""
+    from pktbench.decode import DECODE_SCHEMA_VERSION
+
+    with open_text(target) as stream:
+        stream.write(json.dumps({"schema_version": DECODE_SCHEMA_VERSION, "error": message})
+                     + "\n")
