@@ -258,9 +258,12 @@ class FleetRun:
             doc = json.loads(out)
         except json.JSONDecodeError:
             raise RemoteError(f"bulk wrote no JSON: {last_line(err) or out[:80]}") from None
-        return {"ceiling_bits_per_second": doc.get("ceiling_bits_per_second"),
-                "ceiling_wire_bits_per_second": doc.get("ceiling_wire_bits_per_second"),
-                "ceiling": doc.get("ceiling")}
+        ceiling = doc.get("ceiling") or {}
+        return {"ceiling_bits_per_second": ceiling.get("bits_per_second",
+                                                       doc.get("ceiling_bits_per_second")),
+                "ceiling_wire_bits_per_second": ceiling.get(
+                    "wire_bits_per_second", doc.get("ceiling_wire_bits_per_second")),
+                "ceiling": ceiling or None}
 
     # -- the run ----------------------------------------------------------------
 
