@@ -35,11 +35,6 @@ import numpy as np
 include "_wire.pxi"
 include "_timing.pxi"
 
-# Flag bit set on warm-up packets (and echoed in their replies) so that the
-# measured window never counts them, whichever end they reach.
-cdef enum:
-    FLAG_WARMUP = 1
-
 # A "blocking" receive that returns EAGAIN sooner than this did not block:
 # the socket is non-blocking (someone set a Python timeout on it), so fall
 # back to ppoll instead of spinning.
@@ -329,7 +324,7 @@ cdef class PacedSender:
         self.c[S_ACTUAL_MIN_NS] = <uint64_t>-1
         cdef int i
         for i in range(self.batch):
-            self.tx_buf[i * self.size + WIRE_OFF_FLAGS] = FLAG_WARMUP if warmup else 0
+            self.tx_buf[i * self.size + WIRE_OFF_FLAGS] = WIRE_FLAG_WARMUP if warmup else 0
 
     @property
     def next_due_ns(self):
@@ -539,7 +534,7 @@ cdef class PacedSender:
                     or (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
                 self.c[S_BOGUS] += 1
                 continue
-            if (pkt[WIRE_OFF_FLAGS] & FLAG_WARMUP) != self.warmup:
+            if (pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP) != self.warmup:
                 self.c[S_WARMUP_REPLIES] += 1
                 continue
             seq = load_be64(pkt + WIRE_OFF_SEQ)
@@ -811,7 +806,7 @@ cdef class Responder:
                 or memcmp(pkt + WIRE_HEADER_SIZE, self.prefix, self.prefix_len) != 0:
             self.d[WIRE_DROP_BAD_PAYLOAD] += 1
             return False
-        if pkt[WIRE_OFF_FLAGS] & FLAG_WARMUP:
+        if pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP:
             self.c[R_WARMUP] += 1
             return self.mode == MODE_REPLY
         self.c[R_RECEIVED] += 1

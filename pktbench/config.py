@@ -235,7 +235,7 @@ _TOP_KEYS = (
 )
 _RATES_KEYS = ("from_pps", "to_pps", "steps", "scale", "list_pps")
 _CRITERIA_KEYS = ("max_loss_ratio", "latency_factor", "min_delivery_ratio", "baseline_steps",
-                  "confirm_steps", "latency_floor_us")
+                  "confirm_steps", "latency_floor_us", "loss_floor_ratio")
 _SEARCH_KEYS = ("methods", "pdr_loss_ratio", "precision")
 
 # Everything apply_overrides accepts besides Profile's own field names.
@@ -290,6 +290,20 @@ def _number(table: Mapping[str, Any], key: str, default: float, label: str, *,
     if maximum is not None and value > maximum:
         raise _KeyError(f"{label} must be <= {_fmt(maximum)} (got {value!r})")
     return float(value)
+
+
+def _loss_floor(table: Mapping[str, Any]) -> float | None:
+    """criteria.loss_floor_ratio: "auto" (detect it; None in a resolved profile) or a ratio."""
+    value = table.get("loss_floor_ratio", "auto")
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str):
+        raise _KeyError(f'criteria.loss_floor_ratio must be "auto" or a ratio in [0, 1) '
+                        f"(got {value!r})")
+    ratio = _number(table, "loss_floor_ratio", 0.0, "criteria.loss_floor_ratio", minimum=0)
+    if ratio >= 1.0:
+        raise _KeyError(f"criteria.loss_floor_ratio must be < 1 (got {value!r})")
+    return ratio
 
 
 def _integer(table: Mapping[str, Any], key: str, default: int, label: str, *,
@@ -437,6 +451,7 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
                                minimum=0, maximum=MAX_STEPS),
         latency_floor_us=_number(crit, "latency_floor_us", _DC.latency_floor_us,
                                  "criteria.latency_floor_us", minimum=0),
+        loss_floor_ratio=_loss_floor(crit),
     )
 
     search_table = _table(raw, "search")

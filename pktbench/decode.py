@@ -91,6 +91,11 @@ class FlowStats:
     `kind` is the direction: "request" and "blast" go to the server,
     "response" comes back. Sequence accounting starts at the first sequence
     number seen, since a capture may begin after the stream did.
+
+    Warm-up packets (wire.FLAG_WARMUP) are counted apart: every other count,
+    size, time and sequence figure is of the measured packets only, which is
+    what the run's own counters report. Warm-up numbers its packets from 0
+    as the measured window does, so mixing them would read as duplicates.
     """
 
     src: str
@@ -115,6 +120,9 @@ class FlowStats:
     gaps: int  # runs of consecutive missing sequence numbers
     duplicate_packets: int  # arrivals of a sequence number already seen
     reordered_packets: int  # first arrivals after a higher sequence number
+    warmup_packets: int = 0  # packets flagged warm-up, in none of the counts above
+    warmup_missing_packets: int = 0
+    warmup_duplicate_packets: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,7 @@ class DecodeResult:
     truncated_packets: int  # captured too short (snaplen) to read the headers
     version_mismatch_packets: int  # part of other_udp: pktbench magic, another VERSION
     flows: tuple[FlowStats, ...]
+    warmup_packets: int = 0  # part of pktbench_packets: flagged warm-up
 
     @property
     def non_pktbench_packets(self) -> int:
@@ -146,6 +155,8 @@ class DecodeResult:
             "totals": {
                 "packets": self.packets,
                 "pktbench_packets": self.pktbench_packets,
+                "warmup_packets": self.warmup_packets,
+                "measured_packets": self.pktbench_packets - self.warmup_packets,
                 "non_pktbench_packets": self.non_pktbench_packets,
                 "other_udp_packets": self.other_udp_packets,
                 "non_udp_packets": self.non_udp_packets,
@@ -159,9 +170,10 @@ class DecodeResult:
 
 class _Flow:
     __slots__ = ("packets", "payload_bytes", "frame_bytes", "first_ns", "last_ns",
-                 "size_min", "size_max", "seqs")
+                 "size_min", "size_max", "seqs", "warmup_seqs")
 
     def __init__(self, time_ns: int) -> None:
+        self.warmup_seqs = array("Q")
         self.packets = 0
         self.payload_bytes = 0
         self.frame_bytes = 0
@@ -367,7 +379,7 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
                           f"write one with `tcpdump -w FILE`")
 
     totals = {"packets": 0, "pktbench": 0, "other_udp": 0, "non_udp": 0, "fragment": 0,
-              "truncated": 0, "version": 0}
+              "truncated": 0, "version": 0, "warmup": 0}
     flows: dict[tuple[bytes, int, bytes, int, int, int, int], _Flow] = {}
     header_size = wire.HEADER_SIZE
     unpack_header = _HEADER.unpack_from
@@ -434,7 +446,7 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
         if caplen - payload < header_size:
             totals["truncated"] += 1
             continue
-        (h_magic, h_version, kind, command, _flags, stream_id, token, seq,
+        (h_magic, h_version, kind, command, flags, stream_id, token, seq,
          _send_ns) = unpack_header(packet, payload)
         if h_magic != wire.MAGIC or h_version != wire.VERSION or kind not in _KIND_NAMES \
                 or command not in _COMMAND_VALUES \
@@ -449,6 +461,12 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
         flow = flows.get(key)
         if flow is None:
             flow = flows[key] = _Flow(time_ns)
+        if flags & wire.FLAG_WARMUP:
+            totals["warmup"] += 1
+            flow.warmup_seqs.append(seq)
+            continue
+        if not flow.packets:
+            flow.first_ns = flow.last_ns = time_ns  # the measured window starts here
         flow.packets += 1
         flow.payload_bytes += size_bytes
         flow.frame_bytes += origlen
@@ -467,6 +485,7 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
         family = inet_ntop_family[4 if len(src) == 4 else 6]
         duration_s = (flow.last_ns - flow.first_ns) / 1e9
         seq = sequence_stats(flow.seqs)
+        warmup = sequence_stats(flow.warmup_seqs)
         stats.append(FlowStats(
             src=socket.inet_ntop(family, src), src_port=sport,
             dst=socket.inet_ntop(family, dst), dst_port=dport,
@@ -475,7 +494,10 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
             frame_bytes=flow.frame_bytes, first_ns=flow.first_ns, last_ns=flow.last_ns,
             duration_s=duration_s,
             rate_pps=(flow.packets - 1) / duration_s if duration_s > 0 else 0.0,
-            size_min_bytes=flow.size_min, size_max_bytes=flow.size_max, **seq,
+            size_min_bytes=flow.size_min if flow.packets else 0, size_max_bytes=flow.size_max,
+            **seq, warmup_packets=len(flow.warmup_seqs),
+            warmup_missing_packets=warmup["missing_packets"],
+            warmup_duplicate_packets=warmup["duplicate_packets"],
         ))
     return DecodeResult(
         path=str(path), link_types=tuple(sorted(link_types)), port=port,
@@ -483,6 +505,7 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
         other_udp_packets=totals["other_udp"], non_udp_packets=totals["non_udp"],
         fragment_packets=totals["fragment"], truncated_packets=totals["truncated"],
         version_mismatch_packets=totals["version"], flows=tuple(stats),
+        warmup_packets=totals["warmup"],
     )
 
 

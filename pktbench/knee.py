@@ -13,6 +13,9 @@ Invariants:
     the knee, never a confirmation, never the "last good rate", never part of
     the latency baseline.
   * A single failure followed by passes is noise, not a knee.
+  * Loss that the path shows at every rate, the same at low rates as at
+    higher ones, is the path's loss floor: steps are judged on the loss
+    above it, and the floor alone is never a knee.
 
 Must not: do I/O, print, read clocks or know how steps were measured.
 """
@@ -25,6 +28,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from pktbench.errors import ConfigError
+from pktbench.search import delivered_plateau_pps
 
 Step = Mapping[str, Any]
 Criterion = Literal["loss", "latency", "delivery"]
@@ -32,17 +36,20 @@ Attribution = Literal["ok", "sender-bound", "receiver-host-bound", "path-bound"]
 
 __all__ = [
     "DEFAULT_LATENCY_FLOOR_US",
+    "FLOOR_MIN_RATES",
     "Failure",
     "KneeCriteria",
     "KneeResult",
     "analyze_steps",
     "annotate",
+    "capacity_pps",
     "attribute",
     "baseline_p99_us",
     "evaluate_step",
     "find_knee",
     "kneedle",
     "latency_kneedle_pps",
+    "loss_floor_ratio",
     "pending_confirmation_pps",
     "summarize_knee",
 ]
@@ -61,6 +68,22 @@ __all__ = [
 # baseline (p99 110-140 us, above the floor) is judged by k x baseline alone.
 DEFAULT_LATENCY_FLOOR_US = 50.0
 
+# Why a loss floor, and how it is told from a knee.
+# A path that drops a fixed share of packets whatever the rate (a lossy
+# radio link, a policer on another flow, nftables `numgen random`) fails a
+# plain loss threshold at every step, and calling its lowest rate "the knee"
+# sends the user looking for a capacity limit that does not exist. Overload
+# loss grows with rate (loss = 1 - capacity / offered above the limit);
+# random loss does not. So, with the floor set to "auto", the floor is the
+# median loss of the lowest max(FLOOR_MIN_RATES, baseline_steps) judged
+# rates when every one of them lost packets and their losses differ by no
+# more than max_loss_ratio plus three binomial standard deviations (the
+# noise of counting p x n losses out of n packets). Limits: a sweep that
+# starts above a knee whose loss grows slowly (under max_loss_ratio between
+# its first rates) reads as a floor; the knee is then found above it, on
+# the loss the floor leaves. Start sweeps below the expected knee.
+FLOOR_MIN_RATES = 2
+
 
 @dataclass(frozen=True)
 class KneeCriteria:
@@ -78,6 +101,10 @@ class KneeCriteria:
             retrials at the same rate) a failure needs to be the knee.
         latency_floor_us: the smallest baseline the latency limit is built on
             (see DEFAULT_LATENCY_FLOOR_US for why).
+        loss_floor_ratio: the path's rate-independent loss, which steps are
+            judged above: None detects it from the lowest rates (see
+            FLOOR_MIN_RATES), 0 judges raw loss, a ratio is a floor known in
+            advance.
     """
 
     max_loss_ratio: float = 0.005
@@ -86,6 +113,7 @@ class KneeCriteria:
     baseline_steps: int = 2
     confirm_steps: int = 1
     latency_floor_us: float = DEFAULT_LATENCY_FLOOR_US
+    loss_floor_ratio: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -120,6 +148,13 @@ class KneeCriteria:
                 "knee criteria: latency_floor_us must be a finite number >= 0"
                 f" (got {self.latency_floor_us!r})"
             )
+        if self.loss_floor_ratio is not None and (
+                isinstance(self.loss_floor_ratio, bool)
+                or not 0.0 <= self.loss_floor_ratio < 1.0):
+            raise ConfigError(
+                "knee criteria: loss_floor_ratio must be in [0, 1), or None to detect it"
+                f" (got {self.loss_floor_ratio!r})"
+            )
 
 
 @dataclass(frozen=True)
@@ -147,6 +182,7 @@ class KneeResult:
         attribution: where the knee's lost packets went (see `attribute`),
             decided by the majority of the repeats at the knee rate.
         failures: the Failure records behind `reason`.
+        loss_floor_ratio: the loss floor the knee was judged above (0: none).
     """
 
     offered_pps: float
@@ -156,6 +192,7 @@ class KneeResult:
     step_index: int
     attribution: Attribution = "ok"
     failures: tuple[Failure, ...] = ()
+    loss_floor_ratio: float = 0.0
 
 
 # --------------------------------------------------------------------------- words
@@ -222,7 +259,8 @@ def _p99_us(step: Step) -> float | None:
 
 
 def evaluate_step(step: Step, baseline_p99_us: float | None,
-                  criteria: KneeCriteria = KneeCriteria()) -> list[Failure]:
+                  criteria: KneeCriteria = KneeCriteria(),
+                  loss_floor_ratio: float = 0.0) -> list[Failure]:
     """The criteria one step fails, in the order loss, latency, delivery.
 
     Args:
@@ -230,6 +268,11 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
         baseline_p99_us: the sweep's baseline p99 (`baseline_p99_us()`); None
             skips the latency criterion, as does a step without latency.
         criteria: the thresholds.
+        loss_floor_ratio: the path's loss floor (`loss_floor_ratio()`): the
+            loss limit is max_loss_ratio above it (plus three binomial
+            standard deviations of the floor over the step's sent_packets),
+            and the delivery limit is min_delivery_ratio of what the floor
+            leaves.
 
     Returns:
         One Failure per failed criterion; [] when the step passes.
@@ -239,12 +282,20 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
     """
     failures: list[Failure] = []
     loss_ratio = _field(step, "loss_ratio")
-    if loss_ratio > criteria.max_loss_ratio:
-        failures.append(Failure(
-            "loss",
-            f"loss {_percent(loss_ratio, distinct_from=criteria.max_loss_ratio)}"
-            f" > {_percent(criteria.max_loss_ratio)}",
-            loss_ratio, criteria.max_loss_ratio))
+    # Loss drawn at random by the floor varies from step to step: three
+    # binomial standard deviations of it are counting noise, not a knee.
+    packets = float(step.get("sent_packets") or 0)
+    noise = (3.0 * math.sqrt(loss_floor_ratio * (1.0 - loss_floor_ratio) / packets)
+             if loss_floor_ratio > 0 and packets > 0 else 0.0)
+    loss_limit = loss_floor_ratio + criteria.max_loss_ratio + noise
+    if loss_ratio > loss_limit:
+        reason = (f"loss {_percent(loss_ratio, distinct_from=loss_limit)}"
+                  f" > {_percent(loss_limit)}")
+        if loss_floor_ratio > 0:
+            reason += (f" ({_percent(criteria.max_loss_ratio)} above the"
+                       f" {_percent(loss_floor_ratio)} loss floor"
+                       + (f", {_percent(noise)} counting noise" if noise else "") + ")")
+        failures.append(Failure("loss", reason, loss_ratio, loss_limit))
 
     p99 = _p99_us(step)
     if p99 is not None and baseline_p99_us is not None:
@@ -264,13 +315,15 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
     received_pps = _field(step, "received_pps")
     if offered_pps > 0:
         delivery = received_pps / offered_pps
-        if delivery < criteria.min_delivery_ratio:
-            failures.append(Failure(
-                "delivery",
-                f"received {_pps(received_pps)} pps is"
-                f" {_percent(delivery, distinct_from=criteria.min_delivery_ratio)}"
-                f" of offered {_pps(offered_pps)} pps",
-                delivery, criteria.min_delivery_ratio))
+        delivery_limit = criteria.min_delivery_ratio * (1.0 - loss_floor_ratio)
+        if delivery < delivery_limit:
+            reason = (f"received {_pps(received_pps)} pps is"
+                      f" {_percent(delivery, distinct_from=delivery_limit)}"
+                      f" of offered {_pps(offered_pps)} pps")
+            if loss_floor_ratio > 0:
+                reason += (f" (limit {_percent(delivery_limit)} with the"
+                           f" {_percent(loss_floor_ratio)} loss floor)")
+            failures.append(Failure("delivery", reason, delivery, delivery_limit))
     return failures
 
 
@@ -340,6 +393,8 @@ def _group(steps: Sequence[Step]) -> list[_Rate]:
             "received_pps": float(np.median([_field(steps[p], "received_pps", p) for p in usable])),
             "loss_ratio": float(np.median([_field(steps[p], "loss_ratio", p) for p in usable])),
             "latency_us": {"p99": float(np.median(p99s))} if p99s else None,
+            "sent_packets": float(np.median([float(steps[p].get("sent_packets") or 0)
+                                             for p in usable])),
             "sender_bound": False,
         }
         groups.append(_Rate(rate, tuple(usable), median_step, False))
@@ -366,6 +421,37 @@ def baseline_p99_us(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria
     return _baseline(_group(steps), criteria)
 
 
+def _floor(groups: Sequence[_Rate], criteria: KneeCriteria) -> float:
+    if criteria.loss_floor_ratio is not None:
+        return criteria.loss_floor_ratio
+    judged = [g for g in groups if not g.sender_bound]
+    low = judged[: max(FLOOR_MIN_RATES, criteria.baseline_steps)]
+    if len(low) < FLOOR_MIN_RATES:
+        return 0.0  # one rate cannot show that loss does not grow with rate
+    losses = [float(g.median_step["loss_ratio"]) for g in low]
+    if min(losses) <= 0.0:
+        return 0.0
+    floor = float(np.median(losses))
+    packets = [float(g.median_step.get("sent_packets") or 0) for g in low]
+    # Two counts of the same binomial loss differ by up to ~3 sigma of their difference.
+    sigmas = [math.sqrt(floor * (1.0 - floor) / n) for n in packets if n > 0]
+    noise = 3.0 * math.sqrt(2.0) * max(sigmas, default=0.0)
+    if max(losses) - min(losses) > criteria.max_loss_ratio + noise:
+        return 0.0  # loss grows with rate: overload, not a floor
+    return floor
+
+
+def loss_floor_ratio(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()) -> float:
+    """The path's rate-independent loss ratio, 0.0 when there is none.
+
+    With criteria.loss_floor_ratio set, that value; with None, the median
+    loss of the lowest judged rates when all of them lost packets and their
+    losses do not grow with rate (see FLOOR_MIN_RATES for the rule and its
+    limits). Steps are judged on the loss above it.
+    """
+    return _floor(_group(steps), criteria)
+
+
 def _step_index(steps: Sequence[Step], position: int) -> int:
     index = steps[position].get("index")
     return int(index) if index is not None else position
@@ -378,15 +464,16 @@ def _scan(steps: Sequence[Step], criteria: KneeCriteria
     """Walk the rates upward; return (knee, rate awaiting confirmation)."""
     groups = _group(steps)
     baseline = _baseline(groups, criteria)
+    floor = _floor(groups, criteria)
     judged = [g for g in groups if not g.sender_bound]
-    verdicts = [evaluate_step(g.median_step, baseline, criteria) for g in judged]
+    verdicts = [evaluate_step(g.median_step, baseline, criteria, floor) for g in judged]
     for i, (group, failures) in enumerate(zip(judged, verdicts)):
         if not failures:
             continue
         # Confirmations: failing retrials at this rate beyond the first
         # failing repeat, then consecutive failing rates above it.
         failing_repeats = sum(1 for p in group.positions
-                              if evaluate_step(steps[p], baseline, criteria))
+                              if evaluate_step(steps[p], baseline, criteria, floor))
         confirmations = max(0, failing_repeats - 1)
         j = i + 1
         while confirmations < criteria.confirm_steps and j < len(judged) and verdicts[j]:
@@ -400,7 +487,8 @@ def _scan(steps: Sequence[Step], criteria: KneeCriteria
             continue  # a passing rate came first: this failure was noise
         last_good = next((judged[k].offered_pps for k in range(i - 1, -1, -1) if not verdicts[k]),
                          None)
-        failing = [p for p in group.positions if evaluate_step(steps[p], baseline, criteria)]
+        failing = [p for p in group.positions
+                   if evaluate_step(steps[p], baseline, criteria, floor)]
         representative = failing[0] if failing else group.positions[0]
         attributions = [attribute(steps[p]) for p in group.positions]
         majority = max(set(attributions), key=lambda a: (attributions.count(a), a != "ok", a))
@@ -412,6 +500,7 @@ def _scan(steps: Sequence[Step], criteria: KneeCriteria
             step_index=_step_index(steps, representative),
             attribution=majority,
             failures=tuple(failures),
+            loss_floor_ratio=floor,
         )
         return knee, None
     return None, None
@@ -459,14 +548,17 @@ def annotate(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()) -> 
 
     Each step is judged on its own numbers against the sweep's baseline, so a
     noisy repeat shows its own failure in the table even when the rate's
-    median passes. Sender-bound steps keep their failures as facts; their
-    attribution says they do not speak for the path.
+    median passes, and against the sweep's loss floor. Sender-bound steps
+    keep their failures as facts; their attribution says they do not speak
+    for the path.
     """
-    baseline = baseline_p99_us(steps, criteria)
+    groups = _group(steps)
+    baseline = _baseline(groups, criteria)
+    floor = _floor(groups, criteria)
     annotated: list[dict[str, Any]] = []
     for step in steps:
         copy = dict(step)
-        copy["failures"] = [f.reason for f in evaluate_step(step, baseline, criteria)]
+        copy["failures"] = [f.reason for f in evaluate_step(step, baseline, criteria, floor)]
         copy["attribution"] = attribute(step)
         annotated.append(copy)
     return annotated
@@ -482,6 +574,7 @@ def summarize_knee(knee: KneeResult | None) -> dict[str, Any] | None:
         "reason": knee.reason,
         "criterion": knee.criterion,
         "step_index": knee.step_index,
+        "loss_floor_ratio": knee.loss_floor_ratio,
     }
 
 
@@ -603,13 +696,36 @@ def latency_kneedle_pps(steps: Sequence[Step], *, sensitivity: float = 1.0,
     return float(math.exp(knee_x)) if log_rate else knee_x
 
 
+# Steps of a sweep are as far apart as its rates; received rates within 1 %
+# of each other over rates that far apart are one level.
+PLATEAU_PRECISION = 0.01
+
+
+def capacity_pps(steps: Sequence[Step]) -> float | None:
+    """The delivered-rate plateau of a sweep's lossy steps (see search.delivered_plateau_pps)."""
+    return delivered_plateau_pps(
+        ((_field(s, "offered_pps"), _field(s, "received_pps")) for s in steps
+         if float(s.get("loss_ratio") or 0.0) > 0 and not s.get("sender_bound")),
+        PLATEAU_PRECISION)
+
+
+def sender_max_pps(steps: Sequence[Step]) -> float | None:
+    """The highest rate the sender reached, when some step was sender-bound (else None)."""
+    if not any(s.get("sender_bound") for s in steps):
+        return None
+    return max((float(s.get("sent_pps") or 0.0) for s in steps), default=None)
+
+
 def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
                   ) -> dict[str, Any]:
     """Everything the reports need from a sweep's steps.
 
     Returns:
         {"steps": annotated copies, "knee": SCHEMA knee object or None,
-         "kneedle_pps": float or None, "baseline_p99_us": float or None}
+         "kneedle_pps": float or None, "baseline_p99_us": float or None,
+         "loss_floor_ratio": the floor steps were judged above (0.0: none),
+         "capacity_pps": the delivered-rate plateau or None,
+         "sender_max_pps": the sender's highest rate when it was bound, or None}
     """
     knee = find_knee(steps, criteria)
     return {
@@ -617,4 +733,7 @@ def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
         "knee": summarize_knee(knee),
         "kneedle_pps": latency_kneedle_pps(steps),
         "baseline_p99_us": baseline_p99_us(steps, criteria),
+        "loss_floor_ratio": loss_floor_ratio(steps, criteria),
+        "capacity_pps": capacity_pps(steps),
+        "sender_max_pps": sender_max_pps(steps),
     }

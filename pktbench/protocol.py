@@ -885,6 +885,12 @@ class StepParams:
         reply timeout and 10 s for the control round trips around it."""
         return self.warmup_s + self.duration_s + self.drain_s + self.timeout_s + 10.0
 
+    @property
+    def result_timeout_s(self) -> float:
+        """How long a client waits for StepResult after StepStop: the server's
+        drain, then 15 s for it to count and answer."""
+        return self.drain_s + 15.0
+
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

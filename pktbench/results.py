@@ -59,7 +59,8 @@ def _one_to_two(doc: dict[str, Any]) -> dict[str, Any]:
                                 "version": doc.get("environment", {}).get("pktbench", "unknown")})
     else:
         doc["kind"] = "sweep"
-    for key in ("knee", "kneedle_pps", "ndr_pps", "pdr_pps", "search", "plan", "ceiling"):
+    for key in ("knee", "kneedle_pps", "ndr_pps", "pdr_pps", "search", "plan", "ceiling",
+                "judgement"):
         doc.setdefault(key, None)
     return doc
 
@@ -93,6 +94,7 @@ class SweepResult:
     kind: str = "sweep"
     plan: dict[str, Any] | None = None
     ceiling: dict[str, Any] | None = None
+    judgement: dict[str, Any] | None = None
 
     @classmethod
     def bulk(cls, environment: dict[str, Any], config: dict[str, Any],
@@ -122,6 +124,7 @@ class SweepResult:
             "search": self.search,
             "plan": self.plan,
             "ceiling": self.ceiling,
+            "judgement": self.judgement,
         }
 
     @classmethod
@@ -154,6 +157,7 @@ class SweepResult:
             kind=doc["kind"],
             plan=doc.get("plan"),
             ceiling=doc.get("ceiling"),
+            judgement=doc.get("judgement"),
         )
 
     @property

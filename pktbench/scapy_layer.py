@@ -25,12 +25,14 @@ The payload is RESP, the Redis serialization protocol
 from __future__ import annotations
 
 import inspect
+import struct
 from typing import Any
 
 from scapy.config import conf
 from scapy.fields import (
     ByteEnumField,
     ByteField,
+    FlagsField,
     Field,
     IntEnumField,
     IntField,
@@ -95,7 +97,13 @@ def fields_from_wire(fields: tuple[wire.Field, ...] = wire.FIELDS) -> list[Field
             ) from None
         default = defaults.get(field.name, _REQUIRED_DEFAULTS.get(field.name, 0))
         labels = _ENUMS.get(field.name)
-        if labels is None:
+        if field.name == "flags":
+            # Bit i is named by wire.FLAGS; unnamed bits show as their position.
+            width = 8 * struct.calcsize("!" + field.code)
+            names = [next((n for n, v in wire.FLAGS.items() if v == 1 << i), f"bit{i}")
+                     for i in range(width)]
+            desc.append(FlagsField(field.name, default, width, names))
+        elif labels is None:
             desc.append(plain(field.name, default))
         else:
             desc.append(enum(field.name, default, {v: k for k, v in labels.items()}))

@@ -15,7 +15,17 @@ goals from one set of trials. Invariants:
     the lowest upper bound.
   * A sender-bound trial without excess loss says nothing about the path; it
     caps the search (the path cannot be tested at or above that rate) and the
-    result says the bound is the sender.
+    result says the bound is the sender. No bound is above the highest rate
+    the sender reached in any trial.
+  * Short trials only narrow the interval. In the last phase both bounds
+    rest on trials of the full duration: a failure seen only in a shorter
+    trial is run again at the full duration before it counts.
+  * Behind a buffer a trial above the path's capacity can pass while the
+    queue absorbs the excess, for longer than any practical trial at rates
+    just above it. Where the received rate of lossy trials saturates (the
+    delivered-rate plateau, see `delivered_plateau_pps`), that rate is the
+    path's capacity and caps both goals: no rate above it can be sustained
+    without loss.
   * Every trial informs both goals: a rate that passes NDR passes PDR, a rate
     that fails PDR fails NDR.
   * The search stops by itself: at the precision goal, at max_trials or at
@@ -28,13 +38,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Literal
 
 from pktbench.errors import ConfigError
 
-__all__ = ["GoalResult", "SearchResult", "Trial", "TrialOutcome", "search_throughput"]
+__all__ = ["GoalResult", "SearchResult", "Trial", "TrialOutcome", "delivered_plateau_pps",
+           "search_throughput"]
 
-UpperBoundBy = Literal["path", "sender", "max_pps"]
+UpperBoundBy = Literal["path", "sender", "capacity", "max_pps"]
 StoppedBy = Literal["precision", "max_trials", "max_time"]
 
 # Relative slack when comparing rates and durations computed in floating point.
@@ -52,6 +64,8 @@ class TrialOutcome:
         duration_s: the measured duration.
         sent_pps: what actually left the sender, if known (helps the search
             jump close to a sender's limit).
+        received_pps: what the receiver counted per second of the trial, if
+            known (lossy trials with a flat received rate show the capacity).
     """
 
     offered_pps: float
@@ -59,6 +73,7 @@ class TrialOutcome:
     sender_bound: bool
     duration_s: float
     sent_pps: float | None = None
+    received_pps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,8 @@ class GoalResult:
         upper_pps: the lowest rate that failed the goal (or that the sender
             could not generate); None when nothing failed up to max_pps.
         upper_bound_by: "path" (a trial lost too much), "sender" (the sender
-            could not generate the rate) or "max_pps" (nothing failed).
+            could not generate the rate), "capacity" (above the delivered-rate
+            plateau, see `delivered_plateau_pps`) or "max_pps" (nothing failed).
         lower_duration_s: the longest trial that proved lower_pps.
         trials: trials run until this goal was settled.
         duration_s: trial time (sum of trial durations) until it was settled.
@@ -109,14 +125,19 @@ class GoalResult:
         return (self.upper_pps - self.lower_pps) / self.lower_pps
 
     def to_dict(self) -> dict[str, Any]:
-        """The SCHEMA.md shape: {lower_pps, upper_pps, trials, duration_s}."""
+        """The SCHEMA.md shape: {lower_pps, upper_pps, trials, duration_s} and why the upper."""
         return {"lower_pps": self.lower_pps, "upper_pps": self.upper_pps,
+                "upper_bound_by": self.upper_bound_by, "lower_duration_s": self.lower_duration_s,
                 "trials": self.trials, "duration_s": self.duration_s}
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Both goals, every trial, and why the search stopped."""
+    """Both goals, every trial, and why the search stopped.
+
+    capacity_pps is the delivered-rate plateau (None when received rates did
+    not saturate); sender_max_pps the highest rate the sender reached.
+    """
 
     ndr: GoalResult
     pdr: GoalResult
@@ -126,6 +147,8 @@ class SearchResult:
     elapsed_s: float
     stopped_by: StoppedBy
     notes: tuple[str, ...] = field(default=())
+    capacity_pps: float | None = None
+    sender_max_pps: float | None = None
 
     @property
     def ndr_pps(self) -> float | None:
@@ -138,7 +161,48 @@ class SearchResult:
     def to_dict(self) -> dict[str, Any]:
         """The SCHEMA.md "search" object."""
         return {"ndr": self.ndr.to_dict(), "pdr": self.pdr.to_dict(),
-                "pdr_loss_ratio": self.pdr_loss_ratio}
+                "pdr_loss_ratio": self.pdr_loss_ratio, "capacity_pps": self.capacity_pps,
+                "sender_max_pps": self.sender_max_pps, "notes": list(self.notes)}
+
+
+# The delivered-rate plateau.
+# Above a path's capacity C the receiver counts about C x T packets in a
+# trial of T seconds whatever the offered rate: a policer passes C per
+# second, and a shaper's queue, once full, drains at C (the queue's content
+# adds at most its size / T, and nothing once a warm-up filled it). Random
+# loss does not saturate: received = offered x (1 - p) grows with offered.
+# So the plateau is a group of lossy, not sender-bound trials whose
+# received rates lie within `precision` of the lowest of them while their
+# offered rates span at least PLATEAU_MIN_SPAN times `precision` more; its
+# value is that lowest received rate, the trial whose queue was fullest.
+# Limits: needs two saturated trials well apart in offered rate; a receiver
+# whose own CPU saturates shows a plateau too, which is then the capacity
+# of path and receiver together.
+PLATEAU_MIN_SPAN = 3.0
+
+
+def delivered_plateau_pps(points: Iterable[tuple[float, float]], precision: float
+                          ) -> float | None:
+    """The received rate at which lossy trials saturate, or None.
+
+    Args:
+        points: (offered_pps, received_pps) of lossy trials or steps that
+            were not sender-bound.
+        precision: how close received rates must be to count as one level.
+
+    Returns:
+        The plateau's received rate, or None when received rates still grow
+        with offered rate (or fewer than two saturated trials exist).
+    """
+    usable = sorted((received, offered) for offered, received in points
+                    if received > 0 and offered > 0)
+    for anchor, _ in usable:
+        level = [offered for received, offered in usable
+                 if anchor <= received <= anchor * (1.0 + precision)]
+        if max(level) >= min(level) * (1.0 + PLATEAU_MIN_SPAN * precision) \
+                and min(level) > anchor * (1.0 + precision):
+            return anchor
+    return None
 
 
 class _Budget(Exception):
@@ -155,6 +219,7 @@ class _Bounds:
     upper: float | None
     upper_by: UpperBoundBy
     hint: float | None          # best pass below upper proved only by shorter trials
+    upper_hint: float | None    # lowest failure inside the interval seen only in shorter trials
 
 
 class _Search:
@@ -162,8 +227,11 @@ class _Search:
 
     def __init__(self, trial: Callable[[float, float], TrialOutcome], *, min_pps: float,
                  max_pps: float, max_trials: int, max_time_s: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], precision: float = 0.01,
+                 known: Sequence[TrialOutcome] = ()) -> None:
         self.trial = trial
+        self.precision = precision
+        self.known = tuple(known)
         self.min_pps = min_pps
         self.max_pps = max_pps
         self.max_trials = max_trials
@@ -201,10 +269,30 @@ class _Search:
     def trial_time_s(self) -> float:
         return sum(t.outcome.duration_s for t in self.trials)
 
+    def capacity_pps(self) -> float | None:
+        outcomes = [*self.known, *(t.outcome for t in self.trials)]
+        return delivered_plateau_pps(
+            ((o.offered_pps, o.received_pps) for o in outcomes
+             if o.loss_ratio > 0 and not o.sender_bound and o.received_pps is not None),
+            self.precision)
+
+    def sender_max_pps(self) -> float | None:
+        """The highest rate the sender reached, when any trial was sender-bound."""
+        if not any(t.outcome.sender_bound for t in self.trials):
+            return None
+        return max((min(t.rate_pps, t.outcome.sent_pps) if t.outcome.sent_pps is not None
+                    else t.rate_pps for t in self.trials
+                    if not t.outcome.sender_bound or t.outcome.sent_pps is not None),
+                   default=None)
+
     # -- classification
 
-    def bounds(self, goal_loss: float, duration_s: float) -> _Bounds:
-        fails = [t.rate_pps for t in self.trials if t.loss_ratio > goal_loss]
+    def bounds(self, goal_loss: float, duration_s: float, final: bool = False) -> _Bounds:
+        def full(t: Trial) -> bool:
+            return t.duration_s >= duration_s * (1 - _EPS)
+
+        failing = [t for t in self.trials if t.loss_ratio > goal_loss]
+        fails = [t.rate_pps for t in failing if full(t) or not final]
         caps = [t.rate_pps for t in self.trials
                 if t.outcome.sender_bound and t.loss_ratio <= goal_loss]
         upper_fail = min(fails, default=None)
@@ -217,6 +305,12 @@ class _Search:
             upper, upper_by = upper_cap, "sender"
         else:
             upper, upper_by = None, "max_pps"
+        capacity = self.capacity_pps()
+        if capacity is not None:
+            # Sustained, a rate above the plateau loses more than the goal allows.
+            limit = capacity / (1.0 - goal_loss)
+            if upper is None or limit < upper * (1 - _EPS):
+                upper, upper_by = limit, "capacity"
         lower: float | None = None
         hint: float | None = None
         for t in self.trials:
@@ -224,13 +318,16 @@ class _Search:
                 continue
             if upper is not None and t.rate_pps >= upper:
                 continue  # a pass above a failure: non-monotonic noise, not a bound
-            if t.duration_s >= duration_s * (1 - _EPS):
+            if full(t):
                 lower = t.rate_pps if lower is None else max(lower, t.rate_pps)
             else:
                 hint = t.rate_pps if hint is None else max(hint, t.rate_pps)
         if hint is not None and lower is not None and hint <= lower:
             hint = None
-        return _Bounds(lower, upper, upper_by, hint)
+        upper_hint = min((t.rate_pps for t in failing if final and not full(t)
+                          and (upper is None or t.rate_pps < upper)
+                          and (lower is None or t.rate_pps > lower)), default=None)
+        return _Bounds(lower, upper, upper_by, hint, upper_hint)
 
     def _estimate(self, upper: float, upper_by: UpperBoundBy, goal_loss: float,
                   use: str) -> float | None:
@@ -250,13 +347,15 @@ class _Search:
         return None
 
     def next_rate(self, goal_loss: float, duration_s: float, width: float,
-                  expansions: int) -> tuple[float, bool] | None:
+                  expansions: int, final: bool = False) -> tuple[float, bool] | None:
         """The next rate to try for one goal in one phase, or None when settled.
 
         Returns (rate, is_external): external steps grow geometrically while
         they last (1+w, (1+w)^2, (1+w)^4, ... in one direction).
         """
-        b = self.bounds(goal_loss, duration_s)
+        b = self.bounds(goal_loss, duration_s, final)
+        if b.upper_hint is not None:
+            return b.upper_hint, False  # confirm a short trial's failure at the full duration
         lower, upper = b.lower, b.upper
         if lower is not None and upper is not None:
             if (upper - lower) / lower <= width * (1 + _EPS):
@@ -307,6 +406,7 @@ def search_throughput(
     max_trials: int = 60,
     max_time_s: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
+    known: Sequence[TrialOutcome] = (),
 ) -> SearchResult:
     """Find NDR (no loss) and PDR (loss <= pdr_loss_ratio) between min_pps and max_pps.
 
@@ -319,7 +419,11 @@ def search_throughput(
         (rate x (1 - loss)) or by a step that grows geometrically;
       * only a lower bound: expand up by such a step, up to max_pps;
       * a lower bound proved only by shorter trials: re-run it at this duration;
+      * in the last phase, a failure inside the interval seen only in a
+        shorter trial: re-run it at the full duration;
       * both bounds: bisect in log space until (upper - lower) / lower <= width.
+    The delivered-rate plateau of lossy trials (and of `known` ones), when
+    there is one, caps both goals (see the module notes).
 
     Limits: any lossy trial pins an upper bound (no exceed ratio), so a noisy
     path yields a conservative NDR; NDR on software paths is less stable than
@@ -335,6 +439,8 @@ def search_throughput(
         max_trials, max_time_s: the budget; the search stops when the next
             trial would exceed either (max_time_s counts wall time by `clock`).
         clock: a monotonic clock in seconds (tests pass a fake one).
+        known: outcomes measured before the search (a sweep's steps); they
+            count only towards the delivered-rate plateau.
 
     Returns:
         SearchResult with both goals, the trials, and notes in words.
@@ -361,7 +467,7 @@ def search_throughput(
                precision * 2.0 ** (last_phase - k)) for k in range(last_phase + 1)]
 
     search = _Search(trial, min_pps=min_pps, max_pps=max_pps, max_trials=max_trials,
-                     max_time_s=max_time_s, clock=clock)
+                     max_time_s=max_time_s, clock=clock, precision=precision, known=known)
     goals = (0.0, pdr_loss_ratio)
     settled: dict[float, tuple[int, float]] = {}
     stopped_by: StoppedBy = "precision"
@@ -369,7 +475,9 @@ def search_throughput(
         for phase, (duration_s, width) in enumerate(phases):
             for goal_loss in goals:
                 expansions = 0
-                while (step := search.next_rate(goal_loss, duration_s, width, expansions)) is not None:
+                final = phase == last_phase
+                while (step := search.next_rate(goal_loss, duration_s, width, expansions,
+                                                final)) is not None:
                     rate_pps, external = step
                     search.run(rate_pps, duration_s, phase)
                     expansions = expansions + 1 if external else 0
@@ -380,10 +488,16 @@ def search_throughput(
 
     def result(goal_loss: float) -> GoalResult:
         complete = goal_loss in settled
-        b = search.bounds(goal_loss, final_duration_s)
+        b = search.bounds(goal_loss, final_duration_s, final=complete)
         lower = b.lower
         if lower is None and not complete:
             lower = search.bounds(goal_loss, 0.0).lower  # best proof we have
+        reached = search.sender_max_pps()
+        if lower is not None and reached is not None and lower > reached:
+            # Never claim a rate the sender did not reach.
+            lower = max((t.rate_pps for t in search.trials if t.rate_pps <= reached
+                         and not t.outcome.sender_bound and t.loss_ratio <= goal_loss),
+                        default=None)
         lower_duration = max((t.duration_s for t in search.trials
                               if t.rate_pps == lower and not t.outcome.sender_bound
                               and t.loss_ratio <= goal_loss), default=None)
@@ -392,11 +506,24 @@ def search_throughput(
                           trials, spent_s, complete)
 
     ndr, pdr = result(0.0), result(pdr_loss_ratio)
+    capacity = search.capacity_pps()
     notes: list[str] = []
+    if capacity is not None:
+        absorbed = [t.rate_pps for t in search.trials if t.loss_ratio == 0
+                    and not t.outcome.sender_bound and t.rate_pps > capacity * (1 + _EPS)]
+        note = (f"capacity: the received rate saturates at {capacity:,.0f} pps (the"
+                " delivered-rate plateau of the lossy trials)")
+        if absorbed:
+            note += (f"; {len(absorbed)} trial(s) up to {max(absorbed):,.0f} pps passed only"
+                     " while a buffer absorbed the excess")
+        notes.append(note)
     for name, goal in (("NDR", ndr), ("PDR", pdr)):
         if goal.upper_bound_by == "sender":
             notes.append(f"{name}: the upper bound is the sender, not the path: it could not"
                          f" generate {goal.upper_pps:,.0f} pps")
+        elif goal.upper_bound_by == "capacity":
+            notes.append(f"{name}: bounded by the path's delivered capacity"
+                         f" ({goal.upper_pps:,.0f} pps for this goal)")
         elif goal.upper_bound_by == "max_pps" and goal.lower_pps is not None:
             notes.append(f"{name}: no loss above the goal up to max_pps {max_pps:,.0f} pps;"
                          " raise max_pps to find the limit")
@@ -408,4 +535,5 @@ def search_throughput(
     return SearchResult(ndr=ndr, pdr=pdr, pdr_loss_ratio=pdr_loss_ratio,
                         trials=tuple(search.trials), trial_time_s=search.trial_time_s(),
                         elapsed_s=clock() - search.started, stopped_by=stopped_by,
-                        notes=tuple(notes))
+                        notes=tuple(notes), capacity_pps=capacity,
+                        sender_max_pps=search.sender_max_pps())

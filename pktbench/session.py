@@ -888,7 +888,12 @@ class Server:
                     command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
                     sink=step.workload == "blast", busy_poll=step.busy_poll)
             live = _UdpLiveStep(self, step, step_id, loop, peer.ip, len(flows))
-            live.start()
+            try:
+                live.start()
+            except RuntimeError:
+                if isinstance(loop, workers.StreamResponders):
+                    loop.close()  # its per-flow sockets go with the refused step
+                raise
             return live
         except RuntimeError as exc:  # the host refused a thread
             self._tcp_step = None
@@ -1223,7 +1228,7 @@ class Client:
         except BaseException:
             self.abandon_step()
             raise
-        receiver = self.end_step({"sent": outcome.counters["sent"]}, params.drain_s + 15.0)
+        receiver = self.end_step({"sent": outcome.counters["sent"]}, params.result_timeout_s)
         figures: dict[str, Any] = {"interface": interface}
         if self.buffers is not None:
             figures["socket_buffers_bytes"] = {"rcvbuf": self.buffers.rcvbuf_bytes,

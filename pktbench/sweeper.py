@@ -85,6 +85,12 @@ def tcp_options_for(profile: Profile) -> TcpOptions:
     return TcpOptions(profile.connections or 1, profile.pipeline or 1)
 
 
+def _outcome(step: Mapping[str, Any]) -> search.TrialOutcome:
+    return search.TrialOutcome(offered_pps=step["offered_pps"], loss_ratio=step["loss_ratio"],
+                               sender_bound=step["sender_bound"], duration_s=step["duration_s"],
+                               sent_pps=step["sent_pps"], received_pps=step["received_pps"])
+
+
 def _as_dict(step: StepResult) -> dict[str, Any]:
     """A step for readers that take plain mappings (progress, reports)."""
     return step  # type: ignore[return-value]  # a TypedDict is a dict at run time
@@ -149,21 +155,21 @@ class _Runner:
             trials.append(step)
             if self.on_step is not None:
                 self.on_step(_as_dict(step), len(self.steps) + len(trials), 0)
-            return search.TrialOutcome(offered_pps=rate_pps, loss_ratio=step["loss_ratio"],
-                                       sender_bound=step["sender_bound"],
-                                       duration_s=step["duration_s"],
-                                       sent_pps=step["sent_pps"])
+            return _outcome(_as_dict(step))
 
         # The sweep already showed where loss starts: searching above the
         # lowest lossy rate would only hammer a path known to be broken.
         lossy = [s["offered_pps"] for s in self.steps
                  if s["loss_ratio"] > profile.pdr_loss_ratio and not s["sender_bound"]]
         max_pps = min(lossy) if lossy else max(profile.rates_pps)
+        # Each bound rests on a trial as long as the sweep's steps; shorter
+        # trials only narrow the interval first (RFC 9971).
         result = search.search_throughput(
             trial, min_pps=min(profile.rates_pps), max_pps=max_pps,
             pdr_loss_ratio=profile.pdr_loss_ratio, precision=profile.precision,
             initial_duration_s=min(0.5, profile.duration_s),
-            final_duration_s=max(profile.duration_s, min(0.5, profile.duration_s)))
+            final_duration_s=profile.duration_s,
+            known=[_outcome(s) for s in self.steps])
         self.search_steps = trials
         return result
 
@@ -226,6 +232,14 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
                       pipeline=plan.tcp.pipeline)
     if plan.workers > 1:
         config["workers"] = plan.workers
+    judgement = {
+        "criteria": plan.criteria.as_dict(),
+        "loss_floor_ratio": analysis["loss_floor_ratio"],
+        "baseline_p99_us": analysis["baseline_p99_us"],
+        "capacity_pps": (found.capacity_pps if found is not None and found.capacity_pps
+                         is not None else analysis["capacity_pps"]),
+        "sender_max_pps": analysis["sender_max_pps"],
+    }
     search_doc = None
     if found is not None:
         search_doc = found.to_dict()
@@ -234,6 +248,7 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
         search_doc["stopped_by"] = found.stopped_by
     return SweepResult(
         environment=env, config=config, steps=tuple(analysis["steps"]), knee=analysis["knee"],
+        judgement=judgement,
         kneedle_pps=analysis["kneedle_pps"],
         ndr_pps=found.ndr_pps if found is not None and "ndr" in plan.profile.search else None,
         pdr_pps=found.pdr_pps if found is not None and "pdr" in plan.profile.search else None,

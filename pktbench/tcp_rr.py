@@ -224,7 +224,7 @@ def run_client_step(client: session.Client, params: StepParams, *, index: int = 
     finally:
         for sock in sockets:
             sock.close()
-    receiver = client.end_step({"sent": outcome.sent}, params.drain_s + 15.0)
+    receiver = client.end_step({"sent": outcome.sent}, params.result_timeout_s)
     return summarize(params, outcome, receiver, index=index, repeat=repeat)
 
 

@@ -87,6 +87,9 @@ class TestbedConfig:
         allow_degraded: build even when a feature is missing (netem for
             delay), recording what was left out instead of failing.
         mechanism: "auto" (bond if the driver exists, else ECMP), "ecmp", "bond".
+        loss_percent: drop this share of the UDP packets crossing a shaped
+            direction at random, whatever the rate (nftables `numgen
+            random`, resolution 0.01 %): a path with a known loss floor.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -102,6 +105,7 @@ class TestbedConfig:
     both_directions: bool = False
     allow_degraded: bool = False
     mechanism: Literal["auto", "ecmp", "bond"] = "auto"
+    loss_percent: float = 0.0
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)
@@ -127,6 +131,8 @@ class TestbedConfig:
         if self.mechanism not in ("auto", "ecmp", "bond"):
             raise ConfigError(
                 f"testbed mechanism must be auto, ecmp or bond (got {self.mechanism!r})")
+        if not 0.0 <= self.loss_percent < 100.0:
+            raise ConfigError(f"testbed loss_percent must be 0..100 (got {self.loss_percent})")
         if self.mechanism != "auto" and self.paths == 1:
             raise ConfigError(
                 f"testbed mechanism={self.mechanism} needs paths=2 (got paths=1)")
@@ -388,6 +394,9 @@ def _resolve(config: TestbedConfig, kernel: Mapping[str, bool]
     if config.rate_cap_bps is not None and not kernel[config.rate_cap_qdisc]:
         raise TestbedError(f"rate cap needs tc {config.rate_cap_qdisc}, which this kernel "
                            "lacks: drop the rate cap or pick the other qdisc")
+    if config.loss_percent > 0 and not kernel["nft"]:
+        raise TestbedError("random loss needs nftables (`nft` and nf_tables in the kernel): "
+                           "apt-get install nftables, or drop loss_percent")
     if config.pps_limit is not None and not kernel["nft"]:
         raise TestbedError("pps policer needs nftables (`nft` and nf_tables in the kernel): "
                            "apt-get install nftables, or drop the pps limit")
@@ -476,6 +485,26 @@ def _policer_ruleset(ingress_ifnames: Sequence[str], config: TestbedConfig) -> s
     )
 
 
+LOSS_TABLE = "pktbench_loss"
+
+
+def _loss_ruleset(ingress_ifnames: Sequence[str], config: TestbedConfig) -> str:
+    devices = ", ".join(f'"{name}"' for name in ingress_ifnames)
+    # numgen random draws per packet, so the loss is independent of rate and
+    # of its neighbours (Bernoulli): the path's loss floor. UDP only, so the
+    # control channel's TCP is not slowed by retransmits.
+    return (
+        f"table inet {LOSS_TABLE} {{\n"
+        "  counter dropped_random { }\n"
+        "  chain lose {\n"
+        "    type filter hook prerouting priority raw; policy accept;\n"
+        f"    iifname {{ {devices} }} meta l4proto udp numgen random mod 10000 < "
+        f"{round(config.loss_percent * 100)} counter name \"dropped_random\" drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
 def _build(config: TestbedConfig, mechanism: Mechanism,
            delay_ms: float) -> None:
     prefix = config.prefix
@@ -533,14 +562,17 @@ def _build(config: TestbedConfig, mechanism: Mechanism,
     for side in shaped_sides:
         for i in range(config.paths):
             _shape_egress(ns[side], ifname(side, i), config, delay_ms)
+        # Traffic leaving `side` is policed where it arrives, at the peer.
+        receiver: Side = "b" if side == "a" else "a"
+        names = [ifname(receiver, i) for i in range(config.paths)]
+        if mechanism == "bond":
+            names.append(BOND_IFNAME)
         if config.pps_limit is not None:
-            # Traffic leaving `side` is policed where it arrives, at the peer.
-            receiver: Side = "b" if side == "a" else "a"
-            names = [ifname(receiver, i) for i in range(config.paths)]
-            if mechanism == "bond":
-                names.append(BOND_IFNAME)
             _run(_in_ns(ns[receiver], ["nft", "-f", "-"]),
                  input_text=_policer_ruleset(names, config))
+        if config.loss_percent > 0:
+            _run(_in_ns(ns[receiver], ["nft", "-f", "-"]),
+                 input_text=_loss_ruleset(names, config))
     # Last step: the stamp marks the testbed complete.
     _run(["ip", "-n", ns["a"], "link", "set", ifname("a", 0), "alias",
           _stamp_text(config, mechanism, delay_ms)])

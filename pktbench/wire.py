@@ -44,7 +44,7 @@ FIELDS: tuple[Field, ...] = (
     Field("version", "B", "constant VERSION; anything else is dropped as bad_version"),
     Field("kind", "B", "KIND_* value: request, response or one-way blast"),
     Field("command", "B", "COMMAND_* value of the RESP command carried"),
-    Field("flags", "B", "reserved, zero"),
+    Field("flags", "B", "FLAG_* bits (FLAGS); a reply echoes its request's; unknown bits zero"),
     Field("stream_id", "H", "sender's stream (worker) number"),
     Field("token", "Q", "session token handed out by the server's control channel"),
     Field("seq", "Q", "per-stream sequence number, from 0"),
@@ -71,6 +71,13 @@ KIND_REQUEST = 1
 KIND_RESPONSE = 2
 KIND_BLAST = 3
 KINDS = {"request": KIND_REQUEST, "response": KIND_RESPONSE, "blast": KIND_BLAST}
+
+# Header flag bits. Warm-up packets (and the replies to them) carry
+# FLAG_WARMUP so that neither end counts them in the measured window, and a
+# capture can tell them from measured packets: warm-up numbers its packets
+# from 0 too, so without the bit they would read as duplicates.
+FLAG_WARMUP = 0x01
+FLAGS = {"warmup": FLAG_WARMUP}
 
 COMMAND_NONE = 0
 COMMAND_PING = 1
@@ -244,10 +251,10 @@ def reply_payload(command: int, size: int) -> bytes:
 
 
 def build_request(command: int, size: int, *, token: int, seq: int, send_ns: int,
-                  stream_id: int = 0) -> bytes:
+                  stream_id: int = 0, flags: int = 0) -> bytes:
     kind = KIND_BLAST if command == COMMAND_NONE else KIND_REQUEST
     return pack_header(kind=kind, command=command, token=token, seq=seq, send_ns=send_ns,
-                       stream_id=stream_id) + request_payload(command, size)
+                       stream_id=stream_id, flags=flags) + request_payload(command, size)
 
 
 def build_reply(request: bytes) -> bytes:
@@ -280,6 +287,7 @@ def render_pxi() -> str:
     lines += [f"    WIRE_OFF_{f.name.upper()} = {OFFSETS[f.name]}" for f in FIELDS]
     lines += [f"    WIRE_KIND_{name.upper()} = {value}" for name, value in KINDS.items()]
     lines += [f"    WIRE_COMMAND_{name.upper()} = {value}" for name, value in COMMANDS.items()]
+    lines += [f"    WIRE_FLAG_{name.upper()} = {value:#x}" for name, value in FLAGS.items()]
     lines += [f"    WIRE_DROP_{name.upper()} = {i}" for i, name in enumerate(DROP_REASONS)]
     lines.append(f"    WIRE_DROP_REASONS = {len(DROP_REASONS)}")
     return "\n".join(lines) + "\n"

@@ -316,7 +316,7 @@ def run_client_step(client: Any, params: StepParams, *, index: int = 0, repeat: 
         raise
     sent = [o.counters["sent"] for o in outcomes]
     receiver = client.end_step({"sent": sum(sent), "sent_per_stream": sent},
-                               params.drain_s + 15.0)
+                               params.result_timeout_s)
     merged = merge_outcomes(outcomes, params.rate_pps)
     per_stream = receiver.get("streams") or [{}] * count
     flows = [_worker_figures(params, info, outcome, per_stream[i] if i < len(per_stream) else {})

@@ -61,7 +61,8 @@ def _check_totals(result: DecodeResult) -> None:
                               + result.non_udp_packets + result.fragment_packets
                               + result.truncated_packets)
     assert result.non_pktbench_packets == result.packets - result.pktbench_packets
-    assert sum(f.packets for f in result.flows) == result.pktbench_packets
+    assert sum(f.packets + f.warmup_packets for f in result.flows) == result.pktbench_packets
+    assert sum(f.warmup_packets for f in result.flows) == result.warmup_packets
 
 
 # Request seqs as sent into the capture: 3, 7 and 8 are lost, 5 arrives twice,
@@ -154,6 +155,26 @@ def test_streams_tokens_and_kinds_are_separate_flows(tmp_path: Path) -> None:
     keys = [(f.stream_id, f.token, f.kind, f.packets) for f in result.flows]
     assert keys == [(1, 0xABC, "request", 2), (2, 0xABC, "request", 1), (0, 7, "request", 1),
                     (0, 0xABC, "blast", 1)]
+
+
+def test_warmup_packets_are_counted_apart(tmp_path: Path) -> None:
+    # A run with a warm-up: 250 flagged packets numbered from 0, then the
+    # measured window numbered from 0 again, as the engine sends them.
+    base = Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=40000, dport=PORT)
+    warm = [base / wire.build_request(wire.COMMAND_NONE, 64, token=0xABC, seq=s, send_ns=s,
+                                      flags=wire.FLAG_WARMUP) for s in range(250)]
+    measured = [base / wire.build_request(wire.COMMAND_NONE, 64, token=0xABC, seq=s, send_ns=s)
+                for s in range(1003) if s != 17]
+    result = decode_pcap(_write(tmp_path / "w.pcap", warm + measured))
+    _check_totals(result)
+    [flow] = result.flows
+    assert (flow.packets, flow.warmup_packets) == (1002, 250)
+    assert (flow.missing_packets, flow.duplicate_packets) == (1, 0)
+    assert (flow.warmup_missing_packets, flow.warmup_duplicate_packets) == (0, 0)
+    assert abs(flow.first_ns - (T0 * 10**9 + 250 * 10**6)) < 1000  # the measured window's first
+    assert result.warmup_packets == 250 and result.pktbench_packets == 1252
+    totals = result.to_dict()["totals"]
+    assert (totals["warmup_packets"], totals["measured_packets"]) == (250, 1002)
 
 
 def test_ipv6_with_extension_headers(tmp_path: Path) -> None:
@@ -396,7 +417,8 @@ def test_cli_table(session_pcap: Path) -> None:
     result = CliRunner().invoke(main, ["decode", str(session_pcap)])
     assert result.exit_code == 0, result.output
     assert f"{CLIENT}:40000" in result.output and f"{SERVER}:{PORT}" in result.output
-    assert "17 packets: 11 pktbench, 4 other UDP, 2 not UDP, 0 fragments, 0 truncated" in \
+    assert ("17 packets: 11 pktbench (11 measured, 0 warm-up), 4 other UDP, 2 not UDP, "
+            "0 fragments, 0 truncated") in \
         result.output
     assert "not wire version" in result.output
 

@@ -18,6 +18,7 @@ from pktbench.knee import (
     find_knee,
     kneedle,
     latency_kneedle_pps,
+    loss_floor_ratio,
     pending_confirmation_pps,
     summarize_knee,
 )
@@ -321,7 +322,8 @@ def test_summarize_knee_matches_schema() -> None:
     knee = find_knee(sweep([0, 0, 0.02, 0.04]))
     summary = summarize_knee(knee)
     assert summary == {"offered_pps": 3000.0, "last_good_pps": 2000.0,
-                       "reason": "loss 2% > 0.5%", "criterion": "loss", "step_index": 2}
+                       "reason": "loss 2% > 0.5%", "criterion": "loss", "step_index": 2,
+                       "loss_floor_ratio": 0.0}
 
 
 def test_annotate_fills_copies() -> None:
@@ -344,6 +346,75 @@ def test_analyze_steps_bundle() -> None:
     assert result["baseline_p99_us"] == 100.0
     assert result["kneedle_pps"] is not None and 5000 <= result["kneedle_pps"] <= 7000
     assert len(result["steps"]) == len(steps)
+
+
+# --------------------------------------------------------------------------- loss floor
+
+def test_rate_independent_loss_is_a_floor_not_a_knee() -> None:
+    # 1 % random loss at every rate, counted on 20,000 packets a step.
+    losses = [0.0102, 0.0097, 0.0105, 0.0099, 0.0101, 0.0096, 0.0103]
+    steps = sweep(losses, start=1370.0, step=910.0, sent_packets=20_000)
+    assert loss_floor_ratio(steps) == pytest.approx(0.0099, abs=1e-4)
+    assert find_knee(steps) is None
+    assert pending_confirmation_pps(steps) is None
+    assert all(s["failures"] == [] for s in annotate(steps))
+    # Without the floor every step fails and the lowest rate is called the knee.
+    raw = find_knee(steps, KneeCriteria(loss_floor_ratio=0.0))
+    assert raw is not None and raw.offered_pps == 1370.0 and raw.last_good_pps is None
+
+
+def test_knee_above_a_floor_is_judged_on_the_loss_above_it() -> None:
+    losses = [0.0101, 0.0098, 0.0103, 0.0100, 0.041, 0.12, 0.2]
+    steps = sweep(losses, start=1000.0, step=1000.0, sent_packets=20_000)
+    knee = find_knee(steps)
+    assert knee is not None
+    assert knee.offered_pps == 5000.0 and knee.last_good_pps == 4000.0
+    assert knee.loss_floor_ratio == pytest.approx(0.00995)
+    assert knee.reason == "loss 4.1% > 1.7% (0.5% above the 1% loss floor, 0.21% counting noise)"
+    assert summarize_knee(knee)["loss_floor_ratio"] == pytest.approx(0.00995)  # type: ignore[index]
+
+
+def test_delivery_is_judged_on_what_the_floor_leaves() -> None:
+    # A 6 % floor leaves 94 % delivery, under the 95 % limit, at every rate.
+    steps = sweep([0.060, 0.061, 0.059, 0.060], sent_packets=50_000)
+    assert find_knee(steps) is None
+    assert find_knee(steps, KneeCriteria(loss_floor_ratio=0.0)) is not None
+
+
+def test_overload_at_every_rate_is_not_a_floor() -> None:
+    # Above a 900 pps limit from the first rate: loss grows with rate.
+    rates = [1000.0, 1300.0, 1700.0]
+    steps = [make_step(r, loss_ratio=1 - 900 / r, index=i) for i, r in enumerate(rates)]
+    assert loss_floor_ratio(steps) == 0.0
+    knee = find_knee(steps)
+    assert knee is not None and knee.offered_pps == 1000.0 and knee.last_good_pps is None
+
+
+def test_floor_needs_loss_at_every_low_rate_and_two_rates() -> None:
+    assert loss_floor_ratio(sweep([0.0, 0.01, 0.01])) == 0.0
+    assert loss_floor_ratio(sweep([0.8])) == 0.0  # one step cannot show rate independence
+    knee = find_knee([make_step(1000, loss_ratio=0.8)], KneeCriteria(confirm_steps=0))
+    assert knee is not None
+
+
+def test_floor_noise_allowance_follows_the_packet_count() -> None:
+    # 1 % +- counting noise on 2,000 packets (sigma 0.22 %): still one floor.
+    steps = sweep([0.0085, 0.0140, 0.0110], sent_packets=2_000)
+    assert loss_floor_ratio(steps) == pytest.approx(0.01125)  # median of the lowest two
+    # The same spread on 10^6 packets is not noise: loss grew with rate.
+    steps = sweep([0.0085, 0.0160, 0.0110], sent_packets=1_000_000)
+    assert loss_floor_ratio(steps) == 0.0
+
+
+def test_configured_floor() -> None:
+    steps = sweep([0.0, 0.0, 0.02, 0.03, 0.05])
+    criteria = KneeCriteria(loss_floor_ratio=0.02)
+    assert loss_floor_ratio(steps, criteria) == 0.02
+    knee = find_knee(steps, criteria)
+    assert knee is not None and knee.offered_pps == 4000.0
+    with pytest.raises(ConfigError, match="loss_floor_ratio"):
+        KneeCriteria(loss_floor_ratio=1.0)
+    assert analyze_steps(steps, criteria)["loss_floor_ratio"] == 0.02
 
 
 # --------------------------------------------------------------------------- Kneedle

@@ -251,7 +251,7 @@ def test_table_summary_lines_say_knee_last_good_and_searches() -> None:
 
 def test_table_without_knee_names_sender_bound_steps() -> None:
     text = render_table(golden("sweep-blast"))
-    assert "no knee: every step passed up to 432,876 pps" in text
+    assert "no knee up to 432,876 pps (sender-bound above" in text
     assert "from 657,933 pps the sender itself could not reach the offered rate" in text
     assert table.KNEE_MARK not in text
 
@@ -393,7 +393,7 @@ def test_compare_with_no_knee_on_one_side() -> None:
     blast, old = golden("sweep-blast"), golden("sweep-old-path")
     row = compare(old, blast)["summary"][0]
     assert row["metric"] == "knee_pps" and row["b"] is None
-    assert row["verdict"] == "better" and "B had no knee up to 1,000,000 pps" in row["note"]
+    assert row["verdict"] == "better" and "B had no knee up to 432,876 pps (sender-bound above)" in row["note"]
     assert "no per-rate comparison" in render_compare(compare(old, blast))
 
 

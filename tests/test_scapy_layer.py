@@ -227,3 +227,12 @@ def test_cli_and_wire_do_not_import_scapy() -> None:
                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_flags_are_named_from_wire() -> None:
+    layer = PktbenchHeader(kind="blast", flags="warmup", token=5, seq=3, send_ns=9)
+    assert raw(layer) == wire.pack_header(kind=wire.KIND_BLAST, flags=wire.FLAG_WARMUP,
+                                          token=5, seq=3, send_ns=9)
+    parsed = PktbenchHeader(raw(layer))
+    assert parsed.flags.warmup and int(parsed.flags) == wire.FLAG_WARMUP
+    assert not PktbenchHeader(raw(PktbenchHeader())).flags.warmup

@@ -52,6 +52,33 @@ def policed_path(limit_pps: float, *, seed: int = 0, limit_noise: float = 0.0,
     return trial
 
 
+def buffered_path(capacity_pps: float, queue_packets: float, *, warmup_s: float = 0.5,
+                  loss_floor: float = 0.0, clock: FakeClock | None = None,
+                  log: list[TrialOutcome] | None = None) -> Trial:
+    """A shaper with a queue: the excess over capacity fills the queue, overflow is lost.
+
+    The warm-up runs at the trial's rate first, so it pre-fills the queue; the
+    measured window then delivers capacity x T less what the warm-up left
+    queued, plus what is still queued at the end (it drains afterwards).
+    """
+    def trial(rate_pps: float, duration_s: float) -> TrialOutcome:
+        if clock is not None:
+            clock.spend(duration_s)
+        excess = max(0.0, rate_pps - capacity_pps)
+        queued_at_start = min(queue_packets, excess * warmup_s)
+        room = queue_packets - queued_at_start
+        sent = rate_pps * duration_s
+        lost = max(0.0, excess * duration_s - room)
+        received = (sent - lost) * (1.0 - loss_floor)
+        outcome = TrialOutcome(rate_pps, (sent - received) / sent, False, duration_s, rate_pps,
+                               received / duration_s)
+        if log is not None:
+            log.append(outcome)
+        return outcome
+
+    return trial
+
+
 def check_invariants(result: SearchResult, precision: float) -> None:
     for goal in (result.ndr, result.pdr):
         if goal.lower_pps is not None and goal.upper_pps is not None:
@@ -177,11 +204,82 @@ def test_max_time_stops_the_search() -> None:
 def test_goals_report_their_own_cost_in_schema_shape() -> None:
     result = search_throughput(policed_path(5500), min_pps=100, max_pps=100_000)
     doc = result.to_dict()
-    assert set(doc) == {"ndr", "pdr", "pdr_loss_ratio"}
-    assert set(doc["ndr"]) == {"lower_pps", "upper_pps", "trials", "duration_s"}
+    assert set(doc) == {"ndr", "pdr", "pdr_loss_ratio", "capacity_pps", "sender_max_pps",
+                        "notes"}
+    assert set(doc["ndr"]) == {"lower_pps", "upper_pps", "upper_bound_by", "lower_duration_s",
+                               "trials", "duration_s"}
+    assert doc["capacity_pps"] is None  # the simulated policer reports no received rate
     assert doc["pdr_loss_ratio"] == 0.005
     assert 0 < doc["ndr"]["trials"] <= doc["pdr"]["trials"] <= len(result.trials)
     assert doc["pdr"]["duration_s"] <= result.trial_time_s
+
+
+@pytest.mark.parametrize("capacity_pps, queue_packets", [(4717.0, 520.0), (13_331.0, 2_000.0),
+                                                        (987.0, 120.0)])
+def test_a_buffer_cannot_lift_ndr_above_the_delivered_capacity(capacity_pps: float,
+                                                               queue_packets: float) -> None:
+    # Trials a few % above capacity pass (the queue absorbs 2 s of the excess);
+    # the received rate of the lossy ones is the capacity.
+    path = buffered_path(capacity_pps, queue_packets)
+    assert path(capacity_pps * 1.03, 2.0).loss_ratio == 0.0
+    result = search_throughput(path, min_pps=capacity_pps / 5, max_pps=capacity_pps * 2.1,
+                               precision=0.01, initial_duration_s=0.5, final_duration_s=2.0)
+    assert result.capacity_pps == pytest.approx(capacity_pps, rel=1e-6)
+    assert result.ndr_pps is not None and result.pdr_pps is not None
+    assert capacity_pps / 1.01 <= result.ndr_pps <= capacity_pps
+    assert result.ndr.upper_bound_by == "capacity"
+    assert result.pdr_pps <= capacity_pps / (1 - 0.005)
+    assert any(n.startswith(f"capacity: the received rate saturates at {capacity_pps:,.0f}")
+               for n in result.notes)
+    check_invariants(result, 0.01)
+
+
+def test_known_steps_feed_the_plateau() -> None:
+    steps: list[TrialOutcome] = []
+    sweep = buffered_path(2_903.0, 300.0, log=steps)
+    for rate in (4_400.0, 6_100.0):
+        sweep(rate, 2.0)
+    # Without the sweep's steps the search sees one lossy rate only.
+    result = search_throughput(buffered_path(2_903.0, 300.0), min_pps=500, max_pps=4_400.0,
+                               known=steps)
+    assert result.capacity_pps == pytest.approx(2_903.0)
+    assert result.ndr_pps is not None and 2_903.0 / 1.01 <= result.ndr_pps <= 2_903.0
+
+
+def test_random_loss_is_no_plateau() -> None:
+    from pktbench.search import delivered_plateau_pps
+
+    # 1 % loss at every rate: received grows with offered.
+    assert delivered_plateau_pps([(r, 0.99 * r) for r in (1000.0, 2000.0, 4000.0)], 0.01) is None
+    # A policer at 5,500: flat.
+    assert delivered_plateau_pps([(6100.0, 5503.0), (7900.0, 5500.0), (9000.0, 5501.0)],
+                                 0.01) == 5500.0
+    # One saturated trial is not a plateau; nor two at nearly the same rate.
+    assert delivered_plateau_pps([(6100.0, 5500.0)], 0.01) is None
+    assert delivered_plateau_pps([(6100.0, 5500.0), (6110.0, 5501.0)], 0.01) is None
+
+
+def test_a_failure_seen_only_in_a_short_trial_is_confirmed_at_full_duration() -> None:
+    # A path that loses in short trials only (start-up transients) below 3,000 pps.
+    def trial(rate_pps: float, duration_s: float) -> TrialOutcome:
+        limit = 3_000.0 if duration_s < 2.0 else 4_000.0
+        loss = max(0.0, 1 - limit / rate_pps)
+        return TrialOutcome(rate_pps, loss, False, duration_s, rate_pps)
+
+    result = search_throughput(trial, min_pps=500, max_pps=8_000, precision=0.01)
+    assert result.ndr_pps is not None and 4_000 / 1.01 <= result.ndr_pps <= 4_000
+    final = [t for t in result.trials if t.duration_s == 2.0]
+    assert result.ndr.upper_pps in [t.rate_pps for t in final if t.loss_ratio > 0]
+
+
+def test_never_above_the_rate_the_sender_reached() -> None:
+    # Sender-bound from 61,616 pps: it never sends more than that.
+    result = search_throughput(policed_path(1e12, sender_max_pps=61_616), min_pps=1_000,
+                               max_pps=200_000)
+    assert result.sender_max_pps is not None and result.sender_max_pps <= 61_616
+    for goal in (result.ndr, result.pdr):
+        assert goal.lower_pps is not None and goal.lower_pps <= result.sender_max_pps
+        assert goal.upper_bound_by == "sender"
 
 
 def test_single_phase_when_durations_equal() -> None:

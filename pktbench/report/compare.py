@@ -74,8 +74,29 @@ def _headline_values(result: SweepResult) -> dict[str, Any]:
     }
 
 
+def _max_judged(result: SweepResult) -> tuple[float | None, bool]:
+    """(highest rate the path was judged at, whether the sender was bound above it)."""
+    judged = [s["offered_pps"] for s in result.steps
+              if is_number(s.get("offered_pps")) and not s.get("sender_bound")]
+    bound = any(s.get("sender_bound") for s in result.steps)
+    if not judged:
+        return _max_offered(result), bound
+    return max(judged), bound and any(s.get("sender_bound") and is_number(s.get("offered_pps"))
+                                      and s["offered_pps"] > max(judged) for s in result.steps)
+
+
+def _no_knee(label: str, result: SweepResult) -> tuple[float | None, str]:
+    top, bound = _max_judged(result)
+    words = f"{label} had no knee up to {fmt_pps(top)} pps"
+    return top, words + (" (sender-bound above)" if bound else "")
+
+
 def _knee_row(a: SweepResult, b: SweepResult, tolerance: float) -> tuple[float | None, str, str]:
-    """The knee is special: "no knee" means "better than the highest rate tried"."""
+    """The knee is special: "no knee" means "better than the highest rate judged".
+
+    Sender-bound steps never count: a sweep whose sender could not reach a
+    rate says nothing about the path there.
+    """
     ka, kb = a.knee_pps, b.knee_pps
     if ka is not None and kb is not None:
         ratio, word = _verdict(ka, kb, True, tolerance)
@@ -83,14 +104,14 @@ def _knee_row(a: SweepResult, b: SweepResult, tolerance: float) -> tuple[float |
     if ka is None and kb is None:
         return None, "n/a", "neither sweep found a knee"
     if ka is None:
-        max_a = _max_offered(a)
+        max_a, words = _no_knee("A", a)
         if max_a is not None and kb is not None and kb <= max_a:
-            return None, "worse", f"A had no knee up to {fmt_pps(max_a)} pps"
-        return None, "n/a", f"A had no knee up to {fmt_pps(max_a)} pps"
-    max_b = _max_offered(b)
+            return None, "worse", words
+        return None, "n/a", words
+    max_b, words = _no_knee("B", b)
     if max_b is not None and is_number(ka) and max_b >= ka:
-        return None, "better", f"B had no knee up to {fmt_pps(max_b)} pps"
-    return None, "n/a", f"B had no knee up to {fmt_pps(max_b)} pps"
+        return None, "better", words
+    return None, "n/a", words
 
 
 def _median(group: RateGroup, *path: str) -> float | None:

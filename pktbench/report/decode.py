@@ -26,20 +26,25 @@ def render_decode(result: Any) -> str:
 
     from pktbench import wire
 
+    # Measured and warm-up packets apart: the measured columns are what the
+    # run's own counters report.
     rows = [[
         f"{f.src}:{f.src_port}", f"{f.dst}:{f.dst_port}", f.stream_id, f"{f.token:x}", f.kind,
         f.packets, f.payload_bytes,
         f"{f.size_min_bytes}" if f.size_min_bytes == f.size_max_bytes
         else f"{f.size_min_bytes}-{f.size_max_bytes}",
         f"{f.duration_s:.3f}", f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets,
-        f.reordered_packets,
+        f.reordered_packets, f.warmup_packets,
     ] for f in result.flows]
     headers = ["source", "destination", "stream", "token", "kind", "packets", "payload_bytes",
-               "size_bytes", "duration_s", "rate_pps", "missing", "duplicate", "reordered"]
+               "size_bytes", "duration_s", "rate_pps", "missing", "duplicate", "reordered",
+               "warm-up"]
     lines = [tabulate(rows, headers=headers, tablefmt="simple") if rows
              else "no pktbench packets found"]
     lines.append(
-        f"{result.packets} packets: {result.pktbench_packets} pktbench, "
+        f"{result.packets} packets: {result.pktbench_packets} pktbench "
+        f"({result.pktbench_packets - result.warmup_packets} measured, "
+        f"{result.warmup_packets} warm-up), "
         f"{result.other_udp_packets} other UDP, {result.non_udp_packets} not UDP, "
         f"{result.fragment_packets} fragments, {result.truncated_packets} truncated"
     )

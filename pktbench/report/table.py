@@ -156,9 +156,18 @@ def _search_line(name: str, value: Any, result: SweepResult) -> str | None:
     return line + ")"
 
 
+def _floor_percent(ratio: float) -> str:
+    return f"{100 * ratio:.1f} %" if ratio >= 0.001 else f"{100 * ratio:.2f} %"
+
+
 def _summary_lines(result: SweepResult) -> list[str]:
     lines: list[str] = []
     knee = result.knee
+    judgement = result.judgement or {}
+    floor = judgement.get("loss_floor_ratio") or 0.0
+    if knee and floor > 0:
+        lines.append(f"loss floor: the path loses {_floor_percent(floor)} at every rate; "
+                     "the knee is judged on the loss above it")
     if knee:
         criterion = knee.get("criterion")
         lines.append(f"knee: {fmt_pps(knee.get('offered_pps'))} pps - {knee.get('reason', '')}")
@@ -172,11 +181,18 @@ def _summary_lines(result: SweepResult) -> list[str]:
         passing = [s["offered_pps"] for s in result.steps
                    if not s.get("failures") and not s.get("sender_bound")]
         bound = [s["offered_pps"] for s in result.steps if s.get("sender_bound")]
-        if passing:
+        if floor > 0 and passing:
+            line = (f"the path loses {_floor_percent(floor)} at every rate: no knee; "
+                    f"loss floor {_floor_percent(floor)}")
+        elif passing:
             line = f"no knee: every step passed up to {fmt_pps(max(passing))} pps"
         else:
             line = "no knee found"
-        if bound:
+        if bound and passing and floor <= 0:
+            line = (f"no knee up to {fmt_pps(max(passing))} pps (sender-bound above: from "
+                    f"{fmt_pps(min(bound))} pps the sender itself could not reach the offered "
+                    "rate)")
+        elif bound:
             line += (f"; from {fmt_pps(min(bound))} pps the sender itself could not reach "
                      "the offered rate (sender-bound, not the path)")
         lines.append(line)
@@ -185,6 +201,10 @@ def _summary_lines(result: SweepResult) -> list[str]:
     if result.kneedle_pps is not None:
         lines.append(f"kneedle estimate: {fmt_pps(result.kneedle_pps)} pps "
                      "(where the received-rate curve bends most)")
+    capacity = judgement.get("capacity_pps")
+    if is_number(capacity):
+        lines.append(f"capacity: {fmt_pps(capacity)} pps delivered (the received rate "
+                     "saturates there however much more is offered)")
     for name, value in (("NDR", result.ndr_pps), ("PDR", result.pdr_pps)):
         search_line = _search_line(name, value, result)
         if search_line:

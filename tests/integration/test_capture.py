@@ -33,8 +33,11 @@ from pktbench.decode import FlowStats, decode_pcap
 pytestmark = pytest.mark.root
 
 PORT = wire.DEFAULT_PORT  # the namespaces are ours alone: the default port is free
-RATE_PPS = 2000
+RATE_PPS = 2173  # odd on purpose: counts that come out right by accident are rarer
 DURATION_S = 2.0
+# The sweep profiles' warm-up: warm-up packets number from 0 as the measured
+# window does, and the capture must still agree with the run's counters.
+WARMUP_S = 0.5
 
 
 def _python(*args: str) -> list[str]:
@@ -85,6 +88,7 @@ def tcpdump_path() -> str:
 def _run_step(testbed: tb.TestbedInfo, out: Path, workload: str) -> dict[str, Any]:
     proc = tb.exec_in("a", _python("run", testbed.addrs["b"], "--workload", workload,
                                    "--rate", str(RATE_PPS), "--duration", str(DURATION_S),
+                                   "--warmup", str(WARMUP_S),
                                    "--json", str(out)),
                       prefix=testbed.prefix, capture_output=True, timeout_s=60)
     assert proc.returncode == 0, proc.stderr
@@ -134,13 +138,19 @@ def test_capture_counts_equal_the_tools_counters(testbed: tb.TestbedInfo,
     # nothing else on the data port: every captured datagram is one of the steps'
     assert decoded.other_udp_packets == 0
 
-    expected_blast = int(RATE_PPS * DURATION_S)
+    expected_blast = round(RATE_PPS * DURATION_S)
+    expected_warmup = round(RATE_PPS * WARMUP_S)
     assert blast["sent_packets"] == expected_blast
     [blast_flow] = _flows(decoded.flows, "blast")
     assert blast_flow.packets == blast["sent_packets"]
     assert blast_flow.packets == blast["received_packets"]
     assert blast_flow.packets == blast["receiver"]["received"]
     assert blast_flow.missing_packets == 0 and blast_flow.duplicate_packets == 0
+    # The warm-up ends at its deadline, so it may send a few packets fewer
+    # than scheduled; the receiver counted exactly what the capture holds.
+    assert blast_flow.warmup_packets == blast["receiver"]["warmup"]
+    assert 0.95 * expected_warmup <= blast_flow.warmup_packets <= expected_warmup
+    assert blast_flow.warmup_duplicate_packets == 0 == blast["duplicate_packets"]
     assert (blast_flow.src, blast_flow.dst, blast_flow.dst_port) == (
         testbed.addrs["a"], testbed.addrs["b"], PORT)
 
@@ -149,8 +159,13 @@ def test_capture_counts_equal_the_tools_counters(testbed: tb.TestbedInfo,
     assert requests.token == responses.token != blast_flow.token
     assert requests.packets == rr["sent_packets"] == expected_blast
     assert requests.packets == rr["receiver"]["received"]
-    assert responses.packets == rr["receiver"]["replied"]
+    # the responder's "replied" counts every reply it sent, warm-up ones too
+    assert responses.packets + responses.warmup_packets == rr["receiver"]["replied"]
     assert responses.packets == rr["received_packets"]
+    assert requests.duplicate_packets == responses.duplicate_packets == 0
+    assert requests.warmup_packets == rr["receiver"]["warmup"]
+    assert 0.95 * expected_warmup <= requests.warmup_packets <= expected_warmup
+    assert responses.warmup_packets == requests.warmup_packets
     assert (responses.src, responses.src_port, responses.dst, responses.dst_port) == (
         requests.dst, requests.dst_port, requests.src, requests.src_port)
     # never an amplifier, on the wire either
