@@ -1,5 +1,10 @@
 """Build the Cython engine: pktbench._engine (UDP) and pktbench._tcp (RESP over TCP).
 
+The engine is optional, as msgpack's is: without Cython or a C compiler the
+package installs with its pure-Python engine (pktbench/_fallback.py) and says
+so. PKTBENCH_PUREPYTHON=1 skips the build; PKTBENCH_REQUIRE_EXTENSION=1 makes
+a failed build an error (CI and the wheel builds set it).
+
 PKTBENCH_DEBUG=1 writes annotated HTML next to the sources and turns on
 line tracing, so a hot loop that touches Python objects shows up in yellow.
 """
@@ -7,11 +12,40 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, ExecError, PlatformError
+
+pure = os.environ.get("PKTBENCH_PUREPYTHON", "") not in ("", "0")
+required = os.environ.get("PKTBENCH_REQUIRE_EXTENSION") == "1"
+
+
+def skip(reason):
+    if required:
+        sys.exit(f"pktbench: the compiled engine is required but {reason}")
+    print(f"pktbench: WARNING: {reason}; installing the pure-Python engine only "
+          "(slower; see README)", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile leaves the pure-Python engine in charge instead of failing the install."""
+
+    def run(self):
+        try:
+            super().run()
+        except (PlatformError, CCompilerError, ExecError, OSError) as exc:
+            skip(f"the engine could not be built ({exc})")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except (PlatformError, CCompilerError, ExecError, OSError) as exc:
+            skip(f"{ext.name} could not be built ({exc})")
+
 
 try:
     from Cython.Build import cythonize
 except ImportError:
-    sys.exit("pktbench needs Cython>=3.1 to build its engine: pip install 'Cython>=3.1,<4'")
+    cythonize = None
 
 debug = os.environ.get("PKTBENCH_DEBUG") == "1"
 directives = {"language_level": 3, "embedsignature": True}
@@ -25,4 +59,12 @@ extensions = [
     for name, source in (("pktbench._engine", "ext/_engine.pyx"), ("pktbench._tcp", "ext/_tcp.pyx"))
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=debug))
+if pure:
+    ext_modules = []
+elif cythonize is None:
+    skip("Cython>=3.1 is missing (pip install 'Cython>=3.1,<4')")
+    ext_modules = []
+else:
+    ext_modules = cythonize(extensions, compiler_directives=directives, annotate=debug)
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

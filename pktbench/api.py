@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pktbench import redis_target
 from pktbench.address import Target, parse_target
 from pktbench.config import Profile
-from pktbench.engine import ENGINE_NAME
+from pktbench.engine import engine_environment
+from pktbench.knee import KneeCriteria
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.redis_target import RedisAuth
@@ -71,7 +72,8 @@ def run_step(target: str | Target | None, params: StepParams, *, secret: bytes |
 
 def run(target: str | Target | None, params: StepParams, *, secret: bytes | None = None,
         redis_auth: RedisAuth | None = None, stop: threading.Event | None = None,
-        worker_cpus: tuple[int, ...] = ()) -> SweepResult:
+        worker_cpus: tuple[int, ...] = (),
+        criteria: KneeCriteria | None = None) -> SweepResult:
     """Run one step and return it as a result document (what `pktbench run` shows).
 
     Args:
@@ -82,28 +84,42 @@ def run(target: str | Target | None, params: StepParams, *, secret: bytes | None
         redis_auth: AUTH for a redis:// target (default: from its URL).
         stop: set to end the step early.
         worker_cpus: CPUs for the sender processes of a multi-stream UDP step.
+        criteria: what the step is judged by; default: the `default`
+            profile's, the same a sweep applies.
 
     Returns:
-        A SweepResult of kind "sweep" with config mode "run" and one step.
+        A SweepResult of kind "sweep" with config mode "run", one judged step
+        and its judgement.
 
     Raises:
         PktbenchError: connection, authentication, protocol or engine trouble.
     """
     step = run_step(target, params, secret=secret, redis_auth=redis_auth, stop=stop,
                     worker_cpus=worker_cpus)
-    return run_result(target, params, step)
+    return run_result(target, params, step, criteria)
 
 
 def run_result(target: str | Target | None, params: StepParams,
-               step: Mapping[str, Any]) -> SweepResult:
-    """A one-step result document, the same shape a sweep writes."""
+               step: Mapping[str, Any], criteria: KneeCriteria | None = None) -> SweepResult:
+    """A one-step result document, the same shape a sweep writes, judged by `criteria`."""
+    from pktbench import knee
+    from pktbench.config import load_profile
+
+    if criteria is None:
+        criteria = load_profile("default").criteria
+    analysis = knee.analyze_steps([step], criteria)
+    judgement = {"verdict": analysis["verdict"], "failed_criteria": analysis["failed_criteria"],
+                 "criteria": criteria.as_dict(), "loss_floor_ratio": analysis["loss_floor_ratio"],
+                 "baseline_p99_us": None, "capacity_pps": None,
+                 "sender_max_pps": analysis["sender_max_pps"]}
     resolved = as_target(target)
     host = resolved.host if resolved else "127.0.0.1"
     config = {"mode": "run", "target": str(resolved) if resolved else "embedded loopback server",
               **params.to_dict()}
     env = environment(host)
-    env["engine"] = ENGINE_NAME
-    return SweepResult(environment=env, config=config, steps=(dict(step),))
+    env.update(engine_environment())
+    return SweepResult(environment=env, config=config, steps=tuple(analysis["steps"]),
+                       judgement=judgement)
 
 
 def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None = None,

@@ -61,8 +61,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pktbench import protocol, session, wire
-from pktbench._tcp import PUMP_OPEN, BulkPump
 from pktbench.address import Target, parse_target
+from pktbench.engine import _tcp
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
@@ -276,7 +276,7 @@ class _Pumped:
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int) -> None:
-        self.pump = BulkPump(capacity, sending, buffer_bytes)
+        self.pump = _tcp.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
@@ -332,7 +332,7 @@ class _Pumped:
                 if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
                     stream.mss_bytes = _maxseg(stream.sock)
-            if code != PUMP_OPEN and stream.last is None:
+            if code != _tcp.PUMP_OPEN and stream.last is None:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)

@@ -7,6 +7,7 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,37 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def _choose_engine(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Eager and before any engine import: pktbench/engine.py reads this once, when imported.
+    if value == "python":
+        os.environ["PKTBENCH_PUREPYTHON"] = "1"
+    elif value == "cython":
+        os.environ["PKTBENCH_PUREPYTHON"] = "0"
+        from pktbench import engine
+        if engine.ENGINE_NAME != "cython":
+            raise click.BadParameter("the compiled engine is not available in this install",
+                                     ctx=ctx, param=param)
+    return value
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from pktbench.engine import engine_environment
+
+    info = engine_environment()
+    click.echo(f"pktbench {__version__} (engine: {info['engine']}, {info['engine_build']}, "
+               f"{info['engine_wheel']})")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pktbench")
+@click.option("--engine", type=click.Choice(["cython", "python"]), default=None, is_eager=True,
+              expose_value=False, callback=_choose_engine,
+              help="Packet engine: the compiled one (default when built) or pure Python "
+                   "(also PKTBENCH_PUREPYTHON=1).")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False,
+              callback=_print_version, help="Show the version and the engine, then exit.")
 def main() -> None:
     """Find a network path's packets-per-second knee and throughput ceiling."""
 
@@ -155,27 +185,65 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="Refuse steps longer than this (warm-up included), seconds.")
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--quiet", is_flag=True, help="No per-session log lines.")
+@click.option("--pid-file", metavar="FILE", default=None,
+              help="Write the process id here once listening; removed on exit.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines as text or one JSON object per line.")
+@click.option("--print-systemd-unit", is_flag=True,
+              help="Print a systemd unit that runs this serve as a service, then exit.")
 def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
-          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool) -> None:
+          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool,
+          pid_file: str | None, log_format: str, print_systemd_unit: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
-    from pktbench import wire
-    from pktbench.report import listening_line, server_summary_line
+    from pktbench import service, wire
     from pktbench.session import Server, ServerConfig
 
+    if print_systemd_unit:
+        click.echo(service.systemd_unit(), nl=False)
+        return
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
                           secret=read_secret(token, token_file), max_rate_pps=max_rate,
                           max_duration_s=max_duration, once=once)
-    log = (lambda line: None) if quiet else None
+    log = service.logger(log_format, quiet)
     with Server(config, log=log) as server:
-        click.echo(listening_line(server.address))
-        sys.stdout.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if not quiet:
-                click.echo(server_summary_line(server.stats), err=True)
+        host, chosen = server.address
+        with service.pid_file(pid_file):
+            service.announce(log_format, host, chosen)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                stats = server.stats
+                if not quiet:
+                    service.log_stats(log_format, stats)
+
+
+# -- verdicts for CI ---------------------------------------------------------------
+
+# The path failed what --fail-on asked for: distinct from 1 (an error) and 2
+# (bad usage), so CI can tell a bad path from a broken run.
+EXIT_PATH_FAILED = 3
+
+FAIL_ON = click.option(
+    "--fail-on", "fail_on", type=click.Choice(["knee", "loss", "latency", "delivery"]),
+    multiple=True,
+    help=f"Exit {EXIT_PATH_FAILED} when the path fails: knee (a sweep found one, or the run's "
+         "step failed), or a step failed that criterion. Repeatable.")
+
+
+def _exit_on_failure(judgement: dict[str, Any] | None, fail_on: tuple[str, ...]) -> None:
+    """Exit EXIT_PATH_FAILED when the result's judgement fails what `fail_on` names."""
+    if not fail_on or judgement is None:
+        return
+    failed = list(judgement.get("failed_criteria") or [])
+    if judgement.get("verdict") == "fail":
+        failed.insert(0, "knee")
+    hit = [name for name in fail_on if name in failed]
+    if hit:
+        click.echo(f"FAIL: the path failed {', '.join(dict.fromkeys(hit))} "
+                   f"(--fail-on {','.join(fail_on)})", err=True)
+        sys.exit(EXIT_PATH_FAILED)
 
 
 # -- run --------------------------------------------------------------------------
@@ -207,16 +275,25 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
                    "the rate split evenly.")
 @click.option("--cpus", "cpus_text", metavar="LIST", default=None,
               help="Pin the worker processes to these CPUs, round-robin, e.g. 0,1.")
+@click.option("--profile", "profile_name", default="default", show_default=True,
+              metavar="NAME|FILE", help="Judge the step by this profile's criteria.")
+@click.option("--max-loss", type=click.FloatRange(0, 1), default=None,
+              help="Loss ratio above this fails the step (default: the profile's).")
+@click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
+              help="Received below this fraction of offered fails (default: the profile's).")
+@FAIL_ON
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @token_options
 @tcp_options
 def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
         warmup: float, size: int, busy_poll: bool, outstanding: int | None, timeout: float,
+        profile_name: str, max_loss: float | None, min_delivery: float | None,
+        fail_on: tuple[str, ...],
         json_path: str | None, token: str | None, token_file: str | None,
         connections: int | None, pipeline: int | None, redis_password: str | None,
         workers: int, cpus_text: str | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
-    from pktbench import api
+    from pktbench import api, config
     from pktbench.report import check_output_path, write_report
 
     if json_path:
@@ -232,11 +309,16 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
                              outstanding=outstanding if workload == "rr" else None,
                              connections=tcp.connections if tcp else None,
                              pipeline=tcp.pipeline if tcp else None, streams=workers)
+    criteria = config.apply_overrides(config.load_profile(profile_name), source="command line",
+                                      max_loss_ratio=max_loss,
+                                      min_delivery_ratio=min_delivery).criteria
     secret = read_secret(token, token_file)
-    result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus)
+    result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus,
+                     criteria=criteria)
     write_report("table", result, sys.stderr if json_path == "-" else sys.stdout, kind="run")
     if json_path:
         write_report("json", result, json_path, kind="run")
+    _exit_on_failure(result.judgement, fail_on)
 
 
 # -- sweep ------------------------------------------------------------------------
@@ -289,6 +371,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
               help="Knee criterion: received below this fraction of offered fails.")
 @click.option("--no-early-stop", is_flag=True, help="Run every rate even past the knee.")
+@FAIL_ON
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
@@ -304,7 +387,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           precision: float | None, duration: float | None, warmup: float | None,
           repeat: int | None, size: int | None, busy_poll: bool | None, max_loss: float | None,
           latency_factor: float | None, min_delivery: float | None, no_early_stop: bool,
-          outstanding: int | None, json_path: str | None, csv_path: str | None,
+          fail_on: tuple[str, ...], outstanding: int | None, json_path: str | None, csv_path: str | None,
           plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
@@ -376,6 +459,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
     for kind, path in outputs.items():
         if path:
             write_report(kind, result, path)
+    _exit_on_failure(result.judgement, fail_on)
 
 
 @main.command("profiles")

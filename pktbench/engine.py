@@ -15,8 +15,10 @@ import os
 import resource
 import socket
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -24,16 +26,56 @@ import numpy.typing as npt
 from pktbench import histogram, wire
 from pktbench.errors import ConnectError, EngineError
 
-try:
-    from pktbench import _engine
-except ImportError as exc:  # pragma: no cover - depends on the build
-    raise ImportError(
-        "pktbench's compiled engine is missing: install with `pip install .` "
-        "(needs a C compiler and Cython>=3.1), or run `python setup.py build_ext --inplace` "
-        f"in a source tree ({exc})"
-    ) from exc
 
-ENGINE_NAME = "cython"
+def _select_engine() -> tuple[ModuleType, ModuleType, str]:
+    """The one place the engine is chosen: compiled, unless told or unable.
+
+    PKTBENCH_PUREPYTHON=1 (or `pktbench --engine python`) asks for the
+    pure-Python twin; a missing extension falls back to it with a warning,
+    so an install without a compiler still measures (more slowly).
+    """
+    if os.environ.get("PKTBENCH_PUREPYTHON", "") not in ("", "0"):
+        from pktbench import _fallback
+        return _fallback, _fallback, "python"
+    try:
+        from pktbench import _engine as compiled_udp
+        from pktbench import _tcp as compiled_tcp
+    except ImportError as exc:
+        from pktbench import _fallback
+        print(f"pktbench: warning: compiled engine unavailable ({exc}); using the pure-Python "
+              "engine, which is slower (build it with `pip install .` and a C compiler)",
+              file=sys.stderr)
+        return _fallback, _fallback, "python"
+    return compiled_udp, compiled_tcp, "cython"
+
+
+_engine, _tcp, ENGINE_NAME = _select_engine()
+ENGINE_BUILD = "compiled" if ENGINE_NAME == "cython" else "pure"
+
+
+def _wheel_tag() -> str:
+    """The tag of the wheel this package was installed from, or "source build"."""
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("pktbench")
+        here = os.path.realpath(os.path.dirname(__file__))
+        if os.path.realpath(str(dist.locate_file("pktbench"))) != here:
+            return "source build"  # another copy is installed; this one runs from a tree
+        tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "")
+                .splitlines() if line.startswith("Tag:")]
+    except (metadata.PackageNotFoundError, OSError):
+        return "source build"
+    # A plain linux_* tag is a wheel pip built on this host from the sdist.
+    portable = [tag for tag in tags if "linux_" not in tag or "manylinux" in tag
+                or "musllinux" in tag]
+    return ".".join(portable) if portable else "source build"
+
+
+def engine_environment() -> dict[str, str]:
+    """Which engine ran, how it was built and where it came from (every result records it)."""
+    return {"engine": ENGINE_NAME, "engine_build": ENGINE_BUILD, "engine_wheel": _wheel_tag()}
+
+
 CHUNK_S = 0.02
 DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 

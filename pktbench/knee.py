@@ -558,7 +558,9 @@ def annotate(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()) -> 
     annotated: list[dict[str, Any]] = []
     for step in steps:
         copy = dict(step)
-        copy["failures"] = [f.reason for f in evaluate_step(step, baseline, criteria, floor)]
+        failures = evaluate_step(step, baseline, criteria, floor)
+        copy["failures"] = [f.reason for f in failures]
+        copy["failed_criteria"] = [f.criterion for f in failures]
         copy["attribution"] = attribute(step)
         annotated.append(copy)
     return annotated
@@ -721,15 +723,24 @@ def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
     """Everything the reports need from a sweep's steps.
 
     Returns:
-        {"steps": annotated copies, "knee": SCHEMA knee object or None,
+        {"verdict": "fail" when a knee was found (or the only step failed),
+         "failed_criteria": criteria any judged step failed,
+         "steps": annotated copies, "knee": SCHEMA knee object or None,
          "kneedle_pps": float or None, "baseline_p99_us": float or None,
          "loss_floor_ratio": the floor steps were judged above (0.0: none),
          "capacity_pps": the delivered-rate plateau or None,
          "sender_max_pps": the sender's highest rate when it was bound, or None}
     """
     knee = find_knee(steps, criteria)
+    annotated = annotate(steps, criteria)
+    failed = {c for s in annotated if not s.get("sender_bound") for c in s["failed_criteria"]}
+    failed_criteria = [c for c in ("loss", "latency", "delivery") if c in failed]
+    # One step cannot be confirmed by another: `run` fails on its own failures.
+    single = len(steps) == 1 and not steps[0].get("sender_bound")
     return {
-        "steps": annotate(steps, criteria),
+        "verdict": "fail" if knee is not None or (single and failed_criteria) else "pass",
+        "failed_criteria": failed_criteria,
+        "steps": annotated,
         "knee": summarize_knee(knee),
         "kneedle_pps": latency_kneedle_pps(steps),
         "baseline_p99_us": baseline_p99_us(steps, criteria),

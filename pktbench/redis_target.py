@@ -25,7 +25,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
-from pktbench import _tcp, tcp_rr, wire
+from pktbench import tcp_rr, wire
+from pktbench.engine import _tcp
 from pktbench.address import Target, parse_target, resolve
 from pktbench.errors import AuthError, ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams

@@ -18,7 +18,7 @@ from typing import Any
 from pktbench import knee, search
 from pktbench.address import Target
 from pktbench.config import Profile
-from pktbench.engine import ENGINE_NAME
+from pktbench.engine import engine_environment
 from pktbench.errors import ConfigError
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.redis_target import RedisAuth, RedisClient
@@ -140,7 +140,17 @@ class _Runner:
     def _record(self, step: StepResult) -> None:
         self.steps.append(step)
         if self.on_step is not None:
-            self.on_step(_as_dict(step), len(self.steps), self.planned)
+            self.on_step(self._judged(step), len(self.steps), self.planned)
+
+    def _judged(self, step: StepResult) -> dict[str, Any]:
+        """`step` judged as the final table will judge it, on the sweep's steps so far.
+
+        The live line and the table apply the same criteria, loss floor and
+        latency baseline; only later steps can still move the floor or the
+        baseline. A search trial is judged beside the sweep's steps.
+        """
+        steps = self.steps if self.steps and self.steps[-1] is step else [*self.steps, step]
+        return knee.annotate(steps, self.plan.criteria)[-1]
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -154,7 +164,7 @@ class _Runner:
                                 "search_trial": True}
             trials.append(step)
             if self.on_step is not None:
-                self.on_step(_as_dict(step), len(self.steps) + len(trials), 0)
+                self.on_step(self._judged(step), len(self.steps) + len(trials), 0)
             return _outcome(_as_dict(step))
 
         # The sweep already showed where loss starts: searching above the
@@ -221,7 +231,7 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
         buffers = client.buffers
     analysis = knee.analyze_steps(runner.steps, plan.criteria)
     env = environment(target.host)
-    env["engine"] = ENGINE_NAME
+    env.update(engine_environment())
     if buffers is not None:
         env["client_socket_buffers_bytes"] = {"rcvbuf": buffers.rcvbuf_bytes,
                                               "sndbuf": buffers.sndbuf_bytes}
@@ -233,6 +243,8 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
     if plan.workers > 1:
         config["workers"] = plan.workers
     judgement = {
+        "verdict": analysis["verdict"],
+        "failed_criteria": analysis["failed_criteria"],
         "criteria": plan.criteria.as_dict(),
         "loss_floor_ratio": analysis["loss_floor_ratio"],
         "baseline_p99_us": analysis["baseline_p99_us"],

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import _tcp, engine, histogram, session, wire
+from pktbench import engine, histogram, session, wire
+from pktbench.engine import _tcp
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
 from pktbench.protocol import StepParams

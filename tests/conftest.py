@@ -41,3 +41,21 @@ def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     finally:
         server.close()
         client.close()
+
+
+@pytest.fixture(params=["cython", "python"])
+def engine_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """Each engine in turn behind pktbench.engine: the same test body runs against both."""
+    from pktbench import _fallback, engine
+
+    if request.param == "cython":
+        if engine.ENGINE_NAME != "cython":
+            if os.environ.get("PKTBENCH_PUREPYTHON", "") not in ("", "0"):
+                pytest.skip("PKTBENCH_PUREPYTHON=1 selects the pure-Python engine only")
+            pytest.skip("the compiled engine is not built here")
+        return engine._engine
+    monkeypatch.setattr(engine, "_engine", _fallback)
+    monkeypatch.setattr(engine, "_tcp", _fallback)
+    monkeypatch.setattr(engine, "ENGINE_NAME", "python")
+    monkeypatch.setattr(engine, "ENGINE_BUILD", "pure")
+    return _fallback

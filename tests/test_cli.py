@@ -131,7 +131,25 @@ def test_run_embedded_writes_the_step_document(tmp_path):
     for key in ("p50", "p90", "p99", "p999", "max"):
         assert step["latency_us"][key] > 0
     assert step["sent_packets"] == 1000 and step["received_packets"] == 1000
-    assert document["environment"]["engine"] == "cython"
+    from pktbench import engine
+    env = document["environment"]
+    assert (env["engine"], env["engine_build"]) == (engine.ENGINE_NAME, engine.ENGINE_BUILD)
+    assert env["engine_wheel"]
+
+
+def test_engine_python_option_runs_the_pure_engine_and_says_so(tmp_path):
+    path = tmp_path / "run.json"
+    done = subprocess.run([*PKTBENCH, "--engine", "python", "run", "--rate", "1k",
+                           "--duration", "0.3", "--json", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(path.read_text())
+    assert document["steps"][0]["received_packets"] == 300
+    env = document["environment"]
+    assert (env["engine"], env["engine_build"]) == ("python", "pure")
+    version = subprocess.run([*PKTBENCH, "--engine", "python", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "engine: python, pure" in version.stdout
 
 
 def test_sweep_embedded_table_json_and_csv_agree(tmp_path):
@@ -195,3 +213,24 @@ def test_library_face_is_lazy_and_callable():
                           timeout=60, check=False, cwd=PACKAGE_ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "200"
+
+
+def test_fail_on_exits_3_only_for_what_it_names() -> None:
+    from pktbench.cli import EXIT_PATH_FAILED, _exit_on_failure
+
+    failed = {"verdict": "fail", "failed_criteria": ["loss"]}
+    _exit_on_failure(failed, ())  # not asked: no exit
+    _exit_on_failure(failed, ("latency",))
+    _exit_on_failure({"verdict": "pass", "failed_criteria": []}, ("knee", "loss"))
+    for names in (("loss",), ("knee",), ("delivery", "loss")):
+        with pytest.raises(SystemExit) as stop:
+            _exit_on_failure(failed, names)
+        assert stop.value.code == EXIT_PATH_FAILED == 3
+
+
+def test_run_prints_the_thresholds_it_judged_by() -> None:
+    done = subprocess.run([*PKTBENCH, "run", "--workload", "blast", "--rate", "2311",
+                           "--duration", "0.3", "--max-loss", "0.0137", "--fail-on", "loss"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "judged by: loss > 1.37 %" in done.stdout and "verdict       ok" in done.stdout

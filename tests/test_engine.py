@@ -1,4 +1,4 @@
-"""The compiled engine on loopback: real sockets, real datagrams."""
+"""Both engines on loopback: real sockets, real datagrams (each test runs per engine)."""
 from __future__ import annotations
 
 import socket
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from pktbench import engine, histogram, wire
-from pktbench._engine import HISTOGRAM_BUCKETS, hist_record
 
 from engine_support import ThreadedResponder
 
 TOKEN = 0x0123456789ABCDEF
+
+pytestmark = pytest.mark.usefixtures("engine_impl")
 
 
 def _responder(server: socket.socket, client: socket.socket, *, sink: bool,
@@ -75,7 +76,10 @@ def test_request_response_counts_are_exact_at_low_rate(udp_pair):
 
 
 @pytest.mark.parametrize("rate_pps", [100, 1_000, 10_000, 100_000])
-def test_achieved_rate_within_one_percent(udp_pair, rate_pps):
+def test_achieved_rate_within_one_percent(udp_pair, rate_pps, engine_impl):
+    if rate_pps >= 100_000 and engine_impl.__name__ == "pktbench._fallback":
+        pytest.skip("the pure-Python sender (one send call per datagram) does not reliably "
+                    "hold 100k pps to within 1% on a shared 2-core machine")
     server, client = udp_pair
     responder = _responder(server, client, sink=True)
     duration_s = 1.0
@@ -168,7 +172,13 @@ def test_sink_counts_loss_reordering_duplicates_and_episodes(udp_pair):
     assert c["jitter_us"] is not None and c["jitter_us"] >= 0
 
 
-def test_busy_poll_request_response(udp_pair):
+_GIL_REASON = ("both ends here are threads of one process: two busy-polling pure-Python loops "
+               "take turns on the GIL (5 ms switch interval); run serve in its own process")
+
+
+def test_busy_poll_request_response(udp_pair, engine_impl):
+    if engine_impl.__name__ == "pktbench._fallback":
+        pytest.skip(_GIL_REASON)
     server, client = udp_pair
     responder = _responder(server, client, sink=False, busy_poll=True, seconds=5)
     try:
@@ -190,7 +200,8 @@ def test_unanswered_requests_count_as_lost_in_episodes(udp_pair):
     assert c["lost"] == 100 and c["loss_episodes"] == 1 and c["loss_max_run"] == 100
 
 
-def test_histogram_geometry_matches_engine():
+def test_histogram_geometry_matches_engine(engine_impl):
+    HISTOGRAM_BUCKETS, hist_record = engine_impl.HISTOGRAM_BUCKETS, engine_impl.hist_record
     values = np.array([0, 1, 127, 128, 129, 255, 256, 1000, 10**6, 10**9, 60 * 10**9, 2**40],
                       dtype=np.uint64)
     for value, index in zip(values, histogram.bucket_index(values)):
@@ -202,7 +213,8 @@ def test_histogram_geometry_matches_engine():
             assert lower[index] <= value < lower[index] + width[index]
 
 
-def test_histogram_percentiles_within_one_percent_of_numpy():
+def test_histogram_percentiles_within_one_percent_of_numpy(engine_impl):
+    HISTOGRAM_BUCKETS, hist_record = engine_impl.HISTOGRAM_BUCKETS, engine_impl.hist_record
     rng = np.random.default_rng(7)
     # 1 us .. 60 s, log-uniform, plus a latency-like lognormal body
     samples = np.concatenate([
@@ -231,7 +243,9 @@ def test_errno_becomes_exception():
 
 
 @pytest.mark.parametrize("busy_poll", [False, True])
-def test_closed_loop_keeps_one_request_in_flight(udp_pair, busy_poll):
+def test_closed_loop_keeps_one_request_in_flight(udp_pair, busy_poll, engine_impl):
+    if busy_poll and engine_impl.__name__ == "pktbench._fallback":
+        pytest.skip(_GIL_REASON)
     server, client = udp_pair
     responder = _responder(server, client, sink=False, busy_poll=busy_poll, seconds=5)
     try:

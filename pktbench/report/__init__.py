@@ -59,8 +59,11 @@ Reporter = Callable[[Any, Any], None]
 
 def write_run_table(result: Any, target: Target) -> None:
     """Reporter ("run", "table"): the one step of a `pktbench run` result."""
+    from pktbench.report.table import criteria_line
+
+    words = criteria_line(getattr(result, "judgement", None), sweep=False)
     with open_text(target) as stream:
-        stream.write(step_table(result.steps[0]) + "\n")
+        stream.write(step_table(result.steps[0]) + (words + "\n" if words else "") + "\n")
 
 
 def _frozen(table: Mapping[str, Mapping[str, Reporter]]

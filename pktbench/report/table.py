@@ -160,6 +160,39 @@ def _floor_percent(ratio: float) -> str:
     return f"{100 * ratio:.1f} %" if ratio >= 0.001 else f"{100 * ratio:.2f} %"
 
 
+def _pct(ratio: Any) -> str:
+    return f"{100 * ratio:g} %" if is_number(ratio) else "?"
+
+
+def criteria_line(judgement: Mapping[str, Any] | None, *, sweep: bool = True) -> str | None:
+    """The thresholds a result was judged by, in words ("judged by: loss > 0.1 %, ...").
+
+    A single step (`sweep` false) has no latency baseline, loss floor or knee.
+    """
+    if not judgement or not isinstance(judgement.get("criteria"), Mapping):
+        return None
+    c = judgement["criteria"]
+    floor = judgement.get("loss_floor_ratio") or 0.0
+    loss = f"loss > {_pct(c.get('max_loss_ratio'))}"
+    if floor > 0:
+        loss += f" above the {_floor_percent(floor)} loss floor"
+    parts = [loss]
+    factor = c.get("latency_factor")
+    if sweep and is_number(factor) and factor != float("inf"):
+        parts.append(f"p99 > {factor:g}x the low-rate baseline "
+                     f"(at least {c.get('latency_floor_us', 0):g} us)")
+    parts.append(f"received < {_pct(c.get('min_delivery_ratio'))} of offered")
+    line = "judged by: " + ", ".join(parts)
+    if not sweep:
+        return line
+    if c.get("loss_floor_ratio") is None and floor <= 0:
+        line += "; no loss floor found"
+    confirm = c.get("confirm_steps")
+    if is_number(confirm) and confirm:
+        line += f"; a knee needs {confirm} more failing step{'s' if confirm != 1 else ''}"
+    return line
+
+
 def _summary_lines(result: SweepResult) -> list[str]:
     lines: list[str] = []
     knee = result.knee
@@ -209,6 +242,9 @@ def _summary_lines(result: SweepResult) -> list[str]:
         search_line = _search_line(name, value, result)
         if search_line:
             lines.append(search_line)
+    words = criteria_line(result.judgement)
+    if words:
+        lines.append(words)
     return lines
 
 

@@ -70,6 +70,38 @@ def test_blast_ndr_behind_tbf_is_the_shapers_packet_rate(shaped, shaped_server,
     assert document["pdr_pps"] >= document["ndr_pps"]
     assert document["search"]["ndr"]["upper_bound_by"] == "capacity"
     assert "capacity: " in done.stdout
+    # the live lines judge as the table does: the lossy steps say FAIL there too
+    live = [line for line in done.stderr.splitlines() if "offered 6,911 pps" in line]
+    assert live and all("FAIL loss" in line for line in live), done.stderr
+    assert "judged by: loss > 0.1 %" in done.stdout  # the default profile's threshold
+
+
+@pytest.fixture
+def very_lossy(make_testbed) -> tb.TestbedInfo:
+    return make_testbed(loss_percent=80.0)
+
+
+def test_run_with_80_percent_loss_fails_under_fail_on_loss(very_lossy, tmp_path: Path) -> None:
+    server = ServerInB(very_lossy)
+    try:
+        out = tmp_path / "run.json"
+        done = client(very_lossy, "run", server.address, "--workload", "blast",
+                      "--rate", "3119", "--duration", "1", "--fail-on", "loss",
+                      "--json", str(out))
+        passing = client(very_lossy, "run", server.address, "--workload", "blast",
+                         "--rate", "3119", "--duration", "0.5", "--max-loss", "0.9",
+                         "--fail-on", "loss")
+    finally:
+        server.close()
+    assert done.returncode == 3, done.stdout + done.stderr
+    step = json.loads(out.read_text())["steps"][0]
+    assert 0.75 < step["loss_ratio"] < 0.85
+    assert "FAIL loss" in done.stdout and "judged by: loss > 0.1 %" in done.stdout
+    assert "FAIL: the path failed loss" in done.stderr
+    assert json.loads(out.read_text())["judgement"]["verdict"] == "fail"
+    # the same path judged by a looser threshold passes, and says which one applied
+    assert passing.returncode == 0, passing.stdout + passing.stderr
+    assert "judged by: loss > 90 %" in passing.stdout
 
 
 def test_random_loss_is_a_loss_floor_not_a_knee(lossy, lossy_server, tmp_path: Path) -> None:
