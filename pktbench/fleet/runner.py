@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import statistics
@@ -38,6 +39,7 @@ from pktbench.fleet.remote import RemoteError, RemoteHost, SshPolicy, connect, f
 Log = Callable[[str], None]
 PAIR_KIND = "pktbench-fleet-pair"
 MANIFEST_KIND = "pktbench-fleet-run"
+_VERSION_RE = re.compile(r"\b(\d+\.\d+(?:\.\d+)?[\w.+-]*)")
 BULK_ARGS = ("--streams", "4", "--duration", "2", "--warmup", "0.5")
 
 
@@ -171,10 +173,12 @@ class FleetRun:
             status, out, err = await remote.run(f"{remote.words} --version; "
                                                 "getconf _NPROCESSORS_ONLN", timeout_s=60.0)
             lines = out.strip().splitlines()
-            if status != 0 or len(lines) < 2 or "version" not in lines[0]:
+            # "pktbench 0.1.0 (engine: ...)" or click's "pktbench, version 0.1.0"
+            found = _VERSION_RE.search(lines[0]) if lines and "pktbench" in lines[0] else None
+            if status != 0 or len(lines) < 2 or found is None:
                 raise RemoteError(f"pktbench not runnable as `{host.pktbench}`: "
                                   f"{last_line(err) or last_line(out) or f'exit {status}'}")
-            version = lines[0].rsplit(" ", 1)[-1]
+            version = found.group(1)
             entry["pktbench_version"] = version
             entry["cpus"] = int(lines[1]) if lines[1].strip().isdigit() else None
             if version.split(".")[:2] != __version__.split(".")[:2]:
