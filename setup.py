@@ -1,4 +1,7 @@
-"""Build the Cython engine: pktbench._engine (UDP) and pktbench._tcp (RESP over TCP).
+"""Build the Cython engine: one extension module, pktbench._engine.
+
+ext/_engine.pyx includes one .pyx per workload (udp, resp, bulk), so they
+share cdef types; the C calls they make are declared in ext/*.pxd.
 
 The engine is optional, as msgpack's is: without Cython or a C compiler the
 package installs with its pure-Python engine (pktbench/_fallback.py) and says
@@ -54,10 +57,8 @@ if debug:
     directives.update(linetrace=True)
     macros.append(("CYTHON_TRACE_NOGIL", "1"))
 
-extensions = [
-    Extension(name, [source], include_dirs=["ext"], define_macros=macros, extra_compile_args=["-O2"])
-    for name, source in (("pktbench._engine", "ext/_engine.pyx"), ("pktbench._tcp", "ext/_tcp.pyx"))
-]
+extensions = [Extension("pktbench._engine", ["ext/_engine.pyx"], include_dirs=["ext"],
+                        define_macros=macros, extra_compile_args=["-O2"])]
 
 if pure:
     ext_modules = []

@@ -1,8 +1,8 @@
-# The clock, the sleep policy and the latency histogram geometry that both
-# extension modules (pktbench._engine, pktbench._tcp) compile in, so their
-# histograms are the same 4096 buckets pktbench/histogram.py reads.
+# The clock, the sleep policy and the latency histogram geometry of every
+# loop in pktbench._engine, so all its histograms are the same 4096 buckets
+# pktbench/histogram.py reads.
 #
-# Included, not cimported: an includer must first cimport uint64_t,
+# Included once, by _engine.pyx, which must first cimport uint64_t,
 # timespec, clock_gettime, CLOCK_MONOTONIC, pollfd, ppoll, POLLIN and
 # __builtin_clzll (see ext/netapi.pxd). Changing the geometry here means
 # changing pktbench/histogram.py too.

@@ -1,4 +1,4 @@
-# The stream-socket and epoll calls of the TCP engine (ext/_tcp.pyx); only
+# The stream-socket and epoll calls of the TCP loops (resp.pyx, bulk.pyx); only
 # what it calls. The datagram calls and ppoll live in netapi.pxd.
 from libc.stdint cimport uint32_t, uint64_t
 

@@ -55,6 +55,8 @@ _LAZY = MappingProxyType({
     "KernelProbe": "pktbench.api",
     "REPORTERS": "pktbench.report",
     "write_report": "pktbench.report",
+    "compare": "pktbench.comparison",
+    "compare_files": "pktbench.comparison",
 })
 
 __all__ = ["__version__", *_LAZY]

@@ -18,7 +18,7 @@ datagrams: the engine's PacedSender and the blast sink do the work.
 Measured window: each end anchors it at its first data (the sender when it
 starts writing, the receiver at its first byte), skips `warmup_s` (slow
 start) and counts `duration_s`. Each end pumps all its streams from one
-thread with pktbench._tcp.BulkPump (non-blocking sockets, one epoll set, no
+thread with pktbench._engine.BulkPump (non-blocking sockets, one epoll set, no
 GIL held while bytes move), in chunks of at most CHUNK_S that end at the
 window's edges; between chunks every stream samples its byte counter, the
 pump thread's CPU time and TCP_INFO, so rates are bytes in the window over
@@ -60,9 +60,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import protocol, session, wire
+from pktbench import engine, protocol, session, wire
 from pktbench.address import Target, parse_target
-from pktbench.engine import _tcp
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
@@ -276,7 +275,7 @@ class _Pumped:
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int) -> None:
-        self.pump = _tcp.BulkPump(capacity, sending, buffer_bytes)
+        self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
@@ -332,7 +331,7 @@ class _Pumped:
                 if stream.end is None and now >= end_ns:
                     stream.end = stream.sample()
                     stream.mss_bytes = _maxseg(stream.sock)
-            if code != _tcp.PUMP_OPEN and stream.last is None:
+            if code != engine.loops.PUMP_OPEN and stream.last is None:
                 stream.last = stream.sample()
                 if stream.mss_bytes is None:
                     stream.mss_bytes = _maxseg(stream.sock)
@@ -591,6 +590,10 @@ class BulkConfig:
         rate_bps: UDP offered goodput in bit/s; None as fast as the sender goes.
         reverse: the server sends, the client receives.
         link_speed_bps: the line rate the ceiling is compared to (e.g. 20e9 for 2x10G).
+        link_model: how the limit counts bits (see LINK_MODELS): "l1" a physical
+            link (frames plus preamble and gap), "l2" a shaper such as tbf or
+            htb (frame bytes only), "auto" l1 unless the traffic measured more
+            than an l1 link of that speed could carry.
         paths: plan source ports over this many paths (needs path_ifaces).
         path_ifaces: interfaces whose byte counters tell the paths apart.
         ports: source ports to use (given, not planned), one per stream.
@@ -609,6 +612,7 @@ class BulkConfig:
     rate_bps: float | None = None
     reverse: bool = False
     link_speed_bps: float | None = None
+    link_model: str = "auto"
     paths: int = 1
     path_ifaces: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
@@ -653,6 +657,8 @@ class BulkConfig:
             raise ConfigError(f"workers must be 1..64 (got {self.workers})")
         if self.link_speed_bps is not None and not self.link_speed_bps > 0:
             raise ConfigError("link speed must be > 0")
+        if self.link_model not in ("auto", *LINK_MODELS):
+            raise ConfigError(f"link model must be auto, l1 or l2 (got {self.link_model!r})")
         if not 1024 <= self.write_bytes <= 16 * 1024 * 1024:
             raise ConfigError(f"write size must be 1 KiB..16 MiB (got {self.write_bytes})")
 
@@ -669,7 +675,8 @@ class BulkConfig:
             "direction": "reverse" if self.reverse else "forward",
             "streams": self.streams, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
             "drain_s": self.drain_s, "size_bytes": self.size_bytes, "rate_bps": self.rate_bps,
-            "link_speed_bps": self.link_speed_bps, "paths": self.paths,
+            "link_speed_bps": self.link_speed_bps, "link_model": self.link_model,
+            "paths": self.paths,
             "path_ifaces": list(self.path_ifaces), "ports": list(self.ports),
             "workers": self.workers, "cpus": list(self.cpus), "write_bytes": self.write_bytes,
             "sweep_streams": list(self.sweep_streams),
@@ -800,14 +807,39 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
     return None
 
 
-def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float | None
-           ) -> dict[str, Any]:
+# What limits a path decides which bits count against its speed. A physical
+# link carries the frame plus 8 bytes of preamble and 12 of inter-frame gap
+# (IEEE 802.3 clause 4.4.2): that is wire_bits_per_second. A shaper (tc tbf,
+# htb) meters the frame bytes the kernel hands it and nothing else:
+# frame_bits_per_second. Traffic measured above an l1 link's speed cannot
+# have crossed such a link, so "auto" then judges it by the l2 model.
+LINK_MODELS = {"l1": "L1: frame + preamble + inter-frame gap, as a physical link carries it",
+               "l2": "L2: frame bytes only, as a shaper (tbf, htb) counts them"}
+
+
+def link_model_for(wire_bps: float | None, frame_bps: float | None,
+                   link_speed_bps: float | None, requested: str = "auto") -> str:
+    """The overhead model ("l1" or "l2") that `requested` resolves to for these rates."""
+    if requested in LINK_MODELS:
+        return requested
+    if link_speed_bps and wire_bps is not None and frame_bps is not None \
+            and wire_bps > link_speed_bps:
+        return "l2"
+    return "l1"
+
+
+def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float | None,
+           link_model: str = "auto") -> dict[str, Any]:
     wire_bps = overhead.wire_bps(goodput_bps) if overhead else None
+    frame_bps = overhead.frame_bps(goodput_bps) if overhead else None
+    model = link_model_for(wire_bps, frame_bps, link_speed_bps, link_model)
+    counted = frame_bps if model == "l2" else wire_bps
     return {
         "wire_bits_per_second": wire_bps,
-        "frame_bits_per_second": overhead.frame_bps(goodput_bps) if overhead else None,
-        "link_percent": (100.0 * wire_bps / link_speed_bps
-                         if wire_bps is not None and link_speed_bps else None),
+        "frame_bits_per_second": frame_bps,
+        "link_model": model,
+        "link_percent": (100.0 * counted / link_speed_bps
+                         if counted is not None and link_speed_bps else None),
     }
 
 
@@ -887,7 +919,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
             "error": got.get("error") or sent.get("error"),
         }
         row.update(_rates(got["bits_per_second"], overhead, None))
-        del row["link_percent"]
+        del row["link_percent"], row["link_model"]
         rows.append(row)
     aggregate = sum(r["bits_per_second"] for r in rows)
     retransmits = [r["retransmits"] for r in rows if r["retransmits"] is not None]
@@ -899,7 +931,7 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
         "streams": rows,
         "aggregate_bits_per_second": aggregate,
         "sender_bits_per_second": sender.get("bits_per_second"),
-        **_rates(aggregate, overhead, config.link_speed_bps),
+        **_rates(aggregate, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict() if overhead else None,
         "retransmits": sum(retransmits) if retransmits else None,
         "sender_cpu_percent": sender.get("cpu_percent"),
@@ -955,7 +987,7 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
            "sender_bits_per_second": sent, "retransmits": None, "cwnd_segments": None,
            "rtt_us": None, "mss_bytes": None, "error": None}
     row.update(_rates(goodput, overhead, None))
-    del row["link_percent"]
+    del row["link_percent"], row["link_model"]
     return {
         "index": index,
         "transport": "udp",
@@ -967,7 +999,7 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
         "streams": [row],
         "aggregate_bits_per_second": goodput,
         "sender_bits_per_second": sent,
-        **_rates(goodput, overhead, config.link_speed_bps),
+        **_rates(goodput, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict(),
         "loss_ratio": step["loss_ratio"],
         "retransmits": None,

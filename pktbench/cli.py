@@ -477,18 +477,16 @@ def profiles_command() -> None:
 @click.option("--json", "json_path", metavar="FILE", help="Write the comparison as JSON.")
 def compare(old: str, new: str, json_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side."""
-    from pktbench.report import compare as compare_results
+    from pktbench.comparison import compare_files
     from pktbench.fleet.result import is_fleet_file
     from pktbench.report import write_report
-    from pktbench.results import load_result
 
     if is_fleet_file(old) or is_fleet_file(new):
         from pktbench.report.fleet import compare_fleet_files
 
         click.echo(compare_fleet_files(old, new, json_path))
         return
-    a, b = load_result(old), load_result(new)
-    comparison = compare_results(a, b, label_a=Path(old).stem, label_b=Path(new).stem)
+    comparison = compare_files(old, new)
     write_report("table", comparison, sys.stdout, kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
@@ -780,6 +778,11 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
               help="Line rate to compare the ceiling with, e.g. 10G, 2x10G.")
+@click.option("--link-model", type=click.Choice(["auto", "l1", "l2"]), default="auto",
+              show_default=True,
+              help="What the link speed limits: l1 a physical link (preamble and gap count), "
+                   "l2 a shaper such as tbf/htb (frame bytes); auto: l1 unless the traffic "
+                   "exceeded what such a link carries.")
 @click.option("--paths", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Plan source ports so the streams spread evenly over this many paths.")
 @click.option("--path-ifaces", callback=_bulk_names, metavar="IF,IF",
@@ -800,7 +803,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @token_options
 def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
          size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
-         paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
+         link_model: str, paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
          sweep_streams: tuple[int, ...], sweep_rates: tuple[float, ...], workers: int,
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
          token_file: str | None, write_size: int | None) -> None:
@@ -817,7 +820,8 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     try:
         config = bulk_mod.BulkConfig(
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
-            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed, paths=paths,
+            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed,
+            link_model=link_model, paths=paths,
             path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
             sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates,
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)

@@ -19,6 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -27,8 +28,11 @@ from pktbench import histogram, wire
 from pktbench.errors import ConnectError, EngineError
 
 
-def _select_engine() -> tuple[ModuleType, ModuleType, str]:
-    """The one place the engine is chosen: compiled, unless told or unable.
+# --- the engine's loops: the one place pktbench chooses and imports them ----
+# Every other module reaches them as `engine.loops` (looked up when called, so
+# a test can swap the implementation here alone).
+def _select_engine() -> tuple[ModuleType, str]:
+    """Compiled, unless told or unable.
 
     PKTBENCH_PUREPYTHON=1 (or `pktbench --engine python`) asks for the
     pure-Python twin; a missing extension falls back to it with a warning,
@@ -36,20 +40,28 @@ def _select_engine() -> tuple[ModuleType, ModuleType, str]:
     """
     if os.environ.get("PKTBENCH_PUREPYTHON", "") not in ("", "0"):
         from pktbench import _fallback
-        return _fallback, _fallback, "python"
+        return _fallback, "python"
     try:
-        from pktbench import _engine as compiled_udp
-        from pktbench import _tcp as compiled_tcp
+        from pktbench import _engine as compiled
     except ImportError as exc:
         from pktbench import _fallback
         print(f"pktbench: warning: compiled engine unavailable ({exc}); using the pure-Python "
               "engine, which is slower (build it with `pip install .` and a C compiler)",
               file=sys.stderr)
-        return _fallback, _fallback, "python"
-    return compiled_udp, compiled_tcp, "cython"
+        return _fallback, "python"
+    return compiled, "cython"
 
 
-_engine, _tcp, ENGINE_NAME = _select_engine()
+_selected, ENGINE_NAME = _select_engine()
+if TYPE_CHECKING:
+    # Both engines have the same names and behaviour (tests/test_fallback.py):
+    # the compiled one's stub, pktbench/_engine.pyi, types every caller.
+    from pktbench import _engine as _typed
+    loops = _typed
+else:
+    loops = _selected
+# --- end of the engine's import block ---------------------------------------
+
 ENGINE_BUILD = "compiled" if ENGINE_NAME == "cython" else "pure"
 
 
@@ -84,7 +96,7 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 
-monotonic_ns = _engine.monotonic_ns
+monotonic_ns = loops.monotonic_ns
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,7 @@ class _Sender:
     def __init__(self, sock: socket.socket, template: bytes, rate_pps: float | None,
                  expect_replies: bool, busy_poll: bool, timeout_s: float, batch: int,
                  outstanding: int | None) -> None:
-        self.engine = _engine.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
+        self.engine = loops.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
                                           expect_replies=expect_replies, busy_poll=busy_poll,
                                           timeout_s=timeout_s, batch=batch,
                                           max_outstanding=outstanding or 0)
@@ -214,7 +226,7 @@ class _Sender:
 
     def run_until(self, until_ns: int, *, send: bool, stop: threading.Event | None) -> bool:
         chunk_ns = int(CHUNK_S * 1e9)
-        received_index = _engine.SENDER_COUNTERS.index("received")
+        received_index = loops.SENDER_COUNTERS.index("received")
         while True:
             now = monotonic_ns()
             if now >= until_ns:
@@ -258,7 +270,10 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     if warmup_s > 0:
         warmup_count = int(round(warmup_s * rate_pps)) if rate_pps else UNLIMITED
         sender.phase(start_ns, warmup_count, True)
-        sender.run_until(start_ns + int(warmup_s * 1e9), send=True, stop=stop)
+        # The last warm-up packet is due one period before the deadline; a
+        # sender woken a little late still sends it (the phase ends at its limit).
+        warmup_grace_ns = int(max(0.01, warmup_s * 0.01) * 1e9) if rate_pps else 0
+        sender.run_until(start_ns + int(warmup_s * 1e9) + warmup_grace_ns, send=True, stop=stop)
         warmup_sent = sender.engine.sent
         start_ns = (start_ns + int(warmup_count * period_ns)) if rate_pps else monotonic_ns()
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
@@ -276,7 +291,7 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     if expect_replies and completed:
         completed = sender.run_until(monotonic_ns() + int(drain_s * 1e9), send=False, stop=stop)
     sender.engine.finish()
-    counters = _counters(sender.engine.counters, _engine.SENDER_COUNTERS)
+    counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
     if rate_pps and counters["sent"] < count:
         span_s = max(duration_s, (send_end_ns - start_ns) / 1e9)
@@ -303,7 +318,7 @@ class ResponderLoop:
         prefix = b"" if sink else wire.command_prefix(command)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
-        self.engine = _engine.Responder(
+        self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
             busy_poll=busy_poll, batch=batch)
@@ -321,7 +336,7 @@ class ResponderLoop:
 
     def counters(self) -> dict[str, object]:
         result: dict[str, object] = dict(_counters(self.engine.counters,
-                                                   _engine.RESPONDER_COUNTERS))
+                                                   loops.RESPONDER_COUNTERS))
         result["drops"] = _counters(self.engine.drops, wire.DROP_REASONS)
         result["jitter_us"] = self.engine.jitter_ns / 1000.0 if self.sink else None
         return result

@@ -1,6 +1,6 @@
 """Reading the engine's log-linear latency histograms.
 
-Owns the bucket geometry (it mirrors hist_index in ext/_engine.pyx: values
+Owns the bucket geometry (it mirrors hist_index in ext/_timing.pxi: values
 below 2**SUB_BITS ns have a bucket each; above, every power of two is cut
 into 2**SUB_BITS equal buckets), percentiles and summaries. A reported value
 is its bucket's midpoint, so it is within half a bucket (< 0.4%) of the

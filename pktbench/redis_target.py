@@ -25,8 +25,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
-from pktbench import tcp_rr, wire
-from pktbench.engine import _tcp
+from pktbench import engine, tcp_rr, wire
 from pktbench.address import Target, parse_target, resolve
 from pktbench.errors import AuthError, ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
@@ -77,7 +76,7 @@ def call(sock: socket.socket, *args: bytes, where: str) -> bytes:
     sock.sendall(encode_command(*args))
     data = b""
     while True:
-        values, status = _tcp.parse_replies(data)
+        values, status = engine.loops.parse_replies(data)
         if values:
             return data[:values[0][0]]
         if status == "malformed":

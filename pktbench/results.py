@@ -181,7 +181,11 @@ def bulk_ceiling(steps: tuple[dict[str, Any], ...], link_speed_bps: float | None
         return {"bits_per_second": None}
     link = link_speed_bps
     overhead = best.get("overhead")
+    model = best.get("link_model") or "l1"
     ratio = overhead["goodput_ratio"] if overhead else None
+    if model == "l2" and best.get("frame_bits_per_second"):
+        # a shaper meters frames: goodput can reach link x goodput / frame bits
+        ratio = best["aggregate_bits_per_second"] / best["frame_bits_per_second"]
     return {
         "bits_per_second": best["aggregate_bits_per_second"],
         "wire_bits_per_second": best["wire_bits_per_second"],
@@ -191,6 +195,7 @@ def bulk_ceiling(steps: tuple[dict[str, Any], ...], link_speed_bps: float | None
         "offered_bits_per_second": best.get("offered_bits_per_second"),
         "link_speed_bps": link,
         "link_percent": best["link_percent"],
+        **({"link_model": model if link else None} if "link_model" in best else {}),
         "goodput_link_percent": (100.0 * best["aggregate_bits_per_second"] / link
                                  if link else None),
         "max_goodput_at_link_bps": link * ratio if link and ratio else None,

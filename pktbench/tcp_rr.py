@@ -1,7 +1,7 @@
 """TCP request/response in plain RESP (workload "rr-tcp"): both ends.
 
 Owns: the RESP bytes a step sends and expects, the driver that runs the
-compiled RespClient (pktbench._tcp) through warm-up, the measured window
+compiled RespClient (pktbench._engine) through warm-up, the measured window
 and the drain in bounded chunks, the step dict of a TCP step, the client
 side of an rr-tcp step against `pktbench serve`, and the server's
 TcpStepHandler that answers it (registered in session.TCP_STEP_HANDLERS
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pktbench import engine, histogram, session, wire
-from pktbench.engine import _tcp
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
 from pktbench.protocol import StepParams
@@ -128,7 +127,7 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
     reply = reply_bytes(params.command, params.size_bytes)
     for sock in sockets:
         sock.setblocking(False)
-    client = _tcp.RespClient(
+    client = engine.loops.RespClient(
         [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
         rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
         busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
@@ -152,7 +151,8 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         completed = _run_until(client, engine.monotonic_ns() + int(params.drain_s * 1e9), stop,
                                peer, until_done=True)
     client.finish()
-    counters = {name: int(value) for name, value in zip(_tcp.CLIENT_COUNTERS, client.counters)}
+    counters = {name: int(value)
+                for name, value in zip(engine.loops.CLIENT_COUNTERS, client.counters)}
     span_s = params.duration_s if rate else max((send_end_ns - start_ns) / 1e9, 1e-9)
     return engine.SenderOutcome(
         counters=counters,
@@ -245,7 +245,7 @@ class TcpRrStepHandler:
         self.token = token
         self.peer_ip = peer_ip
         self.step = step
-        self._engine = _tcp.RespServer(
+        self._engine = engine.loops.RespServer(
             step.connections, reply_bytes("get", step.size_bytes),
             rx_bytes=max(65536, 4 * step.size_bytes), busy_poll=step.busy_poll)
         self._lock = threading.Lock()
@@ -299,7 +299,7 @@ class TcpRrStepHandler:
                 sock.close()
             connections = len(self._sockets)
         counts = {name: int(value) for name, value in
-                  zip(_tcp.SERVER_COUNTERS, self._engine.counters)}
+                  zip(engine.loops.SERVER_COUNTERS, self._engine.counters)}
         receiver: dict[str, Any] = {
             "received": counts["commands"],
             "received_packets": counts["commands"],

@@ -53,9 +53,8 @@ def engine_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
             if os.environ.get("PKTBENCH_PUREPYTHON", "") not in ("", "0"):
                 pytest.skip("PKTBENCH_PUREPYTHON=1 selects the pure-Python engine only")
             pytest.skip("the compiled engine is not built here")
-        return engine._engine
-    monkeypatch.setattr(engine, "_engine", _fallback)
-    monkeypatch.setattr(engine, "_tcp", _fallback)
+        return engine.loops
+    monkeypatch.setattr(engine, "loops", _fallback)
     monkeypatch.setattr(engine, "ENGINE_NAME", "python")
     monkeypatch.setattr(engine, "ENGINE_BUILD", "pure")
     return _fallback

@@ -117,7 +117,8 @@ def test_tcp_streams_both_ends_count(client: session.Client, reverse: bool) -> N
 
 def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
     """One thread pumps two streams each way: counts are exact, EOF and a reset show."""
-    from pktbench._tcp import PUMP_EOF, PUMP_OPEN, BulkPump
+    from pktbench import engine
+    BulkPump, PUMP_EOF, PUMP_OPEN = engine.loops.BulkPump, engine.loops.PUMP_EOF, engine.loops.PUMP_OPEN
 
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
     try:
@@ -152,7 +153,8 @@ def test_bulk_pump_moves_every_byte_and_sees_the_end() -> None:
 def test_fast_receiver_raises_its_wakeup_mark_and_loses_no_held_byte() -> None:
     """A fast TCP stream gets a high SO_RCVLOWAT, yet bytes held under it are
     counted at the next window edge, and once the sender stalls, within ticks."""
-    from pktbench._tcp import BulkPump
+    from pktbench import engine
+    BulkPump = engine.loops.BulkPump
 
     listener = socket.create_server(("127.0.0.1", 0))
     writer = socket.create_connection(listener.getsockname())
@@ -300,3 +302,17 @@ def test_cli_bad_options_exit_2() -> None:
     assert runner.invoke(main, ["bulk", "--link-speed", "fast"]).exit_code == 2
     assert runner.invoke(main, ["bulk", "--udp", "--streams", "2"]).exit_code == 2
     assert runner.invoke(main, ["bulk", "--sweep-streams", "1,x"]).exit_code == 2
+
+
+def test_link_model_is_chosen_by_what_can_carry_the_traffic() -> None:
+    from pktbench.bulk import LINK_MODELS, link_model_for
+
+    # 0.406 Gbit/s on an L1 wire cannot cross a 0.4 Gbit/s physical link: a shaper metered frames
+    assert link_model_for(406e6, 399e6, 400e6) == "l2"
+    assert link_model_for(380e6, 374e6, 400e6) == "l1"
+    assert link_model_for(406e6, 399e6, None) == "l1"
+    assert link_model_for(380e6, 374e6, 400e6, "l2") == "l2"
+    assert link_model_for(406e6, 399e6, 400e6, "l1") == "l1"
+    assert set(LINK_MODELS) == {"l1", "l2"}
+    with pytest.raises(ConfigError, match="link model"):
+        bulk.BulkConfig(link_model="l3")

@@ -23,7 +23,6 @@ from pktbench.report import (
     REPORTERS,
     Progress,
     check_output_path,
-    compare,
     render_compare,
     render_csv,
     render_json,
@@ -33,6 +32,7 @@ from pktbench.report import (
     write_plot,
     write_report,
 )
+from pktbench.comparison import compare
 from pktbench.report.csvout import flatten_step
 from pktbench.results import SCHEMA_VERSION, SweepResult, environment, load_result
 

@@ -18,7 +18,7 @@ from engine_support import serving
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pktbench import _tcp, tcp_rr, wire
+from pktbench import engine, tcp_rr, wire
 from pktbench.address import Target
 from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams, validate_step_params
@@ -35,7 +35,7 @@ PING = wire.resp_command(wire.COMMAND_PING)
 def test_replies_golden() -> None:
     data = (b"+PONG\r\n" b"-ERR no\r\n" b":-42\r\n" b"$3\r\nabc\r\n" b"$-1\r\n" b"$0\r\n\r\n"
             b"*-1\r\n" b"*0\r\n" b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n")
-    values, status = _tcp.parse_replies(data)
+    values, status = engine.loops.parse_replies(data)
     assert status == "complete"
     assert [kind for _, kind in values] == ["+", "-", ":", "$", "$", "$", "*", "*", "*"]
     assert sum(length for length, _ in values) == len(data)
@@ -53,14 +53,14 @@ def test_replies_golden() -> None:
     b"%1\r\n",              # RESP3 map: not spoken
 ])
 def test_replies_malformed(data: bytes) -> None:
-    assert _tcp.parse_replies(data) == ([], "malformed")
+    assert engine.loops.parse_replies(data) == ([], "malformed")
 
 
 def test_commands_golden() -> None:
     data = (b"*1\r\n$4\r\nping\r\n" b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
             b"*3\r\n$3\r\nSeT\r\n$1\r\nk\r\n$2\r\nvv\r\n" b"*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n"
             b"*1\r\n$3\r\nGET\r\n" b"*1\r\n$4\r\nINFO\r\n")
-    commands, status = _tcp.parse_commands(data)
+    commands, status = engine.loops.parse_commands(data)
     assert status == "complete"
     assert [command for _, command in commands] == [
         wire.COMMAND_PING, wire.COMMAND_GET, wire.COMMAND_SET, wire.COMMAND_PING,
@@ -68,14 +68,14 @@ def test_commands_golden() -> None:
         wire.COMMAND_NONE]
     for command in ("ping", "get", "set"):
         request = tcp_rr.request_bytes(command, 200)
-        assert _tcp.parse_commands(request) == ([(len(request), wire.COMMANDS[command])],
+        assert engine.loops.parse_commands(request) == ([(len(request), wire.COMMANDS[command])],
                                                 "complete")
 
 
 @pytest.mark.parametrize("data", [b"PING\r\n", b"*0\r\n", b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n",
                                   b"*1\r\n$4\r\nPINGX\r\n"])
 def test_commands_malformed(data: bytes) -> None:
-    assert _tcp.parse_commands(data) == ([], "malformed")
+    assert engine.loops.parse_commands(data) == ([], "malformed")
 
 
 def _bulk(data: bytes) -> bytes:
@@ -100,7 +100,7 @@ resp_values = st.recursive(
 
 @given(st.lists(resp_values, min_size=1, max_size=8))
 def test_replies_split_exactly(values: list[bytes]) -> None:
-    parsed, status = _tcp.parse_replies(b"".join(values))
+    parsed, status = engine.loops.parse_replies(b"".join(values))
     assert status == "complete"
     assert [length for length, _ in parsed] == [len(v) for v in values]
     assert [kind for _, kind in parsed] == [chr(v[0]) for v in values]
@@ -109,12 +109,12 @@ def test_replies_split_exactly(values: list[bytes]) -> None:
 @given(resp_values, st.data())
 def test_reply_prefix_is_incomplete(value: bytes, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(value) - 1))
-    assert _tcp.parse_replies(value[:cut]) == ([], "incomplete" if cut else "complete")
+    assert engine.loops.parse_replies(value[:cut]) == ([], "incomplete" if cut else "complete")
 
 
 @given(st.binary(max_size=2000))
 def test_replies_any_bytes(data: bytes) -> None:
-    values, status = _tcp.parse_replies(data)
+    values, status = engine.loops.parse_replies(data)
     consumed = sum(length for length, _ in values)
     assert all(length > 0 for length, _ in values)
     assert consumed <= len(data)
@@ -125,16 +125,16 @@ def test_replies_any_bytes(data: bytes) -> None:
                 max_size=5), st.data())
 def test_commands_split_and_prefix(commands: list[list[bytes]], data: st.DataObject) -> None:
     encoded = [encode_command(*args) for args in commands]
-    parsed, status = _tcp.parse_commands(b"".join(encoded))
+    parsed, status = engine.loops.parse_commands(b"".join(encoded))
     assert status == "complete"
     assert [length for length, _ in parsed] == [len(c) for c in encoded]
     cut = data.draw(st.integers(1, len(encoded[0]) - 1))
-    assert _tcp.parse_commands(encoded[0][:cut]) == ([], "incomplete")
+    assert engine.loops.parse_commands(encoded[0][:cut]) == ([], "incomplete")
 
 
 @given(st.binary(max_size=2000))
 def test_commands_any_bytes(data: bytes) -> None:
-    commands, status = _tcp.parse_commands(data)
+    commands, status = engine.loops.parse_commands(data)
     consumed = sum(length for length, _ in commands)
     assert consumed <= len(data) and all(length > 0 for length, _ in commands)
     assert status in ("complete", "incomplete", "malformed")
@@ -148,7 +148,7 @@ def test_commands_any_bytes(data: bytes) -> None:
 ])
 def test_parsers_stay_linear_on_hostile_input(data: bytes) -> None:
     started = time.monotonic()
-    for parse in (_tcp.parse_replies, _tcp.parse_commands):
+    for parse in (engine.loops.parse_replies, engine.loops.parse_commands):
         values, status = parse(data)
         assert status in ("incomplete", "malformed")
     assert time.monotonic() - started < 2.0
@@ -249,7 +249,7 @@ def answer_each(reply: bytes, *, stall_after: int | None = None, stall_s: float 
             if not data:
                 return
             buffer += data
-            commands, status = _tcp.parse_commands(buffer)
+            commands, status = engine.loops.parse_commands(buffer)
             assert status != "malformed"
             if len(commands) < batch:
                 continue
@@ -368,7 +368,7 @@ def test_server_that_is_not_resp(scripted: Callable[[Script], ScriptedServer]) -
 class Responder:
     def __init__(self, capacity: int = 4, size_bytes: int = 96) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.engine = _tcp.RespServer(capacity, tcp_rr.reply_bytes("get", size_bytes))
+        self.engine = engine.loops.RespServer(capacity, tcp_rr.reply_bytes("get", size_bytes))
         self.kept: list[socket.socket] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -394,13 +394,13 @@ class Responder:
         for conn in self.kept:
             conn.close()
         self.listener.close()
-        return dict(zip(_tcp.SERVER_COUNTERS, map(int, self.engine.counters)))
+        return dict(zip(engine.loops.SERVER_COUNTERS, map(int, self.engine.counters)))
 
 
 def read_replies(sock: socket.socket, count: int) -> list[bytes]:
     data = b""
     while True:
-        values, status = _tcp.parse_replies(data)
+        values, status = engine.loops.parse_replies(data)
         assert status != "malformed"
         if len(values) >= count:
             out, pos = [], 0

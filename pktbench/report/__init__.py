@@ -10,7 +10,7 @@ Result kinds: "sweep" and "bulk" (pktbench.results.SweepResult, whose
 "validate" (ValidationReport), "decode" (DecodeResult), "testbed"
 (api.TestbedStatus), "testbed-down" (api.TestbedRemoval), "probe"
 (api.KernelProbe), "profiles" (a list of (name, description)) and
-"compare" (the dict `compare` gives for two sweeps).
+"compare" (the dict pktbench.comparison.compare gives for two sweeps).
 
 Invariant: reporters compute nothing; every statistic comes with the result.
 Must not: import matplotlib at import time (only the plot reporter does, when
@@ -25,7 +25,7 @@ from typing import Any
 from pktbench.errors import ConfigError
 from pktbench.report._common import Target, check_output_path, open_text
 from pktbench.report.bulk import bulk_step_line, render_bulk, write_bulk_table
-from pktbench.report.compare import compare, render_compare, write_compare, write_compare_table
+from pktbench.report.compare import render_compare, write_compare, write_compare_table
 from pktbench.report.csvout import render_csv, write_csv
 from pktbench.report.decode import (
     render_decode,
@@ -112,7 +112,7 @@ def write_report(fmt: str, result: Any, target: Any, kind: str | None = None) ->
 
 
 __all__ = [
-    "REPORTERS", "Progress", "bulk_step_line", "check_output_path", "compare",
+    "REPORTERS", "Progress", "bulk_step_line", "check_output_path",
     "listening_line", "render_bulk", "render_compare", "render_csv", "render_decode",
     "render_json", "render_table", "render_testbed", "render_validation",
     "server_summary_line", "step_line", "step_table", "write_bulk_table", "write_compare", "write_compare_table",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pktbench.report._common import Target, open_text
+from pktbench.report._common import Target, is_number, open_text
 
 
 def _gbit(value: Any) -> str:
@@ -92,9 +92,15 @@ def _ceiling_lines(ceiling: Mapping[str, Any], transport: str) -> list[str]:
             f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
             f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
     if ceiling.get("link_speed_bps"):
+        from pktbench.bulk import LINK_MODELS
+
+        model = LINK_MODELS.get(str(ceiling.get("link_model")))
         text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"
-                 f" Gbit/s link (goodput can reach at most "
+                 " Gbit/s link" + (f" by the {model}" if model else "")
+                 + f" (goodput can reach at most "
                  f"{_gbit(ceiling['max_goodput_at_link_bps'])} Gbit/s there)")
+        if is_number(ceiling.get("link_percent")) and ceiling["link_percent"] > 100.0:
+            text += "; more than a link of that speed carries: the path does not cross one"
     lines.append(text)
     return lines
 

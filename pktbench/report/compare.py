@@ -1,17 +1,9 @@
-"""Compare two sweeps (A = before, B = after): did the path get better or worse?
+"""The compare reporter: two sweeps side by side as text, or the comparison as JSON.
 
-Owns: `compare(a, b)`, a plain dict (JSON-ready) with the headline rates
-(knee, last good, kneedle, NDR, PDR) and, at every offered rate both sweeps
-ran, the received rate, loss and p50/p99 latency side by side with ratios
-B/A and a word; and `render_compare`, its text table.
+Owns: `render_compare`, the text table of the dict pktbench.comparison.compare
+gives, and the two reporters of result kind "compare".
 
-Invariants: ratios are always B / A. Rates are "better" when higher,
-latencies and loss when lower. A change within `tolerance` (default 5%) is
-"same": repeated sweeps of one path differ by about that much. Repeats of a
-rate are summarised by their median (results.RateGroup.spread).
-
-Must not: rerun, re-judge or re-derive a knee; it only sets the two results'
-own numbers side by side.
+Must not: compare; every ratio and verdict comes with the comparison.
 """
 from __future__ import annotations
 
@@ -21,7 +13,6 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pktbench.errors import ConfigError
 from pktbench.report._common import (
     Target,
     fmt_loss_percent,
@@ -31,167 +22,6 @@ from pktbench.report._common import (
     is_number,
     open_text,
 )
-from pktbench.results import RateGroup, SweepResult
-
-# Two offered rates are "the same rate" when within this fraction (schedules
-# round to whole pps, and a sweep may be re-run with a slightly edited list).
-RATE_MATCH_TOLERANCE = 0.005
-
-_HEADLINES = (
-    ("knee_pps", "knee"),
-    ("last_good_pps", "last good rate"),
-    ("kneedle_pps", "kneedle estimate"),
-    ("ndr_pps", "NDR"),
-    ("pdr_pps", "PDR"),
-)
-
-
-def _verdict(a: Any, b: Any, higher_is_better: bool, tolerance: float) -> tuple[float | None, str]:
-    if not (is_number(a) and is_number(b)):
-        return None, "n/a"
-    if a == 0:
-        if b == 0:
-            return None, "same"
-        return None, "better" if (b > 0) == higher_is_better else "worse"
-    ratio = b / a
-    if abs(ratio - 1) <= tolerance:
-        return ratio, "same"
-    return ratio, "better" if (ratio > 1) == higher_is_better else "worse"
-
-
-def _max_offered(result: SweepResult) -> float | None:
-    rates = [s["offered_pps"] for s in result.steps if is_number(s.get("offered_pps"))]
-    return max(rates) if rates else None
-
-
-def _headline_values(result: SweepResult) -> dict[str, Any]:
-    return {
-        "knee_pps": result.knee_pps,
-        "last_good_pps": result.last_good_pps,
-        "kneedle_pps": result.kneedle_pps,
-        "ndr_pps": result.ndr_pps,
-        "pdr_pps": result.pdr_pps,
-    }
-
-
-def _max_judged(result: SweepResult) -> tuple[float | None, bool]:
-    """(highest rate the path was judged at, whether the sender was bound above it)."""
-    judged = [s["offered_pps"] for s in result.steps
-              if is_number(s.get("offered_pps")) and not s.get("sender_bound")]
-    bound = any(s.get("sender_bound") for s in result.steps)
-    if not judged:
-        return _max_offered(result), bound
-    return max(judged), bound and any(s.get("sender_bound") and is_number(s.get("offered_pps"))
-                                      and s["offered_pps"] > max(judged) for s in result.steps)
-
-
-def _no_knee(label: str, result: SweepResult) -> tuple[float | None, str]:
-    top, bound = _max_judged(result)
-    words = f"{label} had no knee up to {fmt_pps(top)} pps"
-    return top, words + (" (sender-bound above)" if bound else "")
-
-
-def _knee_row(a: SweepResult, b: SweepResult, tolerance: float) -> tuple[float | None, str, str]:
-    """The knee is special: "no knee" means "better than the highest rate judged".
-
-    Sender-bound steps never count: a sweep whose sender could not reach a
-    rate says nothing about the path there.
-    """
-    ka, kb = a.knee_pps, b.knee_pps
-    if ka is not None and kb is not None:
-        ratio, word = _verdict(ka, kb, True, tolerance)
-        return ratio, word, ""
-    if ka is None and kb is None:
-        return None, "n/a", "neither sweep found a knee"
-    if ka is None:
-        max_a, words = _no_knee("A", a)
-        if max_a is not None and kb is not None and kb <= max_a:
-            return None, "worse", words
-        return None, "n/a", words
-    max_b, words = _no_knee("B", b)
-    if max_b is not None and is_number(ka) and max_b >= ka:
-        return None, "better", words
-    return None, "n/a", words
-
-
-def _median(group: RateGroup, *path: str) -> float | None:
-    spread = group.spread(*path)
-    return None if spread is None else spread.median
-
-
-def _describe(result: SweepResult, label: str) -> dict[str, Any]:
-    env = result.environment
-    return {
-        "label": label,
-        "profile": result.config.get("profile"),
-        "host": result.config.get("host"),
-        "kernel": env.get("kernel"),
-        "cpu": env.get("cpu"),
-        "mtu": env.get("mtu"),
-        "steps": len(result.steps),
-    }
-
-
-def compare(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b: str = "B",
-            tolerance: float = 0.05) -> dict[str, Any]:
-    """Set two sweeps side by side.
-
-    Args:
-        a: the baseline (e.g. the old environment).
-        b: the candidate (e.g. the new environment).
-        label_a, label_b: names shown in the table (e.g. the file names).
-        tolerance: relative change treated as "same".
-
-    Returns:
-        {"a": {...}, "b": {...}, "tolerance": float,
-         "summary": [{"metric", "name", "a", "b", "ratio", "verdict", "note"}],
-         "rates": [{"offered_pps", "a_received_pps", "b_received_pps",
-                    "a_loss_ratio", "b_loss_ratio", "a_p50_us", "b_p50_us",
-                    "p50_ratio", "p50_verdict", "a_p99_us", "b_p99_us",
-                    "p99_ratio", "p99_verdict"}]}
-
-    Raises:
-        ConfigError: either result is not a rate sweep (a bulk result).
-    """
-    for result, label in ((a, label_a), (b, label_b)):
-        if result.kind != "sweep":
-            raise ConfigError(f"{label} is a {result.kind} result: compare sets two rate "
-                              "sweeps side by side")
-    values_a, values_b = _headline_values(a), _headline_values(b)
-    summary = []
-    for metric, name in _HEADLINES:
-        if metric == "knee_pps":
-            ratio, word, note = _knee_row(a, b, tolerance)
-        else:
-            ratio, word = _verdict(values_a[metric], values_b[metric], True, tolerance)
-            note = ""
-        if values_a[metric] is None and values_b[metric] is None and metric != "knee_pps":
-            continue
-        summary.append({"metric": metric, "name": name, "a": values_a[metric],
-                        "b": values_b[metric], "ratio": ratio, "verdict": word, "note": note})
-
-    groups_b = b.rate_groups()
-    rates = []
-    for group_a in a.rate_groups():
-        match = next((g for g in groups_b
-                      if abs(g.offered_pps - group_a.offered_pps)
-                      <= RATE_MATCH_TOLERANCE * group_a.offered_pps), None)
-        if match is None:
-            continue
-        row: dict[str, Any] = {"offered_pps": group_a.offered_pps}
-        row["a_received_pps"] = _median(group_a, "received_pps")
-        row["b_received_pps"] = _median(match, "received_pps")
-        row["a_loss_ratio"] = _median(group_a, "loss_ratio")
-        row["b_loss_ratio"] = _median(match, "loss_ratio")
-        for key in ("p50", "p99"):
-            va, vb = _median(group_a, "latency_us", key), _median(match, "latency_us", key)
-            ratio, word = _verdict(va, vb, False, tolerance)
-            row[f"a_{key}_us"], row[f"b_{key}_us"] = va, vb
-            row[f"{key}_ratio"], row[f"{key}_verdict"] = ratio, word
-        rates.append(row)
-
-    return {"a": _describe(a, label_a), "b": _describe(b, label_b), "tolerance": tolerance,
-            "summary": summary, "rates": rates}
 
 
 def _cell_pps(value: Any) -> str:

@@ -111,8 +111,10 @@ def test_random_loss_is_a_loss_floor_not_a_knee(lossy, lossy_server, tmp_path: P
                   "--json", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     document = json.loads(out.read_text())
+    # 1 % drawn per packet, counted on 3,000-10,000 packets a step (and a busy
+    # machine's receiver may add a few drops of its own)
     losses = [s["loss_ratio"] for s in document["steps"]]
-    assert all(0.006 < loss < 0.014 for loss in losses), losses
+    assert all(0.005 < loss < 0.02 for loss in losses), losses
     assert document["knee"] is None, done.stdout
     floor = document["judgement"]["loss_floor_ratio"]
     assert floor == pytest.approx(0.01, abs=0.003)

@@ -1,0 +1,817 @@
+# The UDP loops: the paced sender (which also collects responses for
+# request/response) and the responder/sink. Included by _engine.pyx, which
+# holds the cimports, the wire layout and the clock.
+
+# A "blocking" receive that returns EAGAIN sooner than this did not block:
+# the socket is non-blocking (someone set a Python timeout on it), so fall
+# back to ppoll instead of spinning.
+cdef enum:
+    NONBLOCKING_NS = 1000000
+    CTRL_BYTES = 64
+
+# Sender counters (index into PacedSender.counters)
+cdef enum:
+    S_SENT
+    S_SENT_BYTES
+    S_SEND_CALLS
+    S_EAGAIN
+    S_ENOBUFS
+    S_RECEIVED
+    S_RECEIVED_BYTES
+    S_LATE
+    S_DUPLICATE
+    S_BOGUS
+    S_WARMUP_REPLIES
+    S_LOST
+    S_LOSS_EPISODES
+    S_LOSS_MAX_RUN
+    S_RCVBUF_DROPS
+    S_LAT_MIN_NS
+    S_LAT_MAX_NS
+    S_ACTUAL_MIN_NS
+    S_ACTUAL_MAX_NS
+    S_LAG_MAX_NS
+    S_COUNTERS
+
+SENDER_COUNTERS = (
+    "sent", "sent_bytes", "send_calls", "eagain", "enobufs", "received", "received_bytes",
+    "late", "duplicate", "bogus", "warmup_replies", "lost", "loss_episodes", "loss_max_run",
+    "rcvbuf_drops", "lat_min_ns", "lat_max_ns", "actual_min_ns", "actual_max_ns", "lag_max_ns",
+)
+
+# Responder counters (index into Responder.counters)
+cdef enum:
+    R_RECEIVED
+    R_RECEIVED_BYTES
+    R_REPLIED
+    R_REPLY_BYTES
+    R_REPLY_EAGAIN
+    R_REPLY_ERRORS
+    R_WARMUP
+    R_DUPLICATE
+    R_REORDERED
+    R_STALE
+    R_SEQ_END
+    R_RCVBUF_DROPS
+    R_LOST
+    R_LOSS_EPISODES
+    R_LOSS_MAX_RUN
+    R_COUNTERS
+
+RESPONDER_COUNTERS = (
+    "received", "received_bytes", "replied", "reply_bytes", "reply_eagain", "reply_errors",
+    "warmup", "duplicate", "reordered", "stale", "seq_end", "rcvbuf_drops", "lost",
+    "loss_episodes", "loss_max_run",
+)
+
+
+
+cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return be64toh(v)
+
+
+cdef inline void store_be64(uint8_t *p, uint64_t v) noexcept nogil:
+    v = htobe64(v)
+    memcpy(p, &v, 8)
+
+
+cdef inline uint16_t load_be16(const uint8_t *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return be16toh(v)
+
+
+cdef inline uint32_t rxq_overflow(msghdr *msg) noexcept nogil:
+    """The socket's cumulative receive-queue drop count (SO_RXQ_OVFL), or 0."""
+    cdef cmsghdr *cm = CMSG_FIRSTHDR(msg)
+    cdef uint32_t dropped = 0
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SO_RXQ_OVFL:
+            memcpy(&dropped, CMSG_DATA(cm), 4)
+        cm = CMSG_NXTHDR(msg, cm)
+    return dropped
+
+
+cdef class _SeqWindow:
+    """Which of the last `size` sequence numbers were seen; flat memory.
+
+    A sequence number is final once the window has moved past it; final
+    misses are counted as lost, in runs (RFC 3357 loss episodes).
+    """
+    cdef uint8_t *bits
+    cdef uint64_t mask
+    cdef uint64_t final_end      # every seq below this is final
+    cdef uint64_t run_length
+
+    def __cinit__(self, uint64_t size_bits):
+        cdef uint64_t size = 1
+        while size < size_bits:
+            size <<= 1
+        self.mask = size - 1
+        self.bits = <uint8_t *>calloc(size // 8 + 1, 1)
+        if self.bits == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.bits)
+
+    cdef inline uint64_t size(self) noexcept nogil:
+        return self.mask + 1
+
+    cdef void reset(self) noexcept nogil:
+        memset(self.bits, 0, (self.mask + 1) // 8 + 1)
+        self.final_end = 0
+        self.run_length = 0
+
+    cdef inline bint test(self, uint64_t seq) noexcept nogil:
+        cdef uint64_t slot = seq & self.mask
+        return (self.bits[slot >> 3] >> (slot & 7)) & 1
+
+    cdef inline void set(self, uint64_t seq) noexcept nogil:
+        cdef uint64_t slot = seq & self.mask
+        self.bits[slot >> 3] |= <uint8_t>(1 << (slot & 7))
+
+    cdef inline void clear(self, uint64_t seq) noexcept nogil:
+        cdef uint64_t slot = seq & self.mask
+        self.bits[slot >> 3] &= <uint8_t>~(1 << (slot & 7))
+
+    cdef void finalize_to(self, uint64_t end, uint64_t *counters, int lost,
+                          int episodes, int max_run) noexcept nogil:
+        """Count losses in [final_end, end) and clear those slots for reuse."""
+        while self.final_end < end:
+            if self.test(self.final_end):
+                self.run_length = 0
+            else:
+                counters[lost] += 1
+                if self.run_length == 0:
+                    counters[episodes] += 1
+                self.run_length += 1
+                if self.run_length > counters[max_run]:
+                    counters[max_run] = self.run_length
+            self.clear(self.final_end)
+            self.final_end += 1
+
+
+cdef class PacedSender:
+    """Open-loop paced UDP sender on a connected socket.
+
+    Packet i of a phase is due at t0 + i * period. Sends go out in sendmmsg
+    batches of whatever is due, so a late wake-up is caught up at once and
+    the average rate stays exact. When replies are expected, responses are
+    read between sends and their latency is measured from the scheduled send
+    time (no coordinated omission) and from the actual send time.
+    """
+    cdef int fd
+    cdef int batch
+    cdef Py_ssize_t size
+    cdef uint8_t *tx_buf
+    cdef mmsghdr *tx_msgs
+    cdef iovec *tx_iov
+    cdef Py_ssize_t rx_slot
+    cdef uint8_t *rx_buf
+    cdef mmsghdr *rx_msgs
+    cdef iovec *rx_iov
+    cdef uint8_t *rx_ctrl
+    cdef double period_ns
+    cdef uint64_t t0_ns
+    cdef uint64_t next_seq
+    cdef uint64_t limit
+    cdef uint64_t token
+    cdef uint64_t timeout_ns
+    cdef bint expect_replies
+    cdef bint busy_poll
+    cdef bint warmup
+    cdef uint64_t max_outstanding
+    cdef uint64_t last_send_ns
+    cdef _SeqWindow window
+    cdef uint64_t[::1] c
+    cdef uint64_t[::1] h_sched
+    cdef uint64_t[::1] h_actual
+    cdef uint64_t[::1] h_lag
+    cdef readonly object counters
+    cdef readonly object latency_hist
+    cdef readonly object actual_latency_hist
+    cdef readonly object send_lag_hist
+
+    def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
+                  bint busy_poll=False, double timeout_s=1.0, int batch=64,
+                  uint64_t max_outstanding=0):
+        if len(template) < WIRE_HEADER_SIZE:
+            raise ValueError("template shorter than the header")
+        if batch < 1 or batch > 1024:
+            raise ValueError("batch must be 1..1024")
+        self.fd = fd
+        self.batch = batch
+        self.size = len(template)
+        self.period_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
+        self.expect_replies = expect_replies
+        self.busy_poll = busy_poll
+        self.max_outstanding = max_outstanding if expect_replies else 0
+        self.timeout_ns = <uint64_t>(timeout_s * 1e9)
+        self.token = load_be64(<const uint8_t *><const char *>template + WIRE_OFF_TOKEN)
+        self.tx_buf = <uint8_t *>calloc(batch, self.size)
+        self.tx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.tx_iov = <iovec *>calloc(batch, sizeof(iovec))
+        # Replies are never longer than requests; one spare byte shows truncation.
+        self.rx_slot = self.size + 1
+        self.rx_buf = <uint8_t *>calloc(batch, self.rx_slot)
+        self.rx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.rx_iov = <iovec *>calloc(batch, sizeof(iovec))
+        self.rx_ctrl = <uint8_t *>calloc(batch, CTRL_BYTES)
+        if not (self.tx_buf and self.tx_msgs and self.tx_iov and self.rx_buf and self.rx_msgs
+                and self.rx_iov and self.rx_ctrl):
+            raise MemoryError()
+        cdef int i
+        for i in range(batch):
+            memcpy(self.tx_buf + i * self.size, <const char *>template, self.size)
+            self.tx_iov[i].iov_base = self.tx_buf + i * self.size
+            self.tx_iov[i].iov_len = self.size
+            self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
+            self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+            self.rx_iov[i].iov_base = self.rx_buf + i * self.rx_slot
+            self.rx_iov[i].iov_len = self.rx_slot
+            self.rx_msgs[i].msg_hdr.msg_iov = &self.rx_iov[i]
+            self.rx_msgs[i].msg_hdr.msg_iovlen = 1
+            self.rx_msgs[i].msg_hdr.msg_control = self.rx_ctrl + i * CTRL_BYTES
+        # The window must outlive the timeout at this rate, or a slow reply
+        # would land in a recycled slot.
+        cdef double in_flight = 2.0 * timeout_s * (rate_pps if rate_pps > 0 else 2e6)
+        if in_flight > 67108864.0:
+            in_flight = 67108864.0
+        self.window = _SeqWindow(<uint64_t>in_flight if in_flight > 65536.0 else 65536)
+        self.counters = np.zeros(S_COUNTERS, dtype=np.uint64)
+        self.latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
+        self.actual_latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
+        self.send_lag_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
+        self.c = self.counters
+        self.h_sched = self.latency_hist
+        self.h_actual = self.actual_latency_hist
+        self.h_lag = self.send_lag_hist
+
+    def __dealloc__(self):
+        free(self.tx_buf)
+        free(self.tx_msgs)
+        free(self.tx_iov)
+        free(self.rx_buf)
+        free(self.rx_msgs)
+        free(self.rx_iov)
+        free(self.rx_ctrl)
+
+    def begin(self, uint64_t t0_ns, uint64_t limit, bint warmup):
+        """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
+        self.t0_ns = t0_ns
+        self.next_seq = 0
+        self.limit = limit
+        self.warmup = warmup
+        self.window.reset()
+        self.counters[:] = 0
+        self.latency_hist[:] = 0
+        self.actual_latency_hist[:] = 0
+        self.send_lag_hist[:] = 0
+        self.c[S_LAT_MIN_NS] = <uint64_t>-1
+        self.c[S_ACTUAL_MIN_NS] = <uint64_t>-1
+        cdef int i
+        for i in range(self.batch):
+            self.tx_buf[i * self.size + WIRE_OFF_FLAGS] = WIRE_FLAG_WARMUP if warmup else 0
+
+    @property
+    def next_due_ns(self):
+        """When the next packet of this phase is scheduled."""
+        return self.due_ns(self.next_seq)
+
+    @property
+    def sent(self):
+        return self.next_seq
+
+    @property
+    def window_size(self):
+        return self.window.size()
+
+    cdef inline uint64_t due_ns(self, uint64_t seq) noexcept nogil:
+        return self.t0_ns + <uint64_t>(<double>seq * self.period_ns)
+
+    def run(self, uint64_t until_ns, bint send=True):
+        """Send what is due and read replies until `until_ns` or the limit.
+
+        Returns 0, or -errno for a socket error that is not a counter. While
+        `send` is false only replies are read, and it returns early once
+        every request sent has been answered or timed out.
+        """
+        cdef int rc
+        with nogil:
+            prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+            rc = self._run(until_ns, send)
+        return rc
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef int _run(self, uint64_t until_ns, bint send) noexcept nogil:
+        cdef uint64_t now, due, wake
+        cdef uint64_t n_due
+        cdef int n, sent, rc
+        cdef bint window_full
+        # A blocking closed loop has nothing to read until its reply is due:
+        # a non-blocking read after each send would only fail, one wasted
+        # syscall per round trip on top of netperf's two.
+        cdef bint waits_for_replies = self.max_outstanding > 0 and not self.busy_poll
+        while True:
+            now = now_ns()
+            if now >= until_ns:
+                return 0
+            window_full = False
+            if send and self.next_seq < self.limit:
+                if self.period_ns > 0:
+                    n_due = <uint64_t>((<double>(now - self.t0_ns)) / self.period_ns) + 1 \
+                        if now >= self.t0_ns else 0
+                    n_due = n_due - self.next_seq if n_due > self.next_seq else 0
+                else:
+                    n_due = self.batch
+                if n_due > self.limit - self.next_seq:
+                    n_due = self.limit - self.next_seq
+                if self.max_outstanding > 0 and n_due > 0:
+                    n_due = self._window_room(now, n_due)
+                    window_full = n_due == 0
+                if n_due > 0:
+                    n = <int>n_due if n_due < <uint64_t>self.batch else self.batch
+                    sent = self._send(n, now)
+                    if sent < 0:
+                        return sent
+                    if self.expect_replies and not waits_for_replies:
+                        rc = self._receive(MSG_DONTWAIT)
+                        if rc < 0:
+                            return rc
+                    continue
+            elif not self.expect_replies:
+                return 0
+            elif not send and self.c[S_RECEIVED] >= self.next_seq:
+                return 0
+            if self.expect_replies and not (window_full and waits_for_replies):
+                rc = self._receive(MSG_DONTWAIT)
+                if rc < 0:
+                    return rc
+                if rc > 0:
+                    continue
+            if self.busy_poll:
+                continue
+            if window_full:
+                # Closed loop: sleep until the reply arrives, or until the
+                # timeout frees the slot of a request whose reply was lost.
+                wake = self.last_send_ns + self.timeout_ns
+                if wake > until_ns:
+                    wake = until_ns
+                rc = self._receive(MSG_WAITFORONE)
+                if rc < 0:
+                    return rc
+                if rc == 0 and now_ns() < now + NONBLOCKING_NS:
+                    sleep_until(self.fd, True, wake)  # the socket does not block
+                continue
+            if send and self.next_seq < self.limit:
+                due = self.due_ns(self.next_seq)
+            else:
+                due = until_ns
+            if due > until_ns:
+                due = until_ns
+            now = now_ns()
+            if due > now + SPIN_MARGIN_NS:
+                sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef inline uint64_t _window_room(self, uint64_t now, uint64_t n_due) noexcept nogil:
+        """Closed-loop cap: at most max_outstanding requests unanswered.
+
+        A request unanswered for longer than the timeout no longer holds its
+        slot (it will count as lost), so a lost reply cannot stall the loop.
+        """
+        cdef uint64_t answered = self.c[S_RECEIVED] + self.c[S_LATE]
+        cdef uint64_t in_flight = self.next_seq - answered if self.next_seq > answered else 0
+        if in_flight >= self.max_outstanding:
+            if now - self.last_send_ns < self.timeout_ns:
+                return 0
+            return 1
+        if n_due > self.max_outstanding - in_flight:
+            return self.max_outstanding - in_flight
+        return n_due
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef int _send(self, int n, uint64_t now) noexcept nogil:
+        cdef int i
+        cdef uint8_t *pkt
+        cdef uint64_t seq, lag, due
+        for i in range(n):
+            pkt = self.tx_buf + i * self.size
+            store_be64(pkt + WIRE_OFF_SEQ, self.next_seq + i)
+            store_be64(pkt + WIRE_OFF_SEND_NS, now)
+        cdef int sent = sendmmsg(self.fd, self.tx_msgs, n, MSG_DONTWAIT)
+        self.c[S_SEND_CALLS] += 1
+        if sent < 0:
+            if errno == EAGAIN:
+                self.c[S_EAGAIN] += 1
+                return 0
+            if errno == ENOBUFS:
+                self.c[S_ENOBUFS] += 1
+                return 0
+            if errno == EINTR:
+                return 0
+            return -errno
+        for i in range(sent):
+            seq = self.next_seq + i
+            if self.expect_replies:
+                if seq > self.window.mask:
+                    self.window.finalize_to(seq - self.window.mask, &self.c[0], S_LOST,
+                                            S_LOSS_EPISODES, S_LOSS_MAX_RUN)
+            if self.period_ns > 0:
+                due = self.due_ns(seq)
+                lag = now - due if now > due else 0
+                self.h_lag[hist_index(lag)] += 1
+                if lag > self.c[S_LAG_MAX_NS]:
+                    self.c[S_LAG_MAX_NS] = lag
+        self.next_seq += sent
+        self.last_send_ns = now
+        self.c[S_SENT] += sent
+        self.c[S_SENT_BYTES] += <uint64_t>sent * <uint64_t>self.size
+        return sent
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef int _receive(self, int flags) noexcept nogil:
+        """Read one batch of replies; returns how many, or -errno.
+
+        MSG_WAITFORONE sleeps in the kernel until the first reply (or the
+        socket's SO_RCVTIMEO): one syscall per wake-up instead of a poll
+        and a read, which is what a blocking round trip costs in netperf.
+        """
+        cdef int i, got
+        for i in range(self.batch):
+            self.rx_msgs[i].msg_hdr.msg_controllen = CTRL_BYTES
+            self.rx_msgs[i].msg_hdr.msg_flags = 0
+        got = recvmmsg(self.fd, self.rx_msgs, self.batch, flags, NULL)
+        if got < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return 0
+            # A refused port (ICMP) surfaces here; Python names it.
+            return -errno
+        cdef uint64_t rx = now_ns()
+        cdef uint8_t *pkt
+        cdef uint64_t seq, sched_lat, actual_lat, sent_at
+        cdef uint32_t dropped
+        for i in range(got):
+            pkt = self.rx_buf + i * self.rx_slot
+            if self.rx_msgs[i].msg_len < WIRE_HEADER_SIZE \
+                    or load_be16(pkt + WIRE_OFF_MAGIC) != WIRE_MAGIC \
+                    or pkt[WIRE_OFF_VERSION] != WIRE_VERSION \
+                    or pkt[WIRE_OFF_KIND] != WIRE_KIND_RESPONSE \
+                    or load_be64(pkt + WIRE_OFF_TOKEN) != self.token \
+                    or (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
+                self.c[S_BOGUS] += 1
+                continue
+            if (pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP) != self.warmup:
+                self.c[S_WARMUP_REPLIES] += 1
+                continue
+            seq = load_be64(pkt + WIRE_OFF_SEQ)
+            if seq >= self.next_seq:
+                self.c[S_BOGUS] += 1
+                continue
+            if seq < self.window.final_end:
+                self.c[S_LATE] += 1
+                continue
+            if self.window.test(seq):
+                self.c[S_DUPLICATE] += 1
+                continue
+            sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
+            actual_lat = rx - sent_at if rx > sent_at else 0
+            if self.period_ns > 0:
+                sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
+            else:
+                sched_lat = actual_lat  # "as fast as possible" has no schedule
+            if sched_lat > self.timeout_ns:
+                self.c[S_LATE] += 1
+                continue
+            self.window.set(seq)
+            self.c[S_RECEIVED] += 1
+            self.c[S_RECEIVED_BYTES] += self.rx_msgs[i].msg_len
+            self.h_sched[hist_index(sched_lat)] += 1
+            self.h_actual[hist_index(actual_lat)] += 1
+            if sched_lat < self.c[S_LAT_MIN_NS]:
+                self.c[S_LAT_MIN_NS] = sched_lat
+            if sched_lat > self.c[S_LAT_MAX_NS]:
+                self.c[S_LAT_MAX_NS] = sched_lat
+            if actual_lat < self.c[S_ACTUAL_MIN_NS]:
+                self.c[S_ACTUAL_MIN_NS] = actual_lat
+            if actual_lat > self.c[S_ACTUAL_MAX_NS]:
+                self.c[S_ACTUAL_MAX_NS] = actual_lat
+        dropped = rxq_overflow(&self.rx_msgs[got - 1].msg_hdr)
+        if dropped > self.c[S_RCVBUF_DROPS]:
+            self.c[S_RCVBUF_DROPS] = dropped
+        return got
+
+    def finish(self):
+        """Count every request still unanswered as lost (call after draining)."""
+        if self.expect_replies:
+            self.window.finalize_to(self.next_seq, &self.c[0], S_LOST, S_LOSS_EPISODES,
+                                    S_LOSS_MAX_RUN)
+
+
+cdef enum:
+    MODE_REPLY = 1
+    MODE_SINK = 2
+
+
+cdef class Responder:
+    """Answers (MODE_REPLY) or counts (MODE_SINK) one session's datagrams.
+
+    Only datagrams with the live token from the session's peer address are
+    valid; everything else is dropped and counted by reason. A reply is the
+    request's header with kind RESPONSE plus a fixed RESP reply, and is
+    never longer than the datagram it answers.
+    """
+    cdef int fd
+    cdef int batch
+    cdef int mode
+    cdef bint busy_poll
+    cdef uint64_t token
+    cdef int command
+    cdef Py_ssize_t rx_slot
+    cdef Py_ssize_t max_size
+    cdef Py_ssize_t min_size
+    cdef uint8_t *rx_buf
+    cdef mmsghdr *rx_msgs
+    cdef iovec *rx_iov
+    cdef uint8_t *rx_ctrl
+    cdef sockaddr_storage *rx_names
+    cdef uint8_t *tx_buf
+    cdef mmsghdr *tx_msgs
+    cdef iovec *tx_iov
+    cdef uint8_t peer[28]
+    cdef int peer_len
+    cdef uint8_t *prefix
+    cdef Py_ssize_t prefix_len
+    cdef uint8_t *reply
+    cdef Py_ssize_t reply_len
+    cdef _SeqWindow window
+    cdef uint64_t highest_seq_plus1
+    cdef int64_t last_transit_ns
+    cdef bint have_transit
+    cdef double jitter_ns
+    cdef uint64_t[::1] c
+    cdef uint64_t[::1] d
+    cdef readonly object counters
+    cdef readonly object drops
+
+    def __cinit__(self, int fd, *, bytes peer, uint64_t token, int command, bint sink,
+                  Py_ssize_t max_size, bytes prefix=b"", bytes reply=b"",
+                  bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20):
+        if len(peer) > 28 or len(peer) < 8:
+            raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
+        if not sink and WIRE_HEADER_SIZE + len(reply) > max_size:
+            raise ValueError("reply would be longer than the requests it answers")
+        self.fd = fd
+        self.batch = batch
+        self.mode = MODE_SINK if sink else MODE_REPLY
+        self.busy_poll = busy_poll
+        self.token = token
+        self.command = command
+        self.max_size = max_size
+        self.prefix_len = len(prefix)
+        self.reply_len = len(reply)
+        self.min_size = WIRE_HEADER_SIZE + self.prefix_len
+        if not sink and self.min_size < WIRE_HEADER_SIZE + self.reply_len:
+            self.min_size = WIRE_HEADER_SIZE + self.reply_len
+        memset(self.peer, 0, 28)
+        memcpy(self.peer, <const char *>peer, len(peer))
+        self.peer_len = len(peer)
+        self.rx_slot = max_size + 1
+        self.rx_buf = <uint8_t *>calloc(batch, self.rx_slot)
+        self.rx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.rx_iov = <iovec *>calloc(batch, sizeof(iovec))
+        self.rx_ctrl = <uint8_t *>calloc(batch, CTRL_BYTES)
+        self.rx_names = <sockaddr_storage *>calloc(batch, sizeof(sockaddr_storage))
+        self.tx_buf = <uint8_t *>calloc(batch, WIRE_HEADER_SIZE + self.reply_len)
+        self.tx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.tx_iov = <iovec *>calloc(batch, sizeof(iovec))
+        self.prefix = <uint8_t *>calloc(self.prefix_len + 1, 1)
+        self.reply = <uint8_t *>calloc(self.reply_len + 1, 1)
+        if not (self.rx_buf and self.rx_msgs and self.rx_iov and self.rx_ctrl and self.rx_names
+                and self.tx_buf and self.tx_msgs and self.tx_iov and self.prefix and self.reply):
+            raise MemoryError()
+        memcpy(self.prefix, <const char *>prefix, self.prefix_len)
+        memcpy(self.reply, <const char *>reply, self.reply_len)
+        cdef int i
+        cdef Py_ssize_t reply_size = WIRE_HEADER_SIZE + self.reply_len
+        for i in range(batch):
+            self.rx_iov[i].iov_base = self.rx_buf + i * self.rx_slot
+            self.rx_iov[i].iov_len = self.rx_slot
+            self.rx_msgs[i].msg_hdr.msg_iov = &self.rx_iov[i]
+            self.rx_msgs[i].msg_hdr.msg_iovlen = 1
+            self.rx_msgs[i].msg_hdr.msg_name = &self.rx_names[i]
+            self.rx_msgs[i].msg_hdr.msg_control = self.rx_ctrl + i * CTRL_BYTES
+            memcpy(self.tx_buf + i * reply_size + WIRE_HEADER_SIZE, self.reply, self.reply_len)
+            self.tx_iov[i].iov_base = self.tx_buf + i * reply_size
+            self.tx_iov[i].iov_len = reply_size
+            self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
+            self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+        self.window = _SeqWindow(window_bits)
+        self.counters = np.zeros(R_COUNTERS, dtype=np.uint64)
+        self.drops = np.zeros(WIRE_DROP_REASONS, dtype=np.uint64)
+        self.c = self.counters
+        self.d = self.drops
+
+    def __dealloc__(self):
+        free(self.rx_buf)
+        free(self.rx_msgs)
+        free(self.rx_iov)
+        free(self.rx_ctrl)
+        free(self.rx_names)
+        free(self.tx_buf)
+        free(self.tx_msgs)
+        free(self.tx_iov)
+        free(self.prefix)
+        free(self.reply)
+
+    @property
+    def jitter_ns(self):
+        """RFC 3550 interarrival jitter of the measured blast packets."""
+        return self.jitter_ns
+
+    def run(self, uint64_t until_ns):
+        """Serve until `until_ns`; returns 0 or -errno."""
+        cdef int rc
+        with nogil:
+            rc = self._run(until_ns)
+        return rc
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef int _run(self, uint64_t until_ns) noexcept nogil:
+        cdef int got, i, n_replies, sent
+        cdef uint32_t dropped
+        cdef uint64_t rx
+        while True:
+            rx = now_ns()
+            if rx >= until_ns:
+                return 0
+            for i in range(self.batch):
+                self.rx_msgs[i].msg_hdr.msg_controllen = CTRL_BYTES
+                self.rx_msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.rx_msgs[i].msg_hdr.msg_flags = 0
+            # Blocking mode waits inside recvmmsg (one syscall per wake-up);
+            # the socket's SO_RCVTIMEO bounds the wait so the deadline holds.
+            got = recvmmsg(self.fd, self.rx_msgs, self.batch,
+                           MSG_DONTWAIT if self.busy_poll else MSG_WAITFORONE, NULL)
+            if got < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    if not self.busy_poll and now_ns() < rx + NONBLOCKING_NS:
+                        sleep_until(self.fd, True, until_ns)  # the socket does not block
+                    continue
+                return -errno
+            rx = now_ns()
+            n_replies = 0
+            for i in range(got):
+                if self._accept(i, rx):
+                    if self.mode == MODE_REPLY:
+                        self._prepare_reply(i, n_replies)
+                        n_replies += 1
+            dropped = rxq_overflow(&self.rx_msgs[got - 1].msg_hdr)
+            if dropped > self.c[R_RCVBUF_DROPS]:
+                self.c[R_RCVBUF_DROPS] = dropped
+            if n_replies > 0:
+                sent = sendmmsg(self.fd, self.tx_msgs, n_replies, MSG_DONTWAIT)
+                if sent < 0:
+                    if errno == EAGAIN or errno == ENOBUFS:
+                        self.c[R_REPLY_EAGAIN] += n_replies
+                    else:
+                        self.c[R_REPLY_ERRORS] += n_replies
+                else:
+                    self.c[R_REPLIED] += sent
+                    self.c[R_REPLY_BYTES] += <uint64_t>sent * <uint64_t>(WIRE_HEADER_SIZE + self.reply_len)
+                    if sent < n_replies:
+                        self.c[R_REPLY_EAGAIN] += n_replies - sent
+
+    cdef inline bint _from_peer(self, int i) noexcept nogil:
+        cdef const uint8_t *name = <const uint8_t *>&self.rx_names[i]
+        if self.rx_names[i].ss_family != (<const uint16_t *>self.peer)[0]:
+            return False
+        if self.rx_names[i].ss_family == AF_INET:
+            # family, port, IPv4 address
+            return memcmp(name, self.peer, 8) == 0
+        # family and port, then the IPv6 address after the flow label
+        return memcmp(name, self.peer, 4) == 0 and memcmp(name + 8, self.peer + 8, 16) == 0
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef bint _accept(self, int i, uint64_t rx) noexcept nogil:
+        """Validate datagram i; count it by outcome. True when it is valid."""
+        cdef uint8_t *pkt = self.rx_buf + i * self.rx_slot
+        cdef Py_ssize_t length = self.rx_msgs[i].msg_len
+        cdef int expected_kind = WIRE_KIND_BLAST if self.mode == MODE_SINK else WIRE_KIND_REQUEST
+        if (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) or length > self.max_size:
+            self.d[WIRE_DROP_OVERSIZED] += 1
+            return False
+        if length < WIRE_HEADER_SIZE:
+            self.d[WIRE_DROP_TOO_SHORT] += 1
+            return False
+        if load_be16(pkt + WIRE_OFF_MAGIC) != WIRE_MAGIC:
+            self.d[WIRE_DROP_BAD_MAGIC] += 1
+            return False
+        if pkt[WIRE_OFF_VERSION] != WIRE_VERSION:
+            self.d[WIRE_DROP_BAD_VERSION] += 1
+            return False
+        if pkt[WIRE_OFF_KIND] != expected_kind:
+            self.d[WIRE_DROP_BAD_KIND] += 1
+            return False
+        if load_be64(pkt + WIRE_OFF_TOKEN) != self.token:
+            self.d[WIRE_DROP_BAD_TOKEN] += 1
+            return False
+        if not self._from_peer(i):
+            self.d[WIRE_DROP_BAD_SOURCE] += 1
+            return False
+        if length < self.min_size or pkt[WIRE_OFF_COMMAND] != self.command \
+                or memcmp(pkt + WIRE_HEADER_SIZE, self.prefix, self.prefix_len) != 0:
+            self.d[WIRE_DROP_BAD_PAYLOAD] += 1
+            return False
+        if pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP:
+            self.c[R_WARMUP] += 1
+            return self.mode == MODE_REPLY
+        self.c[R_RECEIVED] += 1
+        self.c[R_RECEIVED_BYTES] += <uint64_t>length
+        if self.mode == MODE_SINK:
+            self._account(pkt, rx)
+        return True
+
+    # Hot loop: indices are enum counters, batch slots and hist_index(), in
+    # range by construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef void _account(self, const uint8_t *pkt, uint64_t rx) noexcept nogil:
+        """Sequence and jitter accounting for one valid blast packet."""
+        cdef uint64_t seq = load_be64(pkt + WIRE_OFF_SEQ)
+        cdef int64_t transit, delta
+        if seq < self.window.final_end:
+            self.c[R_STALE] += 1
+            return
+        if seq >= self.highest_seq_plus1:
+            if seq >= self.window.final_end + self.window.size():
+                self.window.finalize_to(seq - self.window.size() + 1, &self.c[0], R_LOST,
+                                        R_LOSS_EPISODES, R_LOSS_MAX_RUN)
+            self.highest_seq_plus1 = seq + 1
+            self.c[R_SEQ_END] = self.highest_seq_plus1
+        elif self.window.test(seq):
+            self.c[R_DUPLICATE] += 1
+            self.c[R_RECEIVED] -= 1
+            return
+        else:
+            self.c[R_REORDERED] += 1
+        self.window.set(seq)
+        # RFC 3550 section 6.4.1 / A.8: J += (|D| - J) / 16 over transit deltas.
+        transit = <int64_t>rx - <int64_t>load_be64(pkt + WIRE_OFF_SEND_NS)
+        if self.have_transit:
+            delta = transit - self.last_transit_ns
+            if delta < 0:
+                delta = -delta
+            self.jitter_ns += (<double>delta - self.jitter_ns) / 16.0
+        self.last_transit_ns = transit
+        self.have_transit = True
+
+    cdef inline void _prepare_reply(self, int i, int slot) noexcept nogil:
+        cdef uint8_t *out = self.tx_buf + slot * (WIRE_HEADER_SIZE + self.reply_len)
+        memcpy(out, self.rx_buf + i * self.rx_slot, WIRE_HEADER_SIZE)
+        out[WIRE_OFF_KIND] = WIRE_KIND_RESPONSE
+        self.tx_msgs[slot].msg_hdr.msg_name = &self.rx_names[i]
+        self.tx_msgs[slot].msg_hdr.msg_namelen = self.rx_msgs[i].msg_hdr.msg_namelen
+
+    def finish(self, uint64_t sent_packets):
+        """Close the sink's accounting: everything below `sent_packets` is final."""
+        if self.mode == MODE_SINK:
+            if sent_packets > self.highest_seq_plus1:
+                self.highest_seq_plus1 = sent_packets
+            self.window.finalize_to(self.highest_seq_plus1, &self.c[0], R_LOST, R_LOSS_EPISODES,
+                                    R_LOSS_MAX_RUN)
