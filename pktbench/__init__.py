@@ -40,7 +40,7 @@ _LAZY = MappingProxyType({
     "DecodeResult": "pktbench.decode",
     "run": "pktbench.api",
     "run_bulk": "pktbench.api",
-    "BulkConfig": "pktbench.bulk",
+    "BulkConfig": "pktbench.workloads.bulk",
     "validate_server": "pktbench.api",
     "ValidationReport": "pktbench.validate",
     "temporary_testbed": "pktbench.api",

@@ -15,23 +15,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pktbench import redis_target
 from pktbench.address import Target, parse_target
 from pktbench.config import Profile
 from pktbench.engine import engine_environment
 from pktbench.knee import KneeCriteria
 from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
-from pktbench.redis_target import RedisAuth
 from pktbench.session import Client, LocalServer
 from pktbench.step import StepResult
 from pktbench.sweeper import StepCallback
-from pktbench.tcp_rr import TcpOptions
 from pktbench.sweeper import sweep as _sweep_impl
 from pktbench.testbed import DEFAULT_PREFIX, TestbedConfig, TestbedInfo
+from pktbench.workloads import redis as redis_target
+from pktbench.workloads.redis import RedisAuth
+from pktbench.workloads.resp import TcpOptions
 
 if TYPE_CHECKING:
-    from pktbench.bulk import BulkConfig, PathCounters
+    from pktbench.workloads.bulk import BulkConfig, PathCounters
     from pktbench.validate import ValidationReport
 
 
@@ -55,7 +55,7 @@ def run_step(target: str | Target | None, params: StepParams, *, secret: bytes |
     A redis:// target is driven directly (RESP over TCP, no pktbench server);
     its password comes from the URL unless `redis_auth` is given. A UDP step
     with params.streams > 1 is sent by that many processes, one flow each,
-    pinned to `worker_cpus` round-robin (see pktbench.workers).
+    pinned to `worker_cpus` round-robin (see pktbench.workloads.multiflow).
     """
     if isinstance(target, str) and target.strip().lower().startswith("redis://"):
         return redis_target.run_step(target, params, auth=redis_auth, stop=stop)
@@ -154,7 +154,7 @@ def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes |
     Args:
         target: "HOST[:PORT]" of a pktbench server, a Target, or None for a
             server started on this machine.
-        config: what to run (pktbench.bulk.BulkConfig).
+        config: what to run (pktbench.workloads.bulk.BulkConfig).
         secret: the server's shared secret, if it has one.
         counters: per-path byte counters; default: the sysfs counters of
             config.path_ifaces when given.
@@ -167,10 +167,17 @@ def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes |
     Raises:
         PktbenchError: connection, protocol, planning or configuration trouble.
     """
-    from pktbench import bulk
+    from pktbench.workloads import bulk
 
-    return bulk.run_bulk(target, config, secret=secret, counters=counters, on_step=on_step,
-                         stop=stop)
+    resolved = parse_target(target) if isinstance(target, str) else target
+    if counters is None and config.path_ifaces:
+        counters = bulk.sysfs_counters(config.path_ifaces)
+    if resolved is None:
+        with LocalServer() as server, Client(server.target, secret=secret) as client:
+            return bulk.run_session(client, "embedded loopback server", config, counters,
+                                    on_step, stop)
+    with Client(resolved, secret=secret) as client:
+        return bulk.run_session(client, str(resolved), config, counters, on_step, stop)
 
 
 def validate_server(target: str | Target | None, secret: bytes | None = None, *,

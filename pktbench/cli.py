@@ -146,8 +146,8 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
     """
     from pktbench import api
     from pktbench.address import Target
-    from pktbench.redis_target import RedisAuth, parse_redis_url
-    from pktbench.tcp_rr import TcpOptions
+    from pktbench.workloads.redis import RedisAuth, parse_redis_url
+    from pktbench.workloads.resp import TcpOptions
 
     auth: RedisAuth | None = None
     resolved: Target | None
@@ -812,7 +812,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     Without HOST, a server is started on this machine.
     """
     from pktbench import api
-    from pktbench import bulk as bulk_mod
+    from pktbench.workloads import bulk as bulk_mod
     from pktbench.report import bulk_step_line, check_output_path, write_report
 
     if json_path:
@@ -845,7 +845,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
                 json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
                 cpus: tuple[int, ...] = ()) -> None:
     from pktbench import api
-    from pktbench import bulk as bulk_mod
+    from pktbench.workloads import bulk as bulk_mod
     from pktbench.flows import parse_count_list, parse_rate_list
     from pktbench.report import bulk_step_line, check_output_path, write_report
 
@@ -877,7 +877,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
 
 
 # ---------------------------------------------------------------- --workers / --cpus
-# `run` and `sweep` over several sender processes (pktbench.workers).
+# `run` and `sweep` over several sender processes (pktbench.workloads.multiflow).
 
 def _worker_cpus(workers: int, cpus_text: str | None, workload: str) -> tuple[int, ...]:
     """The --cpus list, checked against this machine and the workload."""

@@ -13,7 +13,7 @@ counters and a tbf shaper count: Ethernet header, no FCS) <= on-wire bits
 overhead figures, never on the measured rate.
 
 Must not: open sockets, read counters or clocks. Probing which path a source
-port lands on is done by pktbench.bulk, which feeds the results in here.
+port lands on is done by pktbench.workloads.bulk, which feeds the results in here.
 
 Why plan empirically: the kernel's multipath hash (and a bond's layer3+4
 hash) mixes the 5-tuple with a per-boot random seed, so no userspace formula

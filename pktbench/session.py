@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import importlib
 import os
 import queue
 import selectors
@@ -27,11 +26,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
-from pktbench import engine, nic, protocol, wire, workers
+from pktbench import engine, nic, protocol, wire
 from pktbench._version import __version__
 from pktbench.address import Target, resolve
 from pktbench.errors import (
@@ -44,33 +43,15 @@ from pktbench.errors import (
 )
 from pktbench.protocol import Role, StepParams
 from pktbench.results import interface_for
-from pktbench.step import StepResult, summarize_step
+from pktbench.step import StepResult
+from pktbench.workloads import WORKLOADS
+from pktbench.workloads.base import (
+    ArmedStep, ServerArm, TcpStepHandler, UdpResponder, Workload)
+from pktbench.workloads.base import Closeable as _Closeable
+
+_C = TypeVar("_C", bound=_Closeable)
 
 CAPABILITIES = ("rr", "blast")
-
-
-class TcpStepHandler(Protocol):
-    """The server side of a step whose data runs over TCP connections.
-
-    The server hands it every data connection that presents the step's data
-    token from the session's peer; `finish` stops it and returns the
-    receiver's counters for StepResult. It must never block the caller for
-    longer than the step's drain.
-    """
-
-    token: int
-    peer_ip: str
-
-    def add_connection(self, conn: socket.socket, stream_id: int) -> None: ...
-
-    def finish(self, sender: dict[str, Any]) -> dict[str, Any]: ...
-
-
-# workload name -> factory(step, data token, peer ip); filled by the modules
-# that implement TCP workloads when they are imported (the server imports
-# every module named in TCP_WORKLOAD_MODULES when it opens).
-TCP_STEP_HANDLERS: dict[str, Callable[[StepParams, int, str], TcpStepHandler]] = {}
-TCP_WORKLOAD_MODULES: tuple[str, ...] = ("pktbench.bulk", "pktbench.tcp_rr")
 
 
 _U64 = (1 << 64) - 1
@@ -249,12 +230,10 @@ class _TcpLiveStep(_LiveStep):
 
 class _UdpLiveStep(_LiveStep):
     def __init__(self, server: Server, step: StepParams, step_id: int,
-                 loop: engine.ResponderLoop | workers.StreamResponders, peer_ip: str,
-                 flows: int) -> None:
+                 loop: UdpResponder, peer_ip: str) -> None:
         super().__init__(step, step_id)
         self._server = server
         self._loop = loop
-        self._flows = flows
         self._stop = threading.Event()
         self._cpu_s = 0.0
         self._host_drops_before = engine.udp_rcvbuf_errors()
@@ -279,8 +258,7 @@ class _UdpLiveStep(_LiveStep):
     def _halt(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if isinstance(self._loop, workers.StreamResponders):
-            self._loop.close()
+        self._loop.close()
 
     def abort(self) -> None:
         self._halt()
@@ -291,27 +269,21 @@ class _UdpLiveStep(_LiveStep):
             sent = sender.get("sent")
             if not isinstance(sent, int) or sent < 0:
                 raise RemoteProtocolError("StepStop without a valid 'sent' count")
-            if isinstance(loop, workers.StreamResponders):
-                sent_per_stream = workers.check_sent_per_stream(
-                    sender.get("sent_per_stream"), self._flows)
+            figures = loop.check_stop(sender)
             if self.step.workload == "blast":
                 # stragglers still in flight count; then the window closes
                 self._stop.wait(self.step.drain_s)
         finally:
             self._halt()
         elapsed = time.monotonic() - self._started
-        cpu_s = self._cpu_s
-        if isinstance(loop, workers.StreamResponders):
-            loop.finish(sent_per_stream)
-            cpu_s = loop.cpu_s
-        else:
-            loop.finish(sent)
+        loop.finish(figures)
+        cpu_s = loop.cpu_s if loop.cpu_s is not None else self._cpu_s
         receiver = loop.counters()
         drops: dict[str, int] = receiver["drops"]  # type: ignore[assignment]
         # SO_RXQ_OVFL counts for the socket's whole life; the step gets the rise.
         rxq_total = int(receiver.pop("rcvbuf_drops"))  # type: ignore[call-overload]
         server = self._server
-        if isinstance(loop, workers.StreamResponders):
+        if loop.own_sockets:
             receiver["rcvbuf_errors"] = rxq_total  # fresh sockets: their life is this step
         else:
             receiver["rcvbuf_errors"] = max(rxq_total - server._rxq_dropped, 0)  # noqa: SLF001
@@ -342,7 +314,9 @@ class Server:
     scheduler in front of the engine's own threads for no gain.
     """
 
-    def __init__(self, config: ServerConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: ServerConfig, log: Callable[[str], None] | None = None, *,
+                 workloads: Mapping[str, Workload] = WORKLOADS) -> None:
+        self.workloads = workloads
         self.config = config
         self.stats = ServerStats()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -387,8 +361,6 @@ class Server:
         return self._session is not None
 
     def open(self) -> None:
-        for module in TCP_WORKLOAD_MODULES:
-            importlib.import_module(module)
         family = socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET
         for _ in range(20):
             listener = socket.socket(family, socket.SOCK_STREAM)
@@ -846,15 +818,16 @@ class Server:
             step = protocol.validate_step_params(
                 params, max_rate_pps=self.config.max_rate_pps,
                 max_duration_s=self.config.max_duration_s)
-            if step.workload in CAPABILITIES and (
-                    not isinstance(client_port, int) or not 1 <= client_port <= 65535):
+            workload = self.workloads.get(step.workload)
+            udp = workload is not None and workload.transport == "udp"
+            if udp and (not isinstance(client_port, int) or not 1 <= client_port <= 65535):
                 raise ConfigError("step params: client_port must be the client's UDP port")
-            if step.workload in CAPABILITIES and (step.streams > 1 or client_ports is not None):
+            if udp and (step.streams > 1 or client_ports is not None):
                 flows = protocol.validate_client_ports(client_ports, step.streams)
-            if step.workload not in CAPABILITIES and step.workload not in TCP_STEP_HANDLERS:
+            if workload is None:
                 raise ConfigError(f"step params: workload {step.workload} is not served here")
             token = data_token(session.token, session.step_id)
-            live = self._arm(peer, step, session.step_id, token, client_port, flows)
+            live = self._arm(peer, workload, step, session.step_id, token, client_port, flows)
         except ConfigError as exc:
             self.stats.refused_steps += 1
             self._queue(peer, protocol.Error("refused", str(exc)))
@@ -864,35 +837,31 @@ class Server:
         _wait(peer, step.hard_limit_s)
         self._queue(peer, protocol.StepReady(session.step_id))
 
-    def _arm(self, peer: _Peer, step: StepParams, step_id: int, token: int,
-             client_port: object, flows: tuple[int, ...]) -> _LiveStep:
+    def _arm(self, peer: _Peer, workload: Workload, step: StepParams, step_id: int,
+             token: int, client_port: object, flows: tuple[int, ...]) -> _LiveStep:
         """Start a step's receiving end; ConfigError when it cannot run now."""
         try:
-            if step.workload in TCP_STEP_HANDLERS:
-                handler = TCP_STEP_HANDLERS[step.workload](step, token, peer.ip)
+            local_ip = str(peer.sock.getsockname()[0])
+            if workload.transport == "tcp":
+                handler = workload.server_handler(ServerArm(
+                    step, token, peer.ip, local_ip, None, (), self.config.cpus))
+                assert isinstance(handler, TcpStepHandler)
                 self._tcp_step = handler
                 return _TcpLiveStep(step, step_id, handler)
             assert self._udp is not None and isinstance(client_port, int)
             self._flush_udp()
-            loop: engine.ResponderLoop | workers.StreamResponders
-            if len(flows) > 1:  # one connected socket and responder per client flow
-                loop = workers.StreamResponders(
-                    self._udp, local_ip=str(peer.sock.getsockname()[0]),
-                    peers=[self._peer_for_socket((peer.ip, port)) for port in flows],
-                    token=token, command=wire.COMMANDS[step.command],
-                    size_bytes=step.size_bytes, sink=step.workload == "blast",
-                    busy_poll=step.busy_poll, cpus=self.config.cpus)
-            else:
-                loop = engine.ResponderLoop(
-                    self._udp, peer=self._peer_for_socket((peer.ip, client_port)), token=token,
-                    command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                    sink=step.workload == "blast", busy_poll=step.busy_poll)
-            live = _UdpLiveStep(self, step, step_id, loop, peer.ip, len(flows))
+            # a multi-flow step has one connected socket and responder per client flow
+            ports = flows if len(flows) > 1 else (client_port,)
+            responder = workload.server_handler(ServerArm(
+                step, token, peer.ip, local_ip, self._udp,
+                tuple(self._peer_for_socket((peer.ip, port)) for port in ports),
+                self.config.cpus))
+            assert isinstance(responder, UdpResponder)
+            live = _UdpLiveStep(self, step, step_id, responder, peer.ip)
             try:
                 live.start()
             except RuntimeError:
-                if isinstance(loop, workers.StreamResponders):
-                    loop.close()  # its per-flow sockets go with the refused step
+                responder.close()  # per-flow sockets go with the refused step
                 raise
             return live
         except RuntimeError as exc:  # the host refused a thread
@@ -1051,13 +1020,6 @@ def _reason(exc: BaseException) -> str:
 # Client
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ArmedStep:
-    step_id: int
-    token: int
-    params: StepParams
-
-
 class Client:
     """One control session to a server; runs steps and returns step dicts."""
 
@@ -1066,7 +1028,7 @@ class Client:
                  worker_cpus: tuple[int, ...] = ()) -> None:
         self.target = target
         self.worker_cpus = worker_cpus  # CPUs of multi-flow steps' sender processes
-        self.workers: workers.WorkerPool | None = None  # started by the first such step
+        self._kept: dict[str, _Closeable] = {}  # what a workload keeps for the session
         self.secret = secret
         self.connect_timeout_s = connect_timeout_s
         self.buffer_bytes = buffer_bytes
@@ -1203,44 +1165,31 @@ class Client:
         except (PktbenchError, OSError):
             pass
 
+    def reuse(self, key: str, fits: Callable[[Any], bool], make: Callable[[], _C]) -> _C:
+        """Something a workload keeps for this session (a multi-flow step's
+        worker pool): the one kept under `key` if `fits` accepts it, else a
+        new one from `make` (the old one closed). The session closes it."""
+        kept = self._kept.get(key)
+        if kept is not None and fits(kept):
+            return kept  # type: ignore[return-value]
+        if kept is not None:
+            del self._kept[key]
+            kept.close()
+        made = make()
+        self._kept[key] = made
+        return made
+
     def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
                  stop: threading.Event | None = None) -> StepResult:
         """Run one step on the server and return its step result."""
-        if params.workload == "rr-tcp":
-            from pktbench import tcp_rr
-
-            return tcp_rr.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
-        if params.workload not in CAPABILITIES:
-            raise ConfigError(f"workload {params.workload} is not available over UDP")
-        if params.streams > 1:  # one sender process and flow per stream
-            return workers.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
-        interface = interface_for(self.server_address[0])
-        nic_before = nic.read_counters(interface)
-        armed = self.begin_step(params)
-        template = wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
-                                      token=armed.token, seq=0, send_ns=0)
-        try:
-            outcome = engine.run_sender(
-                self.data_socket, template, rate_pps=params.rate_pps,
-                duration_s=params.duration_s, warmup_s=params.warmup_s, drain_s=params.drain_s,
-                expect_replies=params.workload == "rr", busy_poll=params.busy_poll,
-                timeout_s=params.timeout_s, outstanding=params.outstanding, stop=stop)
-        except BaseException:
-            self.abandon_step()
-            raise
-        receiver = self.end_step({"sent": outcome.counters["sent"]}, params.result_timeout_s)
-        figures: dict[str, Any] = {"interface": interface}
-        if self.buffers is not None:
-            figures["socket_buffers_bytes"] = {"rcvbuf": self.buffers.rcvbuf_bytes,
-                                               "sndbuf": self.buffers.sndbuf_bytes}
-        figures["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
-        return summarize_step(params, outcome, receiver, index=index, repeat=repeat,
-                              sender_figures=figures)
+        workload = WORKLOADS.get(params.workload)
+        if workload is None:
+            raise ConfigError(f"workload {params.workload} is not available")
+        return workload.run_client_step(self, params, index=index, repeat=repeat, stop=stop)
 
     def close(self) -> None:
-        if self.workers is not None:
-            self.workers.close()
-            self.workers = None
+        while self._kept:
+            self._kept.popitem()[1].close()
         if self._control is not None:
             try:
                 if self._cc.state is protocol.State.READY:

@@ -21,11 +21,11 @@ from pktbench.config import Profile
 from pktbench.engine import engine_environment
 from pktbench.errors import ConfigError
 from pktbench.protocol import StepParams, validate_step_params
-from pktbench.redis_target import RedisAuth, RedisClient
+from pktbench.workloads.redis import RedisAuth, RedisClient
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
 from pktbench.step import StepResult
-from pktbench.tcp_rr import TcpOptions
+from pktbench.workloads.resp import TcpOptions
 
 StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pktbench import bulk, protocol, session, wire
+from pktbench import protocol, session, wire
+from pktbench.workloads import bulk
 from pktbench.address import Target
 from pktbench.cli import main
 from pktbench.errors import ConfigError
@@ -305,7 +306,7 @@ def test_cli_bad_options_exit_2() -> None:
 
 
 def test_link_model_is_chosen_by_what_can_carry_the_traffic() -> None:
-    from pktbench.bulk import LINK_MODELS, link_model_for
+    from pktbench.workloads.bulk import LINK_MODELS, link_model_for
 
     # 0.406 Gbit/s on an L1 wire cannot cross a 0.4 Gbit/s physical link: a shaper metered frames
     assert link_model_for(406e6, 399e6, 400e6) == "l2"

@@ -332,7 +332,7 @@ def test_overrides_set_and_check_the_transport_options(tmp_path: Path) -> None:
 
 def test_step_params_carry_the_profile_options(tmp_path: Path) -> None:
     from pktbench.sweeper import step_params_for, tcp_options_for
-    from pktbench.tcp_rr import TcpOptions
+    from pktbench.workloads.resp import TcpOptions
 
     profile = load_profile(write(tmp_path, "connections = 3\npipeline = 4\noutstanding = 2\n"
                                  + GOOD))

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pktbench import api, config, redis_target, wire
+from pktbench import api, config, wire
+from pktbench.workloads import redis as redis_target
 from pktbench.cli import main
 from pktbench.errors import AuthError, ConfigError, ConnectError
 from pktbench.protocol import StepParams
-from pktbench.redis_target import RedisAuth, RedisClient, parse_redis_url
+from pktbench.workloads.redis import RedisAuth, RedisClient, parse_redis_url
 from pktbench.report import write_report
-from pktbench.tcp_rr import TcpOptions
+from pktbench.workloads.resp import TcpOptions
 
 REDIS = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed "

@@ -18,11 +18,12 @@ from engine_support import serving
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pktbench import engine, tcp_rr, wire
+from pktbench import engine, wire
+from pktbench.workloads import resp as tcp_rr
 from pktbench.address import Target
 from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams, validate_step_params
-from pktbench.redis_target import encode_command
+from pktbench.workloads.redis import encode_command
 from pktbench.session import Client, Server, ServerConfig
 
 PING = wire.resp_command(wire.COMMAND_PING)

@@ -59,7 +59,8 @@ from collections.abc import Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pktbench import engine, protocol, wire, workers  # noqa: E402
+from pktbench import engine, protocol, wire  # noqa: E402
+from pktbench.workloads import multiflow as workers  # noqa: E402
 from pktbench.address import Target  # noqa: E402
 from pktbench.errors import ConfigError, ServerRefusedError  # noqa: E402
 from pktbench.protocol import StepParams  # noqa: E402

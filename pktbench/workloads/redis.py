@@ -25,7 +25,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
-from pktbench import engine, tcp_rr, wire
+from pktbench import engine, wire
+from pktbench.workloads import resp
 from pktbench.address import Target, parse_target, resolve
 from pktbench.errors import AuthError, ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
@@ -96,7 +97,7 @@ def _first_line(reply: bytes) -> str:
 
 
 class RedisClient:
-    """Runs rr-tcp steps against a Redis server; the same face as session.Client."""
+    """Runs rr-tcp steps against a Redis server; the same face as session.Client (a StepClient)."""
 
     def __init__(self, target: Target, *, auth: RedisAuth | None = None,
                  connect_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
@@ -175,7 +176,7 @@ class RedisClient:
             self._value_for_get = None  # the SETs overwrite it
         if params.command != "get":
             return
-        value = tcp_rr.get_value(params.size_bytes)
+        value = resp.get_value(params.size_bytes)
         if value == self._value_for_get:
             return
         reply = call(sock, b"SET", wire.KEY, value, where=str(self.target))
@@ -188,15 +189,15 @@ class RedisClient:
     def run_step(self, params: StepParams, *, index: int = 0, repeat: int = 0,
                  stop: threading.Event | None = None) -> StepResult:
         """One rr-tcp step against the server; returns its step dict."""
-        if params.workload != tcp_rr.WORKLOAD:
+        if params.workload != resp.WORKLOAD:
             raise ConfigError(f"a Redis target runs request/response over TCP only "
-                              f"(workload {tcp_rr.WORKLOAD}), not {params.workload}")
+                              f"(workload {resp.WORKLOAD}), not {params.workload}")
         sockets: list[socket.socket] = []
         try:
             for _ in range(params.connections):
                 sockets.append(self.open_connection())
             self._prepare(params, sockets[0])
-            outcome = tcp_rr.drive(sockets, params, peer=str(self.target), stop=stop)
+            outcome = resp.drive(sockets, params, peer=str(self.target), stop=stop)
         finally:
             for sock in sockets:
                 sock.close()
@@ -208,7 +209,7 @@ class RedisClient:
             "rcvbuf_errors": 0,
             "server": self.server_name or "redis",
         }
-        return tcp_rr.summarize(params, outcome, receiver, index=index, repeat=repeat)
+        return resp.summarize(params, outcome, receiver, index=index, repeat=repeat)
 
     def close(self) -> None:
         """Delete the benchmark key if a step wrote it (best effort)."""

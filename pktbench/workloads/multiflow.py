@@ -3,7 +3,7 @@
 Owns both ends of a UDP step (rr or blast) with StepParams.streams = N > 1:
 
 - client: a WorkerPool of N processes (multiprocessing "spawn" context),
-  started once per control session. Each worker opens its own connected UDP
+  started once per control session (kept by StepClient.reuse). Each worker opens its own connected UDP
   data socket (its own source port, so its own flow) and runs the engine's
   paced sender on it for every step, at rate_pps / N, with the header's
   stream_id = its index. The one control session asks for the step with the
@@ -19,11 +19,11 @@ Owns both ends of a UDP step (rr or blast) with StepParams.streams = N > 1:
 
 Invariants:
 - The data token of a step is the same on every flow (session.data_token).
-- A worker never outlives its pool: the pool is closed with the Client, and
+- A worker never outlives its pool: the pool is closed with the session, and
   workers are daemons that also exit when their pipe closes.
 - A server socket of a step is closed when its step ends, and never while
   its responder thread runs.
-- streams == 1 never comes here: that is session.Client.run_step's own path.
+- streams == 1 never comes here: that is the single-flow path of workloads.udp.
 
 Must not: touch the Client's own data socket, or run a step's traffic
 outside the step's deadline (each worker runs engine.run_sender, bounded).
@@ -49,6 +49,7 @@ from pktbench.errors import ConfigError, PktbenchError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.results import interface_for
 from pktbench.step import StepResult, summarize_step
+from pktbench.workloads.base import StepClient
 
 WORKER_START_TIMEOUT_S = 60.0  # a spawned interpreter imports numpy and the engine
 START_DELAY_S = 0.1  # every worker starts its schedule at the same instant, this far ahead
@@ -273,21 +274,15 @@ class WorkerPool:
         self._jobs = []
 
 
-def _pool_for(client: Any, count: int) -> WorkerPool:
-    """The client's pool of `count` workers, started on first use."""
-    pool = client.workers
-    if pool is not None and pool.count != count:
-        pool.close()
-        client.workers = pool = None
-    if pool is None:
-        pool = WorkerPool(count, client.server_address, buffer_bytes=client.buffer_bytes,
-                          cpus=client.worker_cpus)
-        client.workers = pool
-    assert isinstance(pool, WorkerPool)
-    return pool
+def _pool_for(client: StepClient, count: int) -> WorkerPool:
+    """The session's pool of `count` workers, started on first use."""
+    return client.reuse(
+        "multiflow.workers", lambda pool: isinstance(pool, WorkerPool) and pool.count == count,
+        lambda: WorkerPool(count, client.server_address, buffer_bytes=client.buffer_bytes,
+                           cpus=client.worker_cpus))
 
 
-def run_client_step(client: Any, params: StepParams, *, index: int = 0, repeat: int = 0,
+def run_client_step(client: StepClient, params: StepParams, *, index: int = 0, repeat: int = 0,
                     stop: threading.Event | None = None) -> StepResult:
     """Run one rr or blast step over params.streams worker flows; its step result."""
     count = params.streams
@@ -361,8 +356,9 @@ def _worker_figures(params: StepParams, info: WorkerInfo, outcome: engine.Sender
 # --------------------------------------------------------------------------
 
 class StreamResponders:
-    """The server side of one multi-flow UDP step (the ResponderLoop interface:
-    serve_until, finish, counters; plus cpu_s and close)."""
+    """The server side of one multi-flow UDP step (a base.UdpResponder)."""
+
+    own_sockets = True  # fresh sockets: their drop counters are this step's
 
     def __init__(self, main: socket.socket, *, local_ip: str, peers: Sequence[tuple[str, int]],
                  token: int, command: int, size_bytes: int, sink: bool,
@@ -430,7 +426,11 @@ class StreamResponders:
                     thread.join()
             self.close()  # counters and finish need the engines, not the sockets
 
-    def finish(self, sent_per_stream: Sequence[int]) -> None:
+    def check_stop(self, sender: dict[str, Any]) -> object:
+        return check_sent_per_stream(sender.get("sent_per_stream"), len(self.loops))
+
+    def finish(self, sent_per_stream: object) -> None:
+        assert isinstance(sent_per_stream, list)
         for loop, sent in zip(self.loops, sent_per_stream):
             loop.finish(sent)
 

@@ -4,8 +4,8 @@ Owns: the RESP bytes a step sends and expects, the driver that runs the
 compiled RespClient (pktbench._engine) through warm-up, the measured window
 and the drain in bounded chunks, the step dict of a TCP step, the client
 side of an rr-tcp step against `pktbench serve`, and the server's
-TcpStepHandler that answers it (registered in session.TCP_STEP_HANDLERS
-when this module is imported).
+TcpStepHandler that answers it (the RESP workload of the registry in
+pktbench.workloads).
 
 Invariants:
 - The RESP command of a step is exactly what a UDP rr request of the same
@@ -20,7 +20,8 @@ Invariants:
 - Every loop call is bounded by engine.CHUNK_S; a handler never serves past
   its step's hard deadline and never closes a socket it was not given.
 
-Must not: parse options or print; open control connections (session.py does).
+Must not: parse options or print; open control connections (session.py does)
+or import pktbench.session.
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import engine, histogram, session, wire
+from pktbench import engine, histogram, wire
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.step import StepResult, summarize_step
+from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
 
 WORKLOAD = "rr-tcp"
 
@@ -207,7 +209,7 @@ def connect_data(address: tuple[str, int], family: int, count: int, token: int,
     return sockets
 
 
-def run_client_step(client: session.Client, params: StepParams, *, index: int = 0,
+def run_client_step(client: StepClient, params: StepParams, *, index: int = 0,
                     repeat: int = 0, stop: threading.Event | None = None) -> StepResult:
     """One rr-tcp step against `pktbench serve`: arm, connect, drive, collect."""
     if params.workload != WORKLOAD:
@@ -318,4 +320,19 @@ class TcpRrStepHandler:
         return receiver
 
 
-session.TCP_STEP_HANDLERS[WORKLOAD] = TcpRrStepHandler
+@dataclass(frozen=True)
+class RespWorkload:
+    """rr-tcp: RESP commands over TCP data connections."""
+
+    name: str = WORKLOAD
+    transport: Transport = "tcp"
+
+    def run_client_step(self, client: StepClient, params: StepParams, *, index: int = 0,
+                        repeat: int = 0, stop: threading.Event | None = None) -> StepResult:
+        return run_client_step(client, params, index=index, repeat=repeat, stop=stop)
+
+    def server_handler(self, arm: ServerArm) -> TcpStepHandler:
+        return TcpRrStepHandler(arm.step, arm.token, arm.peer_ip)
+
+
+RESP = RespWorkload()

@@ -43,7 +43,8 @@ closed by the end that opened or accepted them; a stream that fails early
 reports what it counted and its error, never raises across a thread. A
 stream's cpu_s is its share (1/N) of the CPU time of the thread pumping it.
 
-Must not: touch the UDP data socket outside Client.run_step, or run `ip`
+Must not: touch the UDP data socket outside StepClient.run_step, import
+pktbench.session, or run `ip`
 (interface counters come from sysfs or a callable the caller passes).
 """
 from __future__ import annotations
@@ -60,8 +61,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pktbench import engine, protocol, session, wire
-from pktbench.address import Target, parse_target
+from pktbench import engine, protocol, wire
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
     TCP_TIMESTAMPS_OPTION_BYTES,
@@ -74,6 +74,8 @@ from pktbench.flows import (
 )
 from pktbench.protocol import StepParams
 from pktbench.results import SweepResult
+from pktbench.step import StepResult
+from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
 
 __all__ = [
     "BulkConfig",
@@ -82,7 +84,7 @@ __all__ = [
     "TcpInfo",
     "plan_flows",
     "read_tcp_info",
-    "run_bulk",
+    "run_session",
     "run_tcp_step",
     "run_udp_step",
     "sysfs_counters",
@@ -452,9 +454,6 @@ class BulkStepHandler:
         return report
 
 
-session.TCP_STEP_HANDLERS["bulk"] = BulkStepHandler
-
-
 # -- client side: interface counters and flow planning ----------------------------
 
 def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
@@ -477,13 +476,13 @@ def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
     return read
 
 
-def _data_address(client: session.Client) -> tuple[int, tuple[str, int]]:
+def _data_address(client: StepClient) -> tuple[int, tuple[str, int]]:
     host, port = client.server_address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return family, (host, port)
 
 
-def _open_stream(client: session.Client, stream_id: int, token: int,
+def _open_stream(client: StepClient, stream_id: int, token: int,
                  source_port: int | None) -> socket.socket:
     family, address = _data_address(client)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -512,7 +511,7 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-def plan_flows(client: session.Client, streams: int, counters: PathCounters, *,
+def plan_flows(client: StepClient, streams: int, counters: PathCounters, *,
                reverse: bool = False, first_port: int = 41000, max_probes: int | None = None,
                probe_bytes: int = PROBE_BYTES) -> FlowPlan:
     """Pick source ports that spread `streams` flows evenly over the counted paths.
@@ -843,7 +842,7 @@ def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float 
     }
 
 
-def run_tcp_step(client: session.Client, config: BulkConfig, *, streams: int, index: int = 0,
+def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0,
                  ports: Sequence[int] | None = None, plan: FlowPlan | None = None,
                  counters: PathCounters | None = None) -> dict[str, Any]:
     """Run one TCP bulk step of `streams` streams and return its step dict.
@@ -961,7 +960,7 @@ def _path_mtu(sock: socket.socket) -> int:
         return 1500
 
 
-def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float | None,
+def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | None,
                  index: int = 0, counters: PathCounters | None = None,
                  stop: threading.Event | None = None) -> dict[str, Any]:
     """One UDP bulk step: a blast step with large datagrams at `rate_bps` (None: max)."""
@@ -1017,71 +1016,66 @@ def run_udp_step(client: session.Client, config: BulkConfig, *, rate_bps: float 
 StepHook = Callable[[dict[str, Any]], None]
 
 
-def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,
-             counters: PathCounters | None = None, on_step: StepHook | None = None,
-             stop: threading.Event | None = None) -> SweepResult:
-    """Run a bulk test (one step, or a sweep over stream counts or offered rates).
+def run_session(client: StepClient, label: str, config: BulkConfig,
+                counters: PathCounters | None = None, on_step: StepHook | None = None,
+                stop: threading.Event | None = None) -> SweepResult:
+    """Run a bulk test (one step, or a sweep over stream counts or offered
+    rates) over an open control session; `label` names the target.
 
-    Args:
-        target: the server, "HOST[:PORT]"; None starts one on this machine.
-        config: what to run.
-        secret: the server's shared secret, if it has one.
-        counters: per-path byte counters; default: sysfs counters of
-            config.path_ifaces when given.
-        on_step: called with each finished step dict.
-        stop: set to stop between steps.
-
-    Returns:
-        The result document, kind "bulk": its steps, flow plan and ceiling.
-
-    Raises:
-        PktbenchError: connection, protocol, planning or configuration trouble.
+    Returns the result document, kind "bulk": its steps, flow plan and
+    ceiling. PktbenchError on connection, protocol, planning or
+    configuration trouble. (pktbench.api.run_bulk opens the session.)
     """
     from pktbench.results import environment
 
-    resolved = parse_target(target) if isinstance(target, str) else target
     if counters is None and config.path_ifaces:
         counters = sysfs_counters(config.path_ifaces)
-    if resolved is None:
-        with session.LocalServer() as server:
-            return _run_with(server.target, "embedded loopback server", config, secret,
-                             counters, on_step, stop, environment)
-    return _run_with(resolved, str(resolved), config, secret, counters, on_step, stop,
-                     environment)
-
-
-def _run_with(target: Target, label: str, config: BulkConfig, secret: bytes | None,
-              counters: PathCounters | None, on_step: StepHook | None,
-              stop: threading.Event | None, environment: Callable[..., dict[str, Any]]
-              ) -> SweepResult:
     steps: list[dict[str, Any]] = []
     plan: FlowPlan | None = None
-    with session.Client(target, secret=secret) as client:
-        ports: tuple[int, ...] | None = config.ports or None
-        if config.ports:
-            plan = FlowPlan(config.ports, tuple(-1 for _ in config.ports),
-                            tuple(config.path_ifaces), "given")
-        elif config.paths > 1 and not config.udp:
-            assert counters is not None
-            plan = plan_flows(client, config.max_streams, counters, reverse=config.reverse)
-            ports = plan.ports
-        if config.udp:
-            for index, rate in enumerate(config.sweep_rates_bps or (config.rate_bps,)):
-                if stop is not None and stop.is_set():
-                    break
-                steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
-                                          counters=counters))
-                if on_step:
-                    on_step(steps[-1])
-        else:
-            for index, streams in enumerate(config.stream_counts()):
-                if stop is not None and stop.is_set():
-                    break
-                steps.append(run_tcp_step(client, config, streams=streams, index=index,
-                                          ports=ports[:streams] if ports else None, plan=plan,
-                                          counters=counters))
-                if on_step:
-                    on_step(steps[-1])
-        env = environment(client.server_address[0])
+    ports: tuple[int, ...] | None = config.ports or None
+    if config.ports:
+        plan = FlowPlan(config.ports, tuple(-1 for _ in config.ports),
+                        tuple(config.path_ifaces), "given")
+    elif config.paths > 1 and not config.udp:
+        assert counters is not None
+        plan = plan_flows(client, config.max_streams, counters, reverse=config.reverse)
+        ports = plan.ports
+    if config.udp:
+        for index, rate in enumerate(config.sweep_rates_bps or (config.rate_bps,)):
+            if stop is not None and stop.is_set():
+                break
+            steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
+                                      counters=counters))
+            if on_step:
+                on_step(steps[-1])
+    else:
+        for index, streams in enumerate(config.stream_counts()):
+            if stop is not None and stop.is_set():
+                break
+            steps.append(run_tcp_step(client, config, streams=streams, index=index,
+                                      ports=ports[:streams] if ports else None, plan=plan,
+                                      counters=counters))
+            if on_step:
+                on_step(steps[-1])
+    env = environment(client.server_address[0])
     return SweepResult.bulk(env, {"target": label, **config.to_dict()}, tuple(steps),
                             plan.to_dict() if plan else None)
+
+
+@dataclass(frozen=True)
+class BulkWorkload:
+    """bulk: N TCP streams (UDP bulk is a blast step of the UDP workload)."""
+
+    name: str = "bulk"
+    transport: Transport = "tcp"
+
+    def run_client_step(self, client: StepClient, params: StepParams, *, index: int = 0,
+                        repeat: int = 0, stop: threading.Event | None = None) -> StepResult:
+        raise ConfigError("workload bulk is not a sweep step: run it with `pktbench bulk` "
+                          "(pktbench.run_bulk)")
+
+    def server_handler(self, arm: ServerArm) -> TcpStepHandler:
+        return BulkStepHandler(arm.step, arm.token, arm.peer_ip)
+
+
+BULK = BulkWorkload()
