@@ -17,13 +17,20 @@ Invariants:
 - Client/sender is pinned to CPU 0, server/receiver to CPU 1 (taskset), as in the anchors.
 - pktbench is run as a subprocess and only through the argv builders in the PKTBENCH
   section below; when its CLI is absent those rows print "pending" instead of failing.
+- Which pktbench runs is said on the console and in the markdown: the installed package,
+  or this source tree built in place by the harness. `--baseline REV` also builds git
+  revision REV in place in a temporary directory and runs its measurements beside the
+  current build's, alternating, so a change's before/after come from one invocation.
+  Every process runs in the temporary directory, so the source tree never shadows the
+  build meant (`python -c` puts the working directory first on sys.path).
 
 Must not: import pktbench, touch processes or namespaces it did not create, write outside
-benchmarks/results/ (and a temporary directory it removes).
+benchmarks/results/, the in-place build of this tree, and a temporary directory it removes.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -124,8 +131,9 @@ class Proc:
 class Runner:
     """Starts pinned processes (in a namespace when asked) and stops them by process group."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Optional[Path] = None) -> None:
         self.env = env
+        self.cwd = cwd
         self.live: dict[int, Proc] = {}
         two_cpus = (os.cpu_count() or 1) >= 2
         self.cpu = {"client": SENDER_CPU, "server": RECEIVER_CPU if two_cpus else SENDER_CPU}
@@ -141,7 +149,7 @@ class Runner:
         err = tempfile.TemporaryFile()
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     env=self.env, start_new_session=True)
+                                     env=self.env, cwd=self.cwd, start_new_session=True)
         except FileNotFoundError as exc:
             raise MeasureError(f"{argv[0]}: not found ({exc.filename}); run benchmarks/install_tools.sh") from exc
         proc = Proc(argv, popen, out, err, time.monotonic())
@@ -439,29 +447,119 @@ class PktbenchCli:
     reason: str  # why not available (shown as "pending: ...")
     serve_bind: bool = False  # serve accepts --bind ADDR
     serve_busy_poll: bool = False  # serve accepts --busy-poll
+    what: str = ""  # which build this is, as the console and the markdown say it
 
 
-def find_pktbench(override: Optional[str], env: dict[str, str]) -> PktbenchCli:
-    if override:
-        argv = tuple(shlex.split(override))
-    elif shutil.which("pktbench"):
-        argv = ("pktbench",)
-    else:
-        argv = (sys.executable, "-c", "import sys; from pktbench.cli import main; sys.exit(main())")
+def find_pktbench(override: Optional[str], env: dict[str, str], what: str = "",
+                  cwd: Optional[Path] = None) -> PktbenchCli:
+    argv = tuple(shlex.split(override)) if override else ("pktbench",)
 
     def helptext(*sub: str) -> Optional[str]:
         try:
-            r = subprocess.run([*argv, *sub, "--help"], capture_output=True, text=True, env=env, timeout=30)
+            r = subprocess.run([*argv, *sub, "--help"], capture_output=True, text=True, env=env, timeout=30,
+                               cwd=cwd)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return r.stdout if r.returncode == 0 else None
 
+    what = what or shlex.join(argv)
     run_help, serve_help = helptext("run"), helptext("serve")
     if run_help is None or serve_help is None:
-        return PktbenchCli(argv, False, "pktbench CLI has no `run`/`serve` yet")
+        return PktbenchCli(argv, False, "pktbench CLI has no `run`/`serve` yet", what=what)
     if "--workload" not in run_help or "--json" not in run_help:
-        return PktbenchCli(argv, False, "`pktbench run` lacks --workload/--json")
-    return PktbenchCli(argv, True, "", "--bind" in serve_help, "--busy-poll" in serve_help)
+        return PktbenchCli(argv, False, "`pktbench run` lacks --workload/--json", what=what)
+    return PktbenchCli(argv, True, "", "--bind" in serve_help, "--busy-poll" in serve_help, what=what)
+
+
+# The CLI of the pktbench importable from `root` (a source tree with its engine built in
+# place), or of this Python's installed package when root is None. `env PYTHONPATH=`
+# rather than a sys.path edit, so processes pktbench itself starts import the same build.
+_CLI_MAIN = "import sys; from pktbench.cli import main; sys.exit(main())"
+
+
+def cli_argv(root: Optional[Path]) -> tuple[str, ...]:
+    if root is None:
+        return (sys.executable, "-c", _CLI_MAIN)
+    return ("env", f"PYTHONPATH={root}", sys.executable, "-c", _CLI_MAIN)
+
+
+def has_inplace_engine(root: Path) -> bool:
+    return any((root / "pktbench").glob("_engine*.so"))
+
+
+def build_in_place(root: Path, label: str) -> None:
+    """`python setup.py build_ext --inplace` in root (incremental: quick when nothing changed)."""
+    print(f"building {label} in place: python setup.py build_ext --inplace (in {root})", flush=True)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root,
+                           capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"building {label} took over 900 s; gave up")
+    if r.returncode != 0 or not has_inplace_engine(root):
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"building {label} in place failed (needs a C compiler and Cython>=3.1): {tail}")
+    print(f"  built in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def installed_package(env: dict[str, str], cwd: Path) -> Optional[str]:
+    """Where this Python's installed pktbench is, if it has its engine; run outside the tree."""
+    code = ("import os, pktbench, pktbench.engine as e; "
+            "print(pktbench.__version__, 'with the', e.ENGINE_NAME, 'engine, in', os.path.dirname(pktbench.__file__))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, cwd=cwd, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def current_build(mode: str, env: dict[str, str], cwd: Path) -> tuple[tuple[str, ...], str]:
+    """(argv, what) of the build measured as "current".
+
+    auto: this tree when it has an in-place build (rebuilt incrementally, so it is the
+    checked-out code), else the installed package (a fresh clone after `pip install .`),
+    else this tree built in place now.
+    """
+    installed = installed_package(env, cwd) if mode != "tree" else None
+    if mode == "installed" or (mode == "auto" and installed and not has_inplace_engine(REPO)):
+        if not installed:
+            raise SystemExit("--build installed: this Python has no pktbench with its compiled engine "
+                             "(pip install . first)")
+        return cli_argv(None), f"installed package {installed}"
+    build_in_place(REPO, "this source tree")
+    return cli_argv(REPO), f"this source tree ({git_describe(REPO)}), built in place"
+
+
+def git_describe(root: Path, rev: str = "HEAD") -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=10", "--verify", f"{rev}^{{commit}}"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not a git checkout"
+    if r.returncode != 0:
+        return "not a git checkout"
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    return r.stdout.strip() + (" with uncommitted changes" if dirty and rev == "HEAD" else "")
+
+
+def baseline_build(rev: str, tmp: Path) -> tuple[tuple[str, ...], str]:
+    """Export git revision `rev` of this repository into tmp and build it in place there."""
+    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a revision of this repository")
+    sha = r.stdout.strip()
+    src = tmp / f"baseline-{sha[:10]}"
+    src.mkdir()
+    archive = tmp / "baseline.tar"
+    subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(archive), sha],
+                   check=True, timeout=120)
+    subprocess.run(["tar", "-x", "-f", str(archive), "-C", str(src)], check=True, timeout=120)
+    archive.unlink()
+    build_in_place(src, f"baseline {rev} ({sha[:10]})")
+    return cli_argv(src), f"baseline {rev} ({sha[:10]}), built in place in a temporary directory"
 
 
 def pktbench_serve(h: "Harness", loc: Location, port: int, busy_poll: bool = False) -> list[str]:
@@ -517,6 +615,7 @@ class Measurement:
     show: tuple[str, ...]  # metrics printed in the summary
     plan: Optional[Callable[["Harness", Location, int], Plan]] = None
     custom: Optional[Callable[["Harness", Location], Metrics]] = None
+    build: str = "current"  # which pktbench build a pktbench measurement runs ("current", "baseline")
 
 
 @dataclass(frozen=True)
@@ -839,11 +938,29 @@ ROW_LOCATIONS = {"B6": ("lo",)}  # memory does not depend on the path
 # ----------------------------------------------------------------------------- harness
 
 
+BASELINE_SUFFIX = "@baseline"
+
+
 class Harness:
-    def __init__(self, s: Settings, pkt: PktbenchCli, runner: Runner, tmp: Path) -> None:
-        self.s, self.pkt, self.runner, self.tmp = s, pkt, runner, tmp
+    def __init__(self, s: Settings, builds: dict[str, PktbenchCli], runner: Runner, tmp: Path) -> None:
+        self.s, self.builds, self.runner, self.tmp = s, builds, runner, tmp
+        self.active = "current"  # the build whose argv pktbench_* give while a measurement runs
         self.outcomes: list[tuple[Row, Outcome]] = []
         self._current: Optional[tuple[Outcome, str]] = None
+
+    @property
+    def pkt(self) -> PktbenchCli:
+        return self.builds[self.active]
+
+    def measurements(self, row: Row) -> list[Measurement]:
+        """The row's measurements; with a baseline, each pktbench one is followed by its twin."""
+        out: list[Measurement] = []
+        for m in row.measurements:
+            out.append(m)
+            if m.is_pktbench and "baseline" in self.builds:
+                out.append(dataclasses.replace(m, key=m.key + BASELINE_SUFFIX, label=m.label + " [baseline]",
+                                               build="baseline"))
+        return out
 
     def lookup(self, row: str, where: str, key: str, metric: str) -> Optional[float]:
         for r, o in self.outcomes:
@@ -856,13 +973,20 @@ class Harness:
             out, key = self._current
             # Paths relative to the repository so the recorded commands read the same anywhere.
             def show(argv: list[str]) -> str:
-                return shlex.join(argv).replace(str(REPO) + os.sep, "")
+                return shlex.join(argv).replace(str(REPO) + os.sep, "").replace(str(REPO), ".")
             cmds = {"client": show(client)}
             if server:
                 cmds["server"] = show(server)
             out.commands[key] = cmds
 
     def measure_once(self, m: Measurement, loc: Location) -> Metrics:
+        self.active = m.build
+        try:
+            return self._measure_once(m, loc)
+        finally:
+            self.active = "current"
+
+    def _measure_once(self, m: Measurement, loc: Location) -> Metrics:
         if m.custom:
             return m.custom(self, loc)
         assert m.plan is not None
@@ -904,11 +1028,13 @@ class Harness:
         out = Outcome(row.key, loc.name)
         self.outcomes.append((row, out))
         print(f"\n== {row.key} {row.title} [{loc.name}] ==", flush=True)
-        for m in row.measurements:
-            if m.is_pktbench and not self.pkt.available:
-                out.pending[m.key] = self.pkt.reason
-                print(f"  {m.key}: pending ({self.pkt.reason})", flush=True)
-        active = [m for m in row.measurements if m.key not in out.pending]
+        measurements = self.measurements(row)
+        for m in measurements:
+            cli = self.builds[m.build]
+            if m.is_pktbench and not cli.available:
+                out.pending[m.key] = cli.reason
+                print(f"  {m.key}: pending ({cli.reason})", flush=True)
+        active = [m for m in measurements if m.key not in out.pending]
         for rep in range(self.s.runs):
             # ABBA order: slow drift (thermal, host neighbours) hits every measurement alike.
             for m in (active if rep % 2 == 0 else list(reversed(active))):
@@ -966,7 +1092,7 @@ def tables(h: Harness) -> tuple[list[list[str]], list[list[str]]]:
     meas = [["row", "where", "measurement", "metric", "median", "min", "max", "n"]]
     targ = [["row", "where", "goal", "pktbench", "reference", "ratio", "target", "verdict"]]
     for row, o in h.outcomes:
-        for m in row.measurements:
+        for m in h.measurements(row):
             runs = o.runs.get(m.key, [])
             if not runs:
                 state = "pending" if m.key in o.pending else ("failed" if m.key in o.errors else "-")
@@ -988,6 +1114,29 @@ def tables(h: Harness) -> tuple[list[list[str]], list[list[str]]]:
             targ.append([row.key, o.where, t.goal, fmt(sub), ref_txt,
                          "-" if ratio is None else f"{ratio:.3f}", goal_text(t), v])
     return meas, targ
+
+
+def comparison(h: Harness) -> list[list[str]]:
+    """Current build beside the baseline: medians, each side's run-to-run spread, the ratio."""
+    rows = [["row", "where", "measurement", "metric", "current", "baseline", "current/baseline",
+             "current min..max", "baseline min..max"]]
+    for row, o in h.outcomes:
+        for m in row.measurements:
+            if not m.is_pktbench:
+                continue
+            for metric in m.show:
+                cur = [r[metric] for r in o.runs.get(m.key, []) if metric in r and np.isfinite(r[metric])]
+                base = [r[metric] for r in o.runs.get(m.key + BASELINE_SUFFIX, [])
+                        if metric in r and np.isfinite(r[metric])]
+                if not cur and not base:
+                    continue
+                c = float(np.median(cur)) if cur else None
+                b = float(np.median(base)) if base else None
+                ratio = f"{c / b:.3f}" if c is not None and b else "-"
+                rows.append([row.key, o.where, m.label, metric, fmt(c), fmt(b), ratio,
+                             f"{fmt(min(cur))}..{fmt(max(cur))}" if cur else "-",
+                             f"{fmt(min(base))}..{fmt(max(base))}" if base else "-"])
+    return rows
 
 
 def render_plain(rows: list[list[str]]) -> str:
@@ -1031,7 +1180,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list[list[str]]) -> str:
+def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list[list[str]],
+             comp: Optional[list[list[str]]] = None) -> str:
     s = h.s
     today = datetime.date.today().isoformat()
     lines = [
@@ -1045,7 +1195,8 @@ def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list
         f"alternating (ABBA); client/sender on CPU {SENDER_CPU}, server/receiver on CPU {RECEIVER_CPU} (taskset); "
         f"`lo` = 127.0.0.1, `veth` = namespaces {VETH_CLIENT_ADDR}/24 -> {VETH_SERVER_ADDR}/24 over one veth pair, "
         "no default route, made and removed by the harness.",
-        f"pktbench: {'`' + shlex.join(h.pkt.argv[:1]) + '`' if h.pkt.available else 'pending (' + h.pkt.reason + ')'}.",
+        *[f"pktbench ({name}): {cli.what}" + ("." if cli.available else f", pending ({cli.reason}).")
+          for name, cli in h.builds.items()],
         "",
         f"Command: `{s.invocation}`",
         "",
@@ -1058,6 +1209,9 @@ def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list
         render_md(meas, right=(4, 5, 6, 7)),
         "",
     ]
+    if comp is not None:
+        lines += ["#### Current build beside the baseline (same invocation, runs alternating)", "",
+                  render_md(comp, right=(4, 5, 6, 7, 8)), ""]
     notes = [f"- {r.key} [{o.where}]: {n}" for r, o in h.outcomes for n in r.notes]
     errs = [f"- {r.key} [{o.where}] {k}: {len(v)} failed run(s), last: {v[-1][:200]}"
             for r, o in h.outcomes for k, v in o.errors.items()]
@@ -1108,7 +1262,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per run (default 5, quick 2)")
     p.add_argument("--netns", action="store_true", help="also run the veth testbed rows (root)")
     p.add_argument("--no-lo", action="store_true", help="skip the loopback rows")
-    p.add_argument("--pktbench", help="command that invokes pktbench (default: PATH, else pktbench.cli from the repo)")
+    p.add_argument("--pktbench", help="command that invokes pktbench (default: see --build)")
+    p.add_argument("--build", choices=("auto", "tree", "installed"), default="auto",
+                   help="pktbench to measure: this source tree built in place, or this Python's installed package; "
+                        "auto (default): the tree if it has an in-place build, else the installed package, "
+                        "else the tree built in place now")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also build git revision REV in a temporary directory and measure it beside the current "
+                        "build, runs alternating; prints both and their ratio")
     p.add_argument("--wait-quiet", type=float, default=20.0,
                    help="before each run wait up to this many seconds for other load to pass (default 20)")
     p.add_argument("--out", type=Path, help="markdown output (default benchmarks/results/<stamp>.md, JSON beside it)")
@@ -1125,6 +1286,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return a
 
 
+def choose_builds(a: argparse.Namespace, env: dict[str, str], tmp: Path) -> dict[str, PktbenchCli]:
+    """The pktbench builds to measure: "current", and "baseline" with --baseline."""
+    if a.pktbench:
+        builds = {"current": find_pktbench(a.pktbench, env, cwd=tmp)}
+    else:
+        argv, what = current_build(a.build, env, tmp)
+        builds = {"current": find_pktbench(shlex.join(argv), env, what, cwd=tmp)}
+    if a.baseline:
+        argv, what = baseline_build(a.baseline, tmp)
+        builds["baseline"] = find_pktbench(shlex.join(argv), env, what, cwd=tmp)
+    return builds
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = parse_args(argv)
     locations = (() if a.no_lo else ("lo",)) + (("veth",) if a.netns else ())
@@ -1137,9 +1311,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_tools(a.rows)
     build_probes()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    pkt = find_pktbench(a.pktbench, env)
-    print(f"pktbench: {'found: ' + shlex.join(pkt.argv[:1]) if pkt.available else 'pending (' + pkt.reason + ')'}")
+    tmpdir = Path(tempfile.mkdtemp(prefix="pktbench-bench-"))
+    try:
+        builds = choose_builds(a, env, tmpdir)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    for name, cli in builds.items():
+        print(f"pktbench ({name}): {cli.what}" + ("" if cli.available else f"; pending ({cli.reason})"))
     mach = machine()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in mach.items()))
 
@@ -1147,9 +1326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    runner = Runner(env)
-    tmpdir = Path(tempfile.mkdtemp(prefix="pktbench-bench-"))
-    h = Harness(s, pkt, runner, tmpdir)
+    runner = Runner(env, cwd=tmpdir)
+    h = Harness(s, builds, runner, tmpdir)
     try:
         for where in locations:
             rows = [r for r in a.rows if where in ROW_LOCATIONS.get(r, ("lo", "veth"))]
@@ -1172,13 +1350,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
     meas, targ = tables(h)
+    comp = comparison(h) if "baseline" in builds else None
     print("\n" + render_plain(targ) + "\n\n" + render_plain(meas))
+    if comp is not None:
+        print("\ncurrent build beside the baseline:\n" + render_plain(comp))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or RESULTS_DIR / f"{stamp}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(h, mach, meas, targ))
-    raw = {"settings": s.__dict__, "machine": mach, "pktbench": {"argv": list(pkt.argv), "available": pkt.available,
-                                                                 "reason": pkt.reason},
+    out.write_text(markdown(h, mach, meas, targ, comp))
+    raw = {"settings": s.__dict__, "machine": mach,
+           "pktbench": {name: {"what": cli.what, "argv": list(cli.argv), "available": cli.available,
+                               "reason": cli.reason} for name, cli in builds.items()},
            "outcomes": [{"row": r.key, "where": o.where, "runs": o.runs, "errors": o.errors, "pending": o.pending,
                          "commands": o.commands} for r, o in h.outcomes]}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))

@@ -139,8 +139,16 @@ cdef class _SeqWindow:
 
     cdef void finalize_to(self, uint64_t end, uint64_t *counters, int lost,
                           int episodes, int max_run) noexcept nogil:
-        """Count losses in [final_end, end) and clear those slots for reuse."""
-        while self.final_end < end:
+        """Count losses in [final_end, end) and clear those slots for reuse.
+
+        Work is bounded by the window, not by the range: past one window's
+        worth nothing can have been recorded, so the rest is one run of
+        misses, counted at once (a peer's seq may jump by 2^63)."""
+        cdef uint64_t stop = end
+        cdef uint64_t gap
+        if end - self.final_end > self.mask + 1:
+            stop = self.final_end + self.mask + 1
+        while self.final_end < stop:
             if self.test(self.final_end):
                 self.run_length = 0
             else:
@@ -152,6 +160,15 @@ cdef class _SeqWindow:
                     counters[max_run] = self.run_length
             self.clear(self.final_end)
             self.final_end += 1
+        if self.final_end < end:
+            gap = end - self.final_end
+            counters[lost] += gap
+            if self.run_length == 0:
+                counters[episodes] += 1
+            self.run_length += gap
+            if self.run_length > counters[max_run]:
+                counters[max_run] = self.run_length
+            self.final_end = end
 
 
 cdef class PacedSender:
@@ -569,6 +586,7 @@ cdef class Responder:
     cdef Py_ssize_t reply_len
     cdef _SeqWindow window
     cdef uint64_t highest_seq_plus1
+    cdef uint64_t seq_limit
     cdef int64_t last_transit_ns
     cdef bint have_transit
     cdef double jitter_ns
@@ -579,7 +597,8 @@ cdef class Responder:
 
     def __cinit__(self, int fd, *, bytes peer, uint64_t token, int command, bint sink,
                   Py_ssize_t max_size, bytes prefix=b"", bytes reply=b"",
-                  bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20):
+                  bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20,
+                  uint64_t seq_limit=0xFFFFFFFFFFFFFFFF):
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
         if not sink and WIRE_HEADER_SIZE + len(reply) > max_size:
@@ -587,6 +606,7 @@ cdef class Responder:
         self.fd = fd
         self.batch = batch
         self.mode = MODE_SINK if sink else MODE_REPLY
+        self.seq_limit = seq_limit
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -755,6 +775,9 @@ cdef class Responder:
         if length < self.min_size or pkt[WIRE_OFF_COMMAND] != self.command \
                 or memcmp(pkt + WIRE_HEADER_SIZE, self.prefix, self.prefix_len) != 0:
             self.d[WIRE_DROP_BAD_PAYLOAD] += 1
+            return False
+        if self.mode == MODE_SINK and load_be64(pkt + WIRE_OFF_SEQ) >= self.seq_limit:
+            self.d[WIRE_DROP_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
         if pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP:
             self.c[R_WARMUP] += 1

@@ -11,7 +11,7 @@ Invariants:
 - Python has no sendmmsg/recvmmsg, so a batch is a loop of send/recvmsg_into
   calls: one syscall per datagram, and every one counted as a call.
 - The caller's file descriptors are never closed: each socket object here
-  wraps a dup of the caller's fd, which shares its file description.
+  wraps the caller's fd and is detached from it, never closed, when dropped.
 - Every loop holds the GIL except inside its syscalls; threads of one
   process share one core's worth of Python, which is the price of no compiler.
 """
@@ -93,8 +93,18 @@ def _sleep_until(fd: int, watch_fd: bool, deadline_ns: int) -> None:
 
 
 def _wrap(fd: int) -> socket.socket:
-    """A socket object on a dup of `fd`: the caller's fd stays the caller's to close."""
-    return socket.socket(fileno=os.dup(fd))
+    """A socket object on the caller's `fd` itself, released with `_release`, never closed.
+
+    Not a dup: a dup would keep the socket open after the caller closes it,
+    so a peer would never see the EOF or reset the caller meant to send.
+    """
+    return socket.socket(fileno=fd)
+
+
+def _release(sock: socket.socket) -> None:
+    """Let go of a `_wrap` socket without closing the caller's fd."""
+    if sock.fileno() >= 0:
+        sock.detach()
 
 
 def _errno_of(exc: OSError) -> int:
@@ -146,11 +156,15 @@ class _SeqWindow:
         self.bits[slot >> 3] |= 1 << (slot & 7)
 
     def finalize_to(self, end: int, c: list[int], lost: int, episodes: int, max_run: int) -> None:
-        """Count losses in [final_end, end) and clear those slots for reuse."""
+        """Count losses in [final_end, end) and clear those slots for reuse.
+
+        Work is bounded by the window: past one window's worth nothing can
+        have been recorded, so the rest is one run of misses, counted at once."""
         bits, mask = self.bits, self.mask
         seq = self.final_end
         run = self.run_length
-        while seq < end:
+        stop = min(end, seq + mask + 1)
+        while seq < stop:
             slot = seq & mask
             byte, bit = slot >> 3, 1 << (slot & 7)
             if bits[byte] & bit:
@@ -164,6 +178,13 @@ class _SeqWindow:
                 if run > c[max_run]:
                     c[max_run] = run
             seq += 1
+        if seq < end:
+            c[lost] += end - seq
+            if run == 0:
+                c[episodes] += 1
+            run += end - seq
+            if run > c[max_run]:
+                c[max_run] = run
         self.final_end = max(self.final_end, end)
         self.run_length = run
 
@@ -210,9 +231,9 @@ RESPONDER_COUNTERS = (
 
 _U64_MAX = (1 << 64) - 1
 (D_TOO_SHORT, D_BAD_MAGIC, D_BAD_VERSION, D_BAD_KIND, D_BAD_TOKEN, D_BAD_SOURCE, D_BAD_PAYLOAD,
- D_OVERSIZED) = (wire.DROP_REASONS.index(name) for name in (
+ D_OVERSIZED, D_BAD_SEQ) = (wire.DROP_REASONS.index(name) for name in (
      "too_short", "bad_magic", "bad_version", "bad_kind", "bad_token", "bad_source",
-     "bad_payload", "oversized"))
+     "bad_payload", "oversized", "bad_seq"))
 
 
 class PacedSender:
@@ -486,7 +507,7 @@ class PacedSender:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
-            sock.close()
+            _release(sock)
 
 
 def _unpack_peer(peer: bytes) -> tuple[int, str, int]:
@@ -510,7 +531,8 @@ class Responder:
 
     def __init__(self, fd: int, *, peer: bytes, token: int, command: int, sink: bool,
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
-                 busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20) -> None:
+                 busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
+                 seq_limit: int = _U64_MAX) -> None:
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
         if not sink and wire.HEADER_SIZE + len(reply) > max_size:
@@ -520,6 +542,7 @@ class Responder:
         self.fd = self._sock.fileno()
         self.batch = batch
         self.sink = bool(sink)
+        self.seq_limit = seq_limit
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -624,6 +647,9 @@ class Responder:
                 != self.prefix):
             d[D_BAD_PAYLOAD] += 1
             return False
+        if self.sink and seq >= self.seq_limit:
+            d[D_BAD_SEQ] += 1  # beyond what the step can send: not trusted
+            return False
         if flags & FLAG_WARMUP:
             c[R_WARMUP] += 1
             return not self.sink
@@ -685,7 +711,7 @@ class Responder:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None:
-            sock.close()
+            _release(sock)
 
 
 # --------------------------------------------------------------------------
@@ -1208,7 +1234,7 @@ class RespClient:
         try:
             self.epoll.close()
             for conn in self.conns:
-                conn.sock.close()
+                _release(conn.sock)
         except AttributeError:
             pass
 
@@ -1275,7 +1301,7 @@ class RespServer:
         try:
             self.epoll.register(conn.sock.fileno(), select.EPOLLIN)
         except OSError:
-            conn.sock.close()
+            _release(conn.sock)
             raise
         self.conns[conn.sock.fileno()] = conn
         self.c[V_CONNECTIONS] += 1
@@ -1410,7 +1436,7 @@ class RespServer:
         try:
             self.epoll.close()
             for conn in self.conns.values():
-                conn.sock.close()
+                _release(conn.sock)
         except AttributeError:
             pass
 
@@ -1582,6 +1608,6 @@ class BulkPump:
         try:
             self.epoll.close()
             for sock in self.socks:
-                sock.close()
+                _release(sock)
         except AttributeError:
             pass

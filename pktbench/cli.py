@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from pktbench import rates
 from pktbench._version import __version__
 from pktbench.errors import ConfigError, PktbenchError
 
@@ -68,26 +69,12 @@ def main() -> None:
 
 # -- shared option parsing ----------------------------------------------------
 
-_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
-
-
 def parse_rate(text: str) -> float | None:
-    """'max' -> None; '20000', '20k', '1.5M' -> pps."""
-    value = text.strip().lower()
-    if value == "max":
-        return None
-    scale = 1.0
-    if value and value[-1] in _SUFFIXES:
-        scale = _SUFFIXES[value[-1]]
-        value = value[:-1]
+    """'max' -> None; '20000', '20k', '1.5M' -> pps (the grammar of pktbench.rates)."""
     try:
-        rate = float(value) * scale
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a rate: give packets per second "
-                                 "(20000, 20k, 1.5M) or 'max'") from None
-    if not rate > 0 or rate == float("inf"):
-        raise click.BadParameter(f"rate must be > 0 (got {text})")
-    return rate
+        return rates.parse_pps_or_max(text)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class RateType(click.ParamType):  # type: ignore[type-arg]
@@ -531,13 +518,10 @@ _testbed_prefix_option = click.option(
 
 def _testbed_rate(ctx: click.Context, param: click.Parameter,
                   value: str | None) -> int | None:
-    from pktbench.errors import ConfigError
-    from pktbench.testbed import parse_rate_bps
-
     if value is None:
         return None
     try:
-        return parse_rate_bps(value)
+        return int(rates.parse_bps(value, "rate cap"))
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -721,12 +705,10 @@ def _bulk_list(parse: Any) -> Any:
 
 
 def _bulk_speed(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    from pktbench.flows import parse_link_speed
-
     if value is None:
         return None
     try:
-        return parse_link_speed(value)
+        return rates.parse_bps(value, param.name.replace("_", " ") if param.name else "bit rate")
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -755,9 +737,7 @@ def _bulk_cpus(text: str) -> tuple[int, ...]:
 
 
 def _bulk_rates(text: str) -> tuple[float, ...]:
-    from pktbench.flows import parse_rate_list
-
-    return parse_rate_list(text)
+    return rates.parse_bps_list(text, bare_scale="g")  # a bare number is Gbit/s
 
 
 @main.command()
@@ -845,8 +825,8 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
                 json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
                 cpus: tuple[int, ...] = ()) -> None:
     from pktbench import api
+    from pktbench.flows import parse_count_list
     from pktbench.workloads import bulk as bulk_mod
-    from pktbench.flows import parse_count_list, parse_rate_list
     from pktbench.report import bulk_step_line, check_output_path, write_report
 
     if json_path:
@@ -858,7 +838,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
                                "(with --udp)")
     try:
         stream_counts = parse_count_list(streams) if streams is not None else ()
-        rates_bps = parse_rate_list(gbps) if gbps is not None else ()
+        rates_bps = rates.parse_bps_list(gbps, "--gbps", bare_scale="g") if gbps is not None else ()
         defaults = bulk_mod.BulkConfig()
         config = bulk_mod.BulkConfig(
             streams=stream_counts[0] if stream_counts else 1,

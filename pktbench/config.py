@@ -30,6 +30,7 @@ from pktbench import wire
 from pktbench.errors import ConfigError
 from pktbench.knee import KneeCriteria
 from pktbench.protocol import MAX_PIPELINE, MAX_STREAMS
+from pktbench.rates import parse_pps, parse_pps_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,28 +203,6 @@ def make_schedule(from_pps: float, to_pps: float, steps: int, scale: str = "log"
     return tuple(rates)
 
 
-_RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmM]?)\s*$")
-
-
-def parse_rate(text: str) -> float:
-    """'5500', '5.5k' or '2M' -> packets per second."""
-    match = _RATE_RE.match(text)
-    if not match:
-        raise ConfigError(f"rate {text!r} is not a number of pps (examples: 5500, 5.5k, 2M)")
-    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
-    if value <= 0:
-        raise ConfigError(f"rate {text!r} must be > 0")
-    return value
-
-
-def parse_rates(text: str) -> tuple[float, ...]:
-    """'1k,2k,5k' -> (1000.0, 2000.0, 5000.0); for a --rates option."""
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ConfigError("rates must list at least one rate, e.g. 1k,2k,5k")
-    return tuple(parse_rate(p) for p in parts)
-
-
 # --------------------------------------------------------------------------
 # Schema
 
@@ -359,6 +338,8 @@ def _rates(raw: Mapping[str, Any]) -> tuple[tuple[float, ...], str]:
     if missing:
         raise _KeyError(f"key 'rates.{missing[0]}' is missing (a generated schedule needs "
                         "from_pps, to_pps and steps; or give list_pps)")
+    table = {**table, **{key: _rate_value(table[key], f"rates.{key}")
+                         for key in ("from_pps", "to_pps")}}
     from_pps = _number(table, "from_pps", 0, "rates.from_pps", minimum=0, exclusive_min=True,
                        maximum=MAX_RATE_PPS)
     to_pps = _number(table, "to_pps", 0, "rates.to_pps", minimum=0, exclusive_min=True,
@@ -371,11 +352,25 @@ def _rates(raw: Mapping[str, Any]) -> tuple[tuple[float, ...], str]:
         raise _KeyError(f"rates: {exc}") from None
 
 
+def _rate_value(value: Any, label: str) -> Any:
+    """A rate written as text ('20k', '1.5M') is read with the one rate grammar.
+
+    Numbers pass as they are, to the same range checks as every rate.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_pps(value, label)
+    except ConfigError as exc:
+        raise _KeyError(str(exc)) from None
+
+
 def _explicit_rates(values: Sequence[Any], label: str) -> tuple[float, ...]:
     if len(values) > MAX_STEPS:
         raise _KeyError(f"{label} may list at most {MAX_STEPS} rates (got {len(values)})")
     rates: list[float] = []
-    for i, value in enumerate(values):
+    for i, raw_value in enumerate(values):
+        value = _rate_value(raw_value, f"{label}[{i}]")
         if not _is_number(value) or not math.isfinite(value) or value <= 0:
             raise _KeyError(f"{label}[{i}] must be a number > 0 (got {value!r})")
         if value > MAX_RATE_PPS:
@@ -632,8 +627,8 @@ def apply_overrides(profile: Profile, source: str = "command line", **options: A
         elif key in ("pdr_loss_ratio", "precision"):
             raw["search"][key] = value
         elif key == "rates_pps":
-            rates = parse_rates(value) if isinstance(value, str) else tuple(value)
-            raw["rates"] = {"list_pps": list(rates)}
+            listed = parse_pps_list(value) if isinstance(value, str) else tuple(value)
+            raw["rates"] = {"list_pps": list(listed)}
         elif key not in ("from_pps", "to_pps", "steps", "scale"):
             raw[key] = value
     schedule_keys = [k for k in ("from_pps", "to_pps", "steps", "scale") if k in given]

@@ -141,6 +141,8 @@ class DecodeResult:
     version_mismatch_packets: int  # part of other_udp: pktbench magic, another VERSION
     flows: tuple[FlowStats, ...]
     warmup_packets: int = 0  # part of pktbench_packets: flagged warm-up
+    malformed_blocks: int = 0  # skipped: too short for their type, or a packet overrunning them
+    first_malformed: str | None = None  # what was wrong with the first of them
 
     @property
     def non_pktbench_packets(self) -> int:
@@ -163,6 +165,7 @@ class DecodeResult:
                 "fragment_packets": self.fragment_packets,
                 "truncated_packets": self.truncated_packets,
                 "version_mismatch_packets": self.version_mismatch_packets,
+                "malformed_blocks": self.malformed_blocks,
             },
             "flows": [asdict(flow) for flow in self.flows],
         }
@@ -249,9 +252,18 @@ def _pcapng_tick(option: int) -> tuple[int, int]:
     return 1, 10 ** (exponent - 9)
 
 
-def _pcapng_records(path: Path, buf: Any, link_types: set[int]) -> Iterator[Record]:
+# The shortest block of each type pcapng defines: 12 bytes of framing plus
+# the fixed part of its body. A block shorter than that, or one whose packet
+# overruns it, has intact framing and is skipped and counted, not read.
+_PCAPNG_MIN_BLOCK = {1: 20, 3: 16, 6: 32}
+
+
+def _pcapng_records(path: Path, buf: Any, link_types: set[int],
+                    malformed: list[str] | None = None) -> Iterator[Record]:
     # pcapng (draft-ietf-opsawg-pcapng): a sequence of blocks; each section
     # header sets the byte order, each interface block a link type and clock.
+    if malformed is None:
+        malformed = []
     size, offset, number = len(buf), 0, 0
     order = "<"
     interfaces: list[tuple[int, int, int]] = []  # linktype, multiplier, divisor
@@ -274,7 +286,16 @@ def _pcapng_records(path: Path, buf: Any, link_types: set[int]) -> Iterator[Reco
                               f"the file is corrupt")
         if offset + block_len > size:
             raise _cut_short(path, number + 1, offset)
+        if struct.unpack_from(order + "I", buf, offset + block_len - 4)[0] != block_len:
+            raise ConfigError(f"{path}: pcapng block at byte {offset} has length {block_len} "
+                              f"but its trailer disagrees; the file is corrupt")
         body = offset + 8
+        if block_len < _PCAPNG_MIN_BLOCK.get(block_type, 12):
+            number += block_type in (6, 3)
+            malformed.append(f"block at byte {offset} (type {block_type}) is {block_len} bytes, "
+                             f"shorter than its fixed fields")
+            offset += block_len
+            continue
         if block_type == 1:  # interface description
             linktype = struct.unpack_from(order + "H", buf, body)[0]
             multiplier, divisor = 1000, 1  # default resolution: microseconds
@@ -304,8 +325,10 @@ def _pcapng_records(path: Path, buf: Any, link_types: set[int]) -> Iterator[Reco
                 raise ConfigError(f"{path}: packet {number} names interface {interface}, "
                                   f"which the file never described; the file is corrupt")
             if data + caplen > offset + block_len - 4:
-                raise ConfigError(f"{path}: packet {number} (byte {offset}) claims {caplen} "
-                                  f"bytes, more than its block; the file is corrupt")
+                malformed.append(f"packet {number} (byte {offset}) claims {caplen} bytes, "
+                                 f"more than its block")
+                offset += block_len
+                continue
             linktype, multiplier, divisor = interfaces[interface]
             yield stamp * multiplier // divisor, linktype, data, caplen, origlen
         offset += block_len
@@ -369,10 +392,11 @@ def decode_pcap(path: str | os.PathLike[str], *, port: int | None = None) -> Dec
 def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
     magic = bytes(buf[:4])
     link_types: set[int] = set()
+    malformed: list[str] = []
     if magic in _PCAP_MAGIC:
         records = _pcap_records(path, buf, link_types)
     elif magic == _PCAPNG_SHB:
-        records = _pcapng_records(path, buf, link_types)
+        records = _pcapng_records(path, buf, link_types, malformed)
     else:
         start = magic.hex() or "nothing"
         raise ConfigError(f"{path}: not a pcap or pcapng capture (starts with {start}); "
@@ -506,6 +530,7 @@ def _decode(path: Path, buf: Any, port: int | None) -> DecodeResult:
         fragment_packets=totals["fragment"], truncated_packets=totals["truncated"],
         version_mismatch_packets=totals["version"], flows=tuple(stats),
         warmup_packets=totals["warmup"],
+        malformed_blocks=len(malformed), first_malformed=malformed[0] if malformed else None,
     )
 
 

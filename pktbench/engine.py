@@ -17,15 +17,15 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from pktbench import histogram, wire
-from pktbench.errors import ConnectError, EngineError
+from pktbench import errors, histogram, wire
 
 
 # --- the engine's loops: the one place pktbench chooses and imports them ----
@@ -136,15 +136,15 @@ def tune_socket(sock: socket.socket, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -
     )
 
 
+# What a UDP loop's errno means here, where the system's text would not say.
+_UDP_HINTS: Mapping[int, str] = MappingProxyType({
+    errno.ECONNREFUSED: "the peer's UDP port refused the datagrams (is `pktbench serve` running there?)",
+})
+
+
 def check_rc(rc: int, what: str) -> None:
-    """Raise for a negative errno returned by an engine loop."""
-    if rc >= 0:
-        return
-    code = -rc
-    if code == errno.ECONNREFUSED:
-        raise ConnectError(f"{what}: the peer's UDP port refused the datagrams "
-                           "(is `pktbench serve` running there?)")
-    raise EngineError(code, f"{what}: {os.strerror(code)}")
+    """Raise the matching OSError subclass (errors.errno_error) for a negative engine return."""
+    errors.check_rc(rc, what, _UDP_HINTS)
 
 
 def pack_sockaddr(host: str, port: int) -> bytes:
@@ -314,14 +314,14 @@ class ResponderLoop:
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64) -> None:
+                 batch: int = 64, seq_limit: int = (1 << 64) - 1) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch)
+            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
         chunk_ns = int(CHUNK_S * 1e9)

@@ -24,7 +24,6 @@ path has its share.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -160,28 +159,6 @@ def udp_overhead(size_bytes: int, *, mtu_bytes: int = 1500, ipv6: bool = False) 
 
 # -- parsing --------------------------------------------------------------------
 
-_SPEED_RE = re.compile(r"^\s*(?:(\d+)\s*[x*]\s*)?(\d+(?:\.\d+)?)\s*([kmgt]?)\s*(?:bit/s|bits?|b/s|bps)?\s*$",
-                       re.IGNORECASE)
-_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_link_speed(text: str) -> float:
-    """'2x10G' -> 20e9 bit/s; also '10G', '25gbit', '100M', '1.5g', '1000000'.
-
-    Raises:
-        ConfigError: not a link speed.
-    """
-    match = _SPEED_RE.match(text)
-    if match is None:
-        raise ConfigError(f"link speed {text!r} is not a bit rate: use e.g. 10G, 2x10G, "
-                          "100M or 25gbit")
-    count, number, scale = match.groups()
-    speed = (int(count) if count else 1) * float(number) * _SCALE[scale.lower()]
-    if not speed > 0:
-        raise ConfigError(f"link speed must be > 0 (got {text!r})")
-    return speed
-
-
 def parse_count_list(text: str, what: str = "stream counts") -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4); every entry a positive integer."""
     try:
@@ -192,18 +169,6 @@ def parse_count_list(text: str, what: str = "stream counts") -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise ConfigError(f"{what} {text!r} must be a non-empty list of integers >= 1")
     return values
-
-
-def parse_rate_list(text: str) -> tuple[float, ...]:
-    """'1,2.5,5G' -> bit/s; entries without a unit are Gbit/s."""
-    rates: list[float] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        rates.append(parse_link_speed(part + "G" if re.fullmatch(r"\d+(\.\d+)?", part) else part))
-    if not rates:
-        raise ConfigError(f"rate list {text!r} is empty: give e.g. 1,2,5 (Gbit/s)")
-    return tuple(rates)
 
 
 # -- flow planning --------------------------------------------------------------

@@ -773,6 +773,18 @@ REQUEST_WORKLOADS = ("rr", "rr-tcp")  # the ones that carry a RESP command
 MAX_STREAMS = 128  # a remote client must not make the server allocate without bound
 MAX_PIPELINE = 1024  # requests in flight per rr-tcp connection
 MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server to hold
+# Hard ceilings on what a step may ask for, whatever the server's own limits:
+# every value a peer sends becomes a deadline, an allocation or a loop bound,
+# and must stay far inside what the engine's 64-bit nanosecond clock and
+# counters hold.
+MAX_STEP_S = 86400.0  # warmup_s and duration_s each: a day
+MAX_RATE_PPS = 1e9  # beyond any NIC's packet rate (100 Gbit/s of 64-byte frames is 148.8 Mpps)
+MAX_COUNT = 1 << 40
+# A peer's packet count or sequence number is trusted up to this many times
+# what the step's rate and length allow, plus a fixed allowance; above it,
+# it is refused (StepStop) or dropped as bad_seq (datagrams).
+PLAUSIBLE_MARGIN = 1.25
+PLAUSIBLE_SLACK_PACKETS = 1 << 16
 
 
 def _step_error(message: str) -> ConfigError:
@@ -839,13 +851,16 @@ class StepParams:
             if self.rate_pps <= 0:
                 raise _step_error(f"rate_pps must be > 0, or null for as fast as possible "
                                   f"(got {self.rate_pps:g})")
+            if self.rate_pps > MAX_RATE_PPS:
+                raise _step_error(f"rate_pps must be at most {MAX_RATE_PPS:g} "
+                                  f"(got {self.rate_pps:g})")
         if self.outstanding is not None and not 1 <= _integer("outstanding",
                                                               self.outstanding) <= 65536:
             raise _step_error(f"outstanding must be 1..65536 requests, or null for open loop "
                               f"(got {self.outstanding})")
-        if self.count is not None and _integer("count", self.count) < 1:
-            raise _step_error(f"count must be >= 1, or null to run for duration_s "
-                              f"(got {self.count})")
+        if self.count is not None and not 1 <= _integer("count", self.count) <= MAX_COUNT:
+            raise _step_error(f"count must be >= 1 and at most {MAX_COUNT}, or null to run "
+                              f"for duration_s (got {self.count})")
         for name, minimum, inclusive in (("duration_s", 0.0, False), ("warmup_s", 0.0, True),
                                          ("drain_s", 0.0, True), ("timeout_s", 0.0, False)):
             value = _number(name, getattr(self, name))
@@ -853,9 +868,10 @@ class StepParams:
             if value < minimum or (value == minimum and not inclusive):
                 relation = ">=" if inclusive else ">"
                 raise _step_error(f"{name} must be {relation} {minimum:g} (got {value:g})")
-        for name in ("drain_s", "timeout_s"):
-            if getattr(self, name) > MAX_WAIT_S:
-                raise _step_error(f"{name} must be at most {MAX_WAIT_S:g} "
+        for name, most in (("drain_s", MAX_WAIT_S), ("timeout_s", MAX_WAIT_S),
+                           ("duration_s", MAX_STEP_S), ("warmup_s", MAX_STEP_S)):
+            if getattr(self, name) > most:
+                raise _step_error(f"{name} must be at most {most:g} "
                                   f"(got {getattr(self, name):g})")
         size = _integer("size_bytes", self.size_bytes)
         smallest = wire.min_request_size(wire.COMMANDS[self.command])
@@ -884,6 +900,17 @@ class StepParams:
         """The longest either end keeps this step armed: its schedule, its
         reply timeout and 10 s for the control round trips around it."""
         return self.warmup_s + self.duration_s + self.drain_s + self.timeout_s + 10.0
+
+    @property
+    def max_packets(self) -> int:
+        """The most datagrams this step can plausibly carry (warm-up
+        included): a peer's `sent` or sequence number above it is not trusted.
+        A step without a rate is bounded by MAX_RATE_PPS."""
+        rate = self.rate_pps if self.rate_pps is not None else MAX_RATE_PPS
+        packets = rate * (self.warmup_s + self.duration_s) * PLAUSIBLE_MARGIN
+        if self.count is not None:
+            packets = min(packets, (self.count + rate * self.warmup_s) * PLAUSIBLE_MARGIN)
+        return math.ceil(packets) + PLAUSIBLE_SLACK_PACKETS
 
     @property
     def result_timeout_s(self) -> float:

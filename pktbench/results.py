@@ -40,6 +40,12 @@ from pktbench.errors import ConfigError
 SCHEMA_VERSION = 2
 
 KINDS = ("sweep", "bulk")
+
+# How a bulk ceiling's link counts bits (a bulk document's `link_model`):
+# see pktbench.workloads.bulk.link_model_for for how one is chosen.
+LINK_MODELS: Mapping[str, str] = MappingProxyType({
+    "l1": "L1: frame + preamble + inter-frame gap, as a physical link carries it",
+    "l2": "L2: frame bytes only, as a shaper (tbf, htb) counts them"})
 _REQUIRED_KEYS = ("environment", "config", "steps")
 
 

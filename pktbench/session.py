@@ -267,9 +267,12 @@ class _UdpLiveStep(_LiveStep):
         loop = self._loop
         try:
             sent = sender.get("sent")
-            if not isinstance(sent, int) or sent < 0:
+            if not isinstance(sent, int) or isinstance(sent, bool) or sent < 0:
                 raise RemoteProtocolError("StepStop without a valid 'sent' count")
+            _check_plausible("sent", sent, self.step)
             figures = loop.check_stop(sender)
+            if isinstance(figures, list):  # per-flow counts of a multi-flow step
+                _check_plausible("sum of sent_per_stream", sum(figures), self.step)
             if self.step.workload == "blast":
                 # stragglers still in flight count; then the window closes
                 self._stop.wait(self.step.drain_s)
@@ -297,6 +300,16 @@ class _UdpLiveStep(_LiveStep):
         for reason, count in drops.items():
             server.stats.drops[reason] += count
         return receiver
+
+
+def _check_plausible(name: str, count: int, step: StepParams) -> None:
+    """Refuse a peer's packet count that the step's rate and length cannot
+    reach: it would drive the loss accounting, so it is never trusted."""
+    if count > step.max_packets:
+        raise RemoteProtocolError(
+            f"StepStop {name} {count} is more than this step can send (at most "
+            f"{step.max_packets} at {step.rate_pps or protocol.MAX_RATE_PPS:g} pps for "
+            f"{step.warmup_s + step.duration_s:g} s)")
 
 
 def _is_loopback(bind: str) -> bool:

@@ -64,8 +64,6 @@ _CMD_TIMEOUT_S = 15.0
 _CAP_NET_ADMIN = 12
 _CAP_SYS_ADMIN = 21  # `ip netns add` mounts a namespace file
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,23}$")
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(bit|bps|b)?\s*$", re.IGNORECASE)
-_RATE_MULT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _PACKAGES = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "sysctl": "procps"}
 
 
@@ -203,22 +201,6 @@ class TestbedInfo:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def parse_rate_bps(text: str) -> int:
-    """Parse a tc-style bit rate ("1gbit", "500mbit", "10M", "64000") into bit/s.
-
-    Raises:
-        ConfigError: the text is not a rate.
-    """
-    match = _RATE_RE.match(text)
-    if match is None:
-        raise ConfigError(f"rate {text!r} is not a bit rate: use e.g. 1gbit, 500mbit, 64000")
-    number, mult, unit = match.groups()
-    value = float(number) * _RATE_MULT[mult.lower()]
-    if unit and unit.lower() == "bps":  # tc: bps means bytes per second
-        value *= 8
-    return int(value)
 
 
 def ifname(side: Side, path_index: int) -> str:

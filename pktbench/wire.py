@@ -96,6 +96,7 @@ DROP_REASONS: tuple[str, ...] = (
     "bad_source",
     "bad_payload",
     "oversized",
+    "bad_seq",  # a blast seq beyond what the step's rate and length allow
 )
 
 # The key every GET/SET uses; it exists on our responder for every step.

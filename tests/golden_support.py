@@ -37,6 +37,7 @@ def decode_result(doc: dict[str, Any]) -> DecodeResult:
         non_udp_packets=totals["non_udp_packets"], fragment_packets=totals["fragment_packets"],
         truncated_packets=totals["truncated_packets"],
         version_mismatch_packets=totals["version_mismatch_packets"],
+        malformed_blocks=totals.get("malformed_blocks", 0),
         flows=tuple(FlowStats(**flow) for flow in doc["flows"]))
 
 

@@ -15,8 +15,6 @@ from pktbench.config import (
     list_profiles,
     load_profile,
     make_schedule,
-    parse_rate,
-    parse_rates,
     profile_from_toml,
 )
 from pktbench.errors import ConfigError
@@ -246,11 +244,16 @@ def test_bad_schedules(args: tuple, fragment: str) -> None:
         make_schedule(*args)
 
 
-def test_parse_rates() -> None:
-    assert parse_rate("5.5k") == 5500 and parse_rate("2M") == 2_000_000
-    assert parse_rates("1k, 2k,5000") == (1000.0, 2000.0, 5000.0)
-    with pytest.raises(ConfigError, match="not a number of pps"):
-        parse_rate("fast")
+def test_profile_rates_may_be_written_in_the_rate_grammar() -> None:
+    profile = profile_from_toml('name = "t"\n[rates]\nfrom_pps = "1.5k"\nto_pps = "2M"\nsteps = 3\n',
+                                "inline.toml")
+    assert profile.rates_pps[0] == 1500 and profile.rates_pps[-1] == 2_000_000
+    listed = profile_from_toml('name = "t"\n[rates]\nlist_pps = ["1k", 2500, "5k"]\n', "inline.toml")
+    assert listed.rates_pps == (1000.0, 2500.0, 5000.0)
+    for bad in ('"fast"', '"1e400"', '"-5k"', "nan", "inf", "-1"):
+        with pytest.raises(ConfigError) as raised:
+            profile_from_toml(f'name = "t"\n[rates]\nlist_pps = [{bad}]\n', "inline.toml")
+        assert "\n" not in str(raised.value) and "list_pps[0]" in str(raised.value)
 
 
 # --------------------------------------------------------------------------

@@ -126,6 +126,21 @@ def test_old_bulk_file_upgrades_to_the_shared_schema() -> None:
     assert again == result
 
 
+def test_a_saved_bulk_document_renders_without_the_engine() -> None:
+    code = ("import sys\n"
+            f"sys.path.insert(0, {PACKAGE_ROOT!r})\n"
+            "from pktbench.report import write_report\n"
+            "from pktbench.results import load_result\n"
+            f"write_report('table', load_result({str(DATA / 'bulk-old-tcp.json')!r}), sys.stdout)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pktbench._engine', "
+            "'pktbench.engine', 'pktbench.workloads', 'pktbench.session'))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert done.stdout.startswith((DATA / "bulk-old-tcp.table.txt").read_text())
+
+
 def test_ceiling_is_worked_out_from_the_steps() -> None:
     old = g.document("bulk-old-tcp.json")
     rebuilt = SweepResult.bulk(old["environment"], old["config"], tuple(old["steps"]),
@@ -334,3 +349,25 @@ def test_temporary_testbed_is_up_inside_and_gone_after() -> None:
         assert not pktbench.testbed_status("pkrt").up
     finally:
         pktbench.testbed_down("pkrt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_cli_testbed_up_and_status_print_the_same_summary() -> None:
+    runner = CliRunner()
+    try:
+        up = runner.invoke(main, ["testbed", "up", "--prefix", "pkru", "--rate-cap", "1gbit"])
+        assert up.exit_code == 0, up.stderr
+        status = runner.invoke(main, ["testbed", "status", "--prefix", "pkru"])
+        assert status.exit_code == 0
+        # the interface counters may move between the calls (neighbour discovery)
+        def head(text: str) -> str:
+            return text.split("  counters (")[0]
+        assert head(up.stdout) == head(status.stdout)
+        assert head(status.stdout) == head(rendered("testbed", api.testbed_status("pkru")))
+        assert "  counters (packets rx/tx, dropped rx/tx):\n    a va0: " in status.stdout
+        assert up.stdout.startswith("testbed pkru: up, ")
+        assert "  rate cap: tbf 1000000000 bit/s per path, a->b\n" in up.stdout
+        down = runner.invoke(main, ["testbed", "down", "--prefix", "pkru"])
+        assert down.exit_code == 0 and down.stdout == "testbed pkru: removed\n"
+    finally:
+        api.testbed_down("pkru")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pktbench.report._common import Target, is_number, open_text
+from pktbench.results import LINK_MODELS
 
 
 def _gbit(value: Any) -> str:
@@ -92,8 +93,6 @@ def _ceiling_lines(ceiling: Mapping[str, Any], transport: str) -> list[str]:
             f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
             f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
     if ceiling.get("link_speed_bps"):
-        from pktbench.workloads.bulk import LINK_MODELS
-
         model = LINK_MODELS.get(str(ceiling.get("link_model")))
         text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"
                  " Gbit/s link" + (f" by the {model}" if model else "")

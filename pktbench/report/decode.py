@@ -48,6 +48,9 @@ def render_decode(result: Any) -> str:
         f"{result.other_udp_packets} other UDP, {result.non_udp_packets} not UDP, "
         f"{result.fragment_packets} fragments, {result.truncated_packets} truncated"
     )
+    if result.malformed_blocks:
+        lines.append(f"{result.malformed_blocks} malformed blocks skipped, not read "
+                     f"(first: {result.first_malformed})")
     if result.version_mismatch_packets:
         lines.append(f"{result.version_mismatch_packets} packets carry pktbench's magic but not "
                      f"wire version {wire.VERSION}: decode them with the pktbench that sent them")

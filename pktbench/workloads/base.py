@@ -4,7 +4,8 @@ Owns: `Workload` (a workload's name, transport, client driver and server
 handler factory), `StepClient` (the public step API of a control session
 that a client driver runs a step through), `ServerArm` (what the server
 hands a handler factory), the handler types the server drives
-(`TcpStepHandler`, `UdpResponder`) and `ArmedStep`.
+(`TcpStepHandler`, `UdpResponder`), `ArmedStep`, and `drive_step`, the one
+client-step skeleton every workload's driver runs its sender in.
 
 Invariants:
 - Nothing here imports pktbench.session: the session imports the registry
@@ -45,6 +46,7 @@ class Closeable(Protocol):
 
 
 _C = TypeVar("_C", bound=Closeable)
+_O = TypeVar("_O")
 
 
 class StepClient(Protocol):
@@ -162,3 +164,19 @@ class Workload(Protocol):
         "tcp", a UdpResponder for "udp"); RuntimeError when the host refuses
         it a thread."""
         ...
+
+
+def drive_step(client: StepClient, params: StepParams, send: Callable[[ArmedStep], _O],
+               stop_figures: Callable[[_O], dict[str, Any]], *,
+               client_ports: list[int] | None = None) -> tuple[_O, dict[str, Any]]:
+    """The client-step skeleton: arm the step, run the workload's sender,
+    send StepStop with `stop_figures(outcome)`, and return the outcome with
+    the receiver's counters. A sender that fails leaves the session at once,
+    so the server disarms now rather than at the step's hard limit."""
+    armed = client.begin_step(params, client_ports)
+    try:
+        outcome = send(armed)
+    except BaseException:
+        client.abandon_step()
+        raise
+    return outcome, client.end_step(stop_figures(outcome), params.result_timeout_s)

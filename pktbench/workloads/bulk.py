@@ -73,9 +73,10 @@ from pktbench.flows import (
     udp_overhead,
 )
 from pktbench.protocol import StepParams
-from pktbench.results import SweepResult
+from pktbench.results import LINK_MODELS, SweepResult
 from pktbench.step import StepResult
-from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
+from pktbench.workloads.base import (
+    ArmedStep, ServerArm, StepClient, TcpStepHandler, Transport, drive_step)
 
 __all__ = [
     "BulkConfig",
@@ -812,8 +813,8 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
 # htb) meters the frame bytes the kernel hands it and nothing else:
 # frame_bits_per_second. Traffic measured above an l1 link's speed cannot
 # have crossed such a link, so "auto" then judges it by the l2 model.
-LINK_MODELS = {"l1": "L1: frame + preamble + inter-frame gap, as a physical link carries it",
-               "l2": "L2: frame bytes only, as a shaper (tbf, htb) counts them"}
+# LINK_MODELS (their names and descriptions) lives in pktbench.results, so
+# the reporter can name a saved document's model without this module.
 
 
 def link_model_for(wire_bps: float | None, frame_bps: float | None,
@@ -853,37 +854,38 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
     params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
                         warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
                         reverse=config.reverse)
-    armed = client.begin_step(params)
     socks: list[tuple[int, socket.socket]] = []
-    try:
-        for stream_id in range(streams):
-            port = ports[stream_id] if ports else None
-            socks.append((stream_id, _open_stream(client, stream_id, armed.token, port)))
-        sending = not config.reverse
-        anchor_ns = time.monotonic_ns() if sending else None
-        deadline_ns = time.monotonic_ns() + int(
-            (config.warmup_s + config.duration_s + config.drain_s + 10.0) * 1e9)
-        sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
-                               + int(config.warmup_s * 1e9), config.duration_s)
-        result = _run_in_workers(
-            socks, config.workers, config.cpus, sending=sending, anchor_ns=anchor_ns,
-            warmup_s=config.warmup_s, duration_s=config.duration_s, tail_s=config.drain_s,
-            write_bytes=config.write_bytes, deadline_ns=deadline_ns)
-        per_path = sampler.report(config.reverse)
-    except BaseException:
-        client.abandon_step()
+    sending = not config.reverse
+
+    def send(armed: ArmedStep) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        try:
+            for stream_id in range(streams):
+                port = ports[stream_id] if ports else None
+                socks.append((stream_id, _open_stream(client, stream_id, armed.token, port)))
+            anchor_ns = time.monotonic_ns() if sending else None
+            deadline_ns = time.monotonic_ns() + int(params.hard_limit_s * 1e9)  # as the server's
+            sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
+                                   + int(config.warmup_s * 1e9), config.duration_s)
+            result = _run_in_workers(
+                socks, config.workers, config.cpus, sending=sending, anchor_ns=anchor_ns,
+                warmup_s=config.warmup_s, duration_s=config.duration_s, tail_s=config.drain_s,
+                write_bytes=config.write_bytes, deadline_ns=deadline_ns)
+            per_path = sampler.report(config.reverse)
+        except BaseException:
+            for _, sock in socks:
+                sock.close()
+            raise
         for _, sock in socks:
-            sock.close()
-        raise
-    for _, sock in socks:
-        if sending:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-    server = client.end_step({"stream_ids": list(range(streams)),
-                              "bits_per_second": result["bits_per_second"]},
-                             timeout_s=config.drain_s + 15.0)
+            if sending:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+        return result, per_path
+
+    (result, per_path), server = drive_step(
+        client, params, send, lambda sent: {"stream_ids": list(range(streams)),
+                                            "bits_per_second": sent[0]["bits_per_second"]})
     for _, sock in socks:
         sock.close()
     return _tcp_step_dict(config, streams, index, result, server, ports, plan,

@@ -49,7 +49,7 @@ from pktbench.errors import ConfigError, PktbenchError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.results import interface_for
 from pktbench.step import StepResult, summarize_step
-from pktbench.workloads.base import StepClient
+from pktbench.workloads.base import ArmedStep, StepClient, drive_step
 
 WORKER_START_TIMEOUT_S = 60.0  # a spawned interpreter imports numpy and the engine
 START_DELAY_S = 0.1  # every worker starts its schedule at the same instant, this far ahead
@@ -291,27 +291,27 @@ def run_client_step(client: StepClient, params: StepParams, *, index: int = 0, r
     pool = _pool_for(client, count)
     interface = interface_for(client.server_address[0])
     nic_before = nic.read_counters(interface)
-    armed = client.begin_step(params, client_ports=pool.ports)
     share_pps = params.rate_pps / count if params.rate_pps is not None else None
-    start_ns = engine.monotonic_ns() + int(START_DELAY_S * 1e9)
-    jobs = [{
-        "template": wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
-                                       token=armed.token, seq=0, send_ns=0, stream_id=i),
-        "rate_pps": share_pps, "duration_s": params.duration_s, "warmup_s": params.warmup_s,
-        "drain_s": params.drain_s, "expect_replies": params.workload == "rr",
-        "busy_poll": params.busy_poll, "timeout_s": params.timeout_s,
-        "outstanding": outstanding[i], "start_ns": start_ns,
-    } for i in range(count)]
-    limit_s = (START_DELAY_S + params.warmup_s + params.duration_s * 1.1 + params.drain_s
-               + params.timeout_s + 15.0)
-    try:
-        outcomes = pool.run(jobs, timeout_s=limit_s, stop=stop)
-    except BaseException:
-        client.abandon_step()
-        raise
-    sent = [o.counters["sent"] for o in outcomes]
-    receiver = client.end_step({"sent": sum(sent), "sent_per_stream": sent},
-                               params.result_timeout_s)
+
+    def send(armed: ArmedStep) -> list[engine.SenderOutcome]:
+        start_ns = engine.monotonic_ns() + int(START_DELAY_S * 1e9)
+        jobs = [{
+            "template": wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
+                                           token=armed.token, seq=0, send_ns=0, stream_id=i),
+            "rate_pps": share_pps, "duration_s": params.duration_s, "warmup_s": params.warmup_s,
+            "drain_s": params.drain_s, "expect_replies": params.workload == "rr",
+            "busy_poll": params.busy_poll, "timeout_s": params.timeout_s,
+            "outstanding": outstanding[i], "start_ns": start_ns,
+        } for i in range(count)]
+        limit_s = (START_DELAY_S + params.warmup_s + params.duration_s * 1.1 + params.drain_s
+                   + params.timeout_s + 15.0)
+        return pool.run(jobs, timeout_s=limit_s, stop=stop)
+
+    outcomes, receiver = drive_step(
+        client, params, send,
+        lambda outcomes: {"sent": sum(o.counters["sent"] for o in outcomes),
+                          "sent_per_stream": [o.counters["sent"] for o in outcomes]},
+        client_ports=pool.ports)
     merged = merge_outcomes(outcomes, params.rate_pps)
     per_stream = receiver.get("streams") or [{}] * count
     flows = [_worker_figures(params, info, outcome, per_stream[i] if i < len(per_stream) else {})
@@ -363,7 +363,7 @@ class StreamResponders:
     def __init__(self, main: socket.socket, *, local_ip: str, peers: Sequence[tuple[str, int]],
                  token: int, command: int, size_bytes: int, sink: bool,
                  busy_poll: bool = False, buffer_bytes: int = engine.DEFAULT_BUFFER_BYTES,
-                 cpus: Sequence[int] = ()) -> None:
+                 cpus: Sequence[int] = (), seq_limit: int = (1 << 64) - 1) -> None:
         self.peers = list(peers)
         self.cpus = tuple(cpus)
         self.cpu_s = 0.0
@@ -387,7 +387,8 @@ class StreamResponders:
                               f"{exc.strerror or exc} (the data socket needs SO_REUSEPORT)"
                               ) from None
         self.loops = [engine.ResponderLoop(sock, peer=peer, token=token, command=command,
-                                           size_bytes=size_bytes, sink=sink, busy_poll=busy_poll)
+                                           size_bytes=size_bytes, sink=sink, busy_poll=busy_poll,
+                                           seq_limit=seq_limit)
                       for sock, peer in zip(self._sockets, self.peers)]
 
     def _serve_one(self, index: int, until_ns: int, stop: threading.Event | None) -> None:

@@ -29,16 +29,18 @@ import dataclasses
 import errno
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from pktbench import engine, histogram, wire
+from pktbench import engine, errors, histogram, wire
 from pktbench.address import resolve
-from pktbench.errors import ConfigError, ConnectError, EngineError, RemoteProtocolError
+from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
 from pktbench.step import StepResult, summarize_step
-from pktbench.workloads.base import ServerArm, StepClient, TcpStepHandler, Transport
+from pktbench.workloads.base import (
+    ArmedStep, ServerArm, StepClient, TcpStepHandler, Transport, drive_step)
 
 WORKLOAD = "rr-tcp"
 
@@ -81,20 +83,21 @@ def get_value(size_bytes: int) -> bytes:
 # Client side
 # --------------------------------------------------------------------------
 
+_CLOSED = ("the server closed a connection mid-step (it stopped, or a client limit such as "
+           "maxclients or timeout)")
+_RESP_HINTS: Mapping[int, str] = MappingProxyType({errno.ECONNRESET: _CLOSED, errno.EPIPE: _CLOSED})
+
+
 def _check(rc: int, peer: str) -> None:
-    if rc >= 0:
-        return
-    code = -rc
-    if code in (errno.ECONNRESET, errno.EPIPE):
-        raise ConnectError(f"{peer} closed a connection mid-step (server stopped, or a "
-                           "client limit such as maxclients or timeout)")
-    if code == errno.EPROTO:
+    # EPROTO and EMSGSIZE are the client's own verdicts on the bytes it read
+    # (not RESP, or a reply larger than its buffer), not the system's.
+    if rc == -errno.EPROTO:
         raise RemoteProtocolError(f"{peer} answered with bytes that are not RESP: "
                                   "is it a Redis (or pktbench) server?")
-    if code == errno.EMSGSIZE:
+    if rc == -errno.EMSGSIZE:
         raise RemoteProtocolError(f"{peer} sent a reply larger than the client's receive "
                                   "buffer; not a reply to our command")
-    raise EngineError(code, f"rr-tcp to {peer}: {errno.errorcode.get(code, code)}")
+    errors.check_rc(rc, f"rr-tcp to {peer}", _RESP_HINTS)
 
 
 def _run_until(client: Any, until_ns: int, stop: threading.Event | None, peer: str,
@@ -214,20 +217,19 @@ def run_client_step(client: StepClient, params: StepParams, *, index: int = 0,
     """One rr-tcp step against `pktbench serve`: arm, connect, drive, collect."""
     if params.workload != WORKLOAD:
         raise ConfigError(f"workload {params.workload} is not {WORKLOAD}")
-    armed = client.begin_step(params)
-    sockets: list[socket.socket] = []
-    try:
-        family, address = resolve(client.target)
-        sockets = connect_data(address, family, params.connections, armed.token,
-                               client.connect_timeout_s)
-        outcome = drive(sockets, params, peer=str(client.target), stop=stop)
-    except BaseException:
-        client.abandon_step()
-        raise
-    finally:
-        for sock in sockets:
-            sock.close()
-    receiver = client.end_step({"sent": outcome.sent}, params.result_timeout_s)
+
+    def send(armed: ArmedStep) -> engine.SenderOutcome:
+        sockets: list[socket.socket] = []
+        try:
+            family, address = resolve(client.target)
+            sockets = connect_data(address, family, params.connections, armed.token,
+                                   client.connect_timeout_s)
+            return drive(sockets, params, peer=str(client.target), stop=stop)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    outcome, receiver = drive_step(client, params, send, lambda outcome: {"sent": outcome.sent})
     return summarize(params, outcome, receiver, index=index, repeat=repeat)
 
 

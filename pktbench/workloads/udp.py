@@ -24,7 +24,8 @@ from pktbench.protocol import StepParams
 from pktbench.results import interface_for
 from pktbench.step import StepResult, summarize_step
 from pktbench.workloads import multiflow
-from pktbench.workloads.base import ServerArm, StepClient, Transport, UdpResponder
+from pktbench.workloads.base import (
+    ArmedStep, ServerArm, StepClient, Transport, UdpResponder, drive_step)
 
 
 def run_single_flow(client: StepClient, params: StepParams, *, index: int = 0,
@@ -32,19 +33,18 @@ def run_single_flow(client: StepClient, params: StepParams, *, index: int = 0,
     """One rr or blast step on the session's data socket; its step result."""
     interface = interface_for(client.server_address[0])
     nic_before = nic.read_counters(interface)
-    armed = client.begin_step(params)
-    template = wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
-                                  token=armed.token, seq=0, send_ns=0)
-    try:
-        outcome = engine.run_sender(
+
+    def send(armed: ArmedStep) -> engine.SenderOutcome:
+        template = wire.build_request(wire.COMMANDS[params.command], params.size_bytes,
+                                      token=armed.token, seq=0, send_ns=0)
+        return engine.run_sender(
             client.data_socket, template, rate_pps=params.rate_pps,
             duration_s=params.duration_s, warmup_s=params.warmup_s, drain_s=params.drain_s,
             expect_replies=params.workload == "rr", busy_poll=params.busy_poll,
             timeout_s=params.timeout_s, outstanding=params.outstanding, stop=stop)
-    except BaseException:
-        client.abandon_step()
-        raise
-    receiver = client.end_step({"sent": outcome.counters["sent"]}, params.result_timeout_s)
+
+    outcome, receiver = drive_step(client, params, send,
+                                   lambda outcome: {"sent": outcome.counters["sent"]})
     figures: dict[str, Any] = {"interface": interface}
     if client.buffers is not None:
         figures["socket_buffers_bytes"] = {"rcvbuf": client.buffers.rcvbuf_bytes,
@@ -102,11 +102,12 @@ class UdpWorkload:
             return multiflow.StreamResponders(
                 arm.udp, local_ip=arm.local_ip, peers=arm.peers, token=arm.token,
                 command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
-                sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus)
+                sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus,
+                seq_limit=step.max_packets)
         return SingleFlowResponder(engine.ResponderLoop(
             arm.udp, peer=arm.peers[0], token=arm.token, command=wire.COMMANDS[step.command],
             size_bytes=step.size_bytes, sink=step.workload == "blast",
-            busy_poll=step.busy_poll))
+            busy_poll=step.busy_poll, seq_limit=step.max_packets))
 
 
 RR = UdpWorkload("rr")

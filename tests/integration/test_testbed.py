@@ -57,19 +57,6 @@ def test_config_rejects_bad_values_naming_the_field(fields: dict[str, object],
         tb.TestbedConfig(**fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("text, bps", [
-    ("1gbit", 10**9), ("500mbit", 500 * 10**6), ("64000", 64000), ("10M", 10**7),
-    ("1.5kbit", 1500), ("1mbps", 8 * 10**6),
-])
-def test_parse_rate_bps(text: str, bps: int) -> None:
-    assert tb.parse_rate_bps(text) == bps
-
-
-def test_parse_rate_bps_rejects_garbage() -> None:
-    with pytest.raises(ConfigError, match="not a bit rate"):
-        tb.parse_rate_bps("fast")
-
-
 def test_without_net_admin_every_entry_point_says_run_as_root(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tb, "_effective_caps", lambda: 0)

@@ -1,0 +1,213 @@
+"""The server against a hostile client, over real loopback sockets.
+
+Each test plays one attack a client can make with nothing but the protocol
+and the data port, then checks that the server refused or counted it, went
+quiet after the step, and still measures a legitimate client with no loss
+at 2,000 pps. docs/security.md lists the attacks and what each did before.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pktbench
+from pktbench import protocol, wire
+from pktbench.address import Target
+from pktbench.errors import PktbenchError
+from pktbench.protocol import StepParams
+from pktbench.session import Client, _receive, _send
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pktbench.__file__)))
+
+LEGIT = StepParams(workload="rr", command="ping", rate_pps=2000, duration_s=1.0,
+                   drain_s=0.2, timeout_s=0.5)
+
+
+class ChildServer:
+    """`pktbench serve` in a child process: an attack that freezes it cannot
+    freeze the test, and its CPU time is its own."""
+
+    def __init__(self, child: subprocess.Popen[str], target: Target, log: Path) -> None:
+        self.child = child
+        self.target = target
+        self.log = log
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.target.host, self.target.port
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def hostile_server(*options: str) -> Iterator[ChildServer]:
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "serve.log"
+        with open(log, "w") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "pktbench", "serve", "--bind", "127.0.0.1", "--port", "0",
+                 *options], stdout=subprocess.PIPE, stderr=err, text=True, cwd=PACKAGE_ROOT)
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.startswith("listening on "), line
+            yield ChildServer(child, Target("127.0.0.1", int(line.rsplit(":", 1)[1])), log)
+        finally:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+
+
+def assert_legit_client_measured(server: ChildServer) -> None:
+    """Within 2 s of the attack a fresh client connects, and its step loses nothing."""
+    started = time.monotonic()
+    with Client(server.target, connect_timeout_s=2.0) as client:
+        answered = time.monotonic() - started
+        result = client.run_step(LEGIT)
+    assert answered < 2.0, f"the server took {answered:.1f} s to answer a client"
+    assert result["sent_packets"] == 2000
+    assert result["lost_packets"] == 0, result
+
+
+def assert_quiet(server: ChildServer, seconds: float = 1.0) -> None:
+    """The server uses under 5 % of a core once the step is over."""
+    before = server.cpu_s()
+    time.sleep(seconds)
+    used = (server.cpu_s() - before) / seconds
+    assert used < 0.05, f"{100 * used:.0f} % of a core with no step running"
+
+
+def raw_step_request(client: Client, params: dict[str, Any]) -> protocol.Event:
+    assert client._control is not None  # noqa: SLF001 - the attacker speaks raw protocol
+    _send(client._control, client._cc, protocol.StepRequest(params))  # noqa: SLF001
+    return _receive(client._control, client._cc, 5.0)  # noqa: SLF001
+
+
+def blast(client: Client, token: int, seqs: list[int], size: int = 64) -> None:
+    for seq in seqs:
+        client.data_socket.send(wire.build_request(wire.COMMAND_NONE, size, token=token,
+                                                   seq=seq, send_ns=time.monotonic_ns()))
+
+
+BLAST = StepParams(workload="blast", command="none", rate_pps=1000, duration_s=0.5,
+                   drain_s=0.1, timeout_s=0.5)
+
+
+# -- finding 5: a step parameter the engine's clock cannot hold -----------------
+
+@pytest.mark.parametrize("key, value", [("duration_s", 1e300), ("warmup_s", 1e300),
+                                        ("rate_pps", 1e300), ("count", 1 << 70)])
+def test_a_huge_step_parameter_is_refused_with_a_reason(key: str, value: object) -> None:
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            params = BLAST.to_dict() | {key: value, "client_port": 1}
+            answer = raw_step_request(client, params)
+            assert isinstance(answer, protocol.Error) and answer.code == "refused", answer
+            assert key in answer.message and "\n" not in answer.message
+        assert_legit_client_measured(server)
+
+
+# -- finding 1: a StepStop count the step could never have sent --------------------
+
+@pytest.mark.parametrize("sent", [(1 << 64) - 1, 2_500_000_000])
+def test_an_implausible_sent_count_is_refused_and_freezes_nothing(sent: int) -> None:
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(BLAST)
+            blast(client, armed.token, list(range(100)))
+            started = time.monotonic()
+            with pytest.raises(PktbenchError):
+                client.end_step({"sent": sent}, timeout_s=5.0)
+            assert time.monotonic() - started < 2.0
+        assert_quiet(server)
+        assert_legit_client_measured(server)
+
+
+def test_loss_accounting_work_is_bounded_by_the_window_not_the_range() -> None:
+    # In a child: a loop that holds the GIL would freeze this process too.
+    code = (
+        "import socket\n"
+        "from pktbench import _engine\n"
+        "from pktbench.engine import pack_sockaddr\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "r = _engine.Responder(s.fileno(), peer=pack_sockaddr('127.0.0.1', 9), token=1,\n"
+        "                      command=0, sink=True, max_size=64)\n"
+        "r.finish((1 << 64) - 1)\n"
+        "c = dict(zip(_engine.RESPONDER_COUNTERS, r.counters.tolist()))\n"
+        "print(c['lost'], c['loss_episodes'], c['loss_max_run'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=10, check=True)
+    assert done.stdout.split() == [str((1 << 64) - 1), "1", str((1 << 64) - 1)]
+
+
+# -- finding 2: a datagram whose seq jumps far past the step ----------------------
+
+@pytest.mark.parametrize("seq", [1 << 63, 2_500_000_000])
+def test_a_huge_seq_is_counted_as_bad_and_the_responder_goes_quiet(seq: int) -> None:
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(BLAST)
+            blast(client, armed.token, list(range(50)) + [seq] + list(range(50, 100)))
+            receiver = client.end_step({"sent": 100}, timeout_s=5.0)
+        assert receiver["drops"]["bad_seq"] == 1, receiver["drops"]
+        assert receiver["received"] == 100
+        assert receiver["lost"] == 0
+        time.sleep(0.5)
+        assert_quiet(server)
+        assert_legit_client_measured(server)
+
+
+# -- finding 8: pcapng blocks too short for their fields ----------------------------
+
+def _pcapng_block(block_type: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    length = 12 + len(body)
+    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+
+
+def _capture_with_short_blocks() -> bytes:
+    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _pcapng_block(1, struct.pack("<HHI", 101, 0, 0))  # raw IP
+    frame = (b"\x45\x00" + struct.pack("!H", 28 + 64) + bytes(4) + b"\x40\x11" + bytes(2)
+             + socket.inet_aton("198.18.0.1") + socket.inet_aton("198.18.0.2")
+             + struct.pack("!HHHH", 40000, wire.DEFAULT_PORT, 8 + 64, 0)
+             + wire.build_request(wire.COMMAND_NONE, 64, token=7, seq=0, send_ns=0))
+
+    def epb(seq_frame: bytes) -> bytes:
+        return _pcapng_block(6, struct.pack("<IIIII", 0, 0, 1, len(seq_frame), len(seq_frame))
+                             + seq_frame)
+
+    short = _pcapng_block(6, struct.pack("<III", 0, 0, 1))  # 24 bytes: no caplen, no origlen
+    return shb + idb + epb(frame) + short + epb(frame) + short
+
+
+def test_decode_counts_short_blocks_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "short.pcapng"
+    path.write_bytes(_capture_with_short_blocks())
+    done = subprocess.run([sys.executable, "-m", "pktbench", "decode", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=PACKAGE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stdout.splitlines() if "malformed" in line]
+    assert len(lines) == 1 and lines[0].startswith("2 malformed blocks"), done.stdout
+    # the two packets around the short blocks are read, and only they
+    assert "2 packets: 2 pktbench" in done.stdout, done.stdout
