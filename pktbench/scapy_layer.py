@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from scapy.config import conf
@@ -49,7 +50,8 @@ from pktbench import wire
 
 # struct code -> (plain field, enum field). Only unsigned codes: the header is
 # made of counters and identifiers, and wire.numpy_dtype() maps these same codes.
-_FIELD_TYPES: dict[str, tuple[type[Field[Any, Any]], type[Field[Any, Any]]]] = {
+# scapy types its enum fields apart from the plain ones; both are called alike here.
+_FIELD_TYPES: dict[str, tuple[Callable[..., Field[Any, Any]], Callable[..., Field[Any, Any]]]] = {
     "B": (ByteField, ByteEnumField),
     "H": (ShortField, ShortEnumField),
     "I": (IntField, IntEnumField),
@@ -73,7 +75,7 @@ def _field_defaults() -> dict[str, int]:
     return defaults
 
 
-def fields_from_wire(fields: tuple[wire.Field, ...] = wire.FIELDS) -> list[Field[Any, Any]]:
+def fields_from_wire(fields: tuple[wire.Field, ...] = wire.FIELDS) -> list[Any]:
     """Build a scapy `fields_desc` from a wire field table.
 
     Args:
@@ -86,7 +88,7 @@ def fields_from_wire(fields: tuple[wire.Field, ...] = wire.FIELDS) -> list[Field
         ValueError: a struct code has no scapy equivalent here.
     """
     defaults = _field_defaults()
-    desc: list[Field[Any, Any]] = []
+    desc: list[Any] = []  # Packet.fields_desc is invariant over scapy's field container types
     for field in fields:
         try:
             plain, enum = _FIELD_TYPES[field.code]
@@ -212,7 +214,7 @@ class PktbenchResp(Packet):  # type: ignore[misc]
     def guess_payload_class(self, payload: bytes) -> type[Packet]:
         return conf.padding_layer  # type: ignore[no-any-return]
 
-    def mysummary(self) -> tuple[str, list[type[Packet]]]:
+    def mysummary(self) -> tuple[str, list[type[Packet]]]:  # type: ignore[override]
         lines = bytes(self.resp).split(b"\r\n")
         # A command is an array: show its verb (third line); a reply shows itself.
         text = lines[2] if lines[0].startswith(b"*") and len(lines) > 2 else lines[0]

@@ -11,8 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.xfail(reason="7 errors remain, all in pktbench/scapy_layer.py (against scapy 2.8's own "
-                          "annotations)", strict=False)
 def test_mypy_strict_reports_no_errors() -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
     if not (REPO / "pktbench" / "_engine.pyi").exists():
