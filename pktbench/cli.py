@@ -465,8 +465,14 @@ def profiles_command() -> None:
 def compare(old: str, new: str, json_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side."""
     from pktbench.comparison import compare_files
+    from pktbench.fleet.result import is_fleet_file
     from pktbench.report import write_report
 
+    if is_fleet_file(old) or is_fleet_file(new):
+        from pktbench.report.fleet import compare_fleet_files
+
+        click.echo(compare_fleet_files(old, new, json_path))
+        return
     comparison = compare_files(old, new)
     write_report("table", comparison, sys.stdout, kind="compare")
     if json_path:
@@ -540,13 +546,25 @@ def _testbed_rate(ctx: click.Context, param: click.Parameter,
 @click.option("--mechanism", type=click.Choice(["auto", "ecmp", "bond"]), default="auto",
               show_default=True, help="How two paths are joined.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--hosts", type=click.IntRange(2, 64), default=None,
+              help="A fleet instead: N host namespaces on one bridge (see `testbed sshd`).")
+@click.option("--host-pps-limit", "host_pps_limits", multiple=True, metavar="NAME=PPS",
+              help="With --hosts: UDP ingress policer at host NAME (h1..hN), repeatable.")
 def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: str,
                pps_limit: int | None, pps_burst: int, delay_ms: float, mtu: int,
                both_directions: bool, allow_degraded: bool, mechanism: str,
-               as_json: bool) -> None:
+               as_json: bool, hosts: int | None = None,
+               host_pps_limits: tuple[str, ...] = ()) -> None:
     """Create (or keep, if identical) the namespace testbed."""
     from pktbench import api, testbed
     from pktbench.report import write_report, write_testbed_error
+
+    if hosts is not None:
+        from pktbench.fleet.command import testbed_hosts_up
+
+        return testbed_hosts_up(prefix, hosts, host_pps_limits, pps_burst, as_json)
+    if host_pps_limits:
+        raise click.UsageError("--host-pps-limit needs --hosts N")
 
     try:
         config = testbed.TestbedConfig(
@@ -572,9 +590,13 @@ def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: st
 def testbed_down(prefix: str) -> None:
     """Remove the testbed (namespaces, veths, qdiscs, nft rules). Fine if none."""
     from pktbench import api
+    from pktbench.fleet import testbed as fleet_testbed
     from pktbench.report import write_report
 
-    write_report("table", api.testbed_down(prefix), sys.stdout, kind="testbed-down")
+    removal = api.testbed_down(prefix)
+    if fleet_testbed.down(prefix):  # the namespaces of `testbed up --hosts N`
+        removal = api.TestbedRemoval(prefix, True)
+    write_report("table", removal, sys.stdout, kind="testbed-down")
 
 
 @testbed_group.command("status")
@@ -856,3 +878,16 @@ def _worker_cpus(workers: int, cpus_text: str | None, workload: str) -> tuple[in
         raise click.BadParameter(f"CPU {unknown[0]} does not exist here (CPUs 0..{count - 1})",
                                  param_hint="--cpus")
     return cpus
+
+
+# ---------------------------------------------------------------- fleet
+# `pktbench fleet INVENTORY` and `pktbench testbed sshd`: see pktbench.fleet.
+
+def _add_fleet_commands() -> None:
+    from pktbench.fleet.command import fleet_command, sshd_group
+
+    main.add_command(fleet_command)
+    testbed_group.add_command(sshd_group)
+
+
+_add_fleet_commands()

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -285,6 +285,95 @@ class _Sender:
 UNLIMITED = 1 << 62
 
 
+class PhaseLoop(Protocol):
+    """What run_phases drives: a sender engine with a phase limit."""
+
+    def begin(self, start_ns: int, count: int, warmup: bool) -> None: ...
+
+    def send_until(self, until_ns: int) -> bool:
+        """Send on schedule until `until_ns`; False if stopped first."""
+        ...
+
+    def sent(self) -> int: ...
+
+    def end_sending(self) -> None:
+        """The measured window is over: issue nothing more."""
+        ...
+
+    def drain_until(self, until_ns: int) -> bool:
+        """Collect replies still owed until `until_ns`; False if stopped first."""
+        ...
+
+
+@dataclass(frozen=True)
+class Phases:
+    start_ns: int  # t0 of the measured window
+    count: int  # what the measured window schedules (UNLIMITED at rate None)
+    send_end_ns: int
+    cpu_s: float  # this thread's CPU time in the measured window
+    completed: bool
+    warmup_sent: int
+
+
+def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, duration_s: float,
+               drain_s: float, drain: bool, grace: bool, start_ns: int | None = None) -> Phases:
+    """The one warm-up / measure / drain driver of every sender.
+
+    Warm-up is sent on the measured schedule just before t0, so t0 is where
+    the warm-up's last period ends. `grace` lets a sender woken late finish
+    each phase (1 % of it, at least 10 ms, paced steps only for the measured
+    window); anything unsent after it is sender-bound, not a longer step.
+    `drain`: wait up to drain_s for replies still owed after a completed
+    window. `start_ns` (monotonic) is when the schedule begins: by default
+    1 ms from now.
+    """
+    period_ns = 1e9 / rate_pps if rate_pps else 0.0
+    if start_ns is None:
+        start_ns = monotonic_ns() + 1_000_000
+    warmup_sent = 0
+    if warmup_s > 0:
+        warmup_count = int(round(warmup_s * rate_pps)) if rate_pps else UNLIMITED
+        loop.begin(start_ns, warmup_count, True)
+        warmup_grace_ns = int(max(0.01, warmup_s * 0.01) * 1e9) if grace and rate_pps else 0
+        loop.send_until(start_ns + int(warmup_s * 1e9) + warmup_grace_ns)
+        warmup_sent = loop.sent()
+        start_ns = (start_ns + int(warmup_count * period_ns)) if rate_pps else monotonic_ns()
+    count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
+    grace_ns = int(max(0.01, duration_s * 0.01) * 1e9) if grace and rate_pps else 0
+    loop.begin(start_ns, count, False)
+    cpu_before = thread_cpu_s()
+    completed = loop.send_until(start_ns + int(duration_s * 1e9) + grace_ns)
+    send_end_ns = monotonic_ns()
+    cpu_s = thread_cpu_s() - cpu_before
+    loop.end_sending()
+    if drain and completed:
+        completed = loop.drain_until(monotonic_ns() + int(drain_s * 1e9))
+    return Phases(start_ns, count, send_end_ns, cpu_s, completed, warmup_sent)
+
+
+class _SenderPhases:
+    """A _Sender as run_phases sees it."""
+
+    def __init__(self, sender: _Sender, stop: threading.Event | None) -> None:
+        self._sender = sender
+        self._stop = stop
+
+    def begin(self, start_ns: int, count: int, warmup: bool) -> None:
+        self._sender.phase(start_ns, count, warmup)
+
+    def send_until(self, until_ns: int) -> bool:
+        return self._sender.run_until(until_ns, send=True, stop=self._stop)
+
+    def sent(self) -> int:
+        return int(self._sender.engine.sent)
+
+    def end_sending(self) -> None:
+        pass  # a drain runs with send=False
+
+    def drain_until(self, until_ns: int) -> bool:
+        return self._sender.run_until(until_ns, send=False, stop=self._stop)
+
+
 def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
                duration_s: float, warmup_s: float = 0.0, drain_s: float = 0.5,
                expect_replies: bool, busy_poll: bool = False, timeout_s: float = 1.0,
@@ -305,33 +394,10 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     """
     sender = _Sender(sock, template, rate_pps, expect_replies, busy_poll, timeout_s, batch,
                      outstanding)
-    period_ns = 1e9 / rate_pps if rate_pps else 0.0
-    if start_ns is None:
-        start_ns = monotonic_ns() + 1_000_000
-    warmup_sent = 0
-    if warmup_s > 0:
-        warmup_count = int(round(warmup_s * rate_pps)) if rate_pps else UNLIMITED
-        sender.phase(start_ns, warmup_count, True)
-        # The last warm-up packet is due one period before the deadline; a
-        # sender woken a little late still sends it (the phase ends at its limit).
-        warmup_grace_ns = int(max(0.01, warmup_s * 0.01) * 1e9) if rate_pps else 0
-        sender.run_until(start_ns + int(warmup_s * 1e9) + warmup_grace_ns, send=True, stop=stop)
-        warmup_sent = sender.engine.sent
-        start_ns = (start_ns + int(warmup_count * period_ns)) if rate_pps else monotonic_ns()
-    count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
-    # A sender that keeps up finishes by t0 + duration. A short grace lets a
-    # sender that was preempted near the end catch up (the lag histogram
-    # shows the stall); anything still unsent after it marks the step
-    # sender-bound instead of stretching it.
-    grace_ns = int(max(0.01, duration_s * 0.01) * 1e9)
-    sender.phase(start_ns, count, False)
-    cpu_before = thread_cpu_s()
-    completed = sender.run_until(start_ns + int(duration_s * 1e9) + (grace_ns if rate_pps else 0),
-                                 send=True, stop=stop)
-    send_end_ns = monotonic_ns()
-    cpu_s = thread_cpu_s() - cpu_before
-    if expect_replies and completed:
-        completed = sender.run_until(monotonic_ns() + int(drain_s * 1e9), send=False, stop=stop)
+    phases = run_phases(_SenderPhases(sender, stop), rate_pps=rate_pps, warmup_s=warmup_s,
+                        duration_s=duration_s, drain_s=drain_s, drain=expect_replies,
+                        grace=True, start_ns=start_ns)
+    start_ns, count, send_end_ns = phases.start_ns, phases.count, phases.send_end_ns
     sender.engine.finish()
     counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
@@ -345,9 +411,9 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
         offered_pps=rate_pps,
         duration_s=duration_s,
         send_span_s=span_s,
-        cpu_s=cpu_s,
-        stopped_early=not completed,
-        warmup_sent=warmup_sent,
+        cpu_s=phases.cpu_s,
+        stopped_early=not phases.completed,
+        warmup_sent=phases.warmup_sent,
     )
 
 

@@ -115,6 +115,30 @@ def _run_until(client: Any, until_ns: int, stop: threading.Event | None, peer: s
             return True
 
 
+class _RespPhases:
+    """A RespClient as engine.run_phases sees it."""
+
+    def __init__(self, client: Any, stop: threading.Event | None, peer: str) -> None:
+        self._client = client
+        self._stop = stop
+        self._peer = peer
+
+    def begin(self, start_ns: int, count: int, warmup: bool) -> None:
+        self._client.begin(start_ns, count, warmup)
+
+    def send_until(self, until_ns: int) -> bool:
+        return _run_until(self._client, until_ns, self._stop, self._peer)
+
+    def sent(self) -> int:
+        return int(self._client.scheduled)
+
+    def end_sending(self) -> None:
+        self._client.stop_issuing()
+
+    def drain_until(self, until_ns: int) -> bool:
+        return _run_until(self._client, until_ns, self._stop, self._peer, until_done=True)
+
+
 def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
           stop: threading.Event | None = None) -> engine.SenderOutcome:
     """Run one step's requests over connected sockets; the client's own counts.
@@ -136,25 +160,11 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
         rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
         busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
-    period_ns = 1e9 / rate if rate else 0.0
-    start_ns = engine.monotonic_ns() + 1_000_000
-    warmup_sent = 0
-    if params.warmup_s > 0:
-        warmup_count = int(round(params.warmup_s * rate)) if rate else engine.UNLIMITED
-        client.begin(start_ns, warmup_count, True)
-        _run_until(client, start_ns + int(params.warmup_s * 1e9), stop, peer)
-        warmup_sent = client.scheduled
-        start_ns = start_ns + int(warmup_count * period_ns) if rate else engine.monotonic_ns()
-    count = int(round(params.duration_s * rate)) if rate else engine.UNLIMITED
-    client.begin(start_ns, count, False)
-    cpu_before = engine.thread_cpu_s()
-    completed = _run_until(client, start_ns + int(params.duration_s * 1e9), stop, peer)
-    send_end_ns = engine.monotonic_ns()
-    cpu_s = engine.thread_cpu_s() - cpu_before
-    client.stop_issuing()
-    if completed:
-        completed = _run_until(client, engine.monotonic_ns() + int(params.drain_s * 1e9), stop,
-                               peer, until_done=True)
+    # RESP has no grace: its window closes on time and what is still owed is drained
+    phases = engine.run_phases(_RespPhases(client, stop, peer), rate_pps=rate,
+                               warmup_s=params.warmup_s, duration_s=params.duration_s,
+                               drain_s=params.drain_s, drain=True, grace=False)
+    start_ns, send_end_ns = phases.start_ns, phases.send_end_ns
     client.finish()
     counters = {name: int(value)
                 for name, value in zip(engine.loops.CLIENT_COUNTERS, client.counters)}
@@ -167,9 +177,9 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         offered_pps=rate,
         duration_s=params.duration_s,
         send_span_s=span_s,
-        cpu_s=cpu_s,
-        stopped_early=not completed,
-        warmup_sent=warmup_sent,
+        cpu_s=phases.cpu_s,
+        stopped_early=not phases.completed,
+        warmup_sent=phases.warmup_sent,
     )
 
 
