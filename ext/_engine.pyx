@@ -44,6 +44,7 @@ import numpy as np
 
 include "_wire.pxi"
 include "_timing.pxi"
+include "_meter.pxi"
 
 HISTOGRAM_BUCKETS = HIST_BUCKETS
 HISTOGRAM_SUB_BITS = HIST_SUB_BITS

@@ -235,42 +235,8 @@ def parse_commands(bytes data):
 # Client
 # --------------------------------------------------------------------------
 
-# Client counters (index into RespClient.counters). The first twenty have
-# the names and meaning of pktbench._engine.SENDER_COUNTERS, so a TCP step is
-# summarised like a UDP one.
-cdef enum:
-    C_SENT
-    C_SENT_BYTES
-    C_SEND_CALLS
-    C_EAGAIN
-    C_ENOBUFS
-    C_RECEIVED
-    C_RECEIVED_BYTES
-    C_LATE
-    C_DUPLICATE
-    C_BOGUS
-    C_WARMUP_REPLIES
-    C_LOST
-    C_LOSS_EPISODES
-    C_LOSS_MAX_RUN
-    C_RCVBUF_DROPS
-    C_LAT_MIN_NS
-    C_LAT_MAX_NS
-    C_ACTUAL_MIN_NS
-    C_ACTUAL_MAX_NS
-    C_LAG_MAX_NS
-    C_WRITTEN
-    C_RESP_ERRORS
-    C_WINDOW_WAITS
-    C_RECV_CALLS
-    C_COUNTERS
-
-CLIENT_COUNTERS = (
-    "sent", "sent_bytes", "send_calls", "eagain", "enobufs", "received", "received_bytes",
-    "late", "duplicate", "bogus", "warmup_replies", "lost", "loss_episodes", "loss_max_run",
-    "rcvbuf_drops", "lat_min_ns", "lat_max_ns", "actual_min_ns", "actual_max_ns", "lag_max_ns",
-    "written", "resp_errors", "window_waits", "recv_calls",
-)
+# Client counters (C_*, CLIENT_COUNTERS, from _wire.pxi) begin with the
+# sender's, so a TCP step is summarised like a UDP one and shares its Meter.
 
 cdef enum:
     EPOLL_SPIN_NS = 20000
@@ -330,9 +296,7 @@ cdef class RespClient:
     cdef uint64_t issued_total
     cdef uint64_t timeout_ns
     cdef uint64_t[::1] c
-    cdef uint64_t[::1] h_sched
-    cdef uint64_t[::1] h_actual
-    cdef uint64_t[::1] h_lag
+    cdef Meter meter
     cdef readonly object counters
     cdef readonly object latency_hist
     cdef readonly object actual_latency_hist
@@ -390,9 +354,15 @@ cdef class RespClient:
         self.actual_latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
         self.send_lag_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
         self.c = self.counters
-        self.h_sched = self.latency_hist
-        self.h_actual = self.actual_latency_hist
-        self.h_lag = self.send_lag_hist
+        cdef uint64_t[::1] h
+        self.meter.c = &self.c[0]
+        self.meter.n_counters = C_COUNTERS
+        h = self.latency_hist
+        self.meter.h_sched = &h[0]
+        h = self.actual_latency_hist
+        self.meter.h_actual = &h[0]
+        h = self.send_lag_hist
+        self.meter.h_lag = &h[0]
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -420,12 +390,7 @@ cdef class RespClient:
             self.conns[i].issued = 0
             self.conns[i].waited = 0
             self.conns[i].loss_run = 0
-        self.counters[:] = 0
-        self.latency_hist[:] = 0
-        self.actual_latency_hist[:] = 0
-        self.send_lag_hist[:] = 0
-        self.c[C_LAT_MIN_NS] = <uint64_t>-1
-        self.c[C_ACTUAL_MIN_NS] = <uint64_t>-1
+        meter_begin(&self.meter)
 
     def stop_issuing(self):
         """At rate 0, queue no more requests. A paced phase needs no stop: its
@@ -580,9 +545,7 @@ cdef class RespClient:
                 due = self.t0_ns + <uint64_t>(<double>seq * self.period_ns)
                 ready = due if due > conn.freed_at[slot] else conn.freed_at[slot]
                 lag = now - ready if now > ready else 0
-                self.h_lag[hist_index(lag)] += 1
-                if lag > self.c[C_LAG_MAX_NS]:
-                    self.c[C_LAG_MAX_NS] = lag
+                meter_lag(&self.meter, lag)
                 conn.due[slot] = due
             else:
                 conn.due[slot] = now
@@ -709,18 +672,7 @@ cdef class RespClient:
             self._lose(conn, 1)
             return
         conn.loss_run = 0
-        self.c[C_RECEIVED] += 1
-        self.c[C_RECEIVED_BYTES] += <uint64_t>length
-        self.h_sched[hist_index(sched_lat)] += 1
-        self.h_actual[hist_index(actual_lat)] += 1
-        if sched_lat < self.c[C_LAT_MIN_NS]:
-            self.c[C_LAT_MIN_NS] = sched_lat
-        if sched_lat > self.c[C_LAT_MAX_NS]:
-            self.c[C_LAT_MAX_NS] = sched_lat
-        if actual_lat < self.c[C_ACTUAL_MIN_NS]:
-            self.c[C_ACTUAL_MIN_NS] = actual_lat
-        if actual_lat > self.c[C_ACTUAL_MAX_NS]:
-            self.c[C_ACTUAL_MAX_NS] = actual_lat
+        meter_reply(&self.meter, <uint64_t>length, sched_lat, actual_lat)
 
     def finish(self):
         """Close the phase's books (call after draining).
@@ -747,23 +699,7 @@ cdef class RespClient:
 # Responder
 # --------------------------------------------------------------------------
 
-cdef enum:
-    V_CONNECTIONS
-    V_COMMANDS
-    V_RECEIVED_BYTES
-    V_REPLIES
-    V_REPLY_BYTES
-    V_UNKNOWN_COMMANDS
-    V_PROTOCOL_ERRORS
-    V_PEER_CLOSED
-    V_SEND_ERRORS
-    V_EAGAIN
-    V_COUNTERS
-
-SERVER_COUNTERS = (
-    "connections", "commands", "received_bytes", "replies", "reply_bytes", "unknown_commands",
-    "protocol_errors", "peer_closed", "send_errors", "eagain",
-)
+# Server counters (V_*, SERVER_COUNTERS) come from _wire.pxi.
 
 cdef const char *PONG = b"+PONG\r\n"
 cdef const char *OK = b"+OK\r\n"

@@ -9,60 +9,7 @@ cdef enum:
     NONBLOCKING_NS = 1000000
     CTRL_BYTES = 64
 
-# Sender counters (index into PacedSender.counters)
-cdef enum:
-    S_SENT
-    S_SENT_BYTES
-    S_SEND_CALLS
-    S_EAGAIN
-    S_ENOBUFS
-    S_RECEIVED
-    S_RECEIVED_BYTES
-    S_LATE
-    S_DUPLICATE
-    S_BOGUS
-    S_WARMUP_REPLIES
-    S_LOST
-    S_LOSS_EPISODES
-    S_LOSS_MAX_RUN
-    S_RCVBUF_DROPS
-    S_LAT_MIN_NS
-    S_LAT_MAX_NS
-    S_ACTUAL_MIN_NS
-    S_ACTUAL_MAX_NS
-    S_LAG_MAX_NS
-    S_COUNTERS
-
-SENDER_COUNTERS = (
-    "sent", "sent_bytes", "send_calls", "eagain", "enobufs", "received", "received_bytes",
-    "late", "duplicate", "bogus", "warmup_replies", "lost", "loss_episodes", "loss_max_run",
-    "rcvbuf_drops", "lat_min_ns", "lat_max_ns", "actual_min_ns", "actual_max_ns", "lag_max_ns",
-)
-
-# Responder counters (index into Responder.counters)
-cdef enum:
-    R_RECEIVED
-    R_RECEIVED_BYTES
-    R_REPLIED
-    R_REPLY_BYTES
-    R_REPLY_EAGAIN
-    R_REPLY_ERRORS
-    R_WARMUP
-    R_DUPLICATE
-    R_REORDERED
-    R_STALE
-    R_SEQ_END
-    R_RCVBUF_DROPS
-    R_LOST
-    R_LOSS_EPISODES
-    R_LOSS_MAX_RUN
-    R_COUNTERS
-
-RESPONDER_COUNTERS = (
-    "received", "received_bytes", "replied", "reply_bytes", "reply_eagain", "reply_errors",
-    "warmup", "duplicate", "reordered", "stale", "seq_end", "rcvbuf_drops", "lost",
-    "loss_episodes", "loss_max_run",
-)
+# Counter enums (S_*, R_*) and their names come from _wire.pxi.
 
 
 
@@ -204,9 +151,7 @@ cdef class PacedSender:
     cdef uint64_t last_send_ns
     cdef _SeqWindow window
     cdef uint64_t[::1] c
-    cdef uint64_t[::1] h_sched
-    cdef uint64_t[::1] h_actual
-    cdef uint64_t[::1] h_lag
+    cdef Meter meter
     cdef readonly object counters
     cdef readonly object latency_hist
     cdef readonly object actual_latency_hist
@@ -263,9 +208,15 @@ cdef class PacedSender:
         self.actual_latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
         self.send_lag_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
         self.c = self.counters
-        self.h_sched = self.latency_hist
-        self.h_actual = self.actual_latency_hist
-        self.h_lag = self.send_lag_hist
+        cdef uint64_t[::1] h
+        self.meter.c = &self.c[0]
+        self.meter.n_counters = S_COUNTERS
+        h = self.latency_hist
+        self.meter.h_sched = &h[0]
+        h = self.actual_latency_hist
+        self.meter.h_actual = &h[0]
+        h = self.send_lag_hist
+        self.meter.h_lag = &h[0]
 
     def __dealloc__(self):
         free(self.tx_buf)
@@ -283,12 +234,7 @@ cdef class PacedSender:
         self.limit = limit
         self.warmup = warmup
         self.window.reset()
-        self.counters[:] = 0
-        self.latency_hist[:] = 0
-        self.actual_latency_hist[:] = 0
-        self.send_lag_hist[:] = 0
-        self.c[S_LAT_MIN_NS] = <uint64_t>-1
-        self.c[S_ACTUAL_MIN_NS] = <uint64_t>-1
+        meter_begin(&self.meter)
         cdef int i
         for i in range(self.batch):
             self.tx_buf[i * self.size + WIRE_OFF_FLAGS] = WIRE_FLAG_WARMUP if warmup else 0
@@ -455,9 +401,7 @@ cdef class PacedSender:
             if self.period_ns > 0:
                 due = self.due_ns(seq)
                 lag = now - due if now > due else 0
-                self.h_lag[hist_index(lag)] += 1
-                if lag > self.c[S_LAG_MAX_NS]:
-                    self.c[S_LAG_MAX_NS] = lag
+                meter_lag(&self.meter, lag)
         self.next_seq += sent
         self.last_send_ns = now
         self.c[S_SENT] += sent
@@ -524,18 +468,7 @@ cdef class PacedSender:
                 self.c[S_LATE] += 1
                 continue
             self.window.set(seq)
-            self.c[S_RECEIVED] += 1
-            self.c[S_RECEIVED_BYTES] += self.rx_msgs[i].msg_len
-            self.h_sched[hist_index(sched_lat)] += 1
-            self.h_actual[hist_index(actual_lat)] += 1
-            if sched_lat < self.c[S_LAT_MIN_NS]:
-                self.c[S_LAT_MIN_NS] = sched_lat
-            if sched_lat > self.c[S_LAT_MAX_NS]:
-                self.c[S_LAT_MAX_NS] = sched_lat
-            if actual_lat < self.c[S_ACTUAL_MIN_NS]:
-                self.c[S_ACTUAL_MIN_NS] = actual_lat
-            if actual_lat > self.c[S_ACTUAL_MAX_NS]:
-                self.c[S_ACTUAL_MAX_NS] = actual_lat
+            meter_reply(&self.meter, self.rx_msgs[i].msg_len, sched_lat, actual_lat)
         dropped = rxq_overflow(&self.rx_msgs[got - 1].msg_hdr)
         if dropped > self.c[S_RCVBUF_DROPS]:
             self.c[S_RCVBUF_DROPS] = dropped

@@ -32,6 +32,12 @@ import numpy as np
 import numpy.typing as npt
 
 from pktbench import wire
+# The counter names and their order are the compiled engine's: both take them
+# from the one table in wire.py.
+from pktbench.wire import CLIENT_COUNTERS as CLIENT_COUNTERS
+from pktbench.wire import RESPONDER_COUNTERS as RESPONDER_COUNTERS
+from pktbench.wire import SENDER_COUNTERS as SENDER_COUNTERS
+from pktbench.wire import SERVER_COUNTERS as SERVER_COUNTERS
 
 _U64 = npt.NDArray[np.uint64]
 
@@ -210,21 +216,11 @@ class _Hists:
 # UDP: paced sender and responder
 # --------------------------------------------------------------------------
 
-SENDER_COUNTERS = (
-    "sent", "sent_bytes", "send_calls", "eagain", "enobufs", "received", "received_bytes",
-    "late", "duplicate", "bogus", "warmup_replies", "lost", "loss_episodes", "loss_max_run",
-    "rcvbuf_drops", "lat_min_ns", "lat_max_ns", "actual_min_ns", "actual_max_ns", "lag_max_ns",
-)
 (S_SENT, S_SENT_BYTES, S_SEND_CALLS, S_EAGAIN, S_ENOBUFS, S_RECEIVED, S_RECEIVED_BYTES, S_LATE,
  S_DUPLICATE, S_BOGUS, S_WARMUP_REPLIES, S_LOST, S_LOSS_EPISODES, S_LOSS_MAX_RUN,
  S_RCVBUF_DROPS, S_LAT_MIN_NS, S_LAT_MAX_NS, S_ACTUAL_MIN_NS, S_ACTUAL_MAX_NS,
  S_LAG_MAX_NS) = range(len(SENDER_COUNTERS))
 
-RESPONDER_COUNTERS = (
-    "received", "received_bytes", "replied", "reply_bytes", "reply_eagain", "reply_errors",
-    "warmup", "duplicate", "reordered", "stale", "seq_end", "rcvbuf_drops", "lost",
-    "loss_episodes", "loss_max_run",
-)
 (R_RECEIVED, R_RECEIVED_BYTES, R_REPLIED, R_REPLY_BYTES, R_REPLY_EAGAIN, R_REPLY_ERRORS,
  R_WARMUP, R_DUPLICATE, R_REORDERED, R_STALE, R_SEQ_END, R_RCVBUF_DROPS, R_LOST,
  R_LOSS_EPISODES, R_LOSS_MAX_RUN) = range(len(RESPONDER_COUNTERS))
@@ -885,7 +881,6 @@ def parse_commands(data: bytes) -> tuple[list[tuple[int, int]], str]:
 # RESP client
 # --------------------------------------------------------------------------
 
-CLIENT_COUNTERS = SENDER_COUNTERS + ("written", "resp_errors", "window_waits", "recv_calls")
 (C_WRITTEN, C_RESP_ERRORS, C_WINDOW_WAITS, C_RECV_CALLS) = range(len(SENDER_COUNTERS),
                                                                  len(CLIENT_COUNTERS))
 EPOLL_SPIN_NS = 20_000
@@ -1243,10 +1238,6 @@ class RespClient:
 # RESP server
 # --------------------------------------------------------------------------
 
-SERVER_COUNTERS = (
-    "connections", "commands", "received_bytes", "replies", "reply_bytes", "unknown_commands",
-    "protocol_errors", "peer_closed", "send_errors", "eagain",
-)
 (V_CONNECTIONS, V_COMMANDS, V_RECEIVED_BYTES, V_REPLIES, V_REPLY_BYTES, V_UNKNOWN_COMMANDS,
  V_PROTOCOL_ERRORS, V_PEER_CLOSED, V_SEND_ERRORS, V_EAGAIN) = range(len(SERVER_COUNTERS))
 

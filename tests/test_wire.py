@@ -289,3 +289,49 @@ def test_module_main_prints_the_pxi() -> None:
     result = subprocess.run([sys.executable, "-m", "pktbench.wire", "--pxi"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout == wire.render_pxi()
+
+
+def _pxi_enum_members(text: str, prefix: str) -> list[str]:
+    """The members, in order, of the pxi's `cdef enum:` block of `prefix`_*."""
+    blocks = text.split("cdef enum:\n")[1:]
+    for block in blocks:
+        members = []
+        for line in block.splitlines():
+            if not line.startswith("    "):
+                break
+            members.append(line.strip())
+        if members and members[0].startswith(prefix + "_"):
+            return members
+    raise AssertionError(f"no {prefix}_* enum in the pxi")
+
+
+@pytest.mark.parametrize("prefix,tuple_name,names", wire.COUNTER_TABLES)
+def test_counter_enums_follow_the_table(prefix: str, tuple_name: str,
+                                        names: tuple[str, ...]) -> None:
+    text = (ROOT / "ext" / "_wire.pxi").read_text()
+    assert _pxi_enum_members(text, prefix) == (
+        [f"{prefix}_{name.upper()}" for name in names] + [f"{prefix}_COUNTERS"])
+    assert getattr(wire, tuple_name) == names
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("prefix,tuple_name,names", wire.COUNTER_TABLES)
+def test_both_engines_name_counters_from_the_table(prefix: str, tuple_name: str,
+                                                   names: tuple[str, ...]) -> None:
+    from pktbench import _fallback
+    assert getattr(_fallback, tuple_name) == names
+    # the fallback's own index constants must sit where the table puts their names
+    for index, name in enumerate(names):
+        constant = getattr(_fallback, f"{prefix}_{name.upper()}", None)
+        if constant is not None:
+            assert constant == index, f"_fallback.{prefix}_{name.upper()}"
+    try:
+        from pktbench import _engine  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        pytest.skip("compiled engine not built")
+    assert getattr(_engine, tuple_name) == names
+
+
+def test_client_counters_begin_with_the_senders() -> None:
+    # the shared meter writes S_* indices into the RESP client's counters too
+    assert wire.CLIENT_COUNTERS[:len(wire.SENDER_COUNTERS)] == wire.SENDER_COUNTERS
