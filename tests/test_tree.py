@@ -27,3 +27,11 @@ def test_no_conflict_markers_in_tracked_files() -> None:
         if MARKER.search(data.decode("utf-8", "replace")):
             offenders.append(name)
     assert not offenders, f"unresolved merge conflict markers in: {', '.join(offenders)}"
+
+
+def test_tests_import_their_helpers_as_plain_pytest_does() -> None:
+    # README's `pytest -q` puts tests/ on sys.path, not the repository root:
+    # `from tests.x import` works only under `python -m pytest`.
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "tests").rglob("*.py")
+                 if re.search(r"^\s*(from|import) tests\.", path.read_text(), re.MULTILINE)]
+    assert not offenders, f"import test helpers by module name (cli_support, ...): {offenders}"
