@@ -10,7 +10,7 @@ import pytest
 
 from pktbench.fleet import result
 from pktbench.report.fleet import compare_fleets, render_fleet, render_matrix, write_heatmap
-from tests.cli_support import PKTBENCH
+from cli_support import PKTBENCH
 
 DATA = Path(__file__).parent / "data"
 

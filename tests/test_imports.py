@@ -238,7 +238,7 @@ def test_every_registered_workload_is_served() -> None:
     from pktbench.errors import ConfigError
     from pktbench.protocol import StepParams
     from pktbench.session import Client, ServerConfig
-    from tests.engine_support import serving
+    from engine_support import serving
 
     with serving(ServerConfig(bind="127.0.0.1", port=0)) as server:
         assert server.workloads is WORKLOADS

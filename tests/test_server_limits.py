@@ -26,7 +26,7 @@ from pktbench.address import Target
 from pktbench.errors import ServerBusyError
 from pktbench.protocol import StepParams
 from pktbench.session import HELLO_TIMEOUT_S, Client, LocalServer, ServerConfig
-from tests.engine_support import serving
+from engine_support import serving
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pktbench.__file__)))
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a cgroup")

@@ -9,7 +9,7 @@ from pktbench.address import Target
 from pktbench.protocol import StepParams
 from pktbench.session import Client, ServerConfig
 from pktbench.step import STEP_FIELDS, SenderFigures, StepResult
-from tests.engine_support import serving
+from engine_support import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pktbench.fleet import testbed as ftb
-from tests.cli_support import PKTBENCH
+from cli_support import PKTBENCH
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
