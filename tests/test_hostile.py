@@ -145,6 +145,7 @@ def test_an_implausible_sent_count_is_refused_and_freezes_nothing(sent: int) -> 
 def test_loss_accounting_work_is_bounded_by_the_window_not_the_range() -> None:
     # In a child: a loop that holds the GIL would freeze this process too.
     code = (
+        f"import sys; sys.path.insert(0, {PACKAGE_ROOT!r})\n"  # the package under test
         "import socket\n"
         "from pktbench import _engine\n"
         "from pktbench.engine import pack_sockaddr\n"
