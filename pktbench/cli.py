@@ -16,6 +16,7 @@ import click
 
 from pktbench import rates
 from pktbench._version import __version__
+from pktbench.cli_files import WIDE, table_format
 from pktbench.errors import ConfigError, PktbenchError
 
 
@@ -270,6 +271,7 @@ def _exit_on_failure(judgement: dict[str, Any] | None, fail_on: tuple[str, ...])
               help="Received below this fraction of offered fails (default: the profile's).")
 @FAIL_ON
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@WIDE
 @token_options
 @tcp_options
 def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
@@ -302,7 +304,8 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
     secret = read_secret(token, token_file)
     result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus,
                      criteria=criteria)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout, kind="run")
+    write_report(table_format(), result, sys.stderr if json_path == "-" else sys.stdout,
+                 kind="run")
     if json_path:
         write_report("json", result, json_path, kind="run")
     _exit_on_failure(result.judgement, fail_on)
@@ -366,6 +369,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
+@WIDE
 @token_options
 @tcp_options
 def sweep(target: str | None, profile_name: str, workload: str | None, command: str | None,
@@ -442,7 +446,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
                            on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus)
-    write_report("table", result, sys.stderr if to_stdout else sys.stdout)
+    write_report(table_format(), result, sys.stderr if to_stdout else sys.stdout)
     for kind, path in outputs.items():
         if path:
             write_report(kind, result, path)
@@ -462,6 +466,7 @@ def profiles_command() -> None:
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
 @click.option("--json", "json_path", metavar="FILE", help="Write the comparison as JSON.")
+@WIDE
 def compare(old: str, new: str, json_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side."""
     from pktbench.comparison import compare_files
@@ -474,7 +479,7 @@ def compare(old: str, new: str, json_path: str | None) -> None:
         click.echo(compare_fleet_files(old, new, json_path))
         return
     comparison = compare_files(old, new)
-    write_report("table", comparison, sys.stdout, kind="compare")
+    write_report(table_format(), comparison, sys.stdout, kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
 
@@ -486,6 +491,7 @@ def compare(old: str, new: str, json_path: str | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Count only pktbench packets to or from this UDP port.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
+@WIDE
 def decode(capture: str, port: int | None, as_json: bool) -> None:
     """Per-flow packets, rate, loss, duplicates and reordering in CAPTURE (pcap/pcapng)."""
     from pktbench.decode import decode_pcap
@@ -499,7 +505,7 @@ def decode(capture: str, port: int | None, as_json: bool) -> None:
             write_decode_error(str(exc), sys.stdout)
             raise click.exceptions.Exit(1) from None
         raise click.ClickException(str(exc)) from None
-    write_report("json" if as_json else "table", result, sys.stdout, kind="decode")
+    write_report("json" if as_json else table_format(), result, sys.stdout, kind="decode")
 
 
 # ---------------------------------------------------------------- testbed
@@ -660,6 +666,7 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
               help="Run only this case (repeatable); names as in the table.")
 @click.option("--json", "json_path", metavar="FILE",
               help="Write the report as JSON ('-' = stdout, the table then goes to stderr).")
+@WIDE
 @token_options
 def validate_command(target: str | None, case_names: tuple[str, ...], json_path: str | None,
                      token: str | None, token_file: str | None) -> None:
@@ -682,7 +689,7 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
             # stdout stays one valid JSON document, errors included.
             write_validation_error(target, str(exc), json_path)
         raise click.ClickException(str(exc)) from None
-    write_report("table", report, sys.stderr if json_path == "-" else sys.stdout,
+    write_report(table_format(), report, sys.stderr if json_path == "-" else sys.stdout,
                  kind="validate")
     if json_path:
         write_report("json", report, json_path, kind="validate")
@@ -780,6 +787,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               metavar="LIST", help="Pin the workers to these CPUs, round-robin.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
+@WIDE
 @token_options
 def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
          size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
@@ -811,7 +819,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
         lambda step: click.echo(bulk_step_line(step), err=True))
     result = api.run_bulk(target, config, secret=read_secret(token, token_file),
                           on_step=progress)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
+    write_report(table_format(), result, sys.stderr if json_path == "-" else sys.stdout)
     if json_path:
         write_report("json", result, json_path)
 
@@ -851,7 +859,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
     progress = (lambda step: None) if quiet else (
         lambda step: click.echo(bulk_step_line(step), err=True))
     result = api.run_bulk(target, config, secret=secret, on_step=progress)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
+    write_report(table_format(), result, sys.stderr if json_path == "-" else sys.stdout)
     if json_path:
         write_report("json", result, json_path)
 
