@@ -212,7 +212,7 @@ def _bulk_describe(result: SweepResult, label: str) -> dict[str, Any]:
 
 def _bulk_key(step: Mapping[str, Any]) -> tuple[Any, ...]:
     """What makes two bulk steps the same test: transport, direction, streams, offered rate."""
-    offered: Any = step.get("offered_bits_per_second")
+    offered: Any = step.get("offered_bps")
     return (step.get("transport"), step.get("direction"), step.get("streams_requested"),
             round(offered / 1e6) if is_number(offered) else None)
 
@@ -222,8 +222,8 @@ def _ceiling_value(result: SweepResult, key: str) -> Any:
 
 
 _BULK_HEADLINES = (
-    ("ceiling_bps", "bits_per_second", "ceiling (goodput)"),
-    ("ceiling_wire_bps", "wire_bits_per_second", "ceiling (on the wire)"),
+    ("ceiling_goodput_bps", "goodput_bps", "ceiling (goodput)"),
+    ("ceiling_wire_bps", "wire_bps", "ceiling (on the wire)"),
 )
 
 
@@ -263,12 +263,12 @@ def compare_bulk(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b:
         step_b = steps_b.get(_bulk_key(step_a))
         if step_b is None:
             continue
-        va, vb = step_a.get("aggregate_bits_per_second"), step_b.get("aggregate_bits_per_second")
+        va, vb = step_a.get("aggregate_bps"), step_b.get("aggregate_bps")
         ratio, word = _verdict(va, vb, True, tolerance)
         steps.append({
             "transport": step_a.get("transport"), "direction": step_a.get("direction"),
             "streams": step_a.get("streams_requested"),
-            "offered_bps": step_a.get("offered_bits_per_second"),
+            "offered_bps": step_a.get("offered_bps"),
             "a_bps": va, "b_bps": vb, "ratio": ratio, "verdict": word,
             "a_retransmits": step_a.get("retransmits"),
             "b_retransmits": step_b.get("retransmits"),

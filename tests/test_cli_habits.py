@@ -133,5 +133,5 @@ def test_bulk_short_flags():
     doc = json.loads(out)
     (step,) = doc["steps"]
     assert step["transport"] == "udp" and step["size_bytes"] == 1400
-    assert step["offered_bits_per_second"] == 200e6
+    assert step["offered_bps"] == 200e6
     assert "ceiling" in err and "step 1:" not in err  # -q: the table only, no progress line
