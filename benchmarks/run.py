@@ -514,15 +514,21 @@ def parse_pktbench_json(path: Path) -> Metrics:
         "sent_packets": "sent_packets", "received_packets": "received_packets",
         "rtt_p50_us": "latency_us.p50", "rtt_p99_us": "latency_us.p99",
         "send_lag_p99_us": "send_lag_us.p99", "sender_bound": "sender_bound",
-        "received_mbps": "received_mbps", "sent_mbps": "sent_mbps",
     }
     out = {k: v for k, v in ((k, _dig(doc, p)) for k, p in wanted.items()) if v is not None}
+    for name in ("received", "sent"):  # results before schema 3 said Mbit/s in _mbps
+        bps = _dig(doc, f"{name}_bps")
+        mbps = bps / 1e6 if bps is not None else _dig(doc, f"{name}_mbps")
+        if mbps is not None:
+            out[f"{name}_mbps"] = mbps
     if "received_pps" in out:  # the same figure under each row's name
         out["trans_per_s"] = out["req_per_s"] = out["received_pps"]
     if "rtt_p50_us" in out:
         out["lat_p50_us"], out["lat_p99_us"] = out["rtt_p50_us"], out.get("rtt_p99_us", float("nan"))
     gbps = _dig(doc, "received_gbps")
-    bulk_bps = _dig(doc, "aggregate_bits_per_second")  # pktbench bulk's goodput
+    bulk_bps = _dig(doc, "aggregate_bps")  # pktbench bulk's goodput
+    if bulk_bps is None:
+        bulk_bps = _dig(doc, "aggregate_bits_per_second")  # before schema 3
     if gbps is None and bulk_bps is not None:
         gbps = bulk_bps / 1e9
     if gbps is None and "received_mbps" in out:
