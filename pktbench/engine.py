@@ -481,6 +481,9 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
     if rate_pps and counters["sent"] < count:
         span_s = max(duration_s, (send_end_ns - start_ns) / 1e9)
+    if stop is not None and stop.is_set() and not phases.completed:
+        # cut short: the rates are over the time it really sent, not the planned window
+        span_s = min(span_s, max((send_end_ns - start_ns) / 1e9, 1e-9))
     return SenderOutcome(
         counters=counters,
         latency_hist=sender.engine.latency_hist.copy(),
@@ -500,14 +503,17 @@ class ResponderLoop:
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64, seq_limit: int = (1 << 64) - 1) -> None:
+                 batch: int = 64, seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
+        max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit)
+            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
+            burst=burst)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
         chunk_ns = int(CHUNK_S * 1e9)
