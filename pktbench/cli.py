@@ -1123,13 +1123,3 @@ def _add_file_commands() -> None:
 
 
 _add_file_commands()
-
-
-def _add_file_commands() -> None:
-    from pktbench.cli_files import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_add_file_commands()
