@@ -255,6 +255,12 @@ def _exit_on_failure(judgement: dict[str, Any] | None, fail_on: tuple[str, ...])
               help="Spin on the sockets at both ends instead of sleeping (lower latency).")
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr: at most N requests in flight (1 = ping-pong); default open loop.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default="auto",
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it; on: fail where it has not, off: one datagram per send.")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP: at most N datagrams leave at once (default: those due in 100 us; "
+                   "rr: 1).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="A response later than this counts as lost, seconds.")
 @click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
@@ -278,7 +284,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
         fail_on: tuple[str, ...],
         json_path: str | None, token: str | None, token_file: str | None,
         connections: int | None, pipeline: int | None, redis_password: str | None,
-        workers: int, cpus_text: str | None) -> None:
+        workers: int, cpus_text: str | None, gso: str, burst: int | None) -> None:
     """Measure one step. Without HOST, a server is started on this machine."""
     from pktbench import api, config
     from pktbench.report import check_output_path, write_report
@@ -295,7 +301,10 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
                              size_bytes=size, busy_poll=busy_poll, timeout_s=timeout,
                              outstanding=outstanding if workload == "rr" else None,
                              connections=tcp.connections if tcp else None,
-                             pipeline=tcp.pipeline if tcp else None, streams=workers)
+                             pipeline=tcp.pipeline if tcp else None, streams=workers,
+                             gso=gso, burst=burst)
+    if workload in ("rr", "blast"):
+        api.check_gso_mode(gso)
     criteria = config.apply_overrides(config.load_profile(profile_name), source="command line",
                                       max_loss_ratio=max_loss,
                                       min_delivery_ratio=min_delivery).criteria
@@ -362,6 +371,12 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it (default: the profile's, else auto).")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP: at most N datagrams leave at once (default: those due in 100 us; "
+                   "rr: 1).")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
@@ -378,7 +393,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
-          cpus_text: str | None) -> None:
+          cpus_text: str | None, gso: str | None, burst: int | None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
@@ -393,7 +408,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                                      "steps", "scale", "search_goals", "pdr_loss", "precision",
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
-                                     "plot_path", "connections", "pipeline", "redis_password")
+                                     "plot_path", "connections", "pipeline", "redis_password",
+                                     "gso", "burst")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -424,7 +440,10 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
         size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
         latency_factor=latency_factor, min_delivery_ratio=min_delivery,
-        connections=connections, pipeline=pipeline, outstanding=outstanding)
+        connections=connections, pipeline=pipeline, outstanding=outstanding, gso=gso,
+        burst=burst)
+    if tcp is None:
+        api.check_gso_mode(profile.gso)
     if tcp is not None:
         from pktbench.sweeper import tcp_options_for
 
