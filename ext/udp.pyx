@@ -639,6 +639,10 @@ cdef class PacedSender:
         self.window.set(seq)
         meter_reply(&self.meter, <uint64_t>length, sched_lat, actual_lat)
 
+    def snapshot(self):
+        """The meter now, readable from another thread while `run` goes on (_meter.pxi)."""
+        return meter_snapshot(&self.meter)
+
     def finish(self):
         """Count every request still unanswered as lost (call after draining)."""
         if self.expect_replies:

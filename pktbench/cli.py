@@ -910,3 +910,13 @@ def _add_fleet_commands() -> None:
 
 
 _add_fleet_commands()
+
+
+def _add_file_commands() -> None:
+    from pktbench.cli_files import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_file_commands()
