@@ -355,9 +355,11 @@ class _Sender:
                  outstanding: int | None, gso: str = "off", burst: int | None = None) -> None:
         gso_ok, _ = udp_offload_support()
         segments = gso_segments_for(len(template)) if gso != "off" and gso_ok else 0
-        # rr holds no request back unless told (--burst): a held request's
-        # latency would count the wait. Several due at once still share a buffer.
-        if expect_replies and burst is None:
+        # Bursts are how a GSO sender paces. rr holds no request back unless
+        # told (--burst): a held request's latency would count the wait, and
+        # several due at once still share a buffer. The per-datagram path
+        # sends each datagram as it falls due, as it always has.
+        if burst is None and (expect_replies or not segments):
             self.burst = 1
         else:
             self.burst = burst_for(rate_pps, burst)
