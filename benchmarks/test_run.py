@@ -238,6 +238,7 @@ def test_b7_builds_each_tools_command_line(tmp_path: Path) -> None:
     g = argv["c_gso"]
     assert g[0].endswith("probe/gsoblast") and g[g.index("-g") + 1] == "64" and g[g.index("-m") + 1] == "1"
     assert argv["c_gso_mmsg"][argv["c_gso_mmsg"].index("-m") + 1] == str(run.GSO_BUFFERS_PER_CALL)
+    assert argv["c_gso128"][argv["c_gso128"].index("-g") + 1] == "128"
     assert argv["c_sendmmsg"][0].endswith("probe/blast")
     pk = argv["pktbench_gso"]
     assert pk[pk.index("--rate") + 1] == "max" and pk[pk.index("--gso") + 1] == "on" and "--workers" not in pk

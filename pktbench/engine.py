@@ -631,8 +631,10 @@ class ResponderLoop:
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64, seq_limit: int = (1 << 64) - 1, gso: str = "off") -> None:
+                 batch: int = 64, seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
         prefix = b"" if sink else wire.command_prefix(command)
+        max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
         # The socket may be shared across steps: each step sets GRO its way.
@@ -643,8 +645,8 @@ class ResponderLoop:
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, gro=self.gro,
-            gso_segments=segments)
+            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
+            burst=burst, gro=self.gro, gso_segments=segments)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
         chunk_ns = int(CHUNK_S * 1e9)
