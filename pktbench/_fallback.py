@@ -327,7 +327,8 @@ class PacedSender:
             raise ValueError(f"requests {lo}..{hi} are not all within the last window "
                              f"({self.next_seq} sent, window {self.window.mask + 1})")
         slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
-        return self.reply_ring[slots].copy()
+        out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
+        return out
 
     def _due_ns(self, seq: int) -> int:
         return self.t0_ns + int(seq * self.period_ns)

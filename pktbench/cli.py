@@ -891,3 +891,13 @@ def _add_fleet_commands() -> None:
 
 
 _add_fleet_commands()
+
+
+def _add_watch_commands() -> None:
+    from pktbench.watch.command import watch_command, watch_report_command
+
+    main.add_command(watch_command)
+    main.add_command(watch_report_command)
+
+
+_add_watch_commands()
