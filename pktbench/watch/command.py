@@ -13,10 +13,13 @@ import re
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
+
+from pktbench.errors import ConfigError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -52,6 +55,21 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
             self.fail(exc.message, param, ctx)
 
 
+def read_secret(token: str | None, token_file: str | None) -> bytes | None:
+    """The shared secret of --token or --token-file (as `pktbench run` reads it)."""
+    if token and token_file:
+        raise click.UsageError("give --token or --token-file, not both")
+    if token_file:
+        try:
+            secret = Path(token_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"token file {token_file} is empty")
+        return secret
+    return token.encode() if token else None
+
+
 def _console_line(record: dict[str, Any]) -> str | None:
     from pktbench.watch.report import _iso
     kind = record["type"]
@@ -68,7 +86,7 @@ def _console_line(record: dict[str, Any]) -> str | None:
                 f"{record.get('direction', '-')}")
     if kind == "outage_start":
         return f"outage started {_iso(record['start'])}"
-    if kind in ("session", "session_lost"):
+    if kind in ("session", "session_lost", "connect_failed"):
         return f"{kind.replace('_', ' ')} {record.get('session')}: {record.get('reason')}"
     if kind == "knee":
         return f"knee check: {record.get('knee_pps')} pps {record.get('error', '')}".rstrip()
@@ -117,7 +135,6 @@ def watch_command(host: str, workload: str, rate_pps: float, size_bytes: int,
                   token: str | None) -> None:
     """Watch HOST under a steady probe; time every outage to the packet."""
     from pktbench import api
-    from pktbench.cli import read_secret
     from pktbench.watch.jsonl import JsonlWriter
     from pktbench.watch.metrics import MetricsServer, MetricsState
     from pktbench.watch.probe import Watch, WatchConfig
@@ -132,6 +149,9 @@ def watch_command(host: str, workload: str, rate_pps: float, size_bytes: int,
                          secret=read_secret(token, token_file), knee_every_s=knee_every_s,
                          knee_profile=knee_profile)
     config.check()
+    if knee_profile is not None:
+        from pktbench.config import load_profile
+        load_profile(knee_profile)  # a bad profile fails now, not hours into the watch
     writer = JsonlWriter(jsonl_path, rotate_bytes=rotate_bytes) if jsonl_path else None
     state = MetricsState(str(target))
     metrics = MetricsServer(state, metrics_addr) if metrics_addr else None

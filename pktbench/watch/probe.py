@@ -84,8 +84,8 @@ class WatchConfig:
             raise ConfigError("--rate x --timeout is too large to keep every answer")
         if self.knee_every_s is not None and self.knee_profile is None:
             raise ConfigError("--knee-every needs --knee-profile NAME")
-        if self.knee_every_s is not None and self.knee_every_s < 10:
-            raise ConfigError("--knee-every must be at least 10 s")
+        if self.knee_every_s is not None and self.knee_every_s < 1:
+            raise ConfigError("--knee-every must be at least 1 s")
 
 
 class _StepLost(Exception):
@@ -117,7 +117,6 @@ class Watch:
         self.stop = stop or threading.Event()
         self.tracker = Tracker(self._emit, interval_s=config.interval_s,
                                outage_min_s=config.outage_min_s)
-        self.tracker.on_outage_start = self._emit
         self.sessions = 0
         self.steps = 0
         self.knees: list[Record] = []
@@ -209,6 +208,7 @@ class Watch:
         from pktbench.session import Client
         delay = self.config.reconnect_s
         self.tracker.state = "disconnected"
+        failures = 0
         while not self._done():
             client = Client(self.config.target, secret=self.config.secret,
                             connect_timeout_s=self.config.connect_timeout_s)
@@ -218,8 +218,11 @@ class Watch:
                 raise
             except (PktbenchError, OSError) as exc:
                 client.close()
-                if self.tracker.in_loss_run or self.sessions:
+                if failures == 0:  # the first of a streak: the file need not grow while down
+                    self._emit({"type": "connect_failed", "start": round(time.time(), 6),
+                                "reason": str(exc)})
                     self.tracker.note_control(f"{_now()}: connect failed: {exc}")
+                failures += 1
                 self._idle_until(time.time() + delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
@@ -231,8 +234,9 @@ class Watch:
                                           f"({client.server_name})")
             self.tracker.state = "probing"
             self.tracker.context = {"session": self.sessions}
-            self._emit({"type": "session", "session": self.sessions, "start": round(time.time(), 6),
-                        "server": client.server_name, "reason": reason})
+            self._emit({"type": "session", "session": self.sessions,
+                        "start": round(time.time(), 6), "server": client.server_name,
+                        "reason": reason, "failed_connects": failures})
             return True
         return False
 
@@ -491,6 +495,7 @@ class Watch:
             profile = config.load_profile(cfg.knee_profile)
             result = api.sweep(cfg.target, profile, secret=cfg.secret, stop=self.stop)
             record["knee_pps"] = result.knee_pps
+            record["last_good_pps"] = result.last_good_pps
             record["steps"] = len(result.steps)
         except (PktbenchError, OSError) as exc:
             record["knee_pps"] = None

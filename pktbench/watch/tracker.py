@@ -101,7 +101,7 @@ class Tracker:
         self._hour_hist = np.zeros(histogram.BUCKETS, dtype=np.uint64)
         self._hour_counts = [0, 0]  # sent, received
         self.open_outage: Record | None = None  # announced, not yet ended
-        self.on_outage_start: Emit | None = None
+        self.on_outage_start: Emit | None = emit
         self.control_notes: list[str] = []  # what the control channel saw during the run
         self.recent_max_latency_s = 0.0  # of the last answers fed
 
