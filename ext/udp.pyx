@@ -506,6 +506,10 @@ cdef class PacedSender:
             self.c[S_RCVBUF_DROPS] = dropped
         return got
 
+    def snapshot(self):
+        """The meter now, readable from another thread while `run` goes on (_meter.pxi)."""
+        return meter_snapshot(&self.meter)
+
     def finish(self):
         """Count every request still unanswered as lost (call after draining)."""
         if self.expect_replies:
@@ -552,6 +556,13 @@ cdef class Responder:
     cdef _SeqWindow window
     cdef uint64_t highest_seq_plus1
     cdef uint64_t seq_limit
+    # Token bucket over valid datagrams: rate_per_ns tokens a nanosecond, at
+    # most `burst` saved up; a datagram without a token is neither answered
+    # nor counted (R_OVER_RATE). rate_per_ns 0: no cap.
+    cdef double rate_per_ns
+    cdef double burst
+    cdef double tokens
+    cdef uint64_t refill_ns
     cdef int64_t last_transit_ns
     cdef bint have_transit
     cdef double jitter_ns
@@ -563,15 +574,22 @@ cdef class Responder:
     def __cinit__(self, int fd, *, bytes peer, uint64_t token, int command, bint sink,
                   Py_ssize_t max_size, bytes prefix=b"", bytes reply=b"",
                   bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20,
-                  uint64_t seq_limit=0xFFFFFFFFFFFFFFFF):
+                  uint64_t seq_limit=0xFFFFFFFFFFFFFFFF, double max_rate_pps=0.0,
+                  double burst=0.0):
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
+        if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps and burst must be >= 0, burst >= 1 with a rate")
         if not sink and WIRE_HEADER_SIZE + len(reply) > max_size:
             raise ValueError("reply would be longer than the requests it answers")
         self.fd = fd
         self.batch = batch
         self.mode = MODE_SINK if sink else MODE_REPLY
         self.seq_limit = seq_limit
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = burst
+        self.tokens = burst
+        self.refill_ns = 0
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -673,6 +691,8 @@ cdef class Responder:
                     continue
                 return -errno
             rx = now_ns()
+            if self.rate_per_ns > 0:
+                self._refill(rx)
             n_replies = 0
             for i in range(got):
                 if self._accept(i, rx):
@@ -694,6 +714,13 @@ cdef class Responder:
                     self.c[R_REPLY_BYTES] += <uint64_t>sent * <uint64_t>(WIRE_HEADER_SIZE + self.reply_len)
                     if sent < n_replies:
                         self.c[R_REPLY_EAGAIN] += n_replies - sent
+
+    cdef inline void _refill(self, uint64_t rx) noexcept nogil:
+        if self.refill_ns != 0 and rx > self.refill_ns:
+            self.tokens += <double>(rx - self.refill_ns) * self.rate_per_ns
+            if self.tokens > self.burst:
+                self.tokens = self.burst
+        self.refill_ns = rx
 
     cdef inline bint _from_peer(self, int i) noexcept nogil:
         cdef const uint8_t *name = <const uint8_t *>&self.rx_names[i]
@@ -744,6 +771,11 @@ cdef class Responder:
         if self.mode == MODE_SINK and load_be64(pkt + WIRE_OFF_SEQ) >= self.seq_limit:
             self.d[WIRE_DROP_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
+        if self.rate_per_ns > 0:
+            if self.tokens < 1.0:
+                self.c[R_OVER_RATE] += 1  # past the step's rate: the limit is on the traffic
+                return False
+            self.tokens -= 1.0
         if pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP:
             self.c[R_WARMUP] += 1
             return self.mode == MODE_REPLY

@@ -223,7 +223,7 @@ class _Hists:
 
 (R_RECEIVED, R_RECEIVED_BYTES, R_REPLIED, R_REPLY_BYTES, R_REPLY_EAGAIN, R_REPLY_ERRORS,
  R_WARMUP, R_DUPLICATE, R_REORDERED, R_STALE, R_SEQ_END, R_RCVBUF_DROPS, R_LOST,
- R_LOSS_EPISODES, R_LOSS_MAX_RUN) = range(len(RESPONDER_COUNTERS))
+ R_LOSS_EPISODES, R_LOSS_MAX_RUN, R_OVER_RATE) = range(len(RESPONDER_COUNTERS))
 
 _U64_MAX = (1 << 64) - 1
 (D_TOO_SHORT, D_BAD_MAGIC, D_BAD_VERSION, D_BAD_KIND, D_BAD_TOKEN, D_BAD_SOURCE, D_BAD_PAYLOAD,
@@ -293,6 +293,15 @@ class PacedSender:
     @property
     def send_lag_hist(self) -> _U64:
         return self._hists.array(2)
+
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
@@ -549,9 +558,12 @@ class Responder:
     def __init__(self, fd: int, *, peer: bytes, token: int, command: int, sink: bool,
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
                  busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
-                 seq_limit: int = _U64_MAX) -> None:
+                 seq_limit: int = _U64_MAX, max_rate_pps: float = 0.0,
+                 burst: float = 0.0) -> None:
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
+        if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps and burst must be >= 0, burst >= 1 with a rate")
         if not sink and wire.HEADER_SIZE + len(reply) > max_size:
             raise ValueError("reply would be longer than the requests it answers")
         _, self.peer_host, self.peer_port = _unpack_peer(peer)
@@ -560,6 +572,11 @@ class Responder:
         self.batch = batch
         self.sink = bool(sink)
         self.seq_limit = seq_limit
+        # Token bucket over valid datagrams (see the compiled Responder).
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.refill_ns = 0
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -620,7 +637,10 @@ class Responder:
                     break
                 flags = socket.MSG_DONTWAIT
                 got += 1
-                if self._accept(length, msg_flags, address, time.monotonic_ns()):
+                rx_ns = time.monotonic_ns()
+                if self.rate_per_ns > 0:
+                    self._refill(rx_ns)
+                if self._accept(length, msg_flags, address, rx_ns):
                     if not self.sink:
                         self._reply(address)
             if got == 0:
@@ -631,6 +651,11 @@ class Responder:
             dropped = _rxq_overflow(ancdata)
             if dropped > c[R_RCVBUF_DROPS]:
                 c[R_RCVBUF_DROPS] = dropped
+
+    def _refill(self, rx: int) -> None:
+        if self.refill_ns and rx > self.refill_ns:
+            self.tokens = min(self.burst, self.tokens + (rx - self.refill_ns) * self.rate_per_ns)
+        self.refill_ns = rx
 
     def _accept(self, length: int, msg_flags: int, address: Any, rx: int) -> bool:
         """Validate the datagram in the buffer; count it by outcome. True when valid."""
@@ -667,6 +692,11 @@ class Responder:
         if self.sink and seq >= self.seq_limit:
             d[D_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
+        if self.rate_per_ns > 0:
+            if self.tokens < 1.0:
+                c[R_OVER_RATE] += 1  # past the step's rate: the limit is on the traffic
+                return False
+            self.tokens -= 1.0
         if flags & FLAG_WARMUP:
             c[R_WARMUP] += 1
             return not self.sink
@@ -986,6 +1016,15 @@ class RespClient:
     @property
     def send_lag_hist(self) -> _U64:
         return self._hists.array(2)
+
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase of `limit` requests due from t0_ns; counters cleared."""
@@ -1497,6 +1536,8 @@ class BulkPump:
         self.n_done = 0
         self.tick_ns = 0
         self.first_ns = 0
+        self.total_bytes = 0  # moved on every stream together
+        self.limit = _U64_MAX
         self.byte_counts = np.zeros(capacity, dtype=np.uint64)
         self.status = np.zeros(capacity, dtype=np.int64)
 
@@ -1525,8 +1566,10 @@ class BulkPump:
         self.count += 1
         return i
 
-    def run(self, until_ns: int) -> int:
-        """Pump until `until_ns` (0), until no stream is open (1), or -errno of epoll."""
+    def run(self, until_ns: int, byte_limit: int = _U64_MAX) -> int:
+        """Pump until `until_ns` or until the streams together have moved
+        `byte_limit` bytes (0), until no stream is open (1), or -errno of epoll."""
+        self.limit = byte_limit
         max_wait_ms = _PUMP_MAX_WAIT_MS if self.sending else _LOWAT_TICK_NS // 1_000_000
         if self.tick_ns == 0:
             self.tick_ns = time.monotonic_ns()
@@ -1540,6 +1583,8 @@ class BulkPump:
             if now >= until_ns:
                 if not self.sending:
                     self._collect_held()
+                return 0
+            if self.total_bytes >= self.limit:
                 return 0
             timeout_ms = min((until_ns - now + 999_999) // 1_000_000, max_wait_ms)
             try:
@@ -1588,11 +1633,15 @@ class BulkPump:
             return
         sock = self.socks[i]
         for _ in range(max_calls):
+            if self.total_bytes >= self.limit:
+                return
+            want = min(self.buf_len, self.limit - self.total_bytes)
             try:
                 if self.sending:
-                    moved = sock.send(self.out, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    moved = sock.send(memoryview(self.out)[:want],
+                                      socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
                 else:
-                    moved = sock.recv_into(self.buf, self.buf_len, socket.MSG_DONTWAIT)
+                    moved = sock.recv_into(self.buf, want, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -1602,7 +1651,8 @@ class BulkPump:
                 if self.first_ns == 0:
                     self.first_ns = time.monotonic_ns()
                 self.byte_counts[i] += moved
-                if moved < self.buf_len:
+                self.total_bytes += moved
+                if moved < want:
                     return  # the socket buffer is full (or drained): epoll says when to go on
                 continue
             self._done(i, PUMP_EOF)

@@ -140,7 +140,8 @@ __all__ = [
     "verify_auth",
 ]
 
-CONTROL_VERSION = 1
+# 2: a bulk end's report names its payload rate payload_bps (was bits_per_second).
+CONTROL_VERSION = 2
 MAX_FRAME_BYTES = 64 * 1024  # JSON payload bytes per frame, length prefix excluded
 _LENGTH = struct.Struct("!I")
 
@@ -785,6 +786,21 @@ MAX_COUNT = 1 << 40
 # it is refused (StepStop) or dropped as bad_seq (datagrams).
 PLAUSIBLE_MARGIN = 1.25
 PLAUSIBLE_SLACK_PACKETS = 1 << 16
+# How long past its schedule (warm-up + duration) a step may stay armed,
+# whatever drain_s and timeout_s it asked for: the sender's 1 % pacing grace
+# plus this fixed slack for the control round trips and the last packets in
+# flight. A drain is cut at that deadline; a client silent past it loses the
+# step and its session.
+STEP_SLACK_S = 5.0
+PACING_GRACE = 0.01
+# The receiving end answers (and counts) at most the step's rate times this
+# margin, with a token bucket of RATE_BURST_PACKETS plus RATE_BURST_S worth
+# of the rate: room for a sender's batch and for catching up after a stall.
+RATE_MARGIN = 1.05
+RATE_BURST_PACKETS = 64
+RATE_BURST_S = 0.25
+# A bulk step's server end stops this long at most after its window.
+BULK_TAIL_MAX_S = 1.0
 
 
 def _step_error(message: str) -> ConfigError:
@@ -897,9 +913,20 @@ class StepParams:
 
     @property
     def hard_limit_s(self) -> float:
-        """The longest either end keeps this step armed: its schedule, its
-        reply timeout and 10 s for the control round trips around it."""
-        return self.warmup_s + self.duration_s + self.drain_s + self.timeout_s + 10.0
+        """The longest either end keeps this step armed: its schedule, the
+        sender's pacing grace and STEP_SLACK_S, never what the peer asked
+        for drain_s or timeout_s."""
+        scheduled = self.warmup_s + self.duration_s
+        return scheduled + max(0.01, scheduled * PACING_GRACE) + STEP_SLACK_S
+
+    def rate_cap(self, flows: int = 1) -> tuple[float, float] | None:
+        """(rate_pps, burst) the receiving end holds each of `flows` flows
+        to: the step's rate shared over them, RATE_MARGIN over it; None for
+        a step without a rate (allowed only on a server without --max-rate)."""
+        if self.rate_pps is None:
+            return None
+        rate = self.rate_pps * RATE_MARGIN / flows
+        return rate, RATE_BURST_PACKETS + rate * RATE_BURST_S
 
     @property
     def max_packets(self) -> int:

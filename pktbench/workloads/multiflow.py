@@ -363,7 +363,8 @@ class StreamResponders:
     def __init__(self, main: socket.socket, *, local_ip: str, peers: Sequence[tuple[str, int]],
                  token: int, command: int, size_bytes: int, sink: bool,
                  busy_poll: bool = False, buffer_bytes: int = engine.DEFAULT_BUFFER_BYTES,
-                 cpus: Sequence[int] = (), seq_limit: int = (1 << 64) - 1) -> None:
+                 cpus: Sequence[int] = (), seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None) -> None:
         self.peers = list(peers)
         self.cpus = tuple(cpus)
         self.cpu_s = 0.0
@@ -388,7 +389,7 @@ class StreamResponders:
                               ) from None
         self.loops = [engine.ResponderLoop(sock, peer=peer, token=token, command=command,
                                            size_bytes=size_bytes, sink=sink, busy_poll=busy_poll,
-                                           seq_limit=seq_limit)
+                                           seq_limit=seq_limit, rate_cap=rate_cap)
                       for sock, peer in zip(self._sockets, self.peers)]
 
     def _serve_one(self, index: int, until_ns: int, stop: threading.Event | None) -> None:

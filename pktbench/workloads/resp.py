@@ -179,12 +179,16 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
     # RESP has no grace: its window closes on time and what is still owed is drained
     phases = engine.run_phases(_RespPhases(client, stop, peer), rate_pps=rate,
                                warmup_s=params.warmup_s, duration_s=params.duration_s,
-                               drain_s=params.drain_s, drain=True, grace=False)
+                               drain_s=params.drain_s, drain=True, grace=False,
+                               meter=client, counter_names=engine.loops.CLIENT_COUNTERS)
     start_ns, send_end_ns = phases.start_ns, phases.send_end_ns
     client.finish()
     counters = {name: int(value)
                 for name, value in zip(engine.loops.CLIENT_COUNTERS, client.counters)}
     span_s = params.duration_s if rate else max((send_end_ns - start_ns) / 1e9, 1e-9)
+    if stop is not None and stop.is_set() and not phases.completed:
+        # cut short: the rates are over the time it really sent, not the planned window
+        span_s = min(span_s, max((send_end_ns - start_ns) / 1e9, 1e-9))
     return engine.SenderOutcome(
         counters=counters,
         latency_hist=client.latency_hist.copy(),

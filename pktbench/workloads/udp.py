@@ -103,11 +103,11 @@ class UdpWorkload:
                 arm.udp, local_ip=arm.local_ip, peers=arm.peers, token=arm.token,
                 command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
                 sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus,
-                seq_limit=step.max_packets)
+                seq_limit=step.max_packets, rate_cap=step.rate_cap(len(arm.peers)))
         return SingleFlowResponder(engine.ResponderLoop(
             arm.udp, peer=arm.peers[0], token=arm.token, command=wire.COMMANDS[step.command],
             size_bytes=step.size_bytes, sink=step.workload == "blast",
-            busy_poll=step.busy_poll, seq_limit=step.max_packets))
+            busy_poll=step.busy_poll, seq_limit=step.max_packets, rate_cap=step.rate_cap()))
 
 
 RR = UdpWorkload("rr")
