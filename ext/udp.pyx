@@ -75,8 +75,9 @@ cdef inline void set_gso_control(msghdr *msg, uint8_t *ctrl, uint16_t segment) n
 
 cdef inline bint gso_unusable(int err) noexcept nogil:
     """A send error that says this path cannot segment, not that the peer failed:
-    EIO (the device has no checksum offload), EINVAL (segment over the MTU)."""
-    return err == EIO or err == EINVAL
+    EIO (the device has no checksum offload), EINVAL or EMSGSIZE (a segment over
+    the path MTU, or a socket without UDP checksums)."""
+    return err == EIO or err == EINVAL or err == EMSGSIZE
 
 
 cdef class _SeqWindow:
