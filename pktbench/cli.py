@@ -1154,3 +1154,13 @@ def _add_file_commands() -> None:
 
 
 _add_file_commands()
+
+
+def _add_watch_commands() -> None:
+    from pktbench.watch.command import watch_command, watch_report_command
+
+    main.add_command(watch_command)
+    main.add_command(watch_report_command)
+
+
+_add_watch_commands()
