@@ -30,7 +30,7 @@ from pktbench import wire
 from pktbench.errors import ConfigError
 from pktbench.knee import KneeCriteria
 from pktbench.protocol import MAX_PIPELINE, MAX_STREAMS
-from pktbench.rates import parse_pps, parse_pps_list
+from pktbench.rates import MAX_STEP_PPS, parse_pps, parse_pps_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,7 +46,7 @@ SCALES: tuple[str, ...] = ("log", "linear")
 
 # Safety bounds: a profile asking for more than this is almost certainly a typo
 # (an extra zero), and every load must stay bounded in time.
-MAX_RATE_PPS = 50_000_000.0
+MAX_RATE_PPS = MAX_STEP_PPS
 MAX_DURATION_S = 3600.0
 MAX_STEPS = 1000
 MAX_OUTSTANDING = 65536  # StepParams.outstanding's bound

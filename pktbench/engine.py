@@ -515,6 +515,9 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
     if rate_pps and counters["sent"] < count:
         span_s = max(duration_s, (send_end_ns - start_ns) / 1e9)
+    if stop is not None and stop.is_set() and not phases.completed:
+        # cut short: the rates are over the time it really sent, not the planned window
+        span_s = min(span_s, max((send_end_ns - start_ns) / 1e9, 1e-9))
     return SenderOutcome(
         counters=counters,
         latency_hist=sender.engine.latency_hist.copy(),
