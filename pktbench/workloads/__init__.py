@@ -36,7 +36,8 @@ def server_buffer_bytes(step: StepParams) -> int:
     (net.core.rmem_max, net.ipv4.udp_mem, tcp_mem) and frees them itself.
     """
     if step.workload in ("rr", "blast"):
-        return step.streams * engine.responder_buffer_bytes(step.size_bytes)
+        gro = step.gso != "off" and engine.udp_offload_support()[1]
+        return step.streams * engine.responder_buffer_bytes(step.size_bytes, gro=gro)
     if step.workload == "bulk":
         pump = DEFAULT_WRITE_BYTES if step.reverse else RECV_BUFFER_BYTES
         return pump + step.streams * 4096
