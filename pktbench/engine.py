@@ -663,9 +663,10 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     )
 
 
-# A flow's receive batch holds at most this many bytes: 64 datagrams of a
-# typical size, fewer of large ones (a 64 KiB datagram is one syscall's worth
-# on its own), so a step's memory follows its flow count, not flows x 64 x size.
+# Each flow of a multi-flow step receives into at most this many bytes: 64
+# datagrams of a typical size, fewer large ones or GRO trains (8 slots of
+# 64 KiB still take hundreds of datagrams a call), so a step's memory follows
+# its flow count, not flows x 64 x 64 KiB. A single-flow step keeps 64 slots.
 RESPONDER_RX_BYTES_PER_FLOW = 512 << 10
 _WINDOW_BITS = 1 << 20  # the Responder's loss window
 
@@ -678,18 +679,21 @@ def _rx_slot(size_bytes: int, gro: bool) -> int:
     return max(slot, _GRO_SLOT) if gro else slot
 
 
-def responder_batch(size_bytes: int, *, gro: bool = False) -> int:
+def responder_batch(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
     """Receive slots a responder fills per call for this datagram size."""
+    if flows <= 1:
+        return 64
     return max(4, min(64, RESPONDER_RX_BYTES_PER_FLOW // _rx_slot(size_bytes, gro)))
 
 
-def responder_buffer_bytes(size_bytes: int, *, gro: bool = False) -> int:
-    """What one flow's Responder allocates (receive and reply slots, their
-    message headers and control space, the loss window), rounded up."""
+def responder_buffer_bytes(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
+    """What a step's Responders allocate over its `flows` flows (receive and
+    reply slots, their message headers and control space, the loss
+    windows), rounded up."""
     slot = _rx_slot(size_bytes, gro)
     reply = max(size_bytes, wire.HEADER_SIZE) + 1
-    return (responder_batch(size_bytes, gro=gro) * (slot + reply + 512)
-            + _WINDOW_BITS // 8 + 4096)
+    batch = responder_batch(size_bytes, gro=gro, flows=flows)
+    return flows * (batch * (slot + reply + 512) + _WINDOW_BITS // 8 + 4096)
 
 
 class ResponderLoop:
@@ -698,7 +702,8 @@ class ResponderLoop:
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
                  batch: int | None = None, seq_limit: int = (1 << 64) - 1,
-                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off",
+                 flows: int = 1) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
         max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
@@ -711,7 +716,8 @@ class ResponderLoop:
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch or responder_batch(size_bytes, gro=self.gro),
+            busy_poll=busy_poll, batch=batch or responder_batch(size_bytes, gro=self.gro,
+                                                                  flows=flows),
             window_bits=_WINDOW_BITS, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
             burst=burst, gro=self.gro, gso_segments=segments)
 

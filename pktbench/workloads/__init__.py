@@ -37,7 +37,7 @@ def server_buffer_bytes(step: StepParams) -> int:
     """
     if step.workload in ("rr", "blast"):
         gro = step.gso != "off" and engine.udp_offload_support()[1]
-        return step.streams * engine.responder_buffer_bytes(step.size_bytes, gro=gro)
+        return engine.responder_buffer_bytes(step.size_bytes, gro=gro, flows=step.streams)
     if step.workload == "bulk":
         pump = DEFAULT_WRITE_BYTES if step.reverse else RECV_BUFFER_BYTES
         return pump + step.streams * 4096
