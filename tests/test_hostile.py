@@ -351,9 +351,9 @@ def test_a_step_blasting_past_its_rate_is_answered_at_its_rate() -> None:
             replies = drain_replies(client.data_socket)
             receiver = client.end_step({"sent": 2000}, timeout_s=5.0)
         rate, burst = asked.rate_cap() or (0.0, 0.0)
-        assert sent > 60_000, sent  # the attack did blast
+        assert sent > 10 * 1000 * elapsed, sent  # the attack did blast, at 10x the rate or more
         assert receiver["replied"] == replies, (receiver, replies)
-        assert 0.8 * 1000 * elapsed < replies <= rate * (elapsed + 0.3) + burst, (replies, elapsed)
+        assert 0.5 * 1000 * elapsed < replies <= rate * (elapsed + 0.3) + burst, (replies, elapsed)
         assert receiver["over_rate"] >= sent - replies - receiver["rcvbuf_errors"] - 100
         assert_legit_client_measured(server)
         assert_quiet(server, after_s=3.0)
