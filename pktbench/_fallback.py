@@ -55,6 +55,9 @@ FLAG_WARMUP = wire.FLAG_WARMUP
 _FD_SETSIZE = 1024
 
 monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, as the engine's clock_gettime
+# No UDP GSO send or GRO receive here: one datagram per syscall is all Python
+# has, so the GSO arguments are taken and the per-datagram path always runs.
+UDP_OFFLOAD = False
 
 
 def _hist_index(value: int) -> int:
@@ -242,11 +245,23 @@ class PacedSender:
 
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
-                 max_outstanding: int = 0) -> None:
+                 max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
+                 gro: bool = False) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
             raise ValueError("batch must be 1..1024")
+        if not 0 <= gso_segments <= 64:
+            raise ValueError("gso_segments must be 0..64")
+        if burst < 1 or burst > 4096:
+            raise ValueError("burst must be 1..4096")
+        self.burst = min(burst, batch)
+        self.gso_segments = 0
+        self.gso_buffers = 0
+        self.gso_datagrams = 0
+        self.gso_errno = 0
+        self.gro = False
+        self.gro_reads = 0
         self._sock = _wrap(fd)
         self.fd = self._sock.fileno()
         self.batch = batch
@@ -342,7 +357,10 @@ class PacedSender:
                     n_due = n_due - self.next_seq if n_due > self.next_seq else 0
                 else:
                     n_due = self.batch
-                n_due = min(n_due, self.limit - self.next_seq)
+                left = self.limit - self.next_seq
+                n_due = min(n_due, left)
+                if n_due < self.burst and n_due < left and self.period_ns > 0:
+                    n_due = 0  # a burst goes out whole: wait for its last datagram
                 if self.max_outstanding > 0 and n_due > 0:
                     n_due = self._window_room(now, n_due)
                     window_full = n_due == 0
@@ -375,7 +393,9 @@ class PacedSender:
                 if rc == 0 and time.monotonic_ns() < now + NONBLOCKING_NS:
                     _sleep_until(self.fd, True, wake)  # the socket does not block
                 continue
-            due = self._due_ns(self.next_seq) if send and self.next_seq < self.limit else until_ns
+            ahead = min(self.burst - 1, self.limit - self.next_seq - 1)
+            due = (self._due_ns(self.next_seq + ahead) if send and self.next_seq < self.limit
+                   else until_ns)
             due = min(due, until_ns)
             now = time.monotonic_ns()
             if due > now + SPIN_MARGIN_NS:
@@ -538,7 +558,14 @@ class Responder:
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
                  busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
                  seq_limit: int = _U64_MAX, max_rate_pps: float = 0.0,
-                 burst: float = 0.0) -> None:
+                 burst: float = 0.0, gro: bool = False, gso_segments: int = 0) -> None:
+        if not 0 <= gso_segments <= 64:
+            raise ValueError("gso_segments must be 0..64")
+        self.gso_segments = 0
+        self.gso_buffers = 0
+        self.gso_errno = 0
+        self.gro = False
+        self.gro_reads = 0
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
         if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):

@@ -455,6 +455,13 @@ def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str 
               help="Spin on the sockets at both ends instead of sleeping (lower latency).")
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr: at most N requests in flight (1 = ping-pong); default open loop.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it; on: fail where it has not; "
+                   "off: one datagram per message [default: the profile's, else auto].")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP with GSO: at most N datagrams leave at once [default: those due in "
+                   "100 us, at most 64; rr: 1].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="A response later than this counts as lost, seconds [default: 1].")
 @click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
@@ -485,7 +492,8 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
         token: str | None, token_file: str | None,
         connections: int | None, pipeline: int | None, redis_password: str | None,
         workers: int, cpus_text: str | None, interval: float | None = None,
-        json_stream: bool = False) -> None:
+        json_stream: bool = False, gso: str | None = None,
+        burst: int | None = None) -> None:
     """Measure one step. Without HOST, a server is started on this machine.
 
     SIGINT or SIGTERM ends the step early: its counts are reported and
@@ -534,7 +542,12 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
                              timeout_s=timeout_s,
                              outstanding=outstanding if chosen_workload == "rr" else None,
                              connections=tcp.connections if tcp else None,
-                             pipeline=tcp.pipeline if tcp else None, streams=workers)
+                             pipeline=tcp.pipeline if tcp else None, streams=workers,
+                             gso=gso or (profile.gso if profile_name is not None else "auto"),
+                             burst=burst if burst is not None or profile_name is None
+                             else profile.burst)
+    if tcp is None:
+        api.check_gso_mode(params.gso)
     criteria = config.apply_overrides(profile, source="command line",
                                       max_loss_ratio=max_loss,
                                       min_delivery_ratio=min_delivery).criteria
@@ -610,6 +623,13 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it; on: fail where it has not; "
+                   "off: one datagram per message [default: the profile's, else auto].")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP with GSO: at most N datagrams leave at once [default: those due in "
+                   "100 us, at most 64; rr: 1].")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @JSON_STDOUT
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
@@ -631,7 +651,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
           cpus_text: str | None, json_stdout: bool = False, port: int | None = None,
-          interval: float | None = None, json_stream: bool = False) -> None:
+          interval: float | None = None, json_stream: bool = False,
+          gso: str | None = None, burst: int | None = None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
@@ -653,7 +674,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                                      "steps", "scale", "search_goals", "pdr_loss", "precision",
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
-                                     "plot_path", "connections", "pipeline", "redis_password")
+                                     "plot_path", "connections", "pipeline", "redis_password",
+                                     "gso", "burst")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -679,7 +701,10 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
         size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
         latency_factor=latency_factor, min_delivery_ratio=min_delivery,
-        connections=connections, pipeline=pipeline, outstanding=outstanding)
+        connections=connections, pipeline=pipeline, outstanding=outstanding, gso=gso,
+        burst=burst)
+    if tcp is None:
+        api.check_gso_mode(profile.gso)
     if tcp is not None:
         from pktbench.sweeper import tcp_options_for
 

@@ -773,6 +773,8 @@ WORKLOADS = ("rr", "blast", "bulk", "rr-tcp")
 REQUEST_WORKLOADS = ("rr", "rr-tcp")  # the ones that carry a RESP command
 MAX_STREAMS = 128  # a remote client must not make the server allocate without bound
 MAX_PIPELINE = 1024  # requests in flight per rr-tcp connection
+GSO_MODES = ("auto", "on", "off")  # StepParams.gso (engine.GSO_MODES says the same)
+MAX_BURST = 64  # datagrams one paced send releases at most (one GSO buffer)
 MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server to hold
 # Hard ceilings on what a step may ask for, whatever the server's own limits:
 # every value a peer sends becomes a deadline, an allocation or a loop bound,
@@ -848,6 +850,8 @@ class StepParams:
     reverse: bool = False
     connections: int = 1  # rr-tcp: TCP connections the rate is spread over
     pipeline: int = 1  # rr-tcp: requests in flight per connection at most
+    gso: str = "auto"  # UDP: GSO send / GRO receive: auto (where the kernel has it), on, off
+    burst: int | None = None  # UDP: most datagrams a paced send releases at once
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or self.workload not in WORKLOADS:
@@ -910,6 +914,11 @@ class StepParams:
         for name, most in (("connections", MAX_STREAMS), ("pipeline", MAX_PIPELINE)):
             if not 1 <= _integer(name, getattr(self, name)) <= most:
                 raise _step_error(f"{name} must be in 1..{most} (got {getattr(self, name)})")
+        if not isinstance(self.gso, str) or self.gso not in GSO_MODES:
+            raise _step_error(f"gso must be one of {', '.join(GSO_MODES)} (got {self.gso!r})")
+        if self.burst is not None and not 1 <= _integer("burst", self.burst) <= MAX_BURST:
+            raise _step_error(f"burst must be 1..{MAX_BURST} datagrams, or null for the rate's "
+                              f"rule (got {self.burst})")
 
     @property
     def hard_limit_s(self) -> float:

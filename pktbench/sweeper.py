@@ -78,6 +78,7 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
         "size_bytes": profile.size_bytes,
         "busy_poll": profile.busy_poll,
         "timeout_s": profile.timeout_s,
+        **({"gso": profile.gso, "burst": profile.burst} if tcp is None else {}),
         **extra,
     })
 
