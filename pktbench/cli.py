@@ -345,13 +345,14 @@ class _Live:
 
     def __init__(self, interval_s: float | None, json_stream: bool, quiet: bool, kind: str,
                  command: str) -> None:
-        from pktbench.intervals import MIN_INTERVAL_S, IntervalReporter
+        from pktbench.intervals import MAX_INTERVAL_S, MIN_INTERVAL_S, IntervalReporter
         from pktbench.report.stream import JsonStream
 
-        if interval_s is not None and 0 < interval_s < MIN_INTERVAL_S:
-            raise click.BadParameter(f"{interval_s:g} s is too short: at least "
-                                     f"{MIN_INTERVAL_S:g} s, or 0 for none",
-                                     param_hint="-i/--interval")
+        if interval_s is not None and interval_s != 0 and not (
+                MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S):  # NaN fails both
+            raise click.BadParameter(f"{interval_s:g} s is {'too short' if interval_s < 1 else 'not an interval'}: "
+                                     f"give {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} s, or 0 "
+                                     "for none", param_hint="-i/--interval")
         self.quiet = quiet
         self.stream = JsonStream(sys.stdout, kind, command) if json_stream else None
         self.reporter = (IntervalReporter(interval_s, self._interval)
