@@ -153,7 +153,8 @@ def test_run_interval_reports_are_live_and_kept(tmp_path):
     starts = [item["start_s"] for item in intervals]
     assert starts[0] == 0 and starts == sorted(starts)
     assert all(a["end_s"] == b["start_s"] for a, b in zip(intervals, intervals[1:]))
-    assert sum(item["sent_packets"] for item in intervals) == step["sent_packets"] == 2400
+    assert sum(item["sent_packets"] for item in intervals) == step["sent_packets"]
+    assert step["sent_packets"] == pytest.approx(2400, rel=0.05)
     full = [item for item in intervals if item["end_s"] - item["start_s"] > 0.3]
     assert all(item["sent_pps"] == pytest.approx(2000, rel=0.25) for item in full)
     assert all(item["latency_p99_us"] > 0 for item in full)
@@ -180,7 +181,10 @@ def test_sweep_intervals_only_when_asked(tmp_path):
                           "-i", "0.25", "--json", str(tmp_path / "i.json"))
     assert code == 0, err
     steps = json.loads((tmp_path / "i.json").read_text())["steps"]
-    assert [sum(i["sent_packets"] for i in s["intervals"]) for s in steps] == [500, 1000]
+    assert [sum(i["sent_packets"] for i in s["intervals"]) for s in steps] == [
+        s["sent_packets"] for s in steps]
+    assert [s["sent_packets"] for s in steps] == [pytest.approx(500, rel=0.05),
+                                                  pytest.approx(1000, rel=0.05)]
 
 
 def test_json_stream_is_one_object_per_line(tmp_path):
@@ -195,7 +199,7 @@ def test_json_stream_is_one_object_per_line(tmp_path):
     assert set(kinds[1:first_step]) == {"interval"}  # step 0's intervals came before it
     assert {e["step"] for e in events if e["event"] == "interval"} == {0, 1}
     assert events[-1]["result"]["steps"] == json.loads((tmp_path / "s.json").read_text())["steps"]
-    assert "offered pps" in err  # the table went to stderr
+    assert "no knee" in err  # the table went to stderr
 
 
 def test_bulk_json_stream():
