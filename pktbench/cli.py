@@ -848,6 +848,8 @@ def _testbed_rate(ctx: click.Context, param: click.Parameter,
 @click.option("--mechanism", type=click.Choice(["auto", "ecmp", "bond"]), default="auto",
               show_default=True, help="How two paths are joined.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--force", is_flag=True,
+              help="Rebuild a different testbed even with processes inside (they are killed).")
 @click.option("--hosts", type=click.IntRange(2, 64), default=None,
               help="A fleet instead: N host namespaces on one bridge (see `testbed sshd`).")
 @click.option("--host-pps-limit", "host_pps_limits", multiple=True, metavar="NAME=PPS",
@@ -855,9 +857,13 @@ def _testbed_rate(ctx: click.Context, param: click.Parameter,
 def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: str,
                pps_limit: int | None, pps_burst: int, delay_ms: float, mtu: int,
                both_directions: bool, allow_degraded: bool, mechanism: str,
-               as_json: bool, hosts: int | None = None,
+               as_json: bool, force: bool = False, hosts: int | None = None,
                host_pps_limits: tuple[str, ...] = ()) -> None:
-    """Create (or keep, if identical) the namespace testbed."""
+    """Create (or keep, if identical) the namespace testbed.
+
+    A different testbed under the prefix is rebuilt, and what differed is
+    said; while processes run inside it that is refused unless --force.
+    """
     from pktbench import api, testbed
     from pktbench.report import write_report, write_testbed_error
 
@@ -878,7 +884,7 @@ def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: st
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        status = api.testbed_up(config)
+        status = api.testbed_up(config, force=force)
     except PktbenchError as exc:
         if as_json:
             write_testbed_error(str(exc), sys.stdout)
