@@ -241,7 +241,7 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="TCP control and UDP data port [default: 7425]; 0 picks a free one.")
 @token_options
 @click.option("--max-rate", type=RateType(), default=None,
-              help="Refuse steps above this many pps.")
+              help="Refuse steps above this many pps (each step is answered at most at its rate).")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Refuse steps longer than this (warm-up included), seconds.")
 @click.option("--max-step-memory", type=SizeType(), default="256M", show_default=True,
