@@ -362,6 +362,12 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--start-at", "start_at", type=click.FloatRange(min=0), default=None,
+              metavar="EPOCH_S", help="Start step k at EPOCH_S + k x --step-period (this "
+              "host's wall clock, seconds since 1970), so several sources step together; "
+              "runs every planned step.")
+@click.option("--step-period", "step_period", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="SECONDS", help="Seconds between clocked step starts.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
@@ -378,7 +384,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
-          cpus_text: str | None) -> None:
+          cpus_text: str | None, start_at: float | None, step_period: float | None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
@@ -393,7 +399,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                                      "steps", "scale", "search_goals", "pdr_loss", "precision",
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
-                                     "plot_path", "connections", "pipeline", "redis_password")
+                                     "plot_path", "connections", "pipeline", "redis_password",
+                                     "start_at", "step_period")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -430,6 +437,13 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
+    if (start_at is None) != (step_period is None):
+        raise click.UsageError("--start-at and --step-period go together")
+    clock = None
+    if start_at is not None and step_period is not None:
+        from pktbench.sweeper import StepClock
+
+        clock = StepClock(start_at, step_period)
     secret = read_secret(token, token_file)
     to_stdout = "-" in outputs.values()
     with Progress(profile.step_count, quiet=quiet) as progress:
@@ -441,7 +455,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                 progress.step_done(step)
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
-                           on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus)
+                           on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus,
+                           clock=clock)
     write_report("table", result, sys.stderr if to_stdout else sys.stdout)
     for kind, path in outputs.items():
         if path:

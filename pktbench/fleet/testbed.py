@@ -14,7 +14,8 @@ data interface with a packet-rate cap.
 
 sshd: one `sshd -f CONFIG` per host namespace, each with its own generated
 ed25519 host key in a mode-0700 directory, root login by a generated client
-key only, listening on the host's address; a known_hosts file and a TOML
+key only, listening on the host's address, and XDG_CACHE_HOME set to a
+directory of that host's own (the hosts share one file system); a known_hosts file and a TOML
 inventory for the coordinator are written beside them. Stopped by the PID
 in each server's pid file.
 
@@ -223,14 +224,18 @@ def _sshd_config(host_dir: Path, address: str, authorized: Path) -> str:
         "PermitRootLogin prohibit-password", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
         "MaxSessions 64", "MaxStartups 64", "LogLevel ERROR",
+        # Hosts of one machine share a file system: each gets a cache of its
+        # own, as separate machines have (`fleet --install` puts its venv there).
+        f"SetEnv XDG_CACHE_HOME={host_dir / 'cache'}",
         "Subsystem sftp internal-sftp", ""])
 
 
 def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
-            pktbench_command: str = "pktbench") -> SshdSet:
+            pktbench_command: str = "pktbench", python_command: str | None = None) -> SshdSet:
     """Start an sshd in every host namespace; keys, known_hosts and inventory in `directory`.
 
-    `pktbench_command` goes into the inventory's `pktbench` field.
+    `pktbench_command` goes into the inventory's `pktbench` field,
+    `python_command` (when given) into its `python` field.
 
     Raises:
         TestbedError: sshd or ssh-keygen missing, or a server did not start
@@ -278,7 +283,8 @@ def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
             known_lines.append(f"{address} {pub[0]} {pub[1]}")
             inventory.append("\n".join([
                 "[[hosts]]", f'name = "{name}"', f'address = "{address}"', 'user = "root"',
-                f'key = "{client_key}"', f"pktbench = {json.dumps(pktbench_command)}", ""]))
+                f'key = "{client_key}"', f"pktbench = {json.dumps(pktbench_command)}",
+                *([f"python = {json.dumps(python_command)}"] if python_command else []), ""]))
     except BaseException:
         _stop_pids(pids.values())
         raise
@@ -325,11 +331,13 @@ def sshd_down(directory: str | os.PathLike[str]) -> int:
 @contextlib.contextmanager
 def fleet_testbed(prefix: str, hosts: int, directory: str | os.PathLike[str], *,
                   pps_limits: Mapping[str, int] | None = None,
-                  pktbench_command: str = "pktbench") -> Iterator[tuple[FleetBed, SshdSet]]:
+                  pktbench_command: str = "pktbench", python_command: str | None = None
+                  ) -> Iterator[tuple[FleetBed, SshdSet]]:
     """The testbed with sshd in every host, for the `with` block; always removed."""
     try:
         bed = up(prefix, hosts, pps_limits=pps_limits)
-        sshd = sshd_up(bed, directory, pktbench_command=pktbench_command)
+        sshd = sshd_up(bed, directory, pktbench_command=pktbench_command,
+                       python_command=python_command)
         yield bed, sshd
     finally:
         with contextlib.suppress(Exception):
