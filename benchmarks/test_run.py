@@ -70,7 +70,7 @@ def test_blast_sink_received_over_sender_interval() -> None:
 
 def test_pktbench_json_takes_last_step_and_aliases(tmp_path: Path) -> None:
     step = {"sent_pps": 10.0, "received_pps": 9.0, "loss_ratio": 0.1, "latency_us": {"p50": 5.0, "p99": 7.0},
-            "send_lag_us": {"p99": 2.0}, "sender_bound": False, "received_mbps": 2500.0}
+            "send_lag_us": {"p99": 2.0}, "sender_bound": False, "received_bps": 2.5e9}
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"schema_version": 1, "steps": [{"sent_pps": 1.0}, step]}))
     m = run.parse_pktbench_json(path)
@@ -238,6 +238,7 @@ def test_b7_builds_each_tools_command_line(tmp_path: Path) -> None:
     g = argv["c_gso"]
     assert g[0].endswith("probe/gsoblast") and g[g.index("-g") + 1] == "64" and g[g.index("-m") + 1] == "1"
     assert argv["c_gso_mmsg"][argv["c_gso_mmsg"].index("-m") + 1] == str(run.GSO_BUFFERS_PER_CALL)
+    assert argv["c_gso128"][argv["c_gso128"].index("-g") + 1] == "128"
     assert argv["c_sendmmsg"][0].endswith("probe/blast")
     pk = argv["pktbench_gso"]
     assert pk[pk.index("--rate") + 1] == "max" and pk[pk.index("--gso") + 1] == "on" and "--workers" not in pk

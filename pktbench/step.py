@@ -45,12 +45,23 @@ class SenderFigures(TypedDict, total=False):
     window_waits: int
     resp_errors: int
     late_replies: int
+    engine: dict[str, Any] | None
+
+
+class EngineFigures(TypedDict):
+    udp_gso: bool
+    udp_gro: bool
+    gso_segments: int
+    gso_segments_mean: float
+    burst_packets: int
+    gso_fallback: str | None
 
 
 class _StepResultOptional(TypedDict, total=False):
     # NotRequired is 3.11+; a total=False base gives the same on 3.10.
     workers: list[dict[str, Any]]
     search_trial: bool
+    engine: EngineFigures
 
 
 class StepResult(_StepResultOptional):
@@ -72,8 +83,8 @@ class StepResult(_StepResultOptional):
     size_bytes: int
     duration_s: float
     warmup_s: float
-    sent_mbps: float
-    received_mbps: float
+    sent_bps: float
+    received_bps: float
     latency_us: dict[str, float] | None
     latency_actual_us: dict[str, float] | None
     send_lag_us: dict[str, float] | None
@@ -107,8 +118,8 @@ STEP_FIELDS: dict[str, str] = {
     "size_bytes": "UDP payload (or TCP request) size, bytes",
     "duration_s": "span the sender actually sent over, seconds",
     "warmup_s": "traffic before the window that was not counted, seconds",
-    "sent_mbps": "payload bits sent per second, Mbit/s",
-    "received_mbps": "payload bits received per second, Mbit/s",
+    "sent_bps": "payload bits sent per second, bit/s",
+    "received_bps": "payload bits received per second, bit/s",
     "latency_us": "rr: round trip from the scheduled send time (p50, p90, p99, p999, min, "
                   "mean, max), microseconds; null for one-way",
     "latency_actual_us": "rr: round trip from the actual send time, same keys; null for one-way",
@@ -126,6 +137,12 @@ STEP_FIELDS: dict[str, str] = {
     "attribution": "where lost packets went (ok until the knee finder looks)",
     "failures": "knee criteria the step failed, in words (empty until the knee finder looks)",
     "workers": "multi-flow steps only: one entry per sender process and flow",
+    "engine": "UDP steps: which datagram path ran (EngineFigures): udp_gso (the sender's "
+              "datagrams left as UDP GSO buffers), udp_gro (the receiving socket read "
+              "coalesced trains, UDP_GRO), gso_segments (datagrams a GSO buffer carried at "
+              "most; 0 without GSO), gso_segments_mean (datagrams per GSO buffer sent), "
+              "burst_packets (datagrams a paced send released at once), gso_fallback (the "
+              "errno that turned GSO off mid-step, else null)",
     "search_trial": "NDR/PDR search trials only: true",
 }
 
@@ -142,7 +159,10 @@ def render_doc() -> str:
             "(`pktbench/step.py`): a mapping with the keys below, built once by\n"
             "`summarize_step` and never changed afterwards. The JSON result's `steps` are\n"
             "these mappings, annotated by the knee finder (`failures`, `attribution`).\n"
-            "Every key that carries a number names its unit.\n\n"
+            "Every key that carries a number names its unit, as a suffix: `_pps`\n"
+            "packets/s, `_bps` bits/s, `_bytes`, `_packets`, `_s` seconds, `_ms`\n"
+            "milliseconds, `_us` microseconds, `_ns` nanoseconds, `_percent`, `_ratio`\n"
+            "(0 to 1). The same holds for every result kind (sweep, bulk, fleet).\n\n"
             "| key | present | what it holds |\n|---|---|---|\n" + rows + "\n")
 
 
@@ -217,8 +237,8 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
         "size_bytes": params.size_bytes,
         "duration_s": duration_s,
         "warmup_s": params.warmup_s,
-        "sent_mbps": c["sent_bytes"] * 8 / duration_s / 1e6 if duration_s else 0.0,
-        "received_mbps": received_bytes * 8 / duration_s / 1e6 if duration_s else 0.0,
+        "sent_bps": c["sent_bytes"] * 8 / duration_s if duration_s else 0.0,
+        "received_bps": received_bytes * 8 / duration_s if duration_s else 0.0,
         "latency_us": summaries["latency_us"] if rr else None,
         "latency_actual_us": summaries["latency_actual_us"] if rr else None,
         "send_lag_us": summaries["send_lag_us"],
@@ -234,6 +254,19 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
     }
     if workers is not None:
         result["workers"] = list(workers)
+    path = figures.get("engine")
+    if isinstance(path, dict):
+        far = receiver.get("engine")
+        far_gro = bool(far.get("udp_gro")) if isinstance(far, dict) else False
+        result["engine"] = {
+            "udp_gso": bool(path.get("udp_gso")),
+            # blast: the receiver's socket; rr: both ends read replies/requests coalesced
+            "udp_gro": far_gro and (not rr or bool(path.get("udp_gro"))),
+            "gso_segments": int(path.get("gso_segments", 0)),
+            "gso_segments_mean": float(path.get("gso_segments_mean", 0.0)),
+            "burst_packets": int(path.get("burst_packets", 1)),
+            "gso_fallback": path.get("gso_fallback"),
+        }
     return result
 
 

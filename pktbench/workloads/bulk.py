@@ -26,9 +26,9 @@ the time between the samples. The sender keeps
 writing `drain_s` past its window so the receiver's window, which starts a
 path delay later, is full too.
 
-Reading the figures: goodput is payload bits; frame_bits_per_second is what
+Reading the figures: goodput is payload bits; frame_bps is what
 Linux interface counters and tc shapers (tbf, htb) count, Ethernet header
-included and FCS, preamble and gap left out; wire_bits_per_second is the
+included and FCS, preamble and gap left out; wire_bps is the
 line occupancy. So a path shaped to R by tbf carries R of frames and about
 1.6% more on the wire with 1538-byte frames, and "% link" against the
 shaper's rate reads just over 100%. Per-path interface counters count a
@@ -240,7 +240,7 @@ class _Stream:
             "bytes": in_window,
             "total_bytes": self.bytes_total,
             "window_s": window_s,
-            "bits_per_second": in_window * 8 / window_s if window_s > 0 else 0.0,
+            "payload_bps": in_window * 8 / window_s if window_s > 0 else 0.0,
             "cpu_s": ((end.cpu_s - start.cpu_s) / self.cpu_shared_by) if start and end else 0.0,
             "mss_bytes": self.mss_bytes,
             "error": self.error,
@@ -277,12 +277,16 @@ class _Pumped:
     """
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
-                 tail_ns: int | None, deadline_ns: int) -> None:
+                 tail_ns: int | None, deadline_ns: int,
+                 byte_cap: tuple[float, float] | None = None) -> None:
         self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
         self.deadline_ns = deadline_ns
+        # (bytes/s, burst bytes) over every stream together, from now on
+        self.byte_cap = byte_cap
+        self.capped_from_ns = time.monotonic_ns()
         self.streams: list[_Stream] = []
 
     def add(self, stream: _Stream) -> None:
@@ -301,10 +305,30 @@ class _Pumped:
                 edges.append(end_ns + self.tail_ns)
         return min(edges)
 
+    def past_tail(self, now: int) -> bool:
+        end_ns = self.window.end_ns
+        return self.tail_ns is not None and end_ns is not None and now >= end_ns + self.tail_ns
+
+    def _byte_limit(self, until_ns: int) -> int | None:
+        if self.byte_cap is None:
+            return None
+        rate, burst = self.byte_cap
+        return int(burst + rate * max(0, until_ns - self.capped_from_ns) / 1e9)
+
     def step(self) -> bool:
         """Pump one chunk and take the samples due; False when this end is done."""
         now = time.monotonic_ns()
-        rc = self.pump.run(self._next_edge(now)) if now < self.deadline_ns else 0
+        rc = 0
+        if now < self.deadline_ns and not self.past_tail(now):
+            until = self._next_edge(now)
+            limit = self._byte_limit(until)
+            if limit is None:
+                rc = self.pump.run(until)
+            else:
+                rc = self.pump.run(until, limit)
+                if rc == 0 and self.pump.total_bytes >= limit:
+                    # at the cap: wait for the allowance to grow, do not spin
+                    time.sleep(max(0.0, min(CHUNK_S, (until - time.monotonic_ns()) / 1e9)))
         now = time.monotonic_ns()
         if self.window.start_ns is None and self.pump.first_ns:
             self.window.anchor(self.pump.first_ns)
@@ -361,7 +385,7 @@ def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
     return {
         "role": "sender" if sending else "receiver",
         "streams": reports,
-        "bits_per_second": sum(r["bits_per_second"] for r in reports),
+        "payload_bps": sum(r["payload_bps"] for r in reports),
         "bytes": sum(r["bytes"] for r in reports),
         "window_s": window_s,
         "cpu_percent": 100.0 * cpu_s / window_s if window_s > 0 else 0.0,
@@ -369,6 +393,15 @@ def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
 
 
 # -- server side ------------------------------------------------------------------
+
+def _set_pacing(sock: socket.socket, bytes_per_s: float) -> None:
+    """Let the kernel pace this stream's writes (TCP's own pacing, no qdisc
+    needed), so a capped writer sends smoothly rather than in bursts."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MAX_PACING_RATE", 47),
+                        struct.pack("=I", min(max(int(bytes_per_s), 1), 0xFFFFFFFF)))
+    except OSError:
+        pass  # the byte cap between pump calls still holds
 
 class BulkStepHandler:
     """The server's end of one bulk step: reads (or, reversed, writes) every stream.
@@ -391,10 +424,18 @@ class BulkStepHandler:
         self._thread: threading.Thread | None = None
         self._deadline_ns = time.monotonic_ns() + int(
             step.hard_limit_s * 1e9)
+        # The server's end stops shortly after its window whatever the client
+        # does (reverse: it stops writing; forward: it stops reading, and TCP
+        # flow control stops the client), and moves bytes no faster than the
+        # step's rate (rate_pps datagrams of size_bytes) when it has one.
+        cap = step.rate_cap()
+        self._byte_cap = ((cap[0] * step.size_bytes, cap[1] * step.size_bytes)
+                          if cap is not None else None)
         self._pumped = _Pumped(step.streams, self._window, sending=self.sending,
                                buffer_bytes=DEFAULT_WRITE_BYTES if self.sending
-                               else RECV_BUFFER_BYTES, tail_ns=None,
-                               deadline_ns=self._deadline_ns)
+                               else RECV_BUFFER_BYTES,
+                               tail_ns=int(min(step.drain_s, protocol.BULK_TAIL_MAX_S) * 1e9),
+                               deadline_ns=self._deadline_ns, byte_cap=self._byte_cap)
         self.rejected = 0
 
     def add_connection(self, conn: socket.socket, stream_id: int) -> None:
@@ -410,6 +451,8 @@ class BulkStepHandler:
                 conn.close()
                 return
             stream = _Stream(stream_id, conn, ports=ports)
+            if self.sending and self._byte_cap is not None:
+                _set_pacing(conn, self._byte_cap[0] / self.step.streams)
             if self.sending:
                 # the writer's window starts with its first stream
                 self._window.anchor(time.monotonic_ns())
@@ -427,7 +470,8 @@ class BulkStepHandler:
                     with self._lock:
                         # a finished stream set with room left may still grow (probes)
                         full = len(self._streams) >= self.step.streams
-                    if full or time.monotonic_ns() >= self._deadline_ns:
+                    now = time.monotonic_ns()
+                    if full or now >= self._deadline_ns or pumped.past_tail(now):
                         break
                     time.sleep(CHUNK_S)
         finally:
@@ -437,8 +481,10 @@ class BulkStepHandler:
         thread = self._thread
         if thread is not None and not self.sending:
             # a forward sender has stopped; the last bytes it wrote are still
-            # arriving, so the pump runs on until EOF (bounded by the drain)
-            thread.join(timeout=max(self.step.drain_s, POLL_S))
+            # arriving, so the pump runs on until EOF (bounded by the drain,
+            # and the drain by the step's deadline)
+            left_s = (self._deadline_ns - time.monotonic_ns()) / 1e9
+            thread.join(timeout=max(min(self.step.drain_s, left_s), POLL_S))
         with self._lock:
             self._stop.set()
         if thread is not None:
@@ -749,7 +795,7 @@ def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: 
         raise PktbenchError(f"bulk worker failed: {errors[0]}")
     merged = {"role": reports[0]["role"], "streams": sorted(
         (s for r in reports for s in r["streams"]), key=lambda s: s["stream_id"])}
-    merged["bits_per_second"] = sum(s["bits_per_second"] for s in merged["streams"])
+    merged["payload_bps"] = sum(s["payload_bps"] for s in merged["streams"])
     merged["bytes"] = sum(s["bytes"] for s in merged["streams"])
     merged["window_s"] = max(r["window_s"] for r in reports)
     merged["cpu_percent"] = sum(r["cpu_percent"] for r in reports)
@@ -793,7 +839,7 @@ class _PathSampler:
             moved = values[index] - before.get(name, (0, 0))[index]
             out.append({"name": name, "direction": "rx" if reverse else "tx", "bytes": moved,
                         "window_s": span_s,
-                        "bits_per_second": moved * 8 / span_s if span_s > 0 else 0.0})
+                        "interface_bps": moved * 8 / span_s if span_s > 0 else 0.0})
         return out
 
 
@@ -809,9 +855,9 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
 
 # What limits a path decides which bits count against its speed. A physical
 # link carries the frame plus 8 bytes of preamble and 12 of inter-frame gap
-# (IEEE 802.3 clause 4.4.2): that is wire_bits_per_second. A shaper (tc tbf,
+# (IEEE 802.3 clause 4.4.2): that is wire_bps. A shaper (tc tbf,
 # htb) meters the frame bytes the kernel hands it and nothing else:
-# frame_bits_per_second. Traffic measured above an l1 link's speed cannot
+# frame_bps. Traffic measured above an l1 link's speed cannot
 # have crossed such a link, so "auto" then judges it by the l2 model.
 # LINK_MODELS (their names and descriptions) lives in pktbench.results, so
 # the reporter can name a saved document's model without this module.
@@ -835,8 +881,8 @@ def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float 
     model = link_model_for(wire_bps, frame_bps, link_speed_bps, link_model)
     counted = frame_bps if model == "l2" else wire_bps
     return {
-        "wire_bits_per_second": wire_bps,
-        "frame_bits_per_second": frame_bps,
+        "wire_bps": wire_bps,
+        "frame_bps": frame_bps,
         "link_model": model,
         "link_percent": (100.0 * counted / link_speed_bps
                          if counted is not None and link_speed_bps else None),
@@ -885,7 +931,7 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
 
     (result, per_path), server = drive_step(
         client, params, send, lambda sent: {"stream_ids": list(range(streams)),
-                                            "bits_per_second": sent[0]["bits_per_second"]})
+                                            "payload_bps": sent[0]["payload_bps"]})
     for _, sock in socks:
         sock.close()
     return _tcp_step_dict(config, streams, index, result, server, ports, plan,
@@ -910,19 +956,19 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
             "source_port": _client_port(client_end, got["stream_id"]),
             "path": (plan.paths[plan.ports.index(ports[got["stream_id"]])]
                      if plan and ports and ports[got["stream_id"]] in plan.ports else None),
-            "bits_per_second": got["bits_per_second"],
+            "goodput_bps": got["payload_bps"],
             "bytes": got["bytes"],
-            "sender_bits_per_second": sent.get("bits_per_second"),
+            "sender_bps": sent.get("payload_bps"),
             "retransmits": tcp.get("retransmits"),
             "cwnd_segments": tcp.get("cwnd_segments"),
             "rtt_us": tcp.get("rtt_us"),
             "mss_bytes": sent.get("mss_bytes"),
             "error": got.get("error") or sent.get("error"),
         }
-        row.update(_rates(got["bits_per_second"], overhead, None))
+        row.update(_rates(got["payload_bps"], overhead, None))
         del row["link_percent"], row["link_model"]
         rows.append(row)
-    aggregate = sum(r["bits_per_second"] for r in rows)
+    aggregate = sum(r["goodput_bps"] for r in rows)
     retransmits = [r["retransmits"] for r in rows if r["retransmits"] is not None]
     step = {
         "index": index,
@@ -930,8 +976,8 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
         "direction": "reverse" if config.reverse else "forward",
         "streams_requested": streams,
         "streams": rows,
-        "aggregate_bits_per_second": aggregate,
-        "sender_bits_per_second": sender.get("bits_per_second"),
+        "aggregate_bps": aggregate,
+        "sender_bps": sender.get("payload_bps"),
         **_rates(aggregate, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict() if overhead else None,
         "retransmits": sum(retransmits) if retransmits else None,
@@ -981,11 +1027,11 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
                            config.duration_s)
     step = client.run_step(params, index=index, stop=stop)
     overhead = udp_overhead(size, mtu_bytes=mtu, ipv6=ipv6)
-    goodput = step["received_mbps"] * 1e6
-    sent = step["sent_mbps"] * 1e6
+    goodput = step["received_bps"]
+    sent = step["sent_bps"]
     row = {"stream_id": 0, "source_port": sock.getsockname()[1], "path": None,
-           "bits_per_second": goodput, "bytes": int(goodput * step["duration_s"] / 8),
-           "sender_bits_per_second": sent, "retransmits": None, "cwnd_segments": None,
+           "goodput_bps": goodput, "bytes": int(goodput * step["duration_s"] / 8),
+           "sender_bps": sent, "retransmits": None, "cwnd_segments": None,
            "rtt_us": None, "mss_bytes": None, "error": None}
     row.update(_rates(goodput, overhead, None))
     del row["link_percent"], row["link_model"]
@@ -994,12 +1040,12 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
         "transport": "udp",
         "direction": "forward",
         "streams_requested": 1,
-        "offered_bits_per_second": rate_bps,
+        "offered_bps": rate_bps,
         "size_bytes": size,
         "path_mtu_bytes": mtu,
         "streams": [row],
-        "aggregate_bits_per_second": goodput,
-        "sender_bits_per_second": sent,
+        "aggregate_bps": goodput,
+        "sender_bps": sent,
         **_rates(goodput, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict(),
         "loss_ratio": step["loss_ratio"],
