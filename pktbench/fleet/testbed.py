@@ -132,6 +132,7 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
     limits = dict(pps_limits or {})
     tb.require_root()
     tb._require_tool("ip")
+    tb._require_tool("ethtool")
     if limits:
         tb._require_tool("nft")
     down(prefix)
@@ -156,6 +157,12 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
             tb._run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "master", "br0"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "up"])
+            # as in the two-namespace testbed: every datagram a packet, a GSO
+            # buffer is not one packet to the policer
+            tb._run(tb._in_ns(ns, ["ethtool", "-K", "eth0", tb.UDP_SEGMENTATION_FEATURE,
+                                   "off"]))
+            tb._run(tb._in_ns(cns, ["ethtool", "-K", f"vh{i}", tb.UDP_SEGMENTATION_FEATURE,
+                                    "off"]))
             if host_name(i) in limits:
                 tb._run(tb._in_ns(ns, ["nft", "-f", "-"]),
                         input_text=_policer(limits[host_name(i)], pps_burst))
@@ -273,12 +280,14 @@ def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
             tb._run(tb._in_ns(bed.namespaces[name],
                               [SSHD, "-f", str(config), "-E", str(host_dir / "sshd.log")]))
             deadline = time.monotonic() + 10
-            while not pidfile.exists() and time.monotonic() < deadline:
+            # sshd creates the pid file before it writes the number into it
+            while not _pid_in(pidfile) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            if not pidfile.exists():
+            pid = _pid_in(pidfile)
+            if pid is None:
                 raise TestbedError(f"sshd in {bed.namespaces[name]} did not start: see "
                                    f"{host_dir / 'sshd.log'}")
-            pids[name] = int(pidfile.read_text().split()[0])
+            pids[name] = pid
             pub = Path(f"{key}.pub").read_text().split()
             known_lines.append(f"{address} {pub[0]} {pub[1]}")
             inventory.append("\n".join([
@@ -295,6 +304,14 @@ def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
     (base / "sshd.json").write_text(json.dumps({"pids": pids}))
     return SshdSet(directory=base, client_key=client_key, known_hosts=known_hosts,
                    inventory=inventory_path, pids=pids)
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        words = pidfile.read_text().split()
+    except OSError:
+        return None
+    return int(words[0]) if words and words[0].isdigit() else None
 
 
 def _stop_pids(pids: Iterator[int] | Any) -> None:
