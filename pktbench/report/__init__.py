@@ -61,7 +61,8 @@ def write_run_table(result: Any, target: Target) -> None:
     """Reporter ("run", "table"): the one step of a `pktbench run` result."""
     from pktbench.report.table import criteria_line
 
-    words = criteria_line(getattr(result, "judgement", None), sweep=False)
+    words = criteria_line(getattr(result, "judgement", None), sweep=False,
+                          requests="offered_rps" in result.steps[0])
     with open_text(target) as stream:
         stream.write(step_table(result.steps[0]) + (words + "\n" if words else "") + "\n")
 
