@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark harness: pktbench beside the reference tools on this machine.
 
-Owns: rows B1-B6 of the performance goals (UDP blast, UDP request/response, pacing, TCP
-bulk, RESP against redis-server, memory), each as a set of measurements (reference tools,
+Owns: rows B1-B7 of the performance goals (UDP blast, UDP request/response, pacing, TCP
+bulk, RESP against redis-server, memory, UDP blast with GSO on veth counted at the
+receiver's ingress), each as a set of measurements (reference tools,
 the C probes in benchmarks/probe/, and pktbench) plus targets (ratios with a goal). It
 runs every measurement of a row N times in alternating order (ABBA), takes medians,
 prints a table with ratios and PASS/MISS, and writes a markdown block for BENCHMARKS.md
@@ -11,6 +12,8 @@ and a JSON file with every run under benchmarks/results/.
 Invariants:
 - Traffic goes only to 127.0.0.1 or to the two namespaces this harness creates
   (198.18.0.1/24 <-> 198.18.0.2/24, no default route); servers bind only those addresses.
+  The testbed's veths have UDP segmentation off, so a GSO buffer crosses as the packets it
+  holds; an nftables counter in the receiving namespace counts what arrives.
 - Every process it starts is bounded (its own -t/-n plus a harness timeout), runs in its
   own session, and is stopped by that PID's process group; namespaces are removed on exit,
   also after an error or SIGINT/SIGTERM.
@@ -25,7 +28,8 @@ Invariants:
   build meant (`python -c` puts the working directory first on sys.path).
 
 Must not: import pktbench, touch processes or namespaces it did not create, write outside
-benchmarks/results/, the in-place build of this tree, and a temporary directory it removes.
+benchmarks/results/, the in-place build of this tree, a temporary directory it removes, and
+the iperf3 3.21 it builds from ../shared/tools into the user's cache directory.
 """
 from __future__ import annotations
 
@@ -65,6 +69,15 @@ SINK_RCVBUF_BYTES = 4 << 20  # = rmem_max here; below it small-packet loss is a 
 # fallback for B3's "80 % of B1's maximum" when B1 was not measured in this invocation.
 ANCHOR_REDIS_RPS = {(1, 1): 13_000, (50, 1): 120_000, (50, 16): 1_600_000}
 ANCHOR_C_SENDMMSG_PPS = {"lo": 641_000, "veth": 576_000}
+# B7: iperf3 with UDP GSO (--gsro, 3.20+) is not in Debian; ../shared/tools has its source
+# and a build script, and the build goes to a cache directory outside the repository.
+TOOLS_DIR = REPO.parent / "shared" / "tools"
+IPERF3_GSRO_MIN = (3, 20)
+GSO_SEGMENTS = 64  # datagrams per GSO buffer in the C probe (the kernel takes up to 64, 128 since 6.x)
+GSO_BUFFERS_PER_CALL = 8  # the probe's second variant: this many GSO buffers per sendmmsg
+INGRESS_TABLE = "pktbench_bench"
+INGRESS_COUNTER = "udp64"
+RX_LOSS_MAX = 0.001  # B7's receiver-loss goal (0.1 %)
 
 Metrics = dict[str, float]
 
@@ -96,6 +109,9 @@ class Location:
     server_addr: str
     client_ns: Optional[str]
     server_ns: Optional[str]
+    udp_segmentation_off: bool = False  # both veth ends: GSO buffers cross as separate packets
+    ingress_counter: bool = False  # the nftables counter of 64-byte datagrams at the receiver's ingress
+    gso_note: str = ""  # why the two above are not in place, when they are not
 
 
 LOOPBACK = Location("lo", "127.0.0.1", None, None)
@@ -267,6 +283,52 @@ def udp_mib(loc: Location) -> dict[str, int]:
     return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:])}
 
 
+def ingress_rules(dev: str, payload: int = PAYLOAD_BYTES) -> str:
+    """nft script: a named counter of the IPv4 UDP datagrams of `payload` bytes arriving on dev.
+
+    The netdev ingress hook sees each packet as the device hands it up, before any socket:
+    with segmentation off on the sending veth, one per datagram; with it on, one per GSO
+    buffer. Only that datagram size is counted, so the TCP control connection is not."""
+    return (f"table netdev {INGRESS_TABLE} {{\n"
+            f"  counter {INGRESS_COUNTER} {{ }}\n"
+            f"  chain ingress {{ type filter hook ingress device \"{dev}\" priority -500; policy accept;\n"
+            f"    meta protocol ip udp length {payload + 8} counter name \"{INGRESS_COUNTER}\"\n"
+            "  }\n}\n")
+
+
+def parse_nft_counter(text: str) -> int:
+    """Packets of the named counter in `nft -j list counter ...` output."""
+    try:
+        items = json.loads(text)["nftables"]
+        return int(next(o["counter"]["packets"] for o in items if "counter" in o))
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise MeasureError(f"nft: no counter in output ({exc}): {text[-200:]}") from exc
+
+
+def ingress_packets(loc: Location) -> int:
+    """The receiver's ingress counter now (cumulative; runs take differences)."""
+    argv = ["ip", "netns", "exec", str(loc.server_ns), "nft", "-j", "list", "counter", "netdev",
+            INGRESS_TABLE, INGRESS_COUNTER]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        raise MeasureError(f"nft: reading the ingress counter failed: {r.stderr.strip()[-200:]}")
+    return parse_nft_counter(r.stdout)
+
+
+def with_ingress(m: Metrics, ingress: int) -> Metrics:
+    """Adds what the receiver's ingress counted, over the sender's own interval.
+
+    ingress_pps = sent_pps x ingress/sent: each tool times its sending its own way, and the
+    counter has no clock, so the count is scaled by the tool's own rate."""
+    m["ingress_packets"] = float(ingress)
+    sent = m.get("sent_packets")
+    if sent:
+        m["ingress_ratio"] = ingress / sent
+        if "sent_pps" in m:
+            m["ingress_pps"] = m["sent_pps"] * ingress / sent
+    return m
+
+
 # ----------------------------------------------------------------------------- testbed
 
 
@@ -293,10 +355,39 @@ class Testbed:
             for ns, dev in ((a, "va"), (b, "vb")):
                 self._ip("-n", ns, "link", "set", "lo", "up")
                 self._ip("-n", ns, "link", "set", dev, "up")
+            seg_off, why_seg = self._segmentation_off(((a, "va"), (b, "vb")))
+            counter, why_counter = self._ingress_counter(b, "vb")
         except BaseException:
             self.__exit__()
             raise
-        return Location("veth", VETH_SERVER_ADDR, a, b)
+        return Location("veth", VETH_SERVER_ADDR, a, b, seg_off, counter,
+                        "; ".join(w for w in (why_seg, why_counter) if w))
+
+    @staticmethod
+    def _segmentation_off(ends: Sequence[tuple[str, str]]) -> tuple[bool, str]:
+        """tx-udp-segmentation off on each end: a GSO buffer then leaves the veth as the
+        datagrams it holds, as on a real NIC path, instead of as one packet split only at
+        the receiving socket (which makes a policer or counter see one packet per buffer)."""
+        if not shutil.which("ethtool"):
+            return False, "ethtool missing (apt-get install ethtool): veth UDP segmentation left on"
+        for ns, dev in ends:
+            r = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx-udp-segmentation", "off"],
+                               capture_output=True, text=True)
+            shown = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", dev],
+                                   capture_output=True, text=True).stdout
+            if r.returncode or "tx-udp-segmentation: off" not in shown:
+                return False, f"ethtool -K {dev} tx-udp-segmentation off failed: {r.stderr.strip()[-200:]}"
+        return True, ""
+
+    @staticmethod
+    def _ingress_counter(ns: str, dev: str) -> tuple[bool, str]:
+        if not shutil.which("nft"):
+            return False, "nft missing (apt-get install nftables): no ingress counter"
+        r = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ingress_rules(dev),
+                           capture_output=True, text=True)
+        if r.returncode:
+            return False, f"nft: the ingress counter could not be made: {r.stderr.strip()[-200:]}"
+        return True, ""
 
     def __exit__(self, *exc: object) -> None:
         for ns in reversed(self.made):  # deleting a namespace deletes its veth end
@@ -334,7 +425,8 @@ def parse_iperf3_udp(fin: Finished) -> Metrics:
     # The receiver's "packets" is the highest sequence seen; received = packets - lost.
     received = float(recv["packets"]) - float(recv["lost_packets"])
     return {"sent_pps": sent["packets"] / secs, "received_pps": received / secs,
-            "loss_ratio": float(recv["lost_packets"]) / max(float(recv["packets"]), 1.0)}
+            "loss_ratio": float(recv["lost_packets"]) / max(float(recv["packets"]), 1.0),
+            "sent_packets": float(sent["packets"]), "received_packets": received}
 
 
 def parse_iperf3_tcp(fin: Finished) -> Metrics:
@@ -389,9 +481,13 @@ def parse_blast_sink(cli: Finished, srv: Optional[Finished]) -> Metrics:
     if "sent_packets" not in tx or "received_packets" not in rx:
         raise MeasureError(f"C probe: missing counts: {cli.stdout.strip()} | {srv.stdout.strip() if srv else ''} {cli.stderr[-200:]}")
     # Received over the sender's interval, as iperf3 reports it, so the two compare.
-    return {"sent_pps": tx["sent_pps"], "received_pps": rx["received_packets"] / tx["elapsed_s"],
-            "loss_ratio": 1.0 - rx["received_packets"] / max(tx["sent_packets"], 1.0),
-            "rxq_ovfl": rx.get("rxq_ovfl", 0.0)}
+    m = {"sent_pps": tx["sent_pps"], "received_pps": rx["received_packets"] / tx["elapsed_s"],
+         "loss_ratio": 1.0 - rx["received_packets"] / max(tx["sent_packets"], 1.0),
+         "rxq_ovfl": rx.get("rxq_ovfl", 0.0), "sent_packets": tx["sent_packets"],
+         "received_packets": rx["received_packets"]}
+    if "sends" in tx:  # the GSO probe: datagrams per send actually achieved
+        m["segments_per_send"] = tx["sent_packets"] / max(tx["sends"], 1.0)
+    return m
 
 
 def _dig(doc: object, dotted: str) -> Optional[float]:
@@ -410,27 +506,43 @@ def parse_pktbench_json(path: Path) -> Metrics:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise MeasureError(f"pktbench: no JSON result at {path}: {exc}") from exc
+    top = doc
     if isinstance(doc, dict) and doc.get("steps"):
         doc = doc["steps"][-1]
     wanted = {
         "sent_pps": "sent_pps", "received_pps": "received_pps", "loss_ratio": "loss_ratio",
+        "sent_packets": "sent_packets", "received_packets": "received_packets",
         "rtt_p50_us": "latency_us.p50", "rtt_p99_us": "latency_us.p99",
         "send_lag_p99_us": "send_lag_us.p99", "sender_bound": "sender_bound",
-        "received_mbps": "received_mbps", "sent_mbps": "sent_mbps",
     }
     out = {k: v for k, v in ((k, _dig(doc, p)) for k, p in wanted.items()) if v is not None}
+    for name in ("received", "sent"):  # results before schema 3 said Mbit/s in _mbps
+        bps = _dig(doc, f"{name}_bps")
+        mbps = bps / 1e6 if bps is not None else _dig(doc, f"{name}_mbps")
+        if mbps is not None:
+            out[f"{name}_mbps"] = mbps
     if "received_pps" in out:  # the same figure under each row's name
         out["trans_per_s"] = out["req_per_s"] = out["received_pps"]
     if "rtt_p50_us" in out:
         out["lat_p50_us"], out["lat_p99_us"] = out["rtt_p50_us"], out.get("rtt_p99_us", float("nan"))
     gbps = _dig(doc, "received_gbps")
-    bulk_bps = _dig(doc, "aggregate_bits_per_second")  # pktbench bulk's goodput
+    bulk_bps = _dig(doc, "aggregate_bps")  # pktbench bulk's goodput
+    if bulk_bps is None:
+        bulk_bps = _dig(doc, "aggregate_bits_per_second")  # before schema 3
     if gbps is None and bulk_bps is not None:
         gbps = bulk_bps / 1e9
     if gbps is None and "received_mbps" in out:
         gbps = out["received_mbps"] / 1000.0
     if gbps is not None:
         out["received_gbps"] = gbps
+    # Which send/receive path ran (GSO, GRO, datagrams per send): in the step, or in the
+    # document's engine/environment record.
+    for key in ("udp_gso", "udp_gro", "gso_segments", "burst"):
+        for where in (doc, top):
+            for prefix in ("engine.", "environment.engine.", "environment.", ""):
+                got = _dig(where, prefix + key)
+                if got is not None and key not in out:
+                    out[key] = got
     if not out:
         raise MeasureError(f"pktbench: {path} has none of the expected keys")
     return out
@@ -448,6 +560,8 @@ class PktbenchCli:
     serve_bind: bool = False  # serve accepts --bind ADDR
     serve_busy_poll: bool = False  # serve accepts --busy-poll
     what: str = ""  # which build this is, as the console and the markdown say it
+    run_gso: bool = False  # run accepts --gso auto|on|off (UDP GSO blast)
+    run_workers: bool = False  # run accepts --workers N
 
 
 def find_pktbench(override: Optional[str], env: dict[str, str], what: str = "",
@@ -468,7 +582,8 @@ def find_pktbench(override: Optional[str], env: dict[str, str], what: str = "",
         return PktbenchCli(argv, False, "pktbench CLI has no `run`/`serve` yet", what=what)
     if "--workload" not in run_help or "--json" not in run_help:
         return PktbenchCli(argv, False, "`pktbench run` lacks --workload/--json", what=what)
-    return PktbenchCli(argv, True, "", "--bind" in serve_help, "--busy-poll" in serve_help, what=what)
+    return PktbenchCli(argv, True, "", "--bind" in serve_help, "--busy-poll" in serve_help, what=what,
+                       run_gso="--gso" in run_help, run_workers="--workers" in run_help)
 
 
 # The CLI of the pktbench importable from `root` (a source tree with its engine built in
@@ -605,6 +720,7 @@ class Plan:
     server_exit_grace_s: float = 0.0  # servers that exit by themselves and print results
     timeout_s: float = 60.0
     udp_mib: bool = False
+    ingress: bool = False  # read the receiver's ingress counter around the run (B7)
 
 
 @dataclass(frozen=True)
@@ -616,6 +732,7 @@ class Measurement:
     plan: Optional[Callable[["Harness", Location, int], Plan]] = None
     custom: Optional[Callable[["Harness", Location], Metrics]] = None
     build: str = "current"  # which pktbench build a pktbench measurement runs ("current", "baseline")
+    skip: str = ""  # when set, the measurement cannot run here; this says why (shown as "skipped")
 
 
 @dataclass(frozen=True)
@@ -645,6 +762,7 @@ class Outcome:
     errors: dict[str, list[str]] = field(default_factory=dict)
     commands: dict[str, dict[str, str]] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def median(self, key: str, metric: str) -> Optional[float]:
         vals = [r[metric] for r in self.runs.get(key, []) if metric in r and np.isfinite(r[metric])]
@@ -929,10 +1047,175 @@ def b6_sessions(h: "Harness", loc: Location) -> Metrics:
     return {"rss_first_kib": rss[0], "rss_last_kib": rss[-1], "rss_max_kib": max(rss)}
 
 
+def iperf3_plan(binary: str, streams: int = 1) -> Callable[["Harness", Location, int], Plan]:
+    """iperf3 3.20+ with UDP GSO on send and GRO on receive (--gsro), 64-byte datagrams."""
+    def plan(h: "Harness", loc: Location, port: int) -> Plan:
+        extra = ["-P", str(streams)] if streams > 1 else []
+        return Plan(server=[binary, "-s", "-1", "-B", loc.server_addr, "-p", str(port)],
+                    client=[binary, "-c", loc.server_addr, "-p", str(port), "-u", "--gsro", "-l", str(PAYLOAD_BYTES),
+                            "-b", "0", *extra, "-t", _d(h), "-J"],
+                    parse=lambda c, s: parse_iperf3_udp(c), server_exit_grace_s=2.0, udp_mib=True, ingress=True,
+                    timeout_s=h.s.duration_s + 30)
+    return plan
+
+
+def c_gso_plan(segments: int, buffers: int) -> Callable[["Harness", Location, int], Plan]:
+    """probe/gsoblast (UDP_SEGMENT) -> probe/sink -G (UDP_GRO, counts each buffer's datagrams)."""
+    def plan(h: "Harness", loc: Location, port: int) -> Plan:
+        return Plan(server=[PROBES / "sink", "-b", loc.server_addr, "-p", port, "-t", f"{h.s.duration_s + 15:g}",
+                            "-i", "0.5", "-R", SINK_RCVBUF_BYTES, "-G"],
+                    client=[PROBES / "gsoblast", "-d", loc.server_addr, "-p", port, "-s", PAYLOAD_BYTES,
+                            "-g", segments, "-m", buffers, "-t", _d(h)],
+                    parse=parse_blast_sink, server_proto="udp", server_exit_grace_s=5.0, udp_mib=True,
+                    ingress=True, timeout_s=h.s.duration_s + 15)
+    return plan
+
+
+def c_sendmmsg_plan(h: "Harness", loc: Location, port: int) -> Plan:
+    """The per-datagram reference: probe/blast (sendmmsg, 64 a call) -> probe/sink."""
+    return Plan(server=[PROBES / "sink", "-b", loc.server_addr, "-p", port, "-t", f"{h.s.duration_s + 15:g}",
+                        "-i", "0.5", "-R", SINK_RCVBUF_BYTES],
+                client=[PROBES / "blast", "-d", loc.server_addr, "-p", port, "-s", PAYLOAD_BYTES,
+                        "-b", 64, "-t", _d(h)],
+                parse=parse_blast_sink, server_proto="udp", server_exit_grace_s=5.0, udp_mib=True,
+                ingress=True, timeout_s=h.s.duration_s + 15)
+
+
+def pktbench_gso_args(h: "Harness", workers: int = 1) -> list[str]:
+    """pktbench blast at max rate; with GSO forced on when this build has --gso (so a
+    missing GSO path fails the run instead of measuring the per-datagram one)."""
+    args = ["--workload", "blast", "--rate", "max", "--size", str(PAYLOAD_BYTES), "--duration", _d(h)]
+    if h.pkt.run_gso:
+        args += ["--gso", "on"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    return args
+
+
+def row_b7(h: "Harness", loc: Location) -> Row:
+    def pkt(workers: int) -> Callable[["Harness", Location, int], Plan]:
+        def plan(h: "Harness", loc: Location, port: int) -> Plan:
+            p = pktbench_plan(h, loc, port, pktbench_gso_args(h, workers), f"b7-w{workers}")
+            return dataclasses.replace(p, ingress=True, udp_mib=True)
+        return plan
+
+    path = "" if loc.udp_segmentation_off and loc.ingress_counter else (loc.gso_note or "testbed not set up")
+    iperf, why_iperf = h.iperf3_gsro, h.iperf3_gsro_note
+    iperf_skip = path or ("" if iperf else why_iperf or "no iperf3 with --gsro")
+    cli = h.builds["current"]
+    w2_skip = path or ("" if cli.run_workers or not cli.available else "this pktbench has no --workers")
+    pps = ("sent_pps", "ingress_pps", "received_pps", "loss_ratio")
+    gso_label = " --gso on" if cli.run_gso else " (a build without --gso)"
+    ms = (
+        Measurement("iperf3_gsro", "iperf3 3.21 -u --gsro -l 64 -b 0", False, pps,
+                    plan=iperf3_plan(iperf or "iperf3"), skip=iperf_skip),
+        Measurement("c_gso", f"C UDP_SEGMENT {GSO_SEGMENTS} x 64 B a send -> recvmmsg sink, UDP_GRO", False, pps,
+                    plan=c_gso_plan(GSO_SEGMENTS, 1), skip=path),
+        Measurement("c_gso_mmsg", f"C UDP_SEGMENT {GSO_SEGMENTS} x 64 B, {GSO_BUFFERS_PER_CALL} buffers a "
+                    "sendmmsg -> sink, UDP_GRO", False, pps,
+                    plan=c_gso_plan(GSO_SEGMENTS, GSO_BUFFERS_PER_CALL), skip=path),
+        Measurement("c_sendmmsg", "C sendmmsg 64x64 B (per datagram) -> recvmmsg sink", False, pps,
+                    plan=c_sendmmsg_plan, skip=path),
+        Measurement("pktbench_gso", "pktbench blast --rate max" + gso_label, True,
+                    pps + ("sender_bound", "gso_segments"), plan=pkt(1), skip=path),
+        Measurement("iperf3_gsro_p2", "iperf3 3.21 -u --gsro -l 64 -b 0 -P 2", False, pps,
+                    plan=iperf3_plan(iperf or "iperf3", 2), skip=iperf_skip),
+        Measurement("pktbench_gso_w2", "pktbench blast --rate max --workers 2" + gso_label, True,
+                    pps + ("gso_segments",), plan=pkt(2), skip=w2_skip),
+    )
+    loss = float(RX_LOSS_MAX)
+    ts = (
+        Target("sent pps >= 1.1x iperf3 --gsro", ("pktbench_gso", "sent_pps"), ("iperf3_gsro", "sent_pps"), low=1.1),
+        Target("ingress pps >= 1.1x iperf3 --gsro", ("pktbench_gso", "ingress_pps"), ("iperf3_gsro", "ingress_pps"),
+               low=1.1),
+        Target(f"receiver loss <= {loss:.1%} (ratio = loss / {loss:.1%})", ("pktbench_gso", "loss_ratio"), loss,
+               high=1.0),
+        Target(f"sent pps >= 0.9x C UDP_SEGMENT {GSO_SEGMENTS}/send", ("pktbench_gso", "sent_pps"),
+               ("c_gso", "sent_pps"), low=0.9),
+        Target(f"sent pps >= 0.9x C UDP_SEGMENT {GSO_SEGMENTS}/send x {GSO_BUFFERS_PER_CALL}/sendmmsg",
+               ("pktbench_gso", "sent_pps"), ("c_gso_mmsg", "sent_pps"), low=0.9),
+        Target("--workers 2: sent pps >= 1.1x iperf3 -P 2 --gsro", ("pktbench_gso_w2", "sent_pps"),
+               ("iperf3_gsro_p2", "sent_pps"), low=1.1),
+        Target(f"--workers 2: receiver loss <= {loss:.1%}", ("pktbench_gso_w2", "loss_ratio"), loss, high=1.0),
+    )
+    notes = (
+        "veth with tx-udp-segmentation off at both ends: a GSO buffer leaves the sender as the datagrams it holds",
+        f"ingress = nftables netdev ingress counter on the receiver's veth, IPv4 UDP of {PAYLOAD_BYTES} B payload "
+        "(udp length 72); ingress_pps = sent_pps x ingress/sent (the tool's own interval)",
+        "loss_ratio is each tool's own: iperf3's lost/expected at its receiver, the C sink's 1 - received/sent, "
+        "pktbench's loss_ratio",
+        "one sender process on CPU 0 (iperf3 -P 2 and --workers 2 share it), receiver on CPU 1",
+        f"iperf3 with --gsro: {h.iperf3_gsro or 'none'} ({why_iperf or 'found'}); Debian's iperf3 stays B1/B3's",
+    )
+    return Row("B7", "UDP 64-byte blast with GSO, veth, counted at the receiver's ingress", ms, ts, notes)
+
+
+# ----------------------------------------------------------------------------- iperf3 with GSO
+
+
+def iperf3_version(text: str) -> Optional[tuple[int, int]]:
+    """(major, minor) from `iperf3 --version` output ("iperf 3.21+ (cJSON 1.7.15)")."""
+    m = re.search(r"iperf (\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def iperf3_gsro_ok(binary: str) -> tuple[bool, str]:
+    """Whether binary is an iperf3 >= 3.20 whose help lists --gsro, and its version text."""
+    try:
+        ver = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+        hlp = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False, "not runnable"
+    got = iperf3_version(ver.stdout + ver.stderr)
+    shown = ".".join(map(str, got)) if got else "?"
+    return bool(got and got >= IPERF3_GSRO_MIN and "--gsro" in hlp.stdout + hlp.stderr), shown
+
+
+def iperf3_cache_prefix() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pktbench-bench" / "iperf3-3.21"
+
+
+def find_iperf3_gsro(explicit: Optional[str], tools: Path = TOOLS_DIR,
+                     prefix: Optional[Path] = None) -> tuple[Optional[str], str]:
+    """(path, how it was found) of an iperf3 with --gsro, or (None, why not).
+
+    Order: --iperf3-gsro PATH; iperf3 on PATH when it is 3.20+ with --gsro; a build from
+    ../shared/tools (build-iperf3.sh) into the cache directory, reused when present."""
+    if explicit:
+        ok, ver = iperf3_gsro_ok(explicit)
+        if not ok:
+            raise SystemExit(f"--iperf3-gsro {explicit}: not an iperf3 >= 3.20 with --gsro (version {ver})")
+        return explicit, f"iperf3 {ver}, given with --iperf3-gsro"
+    on_path = shutil.which("iperf3")
+    if on_path:
+        ok, ver = iperf3_gsro_ok(on_path)
+        if ok:
+            return on_path, f"iperf3 {ver} on PATH"
+    prefix = prefix or iperf3_cache_prefix()
+    cached = prefix / "bin" / "iperf3"
+    if cached.exists() and iperf3_gsro_ok(str(cached))[0]:
+        return str(cached), f"iperf3 {iperf3_gsro_ok(str(cached))[1]} built earlier from {tools}"
+    script = tools / "build-iperf3.sh"
+    if not script.exists():
+        return None, (f"no iperf3 >= 3.20 with --gsro on PATH and no {script} to build one: "
+                      "the iperf3 --gsro measurements are skipped")
+    print(f"building iperf3 3.21 (--gsro) from {tools} into {prefix}", flush=True)
+    try:
+        r = subprocess.run(["sh", str(script), str(prefix)], capture_output=True, text=True, timeout=600,
+                           cwd=tempfile.gettempdir())
+    except subprocess.TimeoutExpired:
+        return None, f"building iperf3 from {tools} took over 600 s: skipped"
+    if r.returncode or not cached.exists() or not iperf3_gsro_ok(str(cached))[0]:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"building iperf3 from {tools} failed ({tail}): skipped"
+    return str(cached), f"iperf3 {iperf3_gsro_ok(str(cached))[1]} built from {tools} into {prefix}"
+
+
 ROWS: dict[str, Callable[["Harness", Location], Row]] = {
-    "B1": row_b1, "B2": row_b2, "B3": row_b3, "B4": row_b4, "B5": row_b5, "B6": row_b6,
+    "B1": row_b1, "B2": row_b2, "B3": row_b3, "B4": row_b4, "B5": row_b5, "B6": row_b6, "B7": row_b7,
 }
-ROW_LOCATIONS = {"B6": ("lo",)}  # memory does not depend on the path
+ROW_LOCATIONS = {"B6": ("lo",), "B7": ("veth",)}  # memory does not depend on the path; GSO needs the veth
 
 
 # ----------------------------------------------------------------------------- harness
@@ -947,6 +1230,8 @@ class Harness:
         self.active = "current"  # the build whose argv pktbench_* give while a measurement runs
         self.outcomes: list[tuple[Row, Outcome]] = []
         self._current: Optional[tuple[Outcome, str]] = None
+        self.iperf3_gsro: Optional[str] = None  # B7's iperf3 with --gsro (main finds or builds it)
+        self.iperf3_gsro_note = "not looked for"
 
     @property
     def pkt(self) -> PktbenchCli:
@@ -1001,11 +1286,14 @@ class Harness:
                 srv = self.runner.spawn(server_argv)
                 self.runner.listening(loc, port, plan.server_proto, srv)
             before = udp_mib(loc) if plan.udp_mib else {}
+            counted = ingress_packets(loc) if plan.ingress else 0
             cli = self.runner.wait(self.runner.spawn(client_argv), plan.timeout_s)
             sfin = self.runner.stop(srv, plan.server_exit_grace_s) if srv else None
             if cli.rc != 0 and not cli.stdout.strip():
                 raise MeasureError(f"{Path(str(plan.client[0])).name} exited {cli.rc}: {cli.stderr.strip()[-300:]}")
             metrics = plan.parse(cli, sfin)
+            if plan.ingress:  # read after the server stopped: every datagram sent has arrived or is lost
+                metrics = with_ingress(metrics, ingress_packets(loc) - counted)
             if plan.udp_mib:
                 after = udp_mib(loc)
                 metrics["rcvbuf_errors"] = float(after.get("RcvbufErrors", 0) - before.get("RcvbufErrors", 0))
@@ -1031,10 +1319,13 @@ class Harness:
         measurements = self.measurements(row)
         for m in measurements:
             cli = self.builds[m.build]
-            if m.is_pktbench and not cli.available:
+            if m.skip:
+                out.skipped[m.key] = m.skip
+                print(f"  {m.key}: skipped ({m.skip})", flush=True)
+            elif m.is_pktbench and not cli.available:
                 out.pending[m.key] = cli.reason
                 print(f"  {m.key}: pending ({cli.reason})", flush=True)
-        active = [m for m in measurements if m.key not in out.pending]
+        active = [m for m in measurements if m.key not in out.pending and m.key not in out.skipped]
         for rep in range(self.s.runs):
             # ABBA order: slow drift (thermal, host neighbours) hits every measurement alike.
             for m in (active if rep % 2 == 0 else list(reversed(active))):
@@ -1095,7 +1386,8 @@ def tables(h: Harness) -> tuple[list[list[str]], list[list[str]]]:
         for m in h.measurements(row):
             runs = o.runs.get(m.key, [])
             if not runs:
-                state = "pending" if m.key in o.pending else ("failed" if m.key in o.errors else "-")
+                state = ("pending" if m.key in o.pending else "skipped" if m.key in o.skipped
+                         else "failed" if m.key in o.errors else "-")
                 meas.append([row.key, o.where, m.label, "-", state, "", "", "0"])
                 continue
             for metric in m.show:
@@ -1107,6 +1399,10 @@ def tables(h: Harness) -> tuple[list[list[str]], list[list[str]]]:
         for t in row.targets:
             pending = t.subject[0] in o.pending
             sub, ref, ratio, v = verdict(t, o, pending)
+            skipped = [k for k in (t.subject[0], t.reference[0] if isinstance(t.reference, tuple) else "")
+                       if k in o.skipped]
+            if skipped and ratio is None:
+                v = "skipped"
             ref_txt = fmt(ref)
             if t.beside:
                 b = o.median(*t.beside)
@@ -1190,7 +1486,8 @@ def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list
         f"Machine: {mach['cpu']}, {mach['cores']} cores, kernel {mach['kernel']}, Python {mach['python']}, "
         f"rmem_max {mach['rmem_max']}; load average at start {mach['loadavg_start']}.",
         f"Tools: iperf3 {mach['iperf3']}, netperf {mach['netperf']}, sockperf {mach['sockperf']}, "
-        f"redis {mach['redis']}; C probes from benchmarks/probe (cc -O2).",
+        f"redis {mach['redis']}; C probes from benchmarks/probe (cc -O2)."
+        + (f" B7's iperf3 with --gsro: {mach['iperf3_gsro']}." if "iperf3_gsro" in mach else ""),
         f"Method: median of {s.runs} runs of {s.duration_s:g} s per measurement, measurements of a row "
         f"alternating (ABBA); client/sender on CPU {SENDER_CPU}, server/receiver on CPU {RECEIVER_CPU} (taskset); "
         f"`lo` = 127.0.0.1, `veth` = namespaces {VETH_CLIENT_ADDR}/24 -> {VETH_SERVER_ADDR}/24 over one veth pair, "
@@ -1213,6 +1510,7 @@ def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list
         lines += ["#### Current build beside the baseline (same invocation, runs alternating)", "",
                   render_md(comp, right=(4, 5, 6, 7, 8)), ""]
     notes = [f"- {r.key} [{o.where}]: {n}" for r, o in h.outcomes for n in r.notes]
+    notes += [f"- {r.key} [{o.where}] {k}: skipped, {why}" for r, o in h.outcomes for k, why in o.skipped.items()]
     errs = [f"- {r.key} [{o.where}] {k}: {len(v)} failed run(s), last: {v[-1][:200]}"
             for r, o in h.outcomes for k, v in o.errors.items()]
     for r, o in h.outcomes:
@@ -1236,7 +1534,7 @@ def markdown(h: Harness, mach: dict[str, str], meas: list[list[str]], targ: list
 
 
 def build_probes() -> None:
-    missing = [p for p in ("blast", "sink", "pingpong")
+    missing = [p for p in ("blast", "gsoblast", "sink", "pingpong")
                if not (PROBES / p).exists() or (PROBES / p).stat().st_mtime < (PROBES / f"{p}.c").stat().st_mtime
                or (PROBES / p).stat().st_mtime < (PROBES / "common.h").stat().st_mtime]
     for p in missing:
@@ -1247,8 +1545,9 @@ def build_probes() -> None:
 
 
 def check_tools(rows: Sequence[str]) -> None:
+    # B7 needs ethtool and nft too, but without them its measurements are skipped with a note.
     need = {"B1": ["iperf3"], "B2": ["netperf", "netserver", "sockperf"], "B3": ["iperf3"], "B4": ["iperf3"],
-            "B5": ["redis-server", "redis-benchmark"], "B6": []}
+            "B5": ["redis-server", "redis-benchmark"], "B6": [], "B7": []}
     missing = sorted({t for r in rows for t in need[r] + ["taskset", "ss", "ip"] if not shutil.which(t)})
     if missing:
         raise SystemExit(f"missing reference tools: {', '.join(missing)}; run `sh benchmarks/install_tools.sh` as root")
@@ -1256,7 +1555,8 @@ def check_tools(rows: Sequence[str]) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="pktbench beside iperf3, netperf, sockperf, redis-benchmark and C probes")
-    p.add_argument("--rows", default="B1,B2,B3,B4,B5,B6", help="comma list of rows (default all)")
+    p.add_argument("--rows", default="B1,B2,B3,B4,B5,B6,B7",
+                   help="comma list of rows (default all; B7 runs on the veth testbed only, with --netns)")
     p.add_argument("--quick", action="store_true", help="smoke check: 3 runs of 2 s, short B6")
     p.add_argument("--runs", type=int, help="runs per measurement (default 5, quick 3)")
     p.add_argument("--duration", type=float, help="seconds per run (default 5, quick 2)")
@@ -1272,6 +1572,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "build, runs alternating; prints both and their ratio")
     p.add_argument("--wait-quiet", type=float, default=20.0,
                    help="before each run wait up to this many seconds for other load to pass (default 20)")
+    p.add_argument("--iperf3-gsro", metavar="PATH",
+                   help="B7's iperf3 with --gsro (3.20+); default: iperf3 on PATH if it has --gsro, else one "
+                        "built from ../shared/tools into ~/.cache/pktbench-bench")
     p.add_argument("--out", type=Path, help="markdown output (default benchmarks/results/<stamp>.md, JSON beside it)")
     a = p.parse_args(argv)
     a.rows = tuple(r.strip().upper() for r in a.rows.split(",") if r.strip())
@@ -1328,6 +1631,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     runner = Runner(env, cwd=tmpdir)
     h = Harness(s, builds, runner, tmpdir)
+    if "B7" in a.rows and "veth" in locations:
+        h.iperf3_gsro, h.iperf3_gsro_note = find_iperf3_gsro(a.iperf3_gsro)
+        mach["iperf3_gsro"] = h.iperf3_gsro_note
+        print(f"B7 iperf3 --gsro: {h.iperf3_gsro or 'none'} ({h.iperf3_gsro_note})", flush=True)
+    elif a.rows == ("B7",):
+        print("B7 runs only on the veth testbed: add --netns", file=sys.stderr)
     try:
         for where in locations:
             rows = [r for r in a.rows if where in ROW_LOCATIONS.get(r, ("lo", "veth"))]
@@ -1362,6 +1671,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            "pktbench": {name: {"what": cli.what, "argv": list(cli.argv), "available": cli.available,
                                "reason": cli.reason} for name, cli in builds.items()},
            "outcomes": [{"row": r.key, "where": o.where, "runs": o.runs, "errors": o.errors, "pending": o.pending,
+                         "skipped": o.skipped,
                          "commands": o.commands} for r, o in h.outcomes]}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     print(f"\nmarkdown: {out}\njson: {out.with_suffix('.json')}")

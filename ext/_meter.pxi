@@ -49,3 +49,23 @@ cdef inline void meter_lag(Meter *m, uint64_t lag) noexcept nogil:
     m.h_lag[hist_index(lag)] += 1
     if lag > m.c[S_LAG_MAX_NS]:
         m.c[S_LAG_MAX_NS] = lag
+
+
+cdef object meter_snapshot(Meter *m):
+    """(monotonic ns, counters copy, reply-latency histogram copy), taken now.
+
+    Meant for a Python thread reading a loop that runs without the GIL in
+    another thread (interval reports): the owner's arrays are never
+    reallocated, and each aligned 64-bit word is copied whole, so a
+    snapshot is at worst a few packets behind, never garbage. A reader
+    subtracts two snapshots of one phase; `begin` zeroes the counters, so a
+    sent count lower than the previous snapshot's means a new phase.
+    """
+    counters = np.empty(m.n_counters, dtype=np.uint64)
+    hist = np.empty(HIST_BUCKETS, dtype=np.uint64)
+    cdef uint64_t[::1] cv = counters
+    cdef uint64_t[::1] hv = hist
+    cdef uint64_t t = now_ns()
+    memcpy(&cv[0], m.c, <size_t>m.n_counters * sizeof(uint64_t))
+    memcpy(&hv[0], m.h_sched, HIST_BUCKETS * sizeof(uint64_t))
+    return t, counters, hist

@@ -674,6 +674,10 @@ cdef class RespClient:
         conn.loss_run = 0
         meter_reply(&self.meter, <uint64_t>length, sched_lat, actual_lat)
 
+    def snapshot(self):
+        """The meter now, readable from another thread while `run` goes on (_meter.pxi)."""
+        return meter_snapshot(&self.meter)
+
     def finish(self):
         """Close the phase's books (call after draining).
 

@@ -474,6 +474,10 @@ cdef class PacedSender:
             self.c[S_RCVBUF_DROPS] = dropped
         return got
 
+    def snapshot(self):
+        """The meter now, readable from another thread while `run` goes on (_meter.pxi)."""
+        return meter_snapshot(&self.meter)
+
     def finish(self):
         """Count every request still unanswered as lost (call after draining)."""
         if self.expect_replies:

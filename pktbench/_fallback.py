@@ -289,6 +289,15 @@ class PacedSender:
     def send_lag_hist(self) -> _U64:
         return self._hists.array(2)
 
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
+
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
         self.t0_ns = t0_ns
@@ -965,6 +974,15 @@ class RespClient:
     @property
     def send_lag_hist(self) -> _U64:
         return self._hists.array(2)
+
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase of `limit` requests due from t0_ns; counters cleared."""

@@ -49,10 +49,9 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     if not value or ctx.resilient_parsing:
         return
     from pktbench.engine import engine_environment
+    from pktbench.report.text import version_line
 
-    info = engine_environment()
-    click.echo(f"pktbench {__version__} (engine: {info['engine']}, {info['engine_build']}, "
-               f"{info['engine_wheel']})")
+    click.echo(version_line(__version__, engine_environment()))
     ctx.exit()
 
 
@@ -228,8 +227,9 @@ def _exit_on_failure(judgement: dict[str, Any] | None, fail_on: tuple[str, ...])
         failed.insert(0, "knee")
     hit = [name for name in fail_on if name in failed]
     if hit:
-        click.echo(f"FAIL: the path failed {', '.join(dict.fromkeys(hit))} "
-                   f"(--fail-on {','.join(fail_on)})", err=True)
+        from pktbench.report.text import fail_on_line
+
+        click.echo(fail_on_line(hit, fail_on), err=True)
         sys.exit(EXIT_PATH_FAILED)
 
 
@@ -891,3 +891,13 @@ def _add_fleet_commands() -> None:
 
 
 _add_fleet_commands()
+
+
+def _add_file_commands() -> None:
+    from pktbench.cli_files import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_file_commands()

@@ -285,6 +285,74 @@ class _Sender:
 UNLIMITED = 1 << 62
 
 
+class Snapshotting(Protocol):
+    """An engine loop whose meter can be read while it runs (PacedSender, RespClient)."""
+
+    def snapshot(self) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]]: ...
+
+
+@dataclass
+class LiveWindow:
+    """One measured window running in this process, as interval reports see it.
+
+    `counter_names` names the snapshot's counters (SENDER_COUNTERS or
+    CLIENT_COUNTERS); `final` is the snapshot taken as the window closed
+    (after its drain), None while it runs.
+    """
+
+    meter: Snapshotting
+    counter_names: tuple[str, ...]
+    start_ns: int
+    offered_pps: float | None
+    final: tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
+
+
+class LiveMeters:
+    """The measured windows now running in this process, for readers in other threads.
+
+    Senders register their window for its length (`watching`); an interval
+    reporter (pktbench.intervals) polls `windows()` and each window's meter
+    snapshot. Registering costs a lock and a list append per step, so it is
+    always on, listener or not. Windows that closed stay until `collect`
+    takes them, so a reader that polls late still sees how a window ended.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: list[LiveWindow] = []
+        self._closed: list[LiveWindow] = []
+        self.listeners = 0  # closed windows are only kept while someone reads them
+
+    def windows(self) -> list[LiveWindow]:
+        with self._lock:
+            return list(self._running)
+
+    def collect(self) -> list[LiveWindow]:
+        """The windows that closed since the last call, oldest first."""
+        with self._lock:
+            closed, self._closed = self._closed, []
+            return closed
+
+    def open(self, meter: Snapshotting, counter_names: tuple[str, ...], start_ns: int,
+             offered_pps: float | None) -> LiveWindow:
+        window = LiveWindow(meter, counter_names, start_ns, offered_pps)
+        with self._lock:
+            self._running.append(window)
+        return window
+
+    def close(self, window: LiveWindow) -> None:
+        final = window.meter.snapshot() if self.listeners else None
+        with self._lock:
+            if window in self._running:
+                self._running.remove(window)
+                if self.listeners:
+                    window.final = final
+                    self._closed.append(window)
+
+
+LIVE_METERS = LiveMeters()
+
+
 class PhaseLoop(Protocol):
     """What run_phases drives: a sender engine with a phase limit."""
 
@@ -316,7 +384,9 @@ class Phases:
 
 
 def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, duration_s: float,
-               drain_s: float, drain: bool, grace: bool, start_ns: int | None = None) -> Phases:
+               drain_s: float, drain: bool, grace: bool, start_ns: int | None = None,
+               meter: Snapshotting | None = None,
+               counter_names: tuple[str, ...] = ()) -> Phases:
     """The one warm-up / measure / drain driver of every sender.
 
     Warm-up is sent on the measured schedule just before t0, so t0 is where
@@ -325,7 +395,8 @@ def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, dura
     window); anything unsent after it is sender-bound, not a longer step.
     `drain`: wait up to drain_s for replies still owed after a completed
     window. `start_ns` (monotonic) is when the schedule begins: by default
-    1 ms from now.
+    1 ms from now. `meter`, when given, is shown to LIVE_METERS for the
+    measured window and its drain (interval reports read it there).
     """
     period_ns = 1e9 / rate_pps if rate_pps else 0.0
     if start_ns is None:
@@ -341,13 +412,19 @@ def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, dura
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
     grace_ns = int(max(0.01, duration_s * 0.01) * 1e9) if grace and rate_pps else 0
     loop.begin(start_ns, count, False)
-    cpu_before = thread_cpu_s()
-    completed = loop.send_until(start_ns + int(duration_s * 1e9) + grace_ns)
-    send_end_ns = monotonic_ns()
-    cpu_s = thread_cpu_s() - cpu_before
-    loop.end_sending()
-    if drain and completed:
-        completed = loop.drain_until(monotonic_ns() + int(drain_s * 1e9))
+    live = (LIVE_METERS.open(meter, counter_names, start_ns, rate_pps)
+            if meter is not None else None)
+    try:
+        cpu_before = thread_cpu_s()
+        completed = loop.send_until(start_ns + int(duration_s * 1e9) + grace_ns)
+        send_end_ns = monotonic_ns()
+        cpu_s = thread_cpu_s() - cpu_before
+        loop.end_sending()
+        if drain and completed:
+            completed = loop.drain_until(monotonic_ns() + int(drain_s * 1e9))
+    finally:
+        if live is not None:
+            LIVE_METERS.close(live)
     return Phases(start_ns, count, send_end_ns, cpu_s, completed, warmup_sent)
 
 
@@ -396,7 +473,8 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
                      outstanding)
     phases = run_phases(_SenderPhases(sender, stop), rate_pps=rate_pps, warmup_s=warmup_s,
                         duration_s=duration_s, drain_s=drain_s, drain=expect_replies,
-                        grace=True, start_ns=start_ns)
+                        grace=True, start_ns=start_ns, meter=sender.engine,
+                        counter_names=loops.SENDER_COUNTERS)
     start_ns, count, send_end_ns = phases.start_ns, phases.count, phases.send_end_ns
     sender.engine.finish()
     counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)

@@ -140,7 +140,8 @@ __all__ = [
     "verify_auth",
 ]
 
-CONTROL_VERSION = 1
+# 2: a bulk end's report names its payload rate payload_bps (was bits_per_second).
+CONTROL_VERSION = 2
 MAX_FRAME_BYTES = 64 * 1024  # JSON payload bytes per frame, length prefix excluded
 _LENGTH = struct.Struct("!I")
 

@@ -37,7 +37,7 @@ from typing import Any
 from pktbench._version import __version__
 from pktbench.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 KINDS = ("sweep", "bulk")
 
@@ -71,10 +71,84 @@ def _one_to_two(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+# Version 3 names every rate by its unit the same way in every kind: bits
+# per second end in _bps (sweep steps said Mbit/s in sent_mbps, bulk steps
+# spelled bits_per_second out). Old key -> new key, per part of a document.
+_BULK_STEP_RENAMES: Mapping[str, str] = MappingProxyType({
+    "aggregate_bits_per_second": "aggregate_bps", "sender_bits_per_second": "sender_bps",
+    "offered_bits_per_second": "offered_bps", "wire_bits_per_second": "wire_bps",
+    "frame_bits_per_second": "frame_bps"})
+_BULK_ROW_RENAMES: Mapping[str, str] = MappingProxyType({
+    "bits_per_second": "goodput_bps", "sender_bits_per_second": "sender_bps",
+    "wire_bits_per_second": "wire_bps", "frame_bits_per_second": "frame_bps"})
+_CEILING_RENAMES: Mapping[str, str] = MappingProxyType({
+    "bits_per_second": "goodput_bps", "wire_bits_per_second": "wire_bps",
+    "frame_bits_per_second": "frame_bps", "offered_bits_per_second": "offered_bps"})
+_MBIT_STEP_RENAMES: Mapping[str, str] = MappingProxyType({
+    "sent_mbps": "sent_bps", "received_mbps": "received_bps"})
+
+
+def _renamed(mapping: Any, renames: Mapping[str, str]) -> Any:
+    """`mapping` with its keys renamed in place of the old ones (order kept)."""
+    if not isinstance(mapping, dict):
+        return mapping
+    return {renames.get(key, key): value for key, value in mapping.items()}
+
+
+def _end_report(end: Any) -> Any:
+    """A bulk step's client or server end: payload rates per stream and in total."""
+    if not isinstance(end, dict):
+        return end
+    end = _renamed(end, {"bits_per_second": "payload_bps"})
+    if isinstance(end.get("streams"), list):
+        end["streams"] = [_renamed(s, {"bits_per_second": "payload_bps"})
+                          for s in end["streams"]]
+    return end
+
+
+def _mbit_step(step: Any) -> Any:
+    if not isinstance(step, dict):
+        return step
+    out = _renamed(step, _MBIT_STEP_RENAMES)
+    for key in _MBIT_STEP_RENAMES.values():
+        if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool):
+            # rounded to the µbit/s so 5.119 Mbit/s reads 5119000.0, not 5119000.000000001
+            out[key] = round(out[key] * 1e6, 6)
+    return out
+
+
+def _bulk_step(step: Any) -> Any:
+    if not isinstance(step, dict):
+        return step
+    out = _renamed(step, _BULK_STEP_RENAMES)
+    if isinstance(out.get("streams"), list):
+        out["streams"] = [_renamed(r, _BULK_ROW_RENAMES) for r in out["streams"]]
+    if isinstance(out.get("per_path"), list):
+        out["per_path"] = [_renamed(p, {"bits_per_second": "interface_bps"})
+                           for p in out["per_path"]]
+    for end in ("client", "server"):
+        if end in out:
+            out[end] = _end_report(out[end])
+    return out
+
+
+def _two_to_three(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every rate in bit/s under a `_bps` key, in sweep and bulk documents alike."""
+    steps = doc.get("steps")
+    if isinstance(steps, list):
+        if doc.get("kind") == "bulk":
+            doc["steps"] = [_bulk_step(s) for s in steps]
+        else:
+            doc["steps"] = [_mbit_step(s) for s in steps]
+    if isinstance(doc.get("ceiling"), dict):
+        doc["ceiling"] = _renamed(doc["ceiling"], _CEILING_RENAMES)
+    return doc
+
+
 # Upgrades from version N to N + 1, applied in order by `upgrade_document`;
 # read-only so no caller can change how old files are read.
 _UPGRADES: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = MappingProxyType(
-    {1: _one_to_two})
+    {1: _one_to_two, 2: _two_to_three})
 
 
 @dataclass(frozen=True)
@@ -182,27 +256,27 @@ class SweepResult:
 def bulk_ceiling(steps: tuple[dict[str, Any], ...], link_speed_bps: float | None
                  ) -> dict[str, Any]:
     """The bulk step with the highest aggregate goodput, on-wire too, beside the link speed."""
-    best = max(steps, key=lambda s: s["aggregate_bits_per_second"], default=None)
+    best = max(steps, key=lambda s: s["aggregate_bps"], default=None)
     if best is None:
-        return {"bits_per_second": None}
+        return {"goodput_bps": None}
     link = link_speed_bps
     overhead = best.get("overhead")
     model = best.get("link_model") or "l1"
     ratio = overhead["goodput_ratio"] if overhead else None
-    if model == "l2" and best.get("frame_bits_per_second"):
+    if model == "l2" and best.get("frame_bps"):
         # a shaper meters frames: goodput can reach link x goodput / frame bits
-        ratio = best["aggregate_bits_per_second"] / best["frame_bits_per_second"]
+        ratio = best["aggregate_bps"] / best["frame_bps"]
     return {
-        "bits_per_second": best["aggregate_bits_per_second"],
-        "wire_bits_per_second": best["wire_bits_per_second"],
-        "frame_bits_per_second": best["frame_bits_per_second"],
+        "goodput_bps": best["aggregate_bps"],
+        "wire_bps": best["wire_bps"],
+        "frame_bps": best["frame_bps"],
         "step_index": best["index"],
         "streams": best["streams_requested"],
-        "offered_bits_per_second": best.get("offered_bits_per_second"),
+        "offered_bps": best.get("offered_bps"),
         "link_speed_bps": link,
         "link_percent": best["link_percent"],
         **({"link_model": model if link else None} if "link_model" in best else {}),
-        "goodput_link_percent": (100.0 * best["aggregate_bits_per_second"] / link
+        "goodput_link_percent": (100.0 * best["aggregate_bps"] / link
                                  if link else None),
         "max_goodput_at_link_bps": link * ratio if link and ratio else None,
         "overhead": overhead,

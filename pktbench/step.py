@@ -131,8 +131,8 @@ class StepResult(_StepResultOptional):
     size_bytes: int
     duration_s: float
     warmup_s: float
-    sent_mbps: float
-    received_mbps: float
+    sent_bps: float
+    received_bps: float
     latency_us: dict[str, float] | None
     latency_actual_us: dict[str, float] | None
     send_lag_us: dict[str, float] | None
@@ -166,8 +166,8 @@ STEP_FIELDS: dict[str, str] = {
     "size_bytes": "UDP payload (or TCP request) size, bytes",
     "duration_s": "span the sender actually sent over, seconds",
     "warmup_s": "traffic before the window that was not counted, seconds",
-    "sent_mbps": "payload bits sent per second, Mbit/s",
-    "received_mbps": "payload bits received per second, Mbit/s",
+    "sent_bps": "payload bits sent per second, bit/s",
+    "received_bps": "payload bits received per second, bit/s",
     "latency_us": "rr: round trip from the scheduled send time (p50, p90, p99, p999, min, "
                   "mean, max), microseconds; null for one-way",
     "latency_actual_us": "rr: round trip from the actual send time, same keys; null for one-way",
@@ -224,7 +224,10 @@ def render_doc() -> str:
             "(`pktbench/step.py`): a mapping with the keys below, built once by\n"
             "`summarize_step` and never changed afterwards. The JSON result's `steps` are\n"
             "these mappings, annotated by the knee finder (`failures`, `attribution`).\n"
-            "Every key that carries a number names its unit.\n\n"
+            "Every key that carries a number names its unit, as a suffix: `_pps`\n"
+            "packets/s, `_bps` bits/s, `_bytes`, `_packets`, `_s` seconds, `_ms`\n"
+            "milliseconds, `_us` microseconds, `_ns` nanoseconds, `_percent`, `_ratio`\n"
+            "(0 to 1). The same holds for every result kind (sweep, bulk, fleet).\n\n"
             "| key | present | what it holds |\n|---|---|---|\n" + rows + "\n")
 
 
@@ -303,8 +306,8 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
         "size_bytes": params.size_bytes,
         "duration_s": duration_s,
         "warmup_s": params.warmup_s,
-        "sent_mbps": c["sent_bytes"] * 8 / duration_s / 1e6 if duration_s else 0.0,
-        "received_mbps": received_bytes * 8 / duration_s / 1e6 if duration_s else 0.0,
+        "sent_bps": c["sent_bytes"] * 8 / duration_s if duration_s else 0.0,
+        "received_bps": received_bytes * 8 / duration_s if duration_s else 0.0,
         "latency_us": summaries["latency_us"] if rr else None,
         "latency_actual_us": summaries["latency_actual_us"] if rr else None,
         "send_lag_us": summaries["send_lag_us"],

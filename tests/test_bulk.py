@@ -87,14 +87,14 @@ def _check_tcp_step(step: dict[str, Any], streams: int) -> None:
     assert [s["stream_id"] for s in step["streams"]] == list(range(streams))
     assert len({s["source_port"] for s in step["streams"]}) == streams
     for s in step["streams"]:
-        assert s["bits_per_second"] > 0 and s["error"] is None
+        assert s["goodput_bps"] > 0 and s["error"] is None
         # receiver-side goodput can never beat what the sender wrote overall
         assert s["bytes"] > 0
-    assert step["aggregate_bits_per_second"] == pytest.approx(
-        sum(s["bits_per_second"] for s in step["streams"]))
+    assert step["aggregate_bps"] == pytest.approx(
+        sum(s["goodput_bps"] for s in step["streams"]))
     overhead = step["overhead"]
-    assert step["wire_bits_per_second"] == pytest.approx(
-        step["aggregate_bits_per_second"] * overhead["wire_bytes"] / overhead["payload_bytes"])
+    assert step["wire_bps"] == pytest.approx(
+        step["aggregate_bps"] * overhead["wire_bytes"] / overhead["payload_bytes"])
     assert step["retransmits"] is not None and step["retransmits"] >= 0
     assert step["sender_cpu_percent"] > 0 and step["receiver_cpu_percent"] > 0
 
@@ -111,7 +111,7 @@ def test_tcp_streams_both_ends_count(client: session.Client, reverse: bool) -> N
     sent_total = sum(s["total_bytes"] for s in sender["streams"])
     received_total = sum(s["total_bytes"] for s in receiver["streams"])
     assert 0 < received_total <= sent_total
-    assert step["link_percent"] == pytest.approx(100 * step["wire_bits_per_second"] / 100e9)
+    assert step["link_percent"] == pytest.approx(100 * step["wire_bps"] / 100e9)
     # the sender's TCP_INFO is carried across: cwnd and RTT for every stream
     assert all(s["cwnd_segments"] and s["rtt_us"] is not None for s in step["streams"])
 
@@ -230,11 +230,11 @@ def test_udp_bulk_at_an_offered_rate(client: session.Client) -> None:
     config = bulk.BulkConfig(udp=True, size_bytes=8000, **SHORT)
     step = bulk.run_udp_step(client, config, rate_bps=200e6)
     assert step["transport"] == "udp" and step["size_bytes"] == 8000
-    assert step["offered_bits_per_second"] == 200e6
+    assert step["offered_bps"] == 200e6
     # paced: never over the offered rate (a busy machine may hold it under);
     # loopback loses nothing at this load, so the receiver saw what was sent
-    assert 0 < step["sender_bits_per_second"] <= 200e6 * 1.02
-    assert step["aggregate_bits_per_second"] == pytest.approx(step["sender_bits_per_second"],
+    assert 0 < step["sender_bps"] <= 200e6 * 1.02
+    assert step["aggregate_bps"] == pytest.approx(step["sender_bps"],
                                                               rel=0.02)
     assert step["overhead"]["frames"] == 1  # loopback's MTU holds the whole datagram
     assert step["path_mtu_bytes"] >= 8000
@@ -289,13 +289,13 @@ def test_cli_sweep_writes_the_ceiling(tmp_path: Any) -> None:
     assert "ceiling:" in result.output and "% of the 20.000 Gbit/s link" in result.output
     doc = json.loads(out.read_text())
     assert doc["kind"] == "bulk" and doc["schema_version"] == SCHEMA_VERSION
-    aggregates = [s["aggregate_bits_per_second"] for s in doc["steps"]]
+    aggregates = [s["aggregate_bps"] for s in doc["steps"]]
     assert [len(s["streams"]) for s in doc["steps"]] == [1, 2]
-    assert doc["ceiling"]["bits_per_second"] == max(aggregates)
+    assert doc["ceiling"]["goodput_bps"] == max(aggregates)
     assert doc["ceiling"]["link_speed_bps"] == 20e9
     assert doc["ceiling"]["overhead"]["text"]
     for step in doc["steps"]:
-        assert all(s["bits_per_second"] > 0 for s in step["streams"])
+        assert all(s["goodput_bps"] > 0 for s in step["streams"])
 
 
 def test_cli_bad_options_exit_2() -> None:

@@ -28,11 +28,11 @@ def test_cli_sweep_bulk_over_stream_counts_writes_the_bulk_document(tmp_path: Pa
     assert [s["streams_requested"] for s in steps] == [1, 2]
     assert [len(s["streams"]) for s in steps] == [1, 2]
     for step in steps:
-        assert step["aggregate_bits_per_second"] > 0
+        assert step["aggregate_bps"] > 0
         assert all(stream["error"] is None and stream["bytes"] > 0 for stream in step["streams"])
     # each stream on its own source port
     assert len({s["source_port"] for s in steps[1]["streams"]}) == 2
-    assert document["ceiling"]["bits_per_second"] == max(s["aggregate_bits_per_second"]
+    assert document["ceiling"]["goodput_bps"] == max(s["aggregate_bps"]
                                                          for s in steps)
 
 

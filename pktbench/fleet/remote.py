@@ -76,9 +76,15 @@ def _known_host_name(host: Host) -> str:
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
-def _explain(exc: BaseException, host: Host, policy: SshPolicy) -> str:
+def _explain(exc: BaseException, host: Host, policy: SshPolicy, *, known: bool = False
+             ) -> str:
     where = f"{host.address}:{host.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        if known:
+            # The one case --accept-new-host-keys must never paper over.
+            return (f"{where}: host key CHANGED: it does not match the key for "
+                    f"{_known_host_name(host)} in {policy.known_hosts_path} (refused; remove "
+                    "that line only if the change is expected)")
         return (f"{where}: host key not verified against {policy.known_hosts_path} "
                 "(first contact: --accept-new-host-keys)")
     if isinstance(exc, asyncssh.PermissionDenied):
@@ -99,7 +105,10 @@ def _explain(exc: BaseException, host: Host, policy: SshPolicy) -> str:
 def _has_known_key(path: Path, host: Host) -> bool:
     if not path.exists():
         return False
-    known = asyncssh.read_known_hosts(str(path))
+    try:
+        known = asyncssh.read_known_hosts(str(path))
+    except (OSError, ValueError):
+        return False  # asyncssh.connect reads it again and says what is wrong
     return bool(known.match(host.address, host.address, host.port)[0])
 
 
@@ -113,9 +122,10 @@ async def connect(host: Host, policy: SshPolicy) -> asyncssh.SSHClientConnection
     known: Any
     record = False
     path = policy.known_hosts_path
+    listed = not policy.insecure and _has_known_key(path, host)
     if policy.insecure:
         known = None
-    elif policy.accept_new and not _has_known_key(path, host):
+    elif policy.accept_new and not listed:
         known, record = None, True
     elif not path.exists():
         raise RemoteError(f"known_hosts file {path} not found: give --known-hosts FILE, "
@@ -133,7 +143,7 @@ async def connect(host: Host, policy: SshPolicy) -> asyncssh.SSHClientConnection
         conn = await asyncio.wait_for(asyncssh.connect(host.address, **options),
                                       policy.connect_timeout_s + 1.0)
     except (OSError, asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
-        raise RemoteError(_explain(exc, host, policy)) from None
+        raise RemoteError(_explain(exc, host, policy, known=listed)) from None
     if record:
         key = conn.get_server_host_key()
         if key is not None:

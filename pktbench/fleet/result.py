@@ -77,7 +77,7 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
                                  "reason": doc.get("reason"), "round": doc.get("round")}
         entry.update(summarize_sweep(doc.get("sweep")))
         bulk_doc = doc.get("bulk") or {}
-        entry["ceiling_bps"] = bulk_doc.get("ceiling_bits_per_second") if bulk else None
+        entry["ceiling_bps"] = bulk_doc.get("ceiling_bps") if bulk else None
         for key in ("wall_s", "traffic_s", "overhead_s"):
             entry[key] = doc.get(key)
         pairs.append(entry)

@@ -35,6 +35,7 @@ from pktbench.errors import ConfigError, PktbenchError
 from pktbench.fleet import FLEET_SCHEMA_VERSION, schedule
 from pktbench.fleet.inventory import Host
 from pktbench.fleet.remote import RemoteError, RemoteHost, SshPolicy, connect, finish, last_line
+from pktbench.results import upgrade_document
 
 Log = Callable[[str], None]
 PAIR_KIND = "pktbench-fleet-pair"
@@ -262,11 +263,13 @@ class FleetRun:
             doc = json.loads(out)
         except json.JSONDecodeError:
             raise RemoteError(f"bulk wrote no JSON: {last_line(err) or out[:80]}") from None
+        try:  # a host with an older pktbench writes an older schema
+            doc = upgrade_document(doc, f"{remote.host.name} bulk")
+        except ConfigError as exc:
+            raise RemoteError(str(exc)) from None
         ceiling = doc.get("ceiling") or {}
-        return {"ceiling_bits_per_second": ceiling.get("bits_per_second",
-                                                       doc.get("ceiling_bits_per_second")),
-                "ceiling_wire_bits_per_second": ceiling.get(
-                    "wire_bits_per_second", doc.get("ceiling_wire_bits_per_second")),
+        return {"ceiling_bps": ceiling.get("goodput_bps"),
+                "ceiling_wire_bps": ceiling.get("wire_bps"),
                 "ceiling": ceiling or None}
 
     # -- the run ----------------------------------------------------------------

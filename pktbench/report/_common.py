@@ -113,9 +113,11 @@ def fmt_loss_percent(ratio: Any) -> str:
     return f"{percent:.1f}"
 
 
-def fmt_mbps(value: Any) -> str:
+def fmt_mbit(value: Any) -> str:
+    """A rate in bit/s (a `_bps` key) written in Mbit/s."""
     if not is_number(value):
         return "-"
+    value = value / 1e6
     if abs(value) < 10:
         return f"{value:.3f}"
     if abs(value) < 1000:

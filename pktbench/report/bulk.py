@@ -27,10 +27,10 @@ def _pct(value: Any) -> str:
 def bulk_step_line(step: Mapping[str, Any]) -> str:
     """One progress line for a finished bulk step."""
     what = (f"{step['streams_requested']} stream(s)" if step["transport"] == "tcp" else
-            f"offered {_gbit(step.get('offered_bits_per_second'))} Gbit/s")
+            f"offered {_gbit(step.get('offered_bps'))} Gbit/s")
     return (f"step {step['index'] + 1}: {step['transport']} {what}: "
-            f"{_gbit(step['aggregate_bits_per_second'])} Gbit/s goodput, "
-            f"{_gbit(step['wire_bits_per_second'])} Gbit/s on the wire")
+            f"{_gbit(step['aggregate_bps'])} Gbit/s goodput, "
+            f"{_gbit(step['wire_bps'])} Gbit/s on the wire")
 
 
 def _plan_line(plan: Mapping[str, Any]) -> str:
@@ -49,11 +49,11 @@ def _step_rows(steps: Any, transport: str) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for step in steps:
         tcp = step["transport"] == "tcp"
-        offered = step.get("offered_bits_per_second")
+        offered = step.get("offered_bps")
         second = step["streams_requested"] if tcp else _gbit(offered) if offered else "max"
         fifth = step["retransmits"] if tcp else _pct(100 * step["loss_ratio"])
-        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bits_per_second"]),
-                     _gbit(step["wire_bits_per_second"]), _pct(step["link_percent"]),
+        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bps"]),
+                     _gbit(step["wire_bps"]), _pct(step["link_percent"]),
                      fifth if fifth is not None else "-", _pct(step["sender_cpu_percent"]),
                      _pct(step["receiver_cpu_percent"])])
     return headers, rows
@@ -68,7 +68,7 @@ def _stream_lines(step: Mapping[str, Any]) -> list[str]:
 
     rows = [[s["stream_id"], s["source_port"],
              s["path"] if s["path"] is not None and s["path"] >= 0 else "-",
-             _gbit(s["bits_per_second"]), _gbit(s["wire_bits_per_second"]),
+             _gbit(s["goodput_bps"]), _gbit(s["wire_bps"]),
              _dash(s["retransmits"]), _dash(s["cwnd_segments"]), _dash(s["rtt_us"]),
              s["error"] or ""] for s in step["streams"]]
     lines = ["", f"step {step['index'] + 1} per stream:",
@@ -77,21 +77,21 @@ def _stream_lines(step: Mapping[str, Any]) -> list[str]:
     per_path = step.get("per_path")
     if per_path:
         lines.append("per path (interface counters, " + per_path[0]["direction"] + "): "
-                     + ", ".join(f"{p['name']} {_gbit(p['bits_per_second'])} Gbit/s"
+                     + ", ".join(f"{p['name']} {_gbit(p['interface_bps'])} Gbit/s"
                                  for p in per_path))
     return lines
 
 
 def _ceiling_lines(ceiling: Mapping[str, Any], transport: str) -> list[str]:
-    if ceiling.get("bits_per_second") is None:
+    if ceiling.get("goodput_bps") is None:
         return []
     lines = [""]
     if ceiling.get("overhead"):
         unit = "segment" if transport == "tcp" else "datagram"
         lines.append(f"overhead per {unit}: " + ceiling["overhead"]["text"])
-    text = (f"ceiling: {_gbit(ceiling['bits_per_second'])} Gbit/s goodput, "
-            f"{_gbit(ceiling['wire_bits_per_second'])} Gbit/s on the wire "
-            f"({_gbit(ceiling['frame_bits_per_second'])} Gbit/s of Ethernet frames)")
+    text = (f"ceiling: {_gbit(ceiling['goodput_bps'])} Gbit/s goodput, "
+            f"{_gbit(ceiling['wire_bps'])} Gbit/s on the wire "
+            f"({_gbit(ceiling['frame_bps'])} Gbit/s of Ethernet frames)")
     if ceiling.get("link_speed_bps"):
         model = LINK_MODELS.get(str(ceiling.get("link_model")))
         text += (f" = {_pct(ceiling['link_percent'])}% of the {_gbit(ceiling['link_speed_bps'])}"

@@ -21,8 +21,8 @@ from pktbench.report._common import (
     Target,
     counts_requests,
     fmt_loss_percent,
+    fmt_mbit,
     fmt_path,
-    fmt_mbps,
     fmt_pps,
     fmt_us,
     is_number,
@@ -161,7 +161,7 @@ def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
             row += [fmt_us(step.get("jitter_us"))]
         lag = step.get("send_lag_us")
         row += [fmt_us(lag.get("p99") if isinstance(lag, Mapping) else None),
-                fmt_mbps(step.get("received_mbps")), step_verdict(step)]
+                fmt_mbit(step.get("received_bps")), step_verdict(step)]
         is_knee = not marked and knee_index is not None and step.get("index") == knee_index
         marked = marked or is_knee
         if repeats:
@@ -404,8 +404,8 @@ def step_table(step: Mapping[str, Any]) -> str:
     lag = step.get("send_lag_us")
     if isinstance(lag, Mapping):
         rows.append(["send lag p99", f"{fmt_us(lag.get('p99'))} us"])
-    rows.append(["throughput", f"{fmt_mbps(step.get('sent_mbps'))} Mbit/s sent, "
-                               f"{fmt_mbps(step.get('received_mbps'))} Mbit/s received"])
+    rows.append(["throughput", f"{fmt_mbit(step.get('sent_bps'))} Mbit/s sent, "
+                               f"{fmt_mbit(step.get('received_bps'))} Mbit/s received"])
     receiver = step.get("receiver")
     if isinstance(receiver, Mapping):
         drops = {k: v for k, v in (receiver.get("drops") or {}).items() if v}

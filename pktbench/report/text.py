@@ -1,4 +1,5 @@
-"""Small text reporters: the profile list and the server's log lines.
+"""Small text reporters: the profile list, the version line, the server's log lines and
+the --fail-on verdict line.
 
 Must not: compute; each formatter prints what it is given.
 """
@@ -28,3 +29,15 @@ def server_summary_line(stats: Any) -> str:
     return (f"pktbench serve: {stats.sessions} sessions, {stats.steps} steps, "
             f"{stats.busy_refusals} busy, {stats.auth_failures} auth failures, "
             f"{stats.protocol_errors} dropped, drops {sum(stats.drops.values())}")
+
+
+def version_line(version: str, engine_info: dict[str, str]) -> str:
+    """What `pktbench --version` prints: the release and which engine this install runs."""
+    return (f"pktbench {version} (engine: {engine_info['engine']}, {engine_info['engine_build']}, "
+            f"{engine_info['engine_wheel']})")
+
+
+def fail_on_line(failed: Sequence[str], fail_on: Sequence[str]) -> str:
+    """The stderr line before a --fail-on exit: which asked-for criteria the path failed."""
+    return (f"FAIL: the path failed {', '.join(dict.fromkeys(failed))} "
+            f"(--fail-on {','.join(fail_on)})")

@@ -26,9 +26,9 @@ the time between the samples. The sender keeps
 writing `drain_s` past its window so the receiver's window, which starts a
 path delay later, is full too.
 
-Reading the figures: goodput is payload bits; frame_bits_per_second is what
+Reading the figures: goodput is payload bits; frame_bps is what
 Linux interface counters and tc shapers (tbf, htb) count, Ethernet header
-included and FCS, preamble and gap left out; wire_bits_per_second is the
+included and FCS, preamble and gap left out; wire_bps is the
 line occupancy. So a path shaped to R by tbf carries R of frames and about
 1.6% more on the wire with 1538-byte frames, and "% link" against the
 shaper's rate reads just over 100%. Per-path interface counters count a
@@ -240,7 +240,7 @@ class _Stream:
             "bytes": in_window,
             "total_bytes": self.bytes_total,
             "window_s": window_s,
-            "bits_per_second": in_window * 8 / window_s if window_s > 0 else 0.0,
+            "payload_bps": in_window * 8 / window_s if window_s > 0 else 0.0,
             "cpu_s": ((end.cpu_s - start.cpu_s) / self.cpu_shared_by) if start and end else 0.0,
             "mss_bytes": self.mss_bytes,
             "error": self.error,
@@ -361,7 +361,7 @@ def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
     return {
         "role": "sender" if sending else "receiver",
         "streams": reports,
-        "bits_per_second": sum(r["bits_per_second"] for r in reports),
+        "payload_bps": sum(r["payload_bps"] for r in reports),
         "bytes": sum(r["bytes"] for r in reports),
         "window_s": window_s,
         "cpu_percent": 100.0 * cpu_s / window_s if window_s > 0 else 0.0,
@@ -749,7 +749,7 @@ def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: 
         raise PktbenchError(f"bulk worker failed: {errors[0]}")
     merged = {"role": reports[0]["role"], "streams": sorted(
         (s for r in reports for s in r["streams"]), key=lambda s: s["stream_id"])}
-    merged["bits_per_second"] = sum(s["bits_per_second"] for s in merged["streams"])
+    merged["payload_bps"] = sum(s["payload_bps"] for s in merged["streams"])
     merged["bytes"] = sum(s["bytes"] for s in merged["streams"])
     merged["window_s"] = max(r["window_s"] for r in reports)
     merged["cpu_percent"] = sum(r["cpu_percent"] for r in reports)
@@ -793,7 +793,7 @@ class _PathSampler:
             moved = values[index] - before.get(name, (0, 0))[index]
             out.append({"name": name, "direction": "rx" if reverse else "tx", "bytes": moved,
                         "window_s": span_s,
-                        "bits_per_second": moved * 8 / span_s if span_s > 0 else 0.0})
+                        "interface_bps": moved * 8 / span_s if span_s > 0 else 0.0})
         return out
 
 
@@ -809,9 +809,9 @@ def _overhead_for(report: Mapping[str, Any], ipv6: bool) -> Overhead | None:
 
 # What limits a path decides which bits count against its speed. A physical
 # link carries the frame plus 8 bytes of preamble and 12 of inter-frame gap
-# (IEEE 802.3 clause 4.4.2): that is wire_bits_per_second. A shaper (tc tbf,
+# (IEEE 802.3 clause 4.4.2): that is wire_bps. A shaper (tc tbf,
 # htb) meters the frame bytes the kernel hands it and nothing else:
-# frame_bits_per_second. Traffic measured above an l1 link's speed cannot
+# frame_bps. Traffic measured above an l1 link's speed cannot
 # have crossed such a link, so "auto" then judges it by the l2 model.
 # LINK_MODELS (their names and descriptions) lives in pktbench.results, so
 # the reporter can name a saved document's model without this module.
@@ -835,8 +835,8 @@ def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float 
     model = link_model_for(wire_bps, frame_bps, link_speed_bps, link_model)
     counted = frame_bps if model == "l2" else wire_bps
     return {
-        "wire_bits_per_second": wire_bps,
-        "frame_bits_per_second": frame_bps,
+        "wire_bps": wire_bps,
+        "frame_bps": frame_bps,
         "link_model": model,
         "link_percent": (100.0 * counted / link_speed_bps
                          if counted is not None and link_speed_bps else None),
@@ -885,7 +885,7 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
 
     (result, per_path), server = drive_step(
         client, params, send, lambda sent: {"stream_ids": list(range(streams)),
-                                            "bits_per_second": sent[0]["bits_per_second"]})
+                                            "payload_bps": sent[0]["payload_bps"]})
     for _, sock in socks:
         sock.close()
     return _tcp_step_dict(config, streams, index, result, server, ports, plan,
@@ -910,19 +910,19 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
             "source_port": _client_port(client_end, got["stream_id"]),
             "path": (plan.paths[plan.ports.index(ports[got["stream_id"]])]
                      if plan and ports and ports[got["stream_id"]] in plan.ports else None),
-            "bits_per_second": got["bits_per_second"],
+            "goodput_bps": got["payload_bps"],
             "bytes": got["bytes"],
-            "sender_bits_per_second": sent.get("bits_per_second"),
+            "sender_bps": sent.get("payload_bps"),
             "retransmits": tcp.get("retransmits"),
             "cwnd_segments": tcp.get("cwnd_segments"),
             "rtt_us": tcp.get("rtt_us"),
             "mss_bytes": sent.get("mss_bytes"),
             "error": got.get("error") or sent.get("error"),
         }
-        row.update(_rates(got["bits_per_second"], overhead, None))
+        row.update(_rates(got["payload_bps"], overhead, None))
         del row["link_percent"], row["link_model"]
         rows.append(row)
-    aggregate = sum(r["bits_per_second"] for r in rows)
+    aggregate = sum(r["goodput_bps"] for r in rows)
     retransmits = [r["retransmits"] for r in rows if r["retransmits"] is not None]
     step = {
         "index": index,
@@ -930,8 +930,8 @@ def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dic
         "direction": "reverse" if config.reverse else "forward",
         "streams_requested": streams,
         "streams": rows,
-        "aggregate_bits_per_second": aggregate,
-        "sender_bits_per_second": sender.get("bits_per_second"),
+        "aggregate_bps": aggregate,
+        "sender_bps": sender.get("payload_bps"),
         **_rates(aggregate, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict() if overhead else None,
         "retransmits": sum(retransmits) if retransmits else None,
@@ -981,11 +981,11 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
                            config.duration_s)
     step = client.run_step(params, index=index, stop=stop)
     overhead = udp_overhead(size, mtu_bytes=mtu, ipv6=ipv6)
-    goodput = step["received_mbps"] * 1e6
-    sent = step["sent_mbps"] * 1e6
+    goodput = step["received_bps"]
+    sent = step["sent_bps"]
     row = {"stream_id": 0, "source_port": sock.getsockname()[1], "path": None,
-           "bits_per_second": goodput, "bytes": int(goodput * step["duration_s"] / 8),
-           "sender_bits_per_second": sent, "retransmits": None, "cwnd_segments": None,
+           "goodput_bps": goodput, "bytes": int(goodput * step["duration_s"] / 8),
+           "sender_bps": sent, "retransmits": None, "cwnd_segments": None,
            "rtt_us": None, "mss_bytes": None, "error": None}
     row.update(_rates(goodput, overhead, None))
     del row["link_percent"], row["link_model"]
@@ -994,12 +994,12 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
         "transport": "udp",
         "direction": "forward",
         "streams_requested": 1,
-        "offered_bits_per_second": rate_bps,
+        "offered_bps": rate_bps,
         "size_bytes": size,
         "path_mtu_bytes": mtu,
         "streams": [row],
-        "aggregate_bits_per_second": goodput,
-        "sender_bits_per_second": sent,
+        "aggregate_bps": goodput,
+        "sender_bps": sent,
         **_rates(goodput, overhead, config.link_speed_bps, config.link_model),
         "overhead": overhead.to_dict(),
         "loss_ratio": step["loss_ratio"],

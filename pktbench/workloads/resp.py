@@ -290,7 +290,8 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
     # RESP has no grace: its window closes on time and what is still owed is drained
     phases = engine.run_phases(_RespPhases(client, stop, peer, path), rate_pps=rate,
                                warmup_s=params.warmup_s, duration_s=params.duration_s,
-                               drain_s=params.drain_s, drain=True, grace=False)
+                               drain_s=params.drain_s, drain=True, grace=False,
+                               meter=client, counter_names=engine.loops.CLIENT_COUNTERS)
     start_ns, send_end_ns = phases.start_ns, phases.send_end_ns
     client.finish()
     counters = {name: int(value)

@@ -62,38 +62,38 @@ def test_one_stream_fills_one_path_and_planned_flows_fill_both(
     assert overhead["frame_bytes"] == overhead["payload_bytes"] + 66
     assert overhead["wire_bytes"] == overhead["frame_bytes"] + 24
 
-    assert one["frame_bits_per_second"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
-    assert one["wire_bits_per_second"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
-    assert two["frame_bits_per_second"] == pytest.approx(2 * CAP_BPS, rel=TOLERANCE)
-    assert two["wire_bits_per_second"] == pytest.approx(2 * CAP_BPS, rel=TOLERANCE)
+    assert one["frame_bps"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
+    assert one["wire_bps"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
+    assert two["frame_bps"] == pytest.approx(2 * CAP_BPS, rel=TOLERANCE)
+    assert two["wire_bps"] == pytest.approx(2 * CAP_BPS, rel=TOLERANCE)
     # goodput is lower than on-wire by exactly the header overhead
     for step in (one, two):
-        assert step["aggregate_bits_per_second"] == pytest.approx(
-            step["wire_bits_per_second"] * overhead["goodput_ratio"])
+        assert step["aggregate_bps"] == pytest.approx(
+            step["wire_bps"] * overhead["goodput_ratio"])
 
     # the plan put the two flows on different paths, and the counters agree
     assert doc["plan"]["method"] == "probed"
     assert sorted(s["path"] for s in two["streams"]) == [0, 1]
     for stream in two["streams"]:
-        assert stream["bits_per_second"] == pytest.approx(CAP_BPS * overhead["goodput_ratio"],
+        assert stream["goodput_bps"] == pytest.approx(CAP_BPS * overhead["goodput_ratio"],
                                                           rel=TOLERANCE)
-    per_path = {p["name"]: p["bits_per_second"] for p in two["per_path"]}
+    per_path = {p["name"]: p["interface_bps"] for p in two["per_path"]}
     assert all(rate == pytest.approx(CAP_BPS, rel=0.05) for rate in per_path.values())
-    busy_paths = [p for p in one["per_path"] if p["bits_per_second"] > CAP_BPS / 2]
+    busy_paths = [p for p in one["per_path"] if p["interface_bps"] > CAP_BPS / 2]
     assert len(busy_paths) == 1
 
     ceiling = doc["ceiling"]
-    assert ceiling["bits_per_second"] == two["aggregate_bits_per_second"]
+    assert ceiling["goodput_bps"] == two["aggregate_bps"]
     assert ceiling["streams"] == 2
     # tbf meters frame bytes: traffic above what an L1 link of this speed
     # carries is judged by the L2 model, never as more than 100 % of it
     model = ceiling["link_model"]
-    if two["wire_bits_per_second"] > 2 * CAP_BPS:
+    if two["wire_bps"] > 2 * CAP_BPS:
         assert model == "l2"
-    counted = two["frame_bits_per_second"] if model == "l2" else two["wire_bits_per_second"]
+    counted = two["frame_bps"] if model == "l2" else two["wire_bps"]
     assert ceiling["link_percent"] == pytest.approx(100 * counted / (2 * CAP_BPS))
     assert ceiling["link_percent"] <= 100 * (1 + TOLERANCE)
-    assert ceiling["max_goodput_at_link_bps"] >= ceiling["bits_per_second"] * (1 - TOLERANCE)
+    assert ceiling["max_goodput_at_link_bps"] >= ceiling["goodput_bps"] * (1 - TOLERANCE)
     assert "ceiling:" in table and "of the 0.400 Gbit/s link" in table
     assert f"link by the {model.upper()}: " in table
 
@@ -104,7 +104,7 @@ def test_udp_bulk_saturates_one_path(served: tb.TestbedInfo) -> None:
     below, above = doc["steps"]
     assert below["size_bytes"] == 1472  # fits the 1500-byte path MTU
     assert below["loss_ratio"] < 0.01
-    assert below["aggregate_bits_per_second"] == pytest.approx(100e6, rel=TOLERANCE)
-    assert above["frame_bits_per_second"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
+    assert below["aggregate_bps"] == pytest.approx(100e6, rel=TOLERANCE)
+    assert above["frame_bps"] == pytest.approx(CAP_BPS, rel=TOLERANCE)
     assert above["loss_ratio"] > 0.2
-    assert doc["ceiling"]["offered_bits_per_second"] == 300e6
+    assert doc["ceiling"]["offered_bps"] == 300e6

@@ -9,19 +9,16 @@ SIGINT mid-run leaves a resumable --out DIR and no pktbench process behind.
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pktbench.fleet import testbed as ftb
-from cli_support import PKTBENCH
+from fleet_support import Bed, fleet_bed, require_sshd_bed
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,46 +41,12 @@ min_delivery_ratio = 0.97
 """
 
 
-class Bed:
-    def __init__(self, prefix: str, directory: Path, sshd: ftb.SshdSet) -> None:
-        self.prefix, self.dir, self.sshd = prefix, directory, sshd
-        self.profile = directory / "quick.toml"
-        self.profile.write_text(QUICK)
-
-    def argv(self, *args: str) -> list[str]:
-        return ftb.coordinator_argv(self.prefix, [
-            *PKTBENCH, "fleet", str(self.sshd.inventory), "--known-hosts",
-            str(self.sshd.known_hosts), "--profile", str(self.profile), *args])
-
-    def fleet(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout)
-
-    def pktbench_processes(self) -> list[str]:
-        found = []
-        for i in range(1, 7):
-            pids = subprocess.run(["ip", "netns", "pids", ftb.host_ns(self.prefix, i)],
-                                  capture_output=True, text=True, timeout=10).stdout.split()
-            for pid in pids:
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                except OSError:
-                    continue
-                if b"pktbench" in cmdline:
-                    found.append(f"h{i}:{pid}:{cmdline[:80]!r}")
-        return found
-
-
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, sshd)")
-    if not Path(ftb.SSHD).exists():
-        pytest.skip("openssh-server is not installed")
-    directory = tmp_path_factory.mktemp("fleet")
-    prefix = f"pkf{os.getpid()}"
-    with ftb.fleet_testbed(prefix, 6, directory / "ssh", pps_limits={POLICED: LIMIT},
-                           pktbench_command=shlex.join(PKTBENCH)) as (_, sshd):
-        yield Bed(prefix, directory, sshd)
+    require_sshd_bed()
+    with fleet_bed(tmp_path_factory.mktemp("fleet"), "f", 6, QUICK,
+                   pps_limits={POLICED: LIMIT}) as made:
+        yield made
 
 
 def _pairs(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -1,0 +1,52 @@
+"""Commands that work on saved files and on the CLI itself: show, man, completion.
+
+`show` reads a result file written by `sweep`, `run` or `bulk` with --json
+(any schema version this pktbench reads, upgraded on the way in) and writes
+it again as a table, JSON, CSV or a plot, so an old file can be brought to the
+current schema or re-read without running anything. `man` and `completion`
+are in pktbench.manpage.
+
+Must not: import the engine, numpy, scapy or matplotlib at import time (the
+plot reporter imports matplotlib when it is called).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("result_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--json", "-J", "json_path", metavar="FILE",
+              help="Write the result, upgraded to the current schema, as JSON (- for stdout).")
+@click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step (sweeps).")
+@click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot (sweeps).")
+def show(result_file: str, json_path: str | None, csv_path: str | None,
+         plot_path: str | None) -> None:
+    """Print a saved sweep, run or bulk result as its table.
+
+    Files of older schema versions are upgraded on read; --json writes the
+    upgraded document.
+    """
+    from pktbench.report import check_output_path, write_report
+    from pktbench.results import load_result
+
+    for path in (json_path, csv_path, plot_path):
+        if path and path != "-":
+            check_output_path(path)
+    result = load_result(result_file)
+    if result.kind != "sweep" and (csv_path or plot_path):
+        raise click.UsageError(f"{result_file} is a {result.kind} result: --csv and --plot "
+                               "take sweep results")
+    if json_path != "-":
+        write_report("table", result, sys.stdout)
+    if json_path:
+        write_report("json", result, json_path)
+    if csv_path:
+        write_report("csv", result, csv_path)
+    if plot_path:
+        write_report("plot", result, plot_path)
+
+
+COMMANDS = (show,)
