@@ -354,9 +354,9 @@ def _request_step_rows(step: Mapping[str, Any]) -> list[list[str]]:
         ["late", f"{_share(step, 'late_requests')} % ({step.get('late_requests', 0):,} "
                  f"requests answered after the {timeout_ms:,.0f} ms timeout)"],
         ["unanswered", f"{_share(step, 'unanswered_requests')} % "
-                       f"({step.get('unanswered_requests', 0):,} requests never answered, "
-                       f"{step.get('unsent_requests', 0):,} of them never written: "
-                       "the pipeline window stayed full)"],
+                       f"({step.get('unanswered_requests', 0):,} requests never answered"
+                       + (f", {step['unsent_requests']:,} of them never written: the pipeline "
+                          "window stayed full" if step.get("unsent_requests") else "") + ")"],
     ]
     if step.get("error_requests"):
         rows.append(["errors", f"{step['error_requests']:,} RESP error replies"])
@@ -367,7 +367,10 @@ def _request_step_rows(step: Mapping[str, Any]) -> list[list[str]]:
     if isinstance(interface, Mapping):
         rows.append([f"interface {interface.get('name')}",
                      f"{fmt_pps(interface.get('tx_pps'))} pkt/s tx, "
-                     f"{fmt_pps(interface.get('rx_pps'))} pkt/s rx (every packet on the device)"])
+                     f"{fmt_pps(interface.get('rx_pps'))} pkt/s rx ("
+                     + ("loopback: both directions and every other local packet"
+                        if interface.get("name") == "lo" else "every packet on the device")
+                     + ")"])
     return rows
 
 
