@@ -200,10 +200,13 @@ def test_gso_probe_output_gives_segments_per_send() -> None:
 
 def test_pktbench_json_gso_fields(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"engine": {"udp_gso": True, "gso_segments": 64},
-                                "steps": [{"sent_pps": 5.0, "sent_packets": 10, "received_packets": 10}]}))
+    # The step's "engine" record says which datagram path ran (step.py's EngineFigures).
+    path.write_text(json.dumps({"steps": [{"sent_pps": 5.0, "sent_packets": 10, "received_packets": 10,
+                                           "engine": {"udp_gso": True, "udp_gro": False, "gso_segments": 64,
+                                                      "gso_segments_mean": 62.5, "burst_packets": 64}}]}))
     m = run.parse_pktbench_json(path)
-    assert (m["udp_gso"], m["gso_segments"], m["sent_packets"]) == (1.0, 64.0, 10.0)
+    assert (m["udp_gso"], m["udp_gro"], m["gso_segments"], m["sent_packets"]) == (1.0, 0.0, 64.0, 10.0)
+    assert (m["gso_segments_mean"], m["burst_packets"]) == (62.5, 64.0)
 
 
 def b7_harness(tmp_path: Path, iperf: "str | None" = "/opt/iperf3", gso: bool = True) -> run.Harness:
@@ -238,6 +241,7 @@ def test_b7_builds_each_tools_command_line(tmp_path: Path) -> None:
     g = argv["c_gso"]
     assert g[0].endswith("probe/gsoblast") and g[g.index("-g") + 1] == "64" and g[g.index("-m") + 1] == "1"
     assert argv["c_gso_mmsg"][argv["c_gso_mmsg"].index("-m") + 1] == str(run.GSO_BUFFERS_PER_CALL)
+    assert argv["c_gso128"][argv["c_gso128"].index("-g") + 1] == "128"
     assert argv["c_sendmmsg"][0].endswith("probe/blast")
     pk = argv["pktbench_gso"]
     assert pk[pk.index("--rate") + 1] == "max" and pk[pk.index("--gso") + 1] == "on" and "--workers" not in pk

@@ -25,12 +25,12 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp, memmove, memchr, memset, strlen
 from libc.stdlib cimport calloc, free
-from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR, ECONNRESET, EPROTO, EMSGSIZE
+from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR, ECONNRESET, EPROTO, EMSGSIZE, EIO, EINVAL
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 
 from netapi cimport (
     iovec, msghdr, mmsghdr, cmsghdr, sockaddr_storage, socklen_t, pollfd,
-    sendmmsg, recvmmsg, ppoll, prctl, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE,
+    sendmmsg, recvmmsg, ppoll, prctl, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, CMSG_LEN,
     MSG_DONTWAIT, MSG_WAITFORONE, MSG_TRUNC, SOL_SOCKET, SO_RXQ_OVFL, AF_INET, AF_INET6, POLLIN,
     PR_SET_TIMERSLACK, htobe64, be64toh, htobe16, be16toh, __builtin_clzll,
 )
@@ -48,6 +48,8 @@ include "_meter.pxi"
 
 HISTOGRAM_BUCKETS = HIST_BUCKETS
 HISTOGRAM_SUB_BITS = HIST_SUB_BITS
+# The UDP loops have the GSO send and GRO receive paths (udp.pyx).
+UDP_OFFLOAD = True
 
 
 def monotonic_ns():

@@ -97,6 +97,7 @@ cdef enum:
     R_LOST
     R_LOSS_EPISODES
     R_LOSS_MAX_RUN
+    R_OVER_RATE
     R_COUNTERS
 
 RESPONDER_COUNTERS = (
@@ -115,6 +116,7 @@ RESPONDER_COUNTERS = (
     "lost",
     "loss_episodes",
     "loss_max_run",
+    "over_rate",
 )
 
 # CLIENT_COUNTERS: index into the loop's counters array

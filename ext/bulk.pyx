@@ -59,6 +59,8 @@ cdef class BulkPump:
     cdef int *lowat        # each receiving stream's SO_RCVLOWAT (1: the default)
     cdef uint64_t *marked  # its byte count at the last tick
     cdef uint64_t tick_ns
+    cdef uint64_t total     # bytes moved on every stream together
+    cdef uint64_t limit     # `run` stops moving bytes once `total` reaches it
     cdef epoll_event *events
     cdef uint64_t[::1] b
     cdef int64_t[::1] s
@@ -75,6 +77,7 @@ cdef class BulkPump:
         self.capacity = capacity
         self.sending = sending
         self.buf_len = buffer_bytes
+        self.limit = 0xFFFFFFFFFFFFFFFF
         self.buf = <uint8_t *>calloc(<size_t>buffer_bytes, 1)
         self.fds = <int *>calloc(capacity, sizeof(int))
         self.lowat = <int *>calloc(capacity, sizeof(int))
@@ -124,13 +127,20 @@ cdef class BulkPump:
         self.count += 1
         return i
 
-    def run(self, uint64_t until_ns):
-        """Pump until `until_ns` or until no stream is open.
+    @property
+    def total_bytes(self):
+        return self.total
 
-        Returns 0 at `until_ns`, 1 when every stream added is finished, or
-        -errno of epoll.
+    def run(self, uint64_t until_ns, uint64_t byte_limit=0xFFFFFFFFFFFFFFFF):
+        """Pump until `until_ns`, until no stream is open, or until the
+        streams together have moved `byte_limit` bytes (a rate cap: no call
+        moves a byte past it).
+
+        Returns 0 at `until_ns` or at the limit, 1 when every stream added
+        is finished, or -errno of epoll.
         """
         cdef int rc
+        self.limit = byte_limit
         with nogil:
             rc = self._run(until_ns)
         return rc
@@ -150,6 +160,8 @@ cdef class BulkPump:
             if now >= until_ns:
                 if not self.sending:
                     self._collect_held()
+                return 0
+            if self.total >= self.limit:
                 return 0
             timeout_ms = <int>((until_ns - now + 999999) // 1000000)
             if timeout_ms > max_wait_ms:
@@ -204,19 +216,26 @@ cdef class BulkPump:
         """Write (or read) on stream i until its socket would block, or max_calls are made."""
         cdef ssize_t moved
         cdef int calls
+        cdef size_t want
         cdef int fd = self.fds[i]
         if self.s[i] != S_OPEN:
             return
         for calls in range(max_calls):
+            if self.total >= self.limit:
+                return
+            want = <size_t>self.buf_len
+            if self.limit - self.total < want:
+                want = <size_t>(self.limit - self.total)
             if self.sending:
-                moved = send(fd, self.buf, <size_t>self.buf_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                moved = send(fd, self.buf, want, MSG_DONTWAIT | MSG_NOSIGNAL)
             else:
-                moved = recv(fd, self.buf, <size_t>self.buf_len, MSG_DONTWAIT)
+                moved = recv(fd, self.buf, want, MSG_DONTWAIT)
             if moved > 0:
                 if self.first_ns == 0:
                     self.first_ns = now_ns()
                 self.b[i] += <uint64_t>moved
-                if moved < self.buf_len:
+                self.total += <uint64_t>moved
+                if <size_t>moved < want:
                     return  # the socket buffer is full (or drained): epoll says when to go on
                 continue
             if moved < 0 and (errno == EAGAIN or errno == EINTR):

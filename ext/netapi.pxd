@@ -39,6 +39,7 @@ cdef extern from "<sys/socket.h>" nogil:
     cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
     size_t CMSG_SPACE(size_t length)
+    size_t CMSG_LEN(size_t length)
     enum:
         MSG_DONTWAIT
         MSG_WAITFORONE

@@ -8,6 +8,16 @@
 cdef enum:
     NONBLOCKING_NS = 1000000
     CTRL_BYTES = 64
+    # UDP GSO/GRO (udp(7), Linux 4.18 / 5.0): the option numbers, so the
+    # build does not depend on the C library's headers knowing them.
+    SOL_UDP_LEVEL = 17
+    UDP_SEGMENT_OPT = 103
+    UDP_GRO_OPT = 104
+    # GSO buffers one sendmmsg carries: enough to amortise the call when a
+    # late wake-up or an unpaced step has many datagrams due.
+    GSO_BUFFERS = 8
+    # With UDP_GRO one read may return a coalesced train of up to 64 KiB.
+    GRO_SLOT = 65536
 
 # Counter enums (S_*, R_*) and their names come from _wire.pxi.
 
@@ -39,6 +49,34 @@ cdef inline uint32_t rxq_overflow(msghdr *msg) noexcept nogil:
             memcpy(&dropped, CMSG_DATA(cm), 4)
         cm = CMSG_NXTHDR(msg, cm)
     return dropped
+
+
+cdef inline int gro_segment_size(msghdr *msg) noexcept nogil:
+    """The segment size of a coalesced read (the UDP_GRO message), or 0."""
+    cdef cmsghdr *cm = CMSG_FIRSTHDR(msg)
+    cdef int size = 0
+    while cm != NULL:
+        if cm.cmsg_level == SOL_UDP_LEVEL and cm.cmsg_type == UDP_GRO_OPT:
+            memcpy(&size, CMSG_DATA(cm), sizeof(int))
+        cm = CMSG_NXTHDR(msg, cm)
+    return size
+
+
+cdef inline void set_gso_control(msghdr *msg, uint8_t *ctrl, uint16_t segment) noexcept nogil:
+    """Attach UDP_SEGMENT = `segment` to a message (its control buffer is `ctrl`)."""
+    msg.msg_control = ctrl
+    msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+    cdef cmsghdr *cm = CMSG_FIRSTHDR(msg)
+    cm.cmsg_level = SOL_UDP_LEVEL
+    cm.cmsg_type = UDP_SEGMENT_OPT
+    cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+    memcpy(CMSG_DATA(cm), &segment, sizeof(uint16_t))
+
+
+cdef inline bint gso_unusable(int err) noexcept nogil:
+    """A send error that says this path cannot segment, not that the peer failed:
+    EIO (the device has no checksum offload), EINVAL (segment over the MTU)."""
+    return err == EIO or err == EINVAL
 
 
 cdef class _SeqWindow:
@@ -126,9 +164,27 @@ cdef class PacedSender:
     the average rate stays exact. When replies are expected, responses are
     read between sends and their latency is measured from the scheduled send
     time (no coordinated omission) and from the actual send time.
+
+    With `gso_segments` > 1, datagrams due together leave as UDP_SEGMENT
+    buffers of up to that many equal datagrams (each with its own header),
+    several buffers a sendmmsg; a send that fails with EIO or EINVAL turns
+    GSO off for good and is retried one datagram per message. `burst` > 1
+    holds a paced send until that many datagrams are due (or the phase's
+    last ones are). `gro` reads replies coalesced (the socket has UDP_GRO).
     """
     cdef int fd
     cdef int batch
+    cdef int cap
+    cdef int burst_n
+    cdef int gso_segs
+    cdef mmsghdr *gso_msgs
+    cdef iovec *gso_iov
+    cdef uint8_t *gso_ctrl
+    cdef readonly uint64_t gso_buffers
+    cdef readonly uint64_t gso_datagrams
+    cdef readonly int gso_errno
+    cdef readonly bint gro
+    cdef readonly uint64_t gro_reads
     cdef Py_ssize_t size
     cdef uint8_t *tx_buf
     cdef mmsghdr *tx_msgs
@@ -159,35 +215,62 @@ cdef class PacedSender:
 
     def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
                   bint busy_poll=False, double timeout_s=1.0, int batch=64,
-                  uint64_t max_outstanding=0):
+                  uint64_t max_outstanding=0, int gso_segments=0, int burst=1,
+                  bint gro=False):
         if len(template) < WIRE_HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
             raise ValueError("batch must be 1..1024")
+        if gso_segments < 0 or gso_segments > 64:
+            raise ValueError("gso_segments must be 0..64")
+        if gso_segments > 1 and gso_segments * len(template) > 65507:
+            raise ValueError("gso_segments * datagram size must fit in one UDP payload")
+        if burst < 1 or burst > 4096:
+            raise ValueError("burst must be 1..4096")
         self.fd = fd
         self.batch = batch
         self.size = len(template)
+        self.gso_segs = gso_segments if gso_segments > 1 else 0
+        self.cap = batch
+        if self.gso_segs and GSO_BUFFERS * self.gso_segs > self.cap:
+            self.cap = GSO_BUFFERS * self.gso_segs
+        self.burst_n = burst if burst < self.cap else self.cap
+        self.gro = gro
         self.period_ns = 1e9 / rate_pps if rate_pps > 0 else 0.0
         self.expect_replies = expect_replies
         self.busy_poll = busy_poll
         self.max_outstanding = max_outstanding if expect_replies else 0
         self.timeout_ns = <uint64_t>(timeout_s * 1e9)
         self.token = load_be64(<const uint8_t *><const char *>template + WIRE_OFF_TOKEN)
-        self.tx_buf = <uint8_t *>calloc(batch, self.size)
+        # Datagrams sit back to back, so a GSO buffer is a run of them.
+        self.tx_buf = <uint8_t *>calloc(self.cap, self.size)
         self.tx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.tx_iov = <iovec *>calloc(batch, sizeof(iovec))
-        # Replies are never longer than requests; one spare byte shows truncation.
-        self.rx_slot = self.size + 1
+        self.gso_msgs = <mmsghdr *>calloc(GSO_BUFFERS, sizeof(mmsghdr))
+        self.gso_iov = <iovec *>calloc(GSO_BUFFERS, sizeof(iovec))
+        self.gso_ctrl = <uint8_t *>calloc(GSO_BUFFERS, CTRL_BYTES)
+        # Replies are never longer than requests; one spare byte shows
+        # truncation. A coalesced read needs room for a whole train.
+        self.rx_slot = GRO_SLOT if gro else self.size + 1
         self.rx_buf = <uint8_t *>calloc(batch, self.rx_slot)
         self.rx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.rx_iov = <iovec *>calloc(batch, sizeof(iovec))
         self.rx_ctrl = <uint8_t *>calloc(batch, CTRL_BYTES)
         if not (self.tx_buf and self.tx_msgs and self.tx_iov and self.rx_buf and self.rx_msgs
-                and self.rx_iov and self.rx_ctrl):
+                and self.rx_iov and self.rx_ctrl and self.gso_msgs and self.gso_iov
+                and self.gso_ctrl):
             raise MemoryError()
         cdef int i
-        for i in range(batch):
+        for i in range(self.cap):
             memcpy(self.tx_buf + i * self.size, <const char *>template, self.size)
+        for i in range(GSO_BUFFERS):
+            if self.gso_segs:
+                self.gso_iov[i].iov_base = self.tx_buf + i * self.gso_segs * self.size
+                self.gso_msgs[i].msg_hdr.msg_iov = &self.gso_iov[i]
+                self.gso_msgs[i].msg_hdr.msg_iovlen = 1
+                set_gso_control(&self.gso_msgs[i].msg_hdr, self.gso_ctrl + i * CTRL_BYTES,
+                                <uint16_t>self.size)
+        for i in range(batch):
             self.tx_iov[i].iov_base = self.tx_buf + i * self.size
             self.tx_iov[i].iov_len = self.size
             self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
@@ -222,10 +305,23 @@ cdef class PacedSender:
         free(self.tx_buf)
         free(self.tx_msgs)
         free(self.tx_iov)
+        free(self.gso_msgs)
+        free(self.gso_iov)
+        free(self.gso_ctrl)
         free(self.rx_buf)
         free(self.rx_msgs)
         free(self.rx_iov)
         free(self.rx_ctrl)
+
+    @property
+    def gso_segments(self):
+        """Datagrams per GSO buffer at most; 0 once GSO is off (or never on)."""
+        return self.gso_segs
+
+    @property
+    def burst(self):
+        """Datagrams a paced send waits for (1 = each as it falls due)."""
+        return self.burst_n
 
     def begin(self, uint64_t t0_ns, uint64_t limit, bint warmup):
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
@@ -236,7 +332,7 @@ cdef class PacedSender:
         self.window.reset()
         meter_begin(&self.meter)
         cdef int i
-        for i in range(self.batch):
+        for i in range(self.cap):
             self.tx_buf[i * self.size + WIRE_OFF_FLAGS] = WIRE_FLAG_WARMUP if warmup else 0
 
     @property
@@ -276,7 +372,7 @@ cdef class PacedSender:
     @cython.cdivision(True)
     cdef int _run(self, uint64_t until_ns, bint send) noexcept nogil:
         cdef uint64_t now, due, wake
-        cdef uint64_t n_due
+        cdef uint64_t n_due, left, ahead
         cdef int n, sent, rc
         cdef bint window_full
         # A blocking closed loop has nothing to read until its reply is due:
@@ -294,14 +390,17 @@ cdef class PacedSender:
                         if now >= self.t0_ns else 0
                     n_due = n_due - self.next_seq if n_due > self.next_seq else 0
                 else:
-                    n_due = self.batch
-                if n_due > self.limit - self.next_seq:
-                    n_due = self.limit - self.next_seq
+                    n_due = self.cap
+                left = self.limit - self.next_seq
+                if n_due > left:
+                    n_due = left
+                if n_due < <uint64_t>self.burst_n and n_due < left and self.period_ns > 0:
+                    n_due = 0  # a burst goes out whole: wait for its last datagram
                 if self.max_outstanding > 0 and n_due > 0:
                     n_due = self._window_room(now, n_due)
                     window_full = n_due == 0
                 if n_due > 0:
-                    n = <int>n_due if n_due < <uint64_t>self.batch else self.batch
+                    n = <int>n_due if n_due < <uint64_t>self.cap else self.cap
                     sent = self._send(n, now)
                     if sent < 0:
                         return sent
@@ -335,7 +434,10 @@ cdef class PacedSender:
                     sleep_until(self.fd, True, wake)  # the socket does not block
                 continue
             if send and self.next_seq < self.limit:
-                due = self.due_ns(self.next_seq)
+                ahead = <uint64_t>self.burst_n - 1
+                if ahead > self.limit - self.next_seq - 1:
+                    ahead = self.limit - self.next_seq - 1
+                due = self.due_ns(self.next_seq + ahead)
             else:
                 due = until_ns
             if due > until_ns:
@@ -380,8 +482,25 @@ cdef class PacedSender:
             pkt = self.tx_buf + i * self.size
             store_be64(pkt + WIRE_OFF_SEQ, self.next_seq + i)
             store_be64(pkt + WIRE_OFF_SEND_NS, now)
-        cdef int sent = sendmmsg(self.fd, self.tx_msgs, n, MSG_DONTWAIT)
-        self.c[S_SEND_CALLS] += 1
+        cdef int sent = 0
+        cdef bint plain = True
+        if self.gso_segs and n > 1:
+            sent = self._send_gso(n)
+            self.c[S_SEND_CALLS] += 1
+            plain = False
+            if sent < 0 and gso_unusable(errno):
+                # This path cannot segment: per-datagram from here on.
+                self.gso_errno = errno
+                self.gso_segs = 0
+                self.cap = self.batch
+                if self.burst_n > self.cap:
+                    self.burst_n = self.cap
+                if n > self.batch:
+                    n = self.batch
+                plain = True
+        if plain:
+            sent = sendmmsg(self.fd, self.tx_msgs, n, MSG_DONTWAIT)
+            self.c[S_SEND_CALLS] += 1
         if sent < 0:
             if errno == EAGAIN:
                 self.c[S_EAGAIN] += 1
@@ -408,6 +527,28 @@ cdef class PacedSender:
         self.c[S_SENT_BYTES] += <uint64_t>sent * <uint64_t>self.size
         return sent
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef int _send_gso(self, int n) noexcept nogil:
+        """Datagrams 0..n-1 of tx_buf as GSO buffers; how many went, or -1 (errno)."""
+        cdef int m = (n + self.gso_segs - 1) // self.gso_segs
+        cdef int j, k
+        for j in range(m):
+            k = n - j * self.gso_segs
+            if k > self.gso_segs:
+                k = self.gso_segs
+            self.gso_iov[j].iov_len = <size_t>k * <size_t>self.size
+        cdef int r = sendmmsg(self.fd, self.gso_msgs, m, MSG_DONTWAIT)
+        if r < 0:
+            return -1
+        self.gso_buffers += <uint64_t>r
+        # Only the last buffer can be short, so r < m buffers are all full.
+        k = n if r == m else r * self.gso_segs
+        self.gso_datagrams += <uint64_t>k
+        return k
+
     # Hot loop: indices are enum counters, batch slots and hist_index(), in
     # range by construction; the checks were on while the tests were written.
     @cython.boundscheck(False)
@@ -433,46 +574,70 @@ cdef class PacedSender:
             return -errno
         cdef uint64_t rx = now_ns()
         cdef uint8_t *pkt
-        cdef uint64_t seq, sched_lat, actual_lat, sent_at
         cdef uint32_t dropped
+        cdef Py_ssize_t length, seg, off
+        cdef bint truncated
         for i in range(got):
             pkt = self.rx_buf + i * self.rx_slot
-            if self.rx_msgs[i].msg_len < WIRE_HEADER_SIZE \
-                    or load_be16(pkt + WIRE_OFF_MAGIC) != WIRE_MAGIC \
-                    or pkt[WIRE_OFF_VERSION] != WIRE_VERSION \
-                    or pkt[WIRE_OFF_KIND] != WIRE_KIND_RESPONSE \
-                    or load_be64(pkt + WIRE_OFF_TOKEN) != self.token \
-                    or (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC):
-                self.c[S_BOGUS] += 1
+            length = self.rx_msgs[i].msg_len
+            truncated = (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0
+            seg = gro_segment_size(&self.rx_msgs[i].msg_hdr) if self.gro else 0
+            if seg <= 0 or seg >= length or truncated:
+                self._reply(pkt, length, truncated, rx)
                 continue
-            if (pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP) != self.warmup:
-                self.c[S_WARMUP_REPLIES] += 1
-                continue
-            seq = load_be64(pkt + WIRE_OFF_SEQ)
-            if seq >= self.next_seq:
-                self.c[S_BOGUS] += 1
-                continue
-            if seq < self.window.final_end:
-                self.c[S_LATE] += 1
-                continue
-            if self.window.test(seq):
-                self.c[S_DUPLICATE] += 1
-                continue
-            sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
-            actual_lat = rx - sent_at if rx > sent_at else 0
-            if self.period_ns > 0:
-                sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
-            else:
-                sched_lat = actual_lat  # "as fast as possible" has no schedule
-            if sched_lat > self.timeout_ns:
-                self.c[S_LATE] += 1
-                continue
-            self.window.set(seq)
-            meter_reply(&self.meter, self.rx_msgs[i].msg_len, sched_lat, actual_lat)
+            # A coalesced train: every segment is a reply of its own.
+            self.gro_reads += 1
+            off = 0
+            while off < length:
+                self._reply(pkt + off, seg if length - off > seg else length - off, False, rx)
+                off += seg
         dropped = rxq_overflow(&self.rx_msgs[got - 1].msg_hdr)
         if dropped > self.c[S_RCVBUF_DROPS]:
             self.c[S_RCVBUF_DROPS] = dropped
         return got
+
+    # Hot loop: indices are enum counters and hist_index(), in range by
+    # construction; the checks were on while the tests were written.
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef void _reply(self, const uint8_t *pkt, Py_ssize_t length, bint truncated,
+                     uint64_t rx) noexcept nogil:
+        """Check and count one reply (a datagram, or one segment of a train)."""
+        cdef uint64_t seq, sched_lat, actual_lat, sent_at
+        if length < WIRE_HEADER_SIZE \
+                or load_be16(pkt + WIRE_OFF_MAGIC) != WIRE_MAGIC \
+                or pkt[WIRE_OFF_VERSION] != WIRE_VERSION \
+                or pkt[WIRE_OFF_KIND] != WIRE_KIND_RESPONSE \
+                or load_be64(pkt + WIRE_OFF_TOKEN) != self.token \
+                or truncated:
+            self.c[S_BOGUS] += 1
+            return
+        if (pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP) != self.warmup:
+            self.c[S_WARMUP_REPLIES] += 1
+            return
+        seq = load_be64(pkt + WIRE_OFF_SEQ)
+        if seq >= self.next_seq:
+            self.c[S_BOGUS] += 1
+            return
+        if seq < self.window.final_end:
+            self.c[S_LATE] += 1
+            return
+        if self.window.test(seq):
+            self.c[S_DUPLICATE] += 1
+            return
+        sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
+        actual_lat = rx - sent_at if rx > sent_at else 0
+        if self.period_ns > 0:
+            sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
+        else:
+            sched_lat = actual_lat  # "as fast as possible" has no schedule
+        if sched_lat > self.timeout_ns:
+            self.c[S_LATE] += 1
+            return
+        self.window.set(seq)
+        meter_reply(&self.meter, <uint64_t>length, sched_lat, actual_lat)
 
     def snapshot(self):
         """The meter now, readable from another thread while `run` goes on (_meter.pxi)."""
@@ -497,9 +662,22 @@ cdef class Responder:
     valid; everything else is dropped and counted by reason. A reply is the
     request's header with kind RESPONSE plus a fixed RESP reply, and is
     never longer than the datagram it answers.
+
+    With `gro` the socket has UDP_GRO: a read may be a coalesced train, and
+    each of its segments is checked and counted as a datagram of its own.
+    With `gso_segments` > 1 the replies of one read (all to the one peer)
+    leave as UDP_SEGMENT buffers; EIO or EINVAL turns that off for good.
     """
     cdef int fd
     cdef int batch
+    cdef int gso_segs
+    cdef mmsghdr *gso_msgs
+    cdef iovec *gso_iov
+    cdef uint8_t *gso_ctrl
+    cdef readonly uint64_t gso_buffers
+    cdef readonly int gso_errno
+    cdef readonly bint gro
+    cdef readonly uint64_t gro_reads
     cdef int mode
     cdef bint busy_poll
     cdef uint64_t token
@@ -524,6 +702,13 @@ cdef class Responder:
     cdef _SeqWindow window
     cdef uint64_t highest_seq_plus1
     cdef uint64_t seq_limit
+    # Token bucket over valid datagrams: rate_per_ns tokens a nanosecond, at
+    # most `burst` saved up; a datagram without a token is neither answered
+    # nor counted (R_OVER_RATE). rate_per_ns 0: no cap.
+    cdef double rate_per_ns
+    cdef double burst
+    cdef double tokens
+    cdef uint64_t refill_ns
     cdef int64_t last_transit_ns
     cdef bint have_transit
     cdef double jitter_ns
@@ -535,15 +720,25 @@ cdef class Responder:
     def __cinit__(self, int fd, *, bytes peer, uint64_t token, int command, bint sink,
                   Py_ssize_t max_size, bytes prefix=b"", bytes reply=b"",
                   bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20,
-                  uint64_t seq_limit=0xFFFFFFFFFFFFFFFF):
+                  uint64_t seq_limit=0xFFFFFFFFFFFFFFFF, double max_rate_pps=0.0,
+                  double burst=0.0, bint gro=False, int gso_segments=0):
+        if gso_segments < 0 or gso_segments > 64:
+            raise ValueError("gso_segments must be 0..64")
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
+        if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps and burst must be >= 0, burst >= 1 with a rate")
         if not sink and WIRE_HEADER_SIZE + len(reply) > max_size:
             raise ValueError("reply would be longer than the requests it answers")
         self.fd = fd
         self.batch = batch
+        self.gro = gro
         self.mode = MODE_SINK if sink else MODE_REPLY
         self.seq_limit = seq_limit
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = burst
+        self.tokens = burst
+        self.refill_ns = 0
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -556,7 +751,15 @@ cdef class Responder:
         memset(self.peer, 0, 28)
         memcpy(self.peer, <const char *>peer, len(peer))
         self.peer_len = len(peer)
-        self.rx_slot = max_size + 1
+        self.rx_slot = GRO_SLOT if gro and GRO_SLOT > max_size + 1 else max_size + 1
+        self.gso_segs = gso_segments if gso_segments > 1 and not sink else 0
+        if self.gso_segs * (WIRE_HEADER_SIZE + self.reply_len) > 65507:
+            self.gso_segs = 65507 // (WIRE_HEADER_SIZE + self.reply_len)
+            if self.gso_segs < 2:
+                self.gso_segs = 0
+        self.gso_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
+        self.gso_iov = <iovec *>calloc(batch, sizeof(iovec))
+        self.gso_ctrl = <uint8_t *>calloc(batch, CTRL_BYTES)
         self.rx_buf = <uint8_t *>calloc(batch, self.rx_slot)
         self.rx_msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.rx_iov = <iovec *>calloc(batch, sizeof(iovec))
@@ -568,7 +771,8 @@ cdef class Responder:
         self.prefix = <uint8_t *>calloc(self.prefix_len + 1, 1)
         self.reply = <uint8_t *>calloc(self.reply_len + 1, 1)
         if not (self.rx_buf and self.rx_msgs and self.rx_iov and self.rx_ctrl and self.rx_names
-                and self.tx_buf and self.tx_msgs and self.tx_iov and self.prefix and self.reply):
+                and self.tx_buf and self.tx_msgs and self.tx_iov and self.prefix and self.reply
+                and self.gso_msgs and self.gso_iov and self.gso_ctrl):
             raise MemoryError()
         memcpy(self.prefix, <const char *>prefix, self.prefix_len)
         memcpy(self.reply, <const char *>reply, self.reply_len)
@@ -586,6 +790,14 @@ cdef class Responder:
             self.tx_iov[i].iov_len = reply_size
             self.tx_msgs[i].msg_hdr.msg_iov = &self.tx_iov[i]
             self.tx_msgs[i].msg_hdr.msg_iovlen = 1
+            # Replies go to the one peer only, so a GSO buffer's address is its.
+            self.gso_iov[i].iov_base = self.tx_buf + i * reply_size
+            self.gso_msgs[i].msg_hdr.msg_iov = &self.gso_iov[i]
+            self.gso_msgs[i].msg_hdr.msg_iovlen = 1
+            self.gso_msgs[i].msg_hdr.msg_name = self.peer
+            self.gso_msgs[i].msg_hdr.msg_namelen = self.peer_len
+            set_gso_control(&self.gso_msgs[i].msg_hdr, self.gso_ctrl + i * CTRL_BYTES,
+                            <uint16_t>reply_size)
         self.window = _SeqWindow(window_bits)
         self.counters = np.zeros(R_COUNTERS, dtype=np.uint64)
         self.drops = np.zeros(WIRE_DROP_REASONS, dtype=np.uint64)
@@ -603,6 +815,14 @@ cdef class Responder:
         free(self.tx_iov)
         free(self.prefix)
         free(self.reply)
+        free(self.gso_msgs)
+        free(self.gso_iov)
+        free(self.gso_ctrl)
+
+    @property
+    def gso_segments(self):
+        """Replies per GSO buffer at most; 0 once GSO is off (or never on)."""
+        return self.gso_segs
 
     @property
     def jitter_ns(self):
@@ -623,9 +843,12 @@ cdef class Responder:
     @cython.initializedcheck(False)
     @cython.cdivision(True)
     cdef int _run(self, uint64_t until_ns) noexcept nogil:
-        cdef int got, i, n_replies, sent
+        cdef int got, i, n_replies
         cdef uint32_t dropped
         cdef uint64_t rx
+        cdef uint8_t *pkt
+        cdef Py_ssize_t length, seg, off
+        cdef bint truncated
         while True:
             rx = now_ns()
             if rx >= until_ns:
@@ -645,27 +868,80 @@ cdef class Responder:
                     continue
                 return -errno
             rx = now_ns()
+            if self.rate_per_ns > 0:
+                self._refill(rx)
             n_replies = 0
             for i in range(got):
-                if self._accept(i, rx):
-                    if self.mode == MODE_REPLY:
-                        self._prepare_reply(i, n_replies)
+                pkt = self.rx_buf + i * self.rx_slot
+                length = self.rx_msgs[i].msg_len
+                truncated = (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0
+                seg = gro_segment_size(&self.rx_msgs[i].msg_hdr) if self.gro else 0
+                if seg <= 0 or seg >= length or truncated:
+                    seg = length
+                else:
+                    self.gro_reads += 1
+                # Each segment of a coalesced train is a datagram of its own.
+                off = 0
+                while True:
+                    if self._accept(pkt + off, seg if length - off > seg else length - off,
+                                    truncated, i, rx) and self.mode == MODE_REPLY:
+                        self._prepare_reply(pkt + off, i, n_replies)
                         n_replies += 1
+                        if n_replies == self.batch:
+                            self._flush(n_replies)
+                            n_replies = 0
+                    off += seg
+                    if off >= length:
+                        break
             dropped = rxq_overflow(&self.rx_msgs[got - 1].msg_hdr)
             if dropped > self.c[R_RCVBUF_DROPS]:
                 self.c[R_RCVBUF_DROPS] = dropped
             if n_replies > 0:
-                sent = sendmmsg(self.fd, self.tx_msgs, n_replies, MSG_DONTWAIT)
-                if sent < 0:
-                    if errno == EAGAIN or errno == ENOBUFS:
-                        self.c[R_REPLY_EAGAIN] += n_replies
-                    else:
-                        self.c[R_REPLY_ERRORS] += n_replies
-                else:
-                    self.c[R_REPLIED] += sent
-                    self.c[R_REPLY_BYTES] += <uint64_t>sent * <uint64_t>(WIRE_HEADER_SIZE + self.reply_len)
-                    if sent < n_replies:
-                        self.c[R_REPLY_EAGAIN] += n_replies - sent
+                self._flush(n_replies)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    @cython.initializedcheck(False)
+    @cython.cdivision(True)
+    cdef void _flush(self, int n) noexcept nogil:
+        """Send the n replies prepared in tx_buf; count what went and what did not."""
+        cdef Py_ssize_t reply_size = WIRE_HEADER_SIZE + self.reply_len
+        cdef int sent = -1
+        cdef int m, j, k
+        if self.gso_segs and n > 1:
+            m = (n + self.gso_segs - 1) // self.gso_segs
+            for j in range(m):
+                k = n - j * self.gso_segs
+                if k > self.gso_segs:
+                    k = self.gso_segs
+                self.gso_iov[j].iov_base = self.tx_buf + j * self.gso_segs * reply_size
+                self.gso_iov[j].iov_len = <size_t>k * <size_t>reply_size
+            sent = sendmmsg(self.fd, self.gso_msgs, m, MSG_DONTWAIT)
+            if sent >= 0:
+                self.gso_buffers += <uint64_t>sent
+                sent = n if sent == m else sent * self.gso_segs
+            elif gso_unusable(errno):
+                self.gso_errno = errno
+                self.gso_segs = 0
+        if sent < 0 and not (self.gso_segs and n > 1):
+            sent = sendmmsg(self.fd, self.tx_msgs, n, MSG_DONTWAIT)
+        if sent < 0:
+            if errno == EAGAIN or errno == ENOBUFS:
+                self.c[R_REPLY_EAGAIN] += n
+            else:
+                self.c[R_REPLY_ERRORS] += n
+        else:
+            self.c[R_REPLIED] += sent
+            self.c[R_REPLY_BYTES] += <uint64_t>sent * <uint64_t>reply_size
+            if sent < n:
+                self.c[R_REPLY_EAGAIN] += n - sent
+
+    cdef inline void _refill(self, uint64_t rx) noexcept nogil:
+        if self.refill_ns != 0 and rx > self.refill_ns:
+            self.tokens += <double>(rx - self.refill_ns) * self.rate_per_ns
+            if self.tokens > self.burst:
+                self.tokens = self.burst
+        self.refill_ns = rx
 
     cdef inline bint _from_peer(self, int i) noexcept nogil:
         cdef const uint8_t *name = <const uint8_t *>&self.rx_names[i]
@@ -683,12 +959,12 @@ cdef class Responder:
     @cython.wraparound(False)
     @cython.initializedcheck(False)
     @cython.cdivision(True)
-    cdef bint _accept(self, int i, uint64_t rx) noexcept nogil:
-        """Validate datagram i; count it by outcome. True when it is valid."""
-        cdef uint8_t *pkt = self.rx_buf + i * self.rx_slot
-        cdef Py_ssize_t length = self.rx_msgs[i].msg_len
+    cdef bint _accept(self, const uint8_t *pkt, Py_ssize_t length, bint truncated, int i,
+                      uint64_t rx) noexcept nogil:
+        """Validate one datagram (or segment) of read i; count it by outcome.
+        True when it is valid."""
         cdef int expected_kind = WIRE_KIND_BLAST if self.mode == MODE_SINK else WIRE_KIND_REQUEST
-        if (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) or length > self.max_size:
+        if truncated or length > self.max_size:
             self.d[WIRE_DROP_OVERSIZED] += 1
             return False
         if length < WIRE_HEADER_SIZE:
@@ -716,6 +992,11 @@ cdef class Responder:
         if self.mode == MODE_SINK and load_be64(pkt + WIRE_OFF_SEQ) >= self.seq_limit:
             self.d[WIRE_DROP_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
+        if self.rate_per_ns > 0:
+            if self.tokens < 1.0:
+                self.c[R_OVER_RATE] += 1  # past the step's rate: the limit is on the traffic
+                return False
+            self.tokens -= 1.0
         if pkt[WIRE_OFF_FLAGS] & WIRE_FLAG_WARMUP:
             self.c[R_WARMUP] += 1
             return self.mode == MODE_REPLY
@@ -761,9 +1042,9 @@ cdef class Responder:
         self.last_transit_ns = transit
         self.have_transit = True
 
-    cdef inline void _prepare_reply(self, int i, int slot) noexcept nogil:
+    cdef inline void _prepare_reply(self, const uint8_t *pkt, int i, int slot) noexcept nogil:
         cdef uint8_t *out = self.tx_buf + slot * (WIRE_HEADER_SIZE + self.reply_len)
-        memcpy(out, self.rx_buf + i * self.rx_slot, WIRE_HEADER_SIZE)
+        memcpy(out, pkt, WIRE_HEADER_SIZE)
         out[WIRE_OFF_KIND] = WIRE_KIND_RESPONSE
         self.tx_msgs[slot].msg_hdr.msg_name = &self.rx_names[i]
         self.tx_msgs[slot].msg_hdr.msg_namelen = self.rx_msgs[i].msg_hdr.msg_namelen

@@ -55,6 +55,9 @@ FLAG_WARMUP = wire.FLAG_WARMUP
 _FD_SETSIZE = 1024
 
 monotonic_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, as the engine's clock_gettime
+# No UDP GSO send or GRO receive here: one datagram per syscall is all Python
+# has, so the GSO arguments are taken and the per-datagram path always runs.
+UDP_OFFLOAD = False
 
 
 def _hist_index(value: int) -> int:
@@ -223,7 +226,7 @@ class _Hists:
 
 (R_RECEIVED, R_RECEIVED_BYTES, R_REPLIED, R_REPLY_BYTES, R_REPLY_EAGAIN, R_REPLY_ERRORS,
  R_WARMUP, R_DUPLICATE, R_REORDERED, R_STALE, R_SEQ_END, R_RCVBUF_DROPS, R_LOST,
- R_LOSS_EPISODES, R_LOSS_MAX_RUN) = range(len(RESPONDER_COUNTERS))
+ R_LOSS_EPISODES, R_LOSS_MAX_RUN, R_OVER_RATE) = range(len(RESPONDER_COUNTERS))
 
 _U64_MAX = (1 << 64) - 1
 (D_TOO_SHORT, D_BAD_MAGIC, D_BAD_VERSION, D_BAD_KIND, D_BAD_TOKEN, D_BAD_SOURCE, D_BAD_PAYLOAD,
@@ -242,11 +245,23 @@ class PacedSender:
 
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
-                 max_outstanding: int = 0) -> None:
+                 max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
+                 gro: bool = False) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
             raise ValueError("batch must be 1..1024")
+        if not 0 <= gso_segments <= 64:
+            raise ValueError("gso_segments must be 0..64")
+        if burst < 1 or burst > 4096:
+            raise ValueError("burst must be 1..4096")
+        self.burst = min(burst, batch)
+        self.gso_segments = 0
+        self.gso_buffers = 0
+        self.gso_datagrams = 0
+        self.gso_errno = 0
+        self.gro = False
+        self.gro_reads = 0
         self._sock = _wrap(fd)
         self.fd = self._sock.fileno()
         self.batch = batch
@@ -342,7 +357,10 @@ class PacedSender:
                     n_due = n_due - self.next_seq if n_due > self.next_seq else 0
                 else:
                     n_due = self.batch
-                n_due = min(n_due, self.limit - self.next_seq)
+                left = self.limit - self.next_seq
+                n_due = min(n_due, left)
+                if n_due < self.burst and n_due < left and self.period_ns > 0:
+                    n_due = 0  # a burst goes out whole: wait for its last datagram
                 if self.max_outstanding > 0 and n_due > 0:
                     n_due = self._window_room(now, n_due)
                     window_full = n_due == 0
@@ -375,7 +393,9 @@ class PacedSender:
                 if rc == 0 and time.monotonic_ns() < now + NONBLOCKING_NS:
                     _sleep_until(self.fd, True, wake)  # the socket does not block
                 continue
-            due = self._due_ns(self.next_seq) if send and self.next_seq < self.limit else until_ns
+            ahead = min(self.burst - 1, self.limit - self.next_seq - 1)
+            due = (self._due_ns(self.next_seq + ahead) if send and self.next_seq < self.limit
+                   else until_ns)
             due = min(due, until_ns)
             now = time.monotonic_ns()
             if due > now + SPIN_MARGIN_NS:
@@ -537,9 +557,19 @@ class Responder:
     def __init__(self, fd: int, *, peer: bytes, token: int, command: int, sink: bool,
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
                  busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
-                 seq_limit: int = _U64_MAX) -> None:
+                 seq_limit: int = _U64_MAX, max_rate_pps: float = 0.0,
+                 burst: float = 0.0, gro: bool = False, gso_segments: int = 0) -> None:
+        if not 0 <= gso_segments <= 64:
+            raise ValueError("gso_segments must be 0..64")
+        self.gso_segments = 0
+        self.gso_buffers = 0
+        self.gso_errno = 0
+        self.gro = False
+        self.gro_reads = 0
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
+        if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps and burst must be >= 0, burst >= 1 with a rate")
         if not sink and wire.HEADER_SIZE + len(reply) > max_size:
             raise ValueError("reply would be longer than the requests it answers")
         _, self.peer_host, self.peer_port = _unpack_peer(peer)
@@ -548,6 +578,11 @@ class Responder:
         self.batch = batch
         self.sink = bool(sink)
         self.seq_limit = seq_limit
+        # Token bucket over valid datagrams (see the compiled Responder).
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.refill_ns = 0
         self.busy_poll = busy_poll
         self.token = token
         self.command = command
@@ -608,7 +643,10 @@ class Responder:
                     break
                 flags = socket.MSG_DONTWAIT
                 got += 1
-                if self._accept(length, msg_flags, address, time.monotonic_ns()):
+                rx_ns = time.monotonic_ns()
+                if self.rate_per_ns > 0:
+                    self._refill(rx_ns)
+                if self._accept(length, msg_flags, address, rx_ns):
                     if not self.sink:
                         self._reply(address)
             if got == 0:
@@ -619,6 +657,11 @@ class Responder:
             dropped = _rxq_overflow(ancdata)
             if dropped > c[R_RCVBUF_DROPS]:
                 c[R_RCVBUF_DROPS] = dropped
+
+    def _refill(self, rx: int) -> None:
+        if self.refill_ns and rx > self.refill_ns:
+            self.tokens = min(self.burst, self.tokens + (rx - self.refill_ns) * self.rate_per_ns)
+        self.refill_ns = rx
 
     def _accept(self, length: int, msg_flags: int, address: Any, rx: int) -> bool:
         """Validate the datagram in the buffer; count it by outcome. True when valid."""
@@ -655,6 +698,11 @@ class Responder:
         if self.sink and seq >= self.seq_limit:
             d[D_BAD_SEQ] += 1  # beyond what the step can send: not trusted
             return False
+        if self.rate_per_ns > 0:
+            if self.tokens < 1.0:
+                c[R_OVER_RATE] += 1  # past the step's rate: the limit is on the traffic
+                return False
+            self.tokens -= 1.0
         if flags & FLAG_WARMUP:
             c[R_WARMUP] += 1
             return not self.sink
@@ -1494,6 +1542,8 @@ class BulkPump:
         self.n_done = 0
         self.tick_ns = 0
         self.first_ns = 0
+        self.total_bytes = 0  # moved on every stream together
+        self.limit = _U64_MAX
         self.byte_counts = np.zeros(capacity, dtype=np.uint64)
         self.status = np.zeros(capacity, dtype=np.int64)
 
@@ -1522,8 +1572,10 @@ class BulkPump:
         self.count += 1
         return i
 
-    def run(self, until_ns: int) -> int:
-        """Pump until `until_ns` (0), until no stream is open (1), or -errno of epoll."""
+    def run(self, until_ns: int, byte_limit: int = _U64_MAX) -> int:
+        """Pump until `until_ns` or until the streams together have moved
+        `byte_limit` bytes (0), until no stream is open (1), or -errno of epoll."""
+        self.limit = byte_limit
         max_wait_ms = _PUMP_MAX_WAIT_MS if self.sending else _LOWAT_TICK_NS // 1_000_000
         if self.tick_ns == 0:
             self.tick_ns = time.monotonic_ns()
@@ -1537,6 +1589,8 @@ class BulkPump:
             if now >= until_ns:
                 if not self.sending:
                     self._collect_held()
+                return 0
+            if self.total_bytes >= self.limit:
                 return 0
             timeout_ms = min((until_ns - now + 999_999) // 1_000_000, max_wait_ms)
             try:
@@ -1585,11 +1639,15 @@ class BulkPump:
             return
         sock = self.socks[i]
         for _ in range(max_calls):
+            if self.total_bytes >= self.limit:
+                return
+            want = min(self.buf_len, self.limit - self.total_bytes)
             try:
                 if self.sending:
-                    moved = sock.send(self.out, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    moved = sock.send(memoryview(self.out)[:want],
+                                      socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
                 else:
-                    moved = sock.recv_into(self.buf, self.buf_len, socket.MSG_DONTWAIT)
+                    moved = sock.recv_into(self.buf, want, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -1599,7 +1657,8 @@ class BulkPump:
                 if self.first_ns == 0:
                     self.first_ns = time.monotonic_ns()
                 self.byte_counts[i] += moved
-                if moved < self.buf_len:
+                self.total_bytes += moved
+                if moved < want:
                     return  # the socket buffer is full (or drained): epoll says when to go on
                 continue
             self._done(i, PUMP_EOF)

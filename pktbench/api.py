@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pktbench import engine
 from pktbench.address import Target, parse_target
 from pktbench.config import Profile
 from pktbench.engine import engine_environment
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 def step_params(**params: Any) -> StepParams:
     """Validated StepParams from keyword arguments (ConfigError names a bad key)."""
     return validate_step_params({k: v for k, v in params.items() if v is not None or k == "rate_pps"})
+
+
+def check_gso_mode(gso: str) -> None:
+    """Refuse a gso mode this host cannot run ("on" without UDP GSO) before any traffic."""
+    engine.check_gso_mode(gso)
 
 
 def as_target(target: str | Target | None) -> Target | None:

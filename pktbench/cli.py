@@ -77,16 +77,50 @@ def parse_rate(text: str) -> float | None:
 
 
 class RateType(click.ParamType):  # type: ignore[type-arg]
+    """A pps option. `step`: the rate of a step (run, sweep), at most rates.MAX_STEP_PPS."""
+
     name = "PPS|max"
+
+    def __init__(self, step: bool = False, allow_max: bool = True) -> None:
+        self.step = step
+        self.allow_max = allow_max
+        if not allow_max:
+            self.name = "PPS"
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float | None:
         if value is None or isinstance(value, float):
             return value
         try:
-            return parse_rate(str(value))
+            if not self.allow_max:
+                return rates.check_step_pps(rates.parse_pps(str(value)), str(value))
+            rate = parse_rate(str(value))
+            if rate is not None and self.step:
+                rates.check_step_pps(rate, str(value))
+            return rate
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RateListType(click.ParamType):  # type: ignore[type-arg]
+    """A comma-separated list of step rates (sweep --rates), checked as run --rate is."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            rates.parse_pps_list(str(value))
+            for part in str(value).split(","):
+                if part.strip():
+                    rates.check_step_pps(rates.parse_pps(part), part)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
 
 
 def read_secret(token: str | None, token_file: str | None) -> bytes | None:
@@ -108,6 +142,20 @@ def token_options(func: Any) -> Any:
                         help="File holding the shared secret.")(func)
     return click.option("--token", metavar="SECRET", envvar="PKTBENCH_TOKEN",
                         help="Shared secret (HMAC challenge-response; never sent).")(func)
+
+
+# -J: iperf3's "JSON to stdout", the same as --json -.
+JSON_STDOUT = click.option("-J", "json_stdout", is_flag=True,
+                           help="The JSON document on stdout (same as --json -); the table "
+                                "goes to stderr.")
+
+
+def _json_target(json_path: str | None, json_stdout: bool) -> str | None:
+    if json_stdout:
+        if json_path not in (None, "-"):
+            raise click.UsageError("give -J (JSON on stdout) or --json FILE, not both")
+        return "-"
+    return json_path
 
 
 # -- rr-tcp and redis:// targets -----------------------------------------------------
@@ -235,76 +283,197 @@ def _exit_on_failure(judgement: dict[str, Any] | None, fail_on: tuple[str, ...])
 
 # -- run --------------------------------------------------------------------------
 
+# What `run` sends without --profile (with one, the profile's values).
+RUN_DEFAULTS = {"workload": "rr", "command": "ping", "duration_s": 3.0, "warmup_s": 0.0,
+                "size_bytes": 64, "timeout_s": 1.0, "busy_poll": False}
+
+
+def _with_port(target: str | None, port: int | None) -> str | None:
+    """HOST plus -p PORT, as iperf3 takes them; a port in HOST:PORT must agree."""
+    if port is None:
+        return target
+    if target is None:
+        raise click.UsageError("-p/--port names the server's port: give HOST too "
+                               "(without HOST the embedded server picks its own)")
+    if target.strip().lower().startswith("redis://"):
+        raise click.UsageError("-p/--port is for a pktbench server; put a Redis port in "
+                               "the URL (redis://HOST:PORT)")
+    from pktbench.address import Target, parse_target
+
+    parsed = parse_target(target, default_port=port)
+    if parsed.port != port:
+        raise click.UsageError(f"{target} names port {parsed.port} and -p says {port}: "
+                               "give one")
+    return str(Target(parsed.host, port))
+
+
+PORT_OPTION = click.option("-p", "--port", "port", type=click.IntRange(1, 65535), default=None,
+                           help="The server's port (same as HOST:PORT) [default: 7425].")
+QUIET_OPTION = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress or interval lines (the table and files stay).")
+
+
+def _outputs(json_path: str | None, csv_path: str | None = None,
+             plot_path: str | None = None) -> dict[str, str | None]:
+    from pktbench.report import check_output_path
+
+    outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
+    for kind, path in outputs.items():
+        if path:
+            check_output_path(path, kind)
+    if sum(1 for path in outputs.values() if path == "-") > 1:
+        raise click.UsageError("only one output can go to stdout ('-')")
+    return outputs
+
+
+def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str | None,
+                   stopper: Any) -> Any:
+    """The table and every output file of `result`, marked interrupted when a signal came.
+
+    Returns the result as written. After an interrupt the caller exits with
+    `stopper.exit_code` once this returns.
+    """
+    import dataclasses
+    import signal
+
+    from pktbench.report import write_report
+
+    if stopper.interrupted:
+        result = dataclasses.replace(result, interrupted=True)
+        name = signal.Signals(stopper.signum).name
+        click.echo(f"pktbench: interrupted by {name}: {len(result.steps)} finished "
+                   f"step(s) reported{', written' if any(outputs.values()) else ''}", err=True)
+    to_stdout = "-" in outputs.values()
+    write_report("table", result, sys.stderr if to_stdout else sys.stdout, kind=table_kind)
+    for kind, path in outputs.items():
+        if path:
+            write_report(kind, result, path)
+    return result
+
+
 @main.command()
 @click.argument("target", required=False, metavar="[HOST[:PORT] | redis://HOST[:PORT]]")
-@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default="rr",
-              show_default=True,
+@click.option("--profile", "profile_name", default=None, metavar="NAME|FILE",
+              help="Take workload, command, size, duration, warm-up, timeout and criteria "
+                   "from this profile (as sweep does); options given here win "
+                   "[default: run's own defaults, judged by the default profile].")
+@click.option("--workload", type=click.Choice(["rr", "blast", "rr-tcp"]), default=None,
               help="rr: UDP request/response; blast: one-way UDP; rr-tcp: RESP over TCP "
-                   "(always, against redis://).")
-@click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default="ping",
-              show_default=True, help="RESP command carried by rr requests.")
-@click.option("--rate", type=RateType(), default="10000", show_default=True,
+                   "(always, against redis://) [default: rr].")
+@click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
+              help="RESP command carried by rr requests [default: ping].")
+@click.option("--rate", type=RateType(step=True), default="10000", show_default=True,
               help="Offered packets per second, or 'max'.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=3.0,
-              show_default=True, help="Measured window, seconds.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Traffic before the window that is not counted, seconds.")
-@click.option("--size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="UDP payload bytes per packet, header included.")
-@click.option("--busy-poll", is_flag=True,
+@click.option("-t", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Measured window, seconds [default: 3].")
+@click.option("--warmup", type=click.FloatRange(min=0), default=None,
+              help="Traffic before the window that is not counted, seconds [default: 0].")
+@click.option("-l", "--size", type=click.IntRange(min=1), default=None,
+              help="UDP payload bytes per packet, header included [default: 64].")
+@click.option("--busy-poll/--no-busy-poll", default=None,
               help="Spin on the sockets at both ends instead of sleeping (lower latency).")
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr: at most N requests in flight (1 = ping-pong); default open loop.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, help="A response later than this counts as lost, seconds.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it; on: fail where it has not; "
+                   "off: one datagram per message [default: the profile's, else auto].")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP with GSO: at most N datagrams leave at once [default: those due in "
+                   "100 us, at most 64; rr: 1].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="A response later than this counts as lost, seconds [default: 1].")
 @click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
               help="rr/blast over UDP: sender processes, one flow (source port) each, "
                    "the rate split evenly.")
 @click.option("--cpus", "cpus_text", metavar="LIST", default=None,
               help="Pin the worker processes to these CPUs, round-robin, e.g. 0,1.")
-@click.option("--profile", "profile_name", default="default", show_default=True,
-              metavar="NAME|FILE", help="Judge the step by this profile's criteria.")
 @click.option("--max-loss", type=click.FloatRange(0, 1), default=None,
               help="Loss ratio above this fails the step (default: the profile's).")
 @click.option("--min-delivery", type=click.FloatRange(0, 1), default=None,
               help="Received below this fraction of offered fails (default: the profile's).")
 @FAIL_ON
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@JSON_STDOUT
+@click.option("--csv", "csv_path", metavar="FILE", help="Write the step as a CSV row.")
+@QUIET_OPTION
+@PORT_OPTION
 @token_options
 @tcp_options
-def run(target: str | None, workload: str, command: str, rate: float | None, duration: float,
-        warmup: float, size: int, busy_poll: bool, outstanding: int | None, timeout: float,
-        profile_name: str, max_loss: float | None, min_delivery: float | None,
-        fail_on: tuple[str, ...],
-        json_path: str | None, token: str | None, token_file: str | None,
+def run(target: str | None, workload: str | None, command: str | None, rate: float | None,
+        duration: float | None, warmup: float | None, size: int | None,
+        busy_poll: bool | None, outstanding: int | None, timeout: float | None,
+        profile_name: str | None, max_loss: float | None, min_delivery: float | None,
+        fail_on: tuple[str, ...], json_path: str | None, json_stdout: bool,
+        csv_path: str | None, quiet: bool, port: int | None,
+        token: str | None, token_file: str | None,
         connections: int | None, pipeline: int | None, redis_password: str | None,
-        workers: int, cpus_text: str | None) -> None:
-    """Measure one step. Without HOST, a server is started on this machine."""
-    from pktbench import api, config
-    from pktbench.report import check_output_path, write_report
+        workers: int, cpus_text: str | None, gso: str | None = None,
+        burst: int | None = None) -> None:
+    """Measure one step. Without HOST, a server is started on this machine.
 
-    if json_path:
-        check_output_path(json_path, "json")
-    resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
-    if tcp is not None:
-        workload = "rr-tcp"
-    cpus = _worker_cpus(workers, cpus_text, workload)
-    params = api.step_params(workload=workload,
-                             command=command if workload in ("rr", "rr-tcp") else "none",
-                             rate_pps=rate, duration_s=duration, warmup_s=warmup,
-                             size_bytes=size, busy_poll=busy_poll, timeout_s=timeout,
-                             outstanding=outstanding if workload == "rr" else None,
+    SIGINT or SIGTERM ends the step early: its counts are reported and
+    written (marked interrupted), then the exit status is 130 or 143.
+    """
+    from pktbench import api, config
+    from pktbench.interrupts import StopOnSignal
+
+    outputs = _outputs(_json_target(json_path, json_stdout), csv_path)
+    target = _with_port(target, port)
+    profile = config.load_profile(profile_name or "default")
+    base: dict[str, Any] = dict(RUN_DEFAULTS)
+    if profile_name is not None:
+        base = {"workload": profile.workload, "command": profile.command,
+                "duration_s": profile.duration_s, "warmup_s": profile.warmup_s,
+                "size_bytes": profile.size_bytes, "timeout_s": profile.timeout_s,
+                "busy_poll": profile.busy_poll}
+    if workload is not None and command is None and workload != base["workload"]:
+        base["command"] = "ping"  # another workload than the profile's: its default command
+    chosen_workload = workload or base["workload"]
+    over_tcp = chosen_workload == "rr-tcp" or (target or "").strip().lower().startswith(
+        "redis://")
+    if profile_name is not None and profile.workload == "rr":
+        # the profile's loop options, each where its transport runs
+        if over_tcp:
+            connections = connections if connections is not None else profile.connections
+            pipeline = pipeline if pipeline is not None else profile.pipeline
+        elif chosen_workload == "rr" and outstanding is None:
+            outstanding = profile.outstanding
+    resolved, tcp, auth = resolve_tcp(target, chosen_workload, connections, pipeline,
+                                      redis_password)
+    chosen_workload = "rr-tcp" if tcp is not None else chosen_workload
+    cpus = _worker_cpus(workers, cpus_text, chosen_workload)
+    timeout_s = timeout if timeout is not None else base["timeout_s"]
+    drain_s = max(profile.drain_s, timeout_s) if profile_name is not None else None
+    chosen_command = command or base["command"]
+    params = api.step_params(workload=chosen_workload,
+                             command=chosen_command if chosen_workload in ("rr", "rr-tcp")
+                             else "none",
+                             rate_pps=rate,
+                             duration_s=duration if duration is not None else base["duration_s"],
+                             warmup_s=warmup if warmup is not None else base["warmup_s"],
+                             drain_s=drain_s,
+                             size_bytes=size if size is not None else base["size_bytes"],
+                             busy_poll=busy_poll if busy_poll is not None else base["busy_poll"],
+                             timeout_s=timeout_s,
+                             outstanding=outstanding if chosen_workload == "rr" else None,
                              connections=tcp.connections if tcp else None,
-                             pipeline=tcp.pipeline if tcp else None, streams=workers)
-    criteria = config.apply_overrides(config.load_profile(profile_name), source="command line",
+                             pipeline=tcp.pipeline if tcp else None, streams=workers,
+                             gso=gso or (profile.gso if profile_name is not None else "auto"),
+                             burst=burst if burst is not None or profile_name is None
+                             else profile.burst)
+    if tcp is None:
+        api.check_gso_mode(params.gso)
+    criteria = config.apply_overrides(profile, source="command line",
                                       max_loss_ratio=max_loss,
                                       min_delivery_ratio=min_delivery).criteria
     secret = read_secret(token, token_file)
-    result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus,
-                     criteria=criteria)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout, kind="run")
-    if json_path:
-        write_report("json", result, json_path, kind="run")
+    with StopOnSignal() as stopper:
+        result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus,
+                         criteria=criteria, stop=stopper.stop)
+    result = _write_results(result, outputs, "run", stopper)
+    if stopper.interrupted:
+        sys.exit(stopper.exit_code)
     _exit_on_failure(result.judgement, fail_on)
 
 
@@ -321,7 +490,7 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
               help="bulk: one step per TCP stream count, e.g. 1,2,4,8.")
 @click.option("--gbps", "bulk_gbps", metavar="LIST", default=None,
               help="bulk --udp: one step per offered rate in Gbit/s, e.g. 1,2,5.")
-@click.option("--udp", "bulk_udp", is_flag=True,
+@click.option("-u", "--udp", "bulk_udp", is_flag=True,
               help="bulk: large UDP datagrams instead of TCP streams.")
 @click.option("--workers", type=click.IntRange(1, 128), default=1, show_default=True,
               help="rr/blast over UDP: sender processes, one flow (source port) each, "
@@ -330,10 +499,12 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
               help="Pin the worker processes to these CPUs, round-robin, e.g. 0,1.")
 @click.option("--command", "command", type=click.Choice(["ping", "get", "set"]), default=None,
               help="Override the RESP command of rr requests.")
-@click.option("--rates", metavar="LIST", default=None,
+@click.option("--rates", type=RateListType(), default=None,
               help="Explicit offered rates, e.g. 1k,2k,5k,10k.")
-@click.option("--from", "from_pps", type=RateType(), default=None, help="Lowest offered rate.")
-@click.option("--to", "to_pps", type=RateType(), default=None, help="Highest offered rate.")
+@click.option("--from", "from_pps", type=RateType(step=True, allow_max=False), default=None,
+              help="Lowest offered rate.")
+@click.option("--to", "to_pps", type=RateType(step=True, allow_max=False), default=None,
+              help="Highest offered rate.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Number of rates.")
 @click.option("--scale", type=click.Choice(["log", "linear"]), default=None,
               help="Spacing of --from..--to.")
@@ -343,12 +514,13 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
               help="Loss ratio PDR accepts (default 0.005).")
 @click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Search precision, relative width (default from the profile).")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("-t", "--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Measured seconds per step.")
 @click.option("--warmup", type=click.FloatRange(min=0), default=None,
               help="Uncounted seconds before each step.")
 @click.option("--repeat", type=click.IntRange(min=1), default=None, help="Runs per rate.")
-@click.option("--size", type=click.IntRange(min=1), default=None, help="UDP payload bytes.")
+@click.option("-l", "--size", type=click.IntRange(min=1), default=None,
+              help="UDP payload bytes.")
 @click.option("--busy-poll/--no-busy-poll", default=None,
               help="Spin on the sockets at both ends (lower latency, burns CPUs).")
 @click.option("--max-loss", type=click.FloatRange(0, 1), default=None,
@@ -362,10 +534,19 @@ def run(target: str | None, workload: str, command: str, rate: float | None, dur
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="UDP: send datagrams due together as GSO buffers and receive them "
+                   "coalesced (GRO) where the kernel has it; on: fail where it has not; "
+                   "off: one datagram per message [default: the profile's, else auto].")
+@click.option("--burst", type=click.IntRange(1, 64), default=None,
+              help="UDP with GSO: at most N datagrams leave at once [default: those due in "
+                   "100 us, at most 64; rr: 1].")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
+@JSON_STDOUT
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@QUIET_OPTION
+@PORT_OPTION
 @token_options
 @tcp_options
 def sweep(target: str | None, profile_name: str, workload: str | None, command: str | None,
@@ -378,22 +559,31 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           plot_path: str | None, quiet: bool, token: str | None, token_file: str | None,
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
-          cpus_text: str | None) -> None:
+          cpus_text: str | None, json_stdout: bool = False, port: int | None = None,
+          gso: str | None = None, burst: int | None = None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
     (--udp --gbps) instead and print the throughput table of `pktbench bulk`.
+
+    SIGINT or SIGTERM stops the sweep: the table of the finished steps is
+    printed and --json/--csv/--plot written (marked interrupted), the
+    embedded server is stopped, and the exit status is 130 or 143.
     """
     from pktbench import api, config
-    from pktbench.report import Progress, check_output_path, step_line, write_report
+    from pktbench.interrupts import StopOnSignal
+    from pktbench.report import Progress, step_line
 
+    json_path = _json_target(json_path, json_stdout)
+    target = _with_port(target, port)
     if workload == "bulk":
         ctx = click.get_current_context()
         rr_only = [name for name in ("profile_name", "command", "rates", "from_pps", "to_pps",
                                      "steps", "scale", "search_goals", "pdr_loss", "precision",
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
-                                     "plot_path", "connections", "pipeline", "redis_password")
+                                     "plot_path", "connections", "pipeline", "redis_password",
+                                     "gso", "burst")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -406,12 +596,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
     if bulk_streams is not None or bulk_gbps is not None or bulk_udp:
         raise click.UsageError("--streams, --gbps and --udp need --workload bulk")
 
-    outputs = {"json": json_path, "csv": csv_path, "plot": plot_path}
-    for kind, path in outputs.items():
-        if path:
-            check_output_path(path, kind)
-    if sum(1 for path in outputs.values() if path == "-") > 1:
-        raise click.UsageError("only one output can go to stdout ('-')")
+    outputs = _outputs(json_path, csv_path, plot_path)
     resolved, tcp, auth = resolve_tcp(target, workload, connections, pipeline, redis_password)
     if tcp is not None and outstanding is not None:
         raise click.UsageError("--outstanding is for rr over UDP; over TCP use --pipeline")
@@ -424,15 +609,17 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         precision=precision, duration_s=duration, warmup_s=warmup, repeat=repeat,
         size_bytes=size, busy_poll=busy_poll, max_loss_ratio=max_loss,
         latency_factor=latency_factor, min_delivery_ratio=min_delivery,
-        connections=connections, pipeline=pipeline, outstanding=outstanding)
+        connections=connections, pipeline=pipeline, outstanding=outstanding, gso=gso,
+        burst=burst)
+    if tcp is None:
+        api.check_gso_mode(profile.gso)
     if tcp is not None:
         from pktbench.sweeper import tcp_options_for
 
         tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
     secret = read_secret(token, token_file)
-    to_stdout = "-" in outputs.values()
-    with Progress(profile.step_count, quiet=quiet) as progress:
+    with StopOnSignal() as stopper, Progress(profile.step_count, quiet=quiet) as progress:
 
         def show(step: dict[str, Any], done: int, planned: int) -> None:
             if step.get("search_trial"):
@@ -441,11 +628,11 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                 progress.step_done(step)
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
-                           on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus)
-    write_report("table", result, sys.stderr if to_stdout else sys.stdout)
-    for kind, path in outputs.items():
-        if path:
-            write_report(kind, result, path)
+                           on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus,
+                           stop=stopper.stop)
+    result = _write_results(result, outputs, None, stopper)
+    if stopper.interrupted:
+        sys.exit(stopper.exit_code)
     _exit_on_failure(result.judgement, fail_on)
 
 
@@ -461,20 +648,32 @@ def profiles_command() -> None:
 @main.command()
 @click.argument("old", type=click.Path(dir_okay=False))
 @click.argument("new", type=click.Path(dir_okay=False))
-@click.option("--json", "json_path", metavar="FILE", help="Write the comparison as JSON.")
-def compare(old: str, new: str, json_path: str | None) -> None:
-    """Compare two result files (old environment vs new) side by side."""
+@click.option("--json", "json_path", metavar="FILE",
+              help="Write the comparison as JSON ('-' = stdout, the table then goes to "
+                   "stderr).")
+@JSON_STDOUT
+def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> None:
+    """Compare two result files (old environment vs new) side by side.
+
+    Two rate sweeps compare knee, NDR/PDR and latency at matching rates; two
+    bulk tests their ceilings and the Gbit/s of matching steps.
+    """
     from pktbench.comparison import compare_files
     from pktbench.fleet.result import is_fleet_file
-    from pktbench.report import write_report
+    from pktbench.report import check_output_path, write_report
 
+    json_path = _json_target(json_path, json_stdout)
+    if json_path:
+        check_output_path(json_path, "json")
     if is_fleet_file(old) or is_fleet_file(new):
         from pktbench.report.fleet import compare_fleet_files
 
-        click.echo(compare_fleet_files(old, new, json_path))
+        text = compare_fleet_files(old, new, json_path)
+        click.echo(text, err=json_path == "-")
         return
     comparison = compare_files(old, new)
-    write_report("table", comparison, sys.stdout, kind="compare")
+    write_report("table", comparison, sys.stderr if json_path == "-" else sys.stdout,
+                 kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
 
@@ -713,6 +912,18 @@ def _bulk_speed(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+def _bulk_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """bulk --rate: bit/s with a unit; a bare number could mean pps (as run's --rate) or bit/s."""
+    if value is None:
+        return None
+    if rates.is_bare_number(value):
+        raise click.BadParameter(
+            f"{value.strip()!r} has no unit: bulk rates are bit/s, so say which, e.g. "
+            f"{value.strip()}M or {value.strip()}G (or -b {value.strip()} for plain bit/s, "
+            "as iperf3 reads it)")
+    return _bulk_speed(ctx, param, value)
+
+
 def _bulk_names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
@@ -742,18 +953,26 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 
 @main.command()
 @click.argument("target", required=False, metavar="[HOST[:PORT]]")
-@click.option("--streams", type=click.IntRange(1, 128), default=1, show_default=True,
+@click.option("-P", "--streams", type=click.IntRange(1, 128), default=1, show_default=True,
               help="Parallel TCP streams, each on its own source port.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("-t", "--duration", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, help="Measured seconds per step.")
 @click.option("--warmup", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Seconds of traffic before the window (slow start), not counted.")
-@click.option("--udp", is_flag=True, help="UDP bulk: large datagrams instead of TCP streams.")
+@click.option("-u", "--udp", is_flag=True,
+              help="UDP bulk: large datagrams instead of TCP streams.")
 @click.option("--size", type=click.IntRange(min=1), default=None,
               help="UDP payload bytes per datagram [default: fits the path MTU].")
-@click.option("--rate", "rate", callback=_bulk_speed, metavar="BITRATE", default=None,
-              help="UDP offered rate, e.g. 5G, 800M [default: as fast as possible].")
-@click.option("--reverse", is_flag=True, help="The server sends, this end receives (TCP).")
+@click.option("-l", "--length", "length", type=click.IntRange(min=1), default=None,
+              help="As iperf3 -l: the UDP datagram size with -u (--size), else the TCP "
+                   "write size (--write-size).")
+@click.option("--rate", "rate", callback=_bulk_rate, metavar="BITRATE", default=None,
+              help="UDP offered bit rate with its unit, e.g. 5G, 800M, 2x10G "
+                   "[default: as fast as possible].")
+@click.option("-b", "--bitrate", "bitrate", callback=_bulk_speed, metavar="BITRATE",
+              default=None, help="As --rate, and a bare number is bit/s (iperf3 -b).")
+@click.option("-R", "--reverse", is_flag=True,
+              help="The server sends, this end receives (TCP).")
 @click.option("--write-size", "write_size", type=click.IntRange(1024, 16 * 1024 * 1024),
               default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
@@ -779,24 +998,42 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @click.option("--cpus", callback=_bulk_list(_bulk_cpus),
               metavar="LIST", help="Pin the workers to these CPUs, round-robin.")
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@JSON_STDOUT
+@QUIET_OPTION
+@PORT_OPTION
 @token_options
 def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
          size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
          link_model: str, paths: int, path_ifaces: tuple[str, ...], ports: tuple[int, ...],
          sweep_streams: tuple[int, ...], sweep_rates: tuple[float, ...], workers: int,
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
-         token_file: str | None, write_size: int | None) -> None:
+         token_file: str | None, write_size: int | None, json_stdout: bool = False,
+         port: int | None = None, length: int | None = None,
+         bitrate: float | None = None) -> None:
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
-    Without HOST, a server is started on this machine.
+    Without HOST, a server is started on this machine. SIGINT or SIGTERM
+    stops after the step in progress: its table is printed and --json
+    written (marked interrupted), then the exit status is 130 or 143.
     """
-    from pktbench import api
     from pktbench.workloads import bulk as bulk_mod
-    from pktbench.report import bulk_step_line, check_output_path, write_report
 
-    if json_path:
-        check_output_path(json_path, "json")
+    outputs = _outputs(_json_target(json_path, json_stdout))
+    target = _with_port(target, port)
+    if rate is not None and bitrate is not None:
+        raise click.UsageError("give --rate or -b/--bitrate, not both")
+    rate = rate if rate is not None else bitrate
+    if length is not None:
+        if udp and size is not None or not udp and write_size is not None:
+            raise click.UsageError("-l/--length is --size with -u, else --write-size: "
+                                   "give one of them")
+        if udp:
+            size = length
+        elif not 1024 <= length <= 16 * 1024 * 1024:
+            raise click.BadParameter(f"{length} is not in the range 1024<=x<=16777216 "
+                                     "(TCP write bytes)", param_hint="-l/--length")
+        else:
+            write_size = length
     try:
         config = bulk_mod.BulkConfig(
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
@@ -807,13 +1044,23 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    _bulk_run(target, config, outputs, quiet, read_secret(token, token_file))
+
+
+def _bulk_run(target: str | None, config: Any, outputs: dict[str, str | None], quiet: bool,
+              secret: bytes | None) -> None:
+    from pktbench import api
+    from pktbench.interrupts import StopOnSignal
+    from pktbench.report import bulk_step_line
+
     progress = (lambda step: None) if quiet else (
         lambda step: click.echo(bulk_step_line(step), err=True))
-    result = api.run_bulk(target, config, secret=read_secret(token, token_file),
-                          on_step=progress)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
-    if json_path:
-        write_report("json", result, json_path)
+    with StopOnSignal() as stopper:
+        result = api.run_bulk(target, config, secret=secret, on_step=progress,
+                              stop=stopper.stop)
+    _write_results(result, outputs, None, stopper)
+    if stopper.interrupted:
+        sys.exit(stopper.exit_code)
 
 
 # ---------------------------------------------------------------- sweep --workload bulk
@@ -824,13 +1071,10 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
                 duration: float | None, warmup: float | None, size: int | None,
                 json_path: str | None, quiet: bool, secret: bytes | None, workers: int = 1,
                 cpus: tuple[int, ...] = ()) -> None:
-    from pktbench import api
     from pktbench.flows import parse_count_list
     from pktbench.workloads import bulk as bulk_mod
-    from pktbench.report import bulk_step_line, check_output_path, write_report
 
-    if json_path:
-        check_output_path(json_path, "json")
+    outputs = _outputs(json_path)
     if target is not None and target.strip().lower().startswith("redis://"):
         raise click.UsageError("a redis:// target runs request/response only, not --workload bulk")
     if streams is None and gbps is None:
@@ -848,12 +1092,7 @@ def _sweep_bulk(target: str | None, streams: str | None, gbps: str | None, udp: 
             workers=workers, cpus=cpus)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    progress = (lambda step: None) if quiet else (
-        lambda step: click.echo(bulk_step_line(step), err=True))
-    result = api.run_bulk(target, config, secret=secret, on_step=progress)
-    write_report("table", result, sys.stderr if json_path == "-" else sys.stdout)
-    if json_path:
-        write_report("json", result, json_path)
+    _bulk_run(target, config, outputs, quiet, secret)
 
 
 # ---------------------------------------------------------------- --workers / --cpus

@@ -1,9 +1,11 @@
-"""Compare two sweeps (A = before, B = after): did the path get better or worse?
+"""Compare two results (A = before, B = after): did the path get better or worse?
 
 Owns: `compare(a, b)`, a plain dict (JSON-ready) with the headline rates
 (knee, last good, kneedle, NDR, PDR) and, at every offered rate both sweeps
 ran, the received rate, loss and p50/p99 latency side by side with ratios
-B/A and a word; and `compare_files`, the same for two result files.
+B/A and a word; `compare_bulk`, the same for two bulk tests (ceilings and
+the aggregate bit/s of matching steps); and `compare_files`, either for two
+result files.
 pktbench.report.compare renders the dict.
 
 Invariants: ratios are always B / A. Rates are "better" when higher,
@@ -17,6 +19,7 @@ own numbers side by side.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +144,18 @@ def compare(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b: str 
                     "p50_ratio", "p50_verdict", "a_p99_us", "b_p99_us",
                     "p99_ratio", "p99_verdict"}]}
 
+    Two bulk results compare by `compare_bulk` instead (the dict then has
+    "kind" "bulk"); a rate sweep's dict has "kind" "sweep".
+
     Raises:
-        ConfigError: either result is not a rate sweep (a bulk result).
+        ConfigError: one result is a rate sweep and the other a bulk test.
     """
-    for result, label in ((a, label_a), (b, label_b)):
-        if result.kind != "sweep":
-            raise ConfigError(f"{label} is a {result.kind} result: compare sets two rate "
-                              "sweeps side by side")
+    if a.kind != b.kind:
+        raise ConfigError(f"{label_a} is a {_KIND_WORDS.get(a.kind, a.kind)} and {label_b} a "
+                          f"{_KIND_WORDS.get(b.kind, b.kind)}: compare sets results of one kind "
+                          "side by side (a sweep with a sweep, a bulk test with a bulk test)")
+    if a.kind == "bulk":
+        return compare_bulk(a, b, label_a=label_a, label_b=label_b, tolerance=tolerance)
     values_a, values_b = _headline_values(a), _headline_values(b)
     summary = []
     for metric, name in _HEADLINES:
@@ -181,8 +189,95 @@ def compare(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b: str 
             row[f"{key}_ratio"], row[f"{key}_verdict"] = ratio, word
         rates.append(row)
 
-    return {"a": _describe(a, label_a), "b": _describe(b, label_b), "tolerance": tolerance,
-            "summary": summary, "rates": rates}
+    return {"kind": "sweep", "a": _describe(a, label_a), "b": _describe(b, label_b),
+            "tolerance": tolerance, "summary": summary, "rates": rates}
+
+
+_KIND_WORDS = {"sweep": "rate sweep", "bulk": "bulk test"}
+
+
+def _bulk_describe(result: SweepResult, label: str) -> dict[str, Any]:
+    env, config = result.environment, result.config
+    return {
+        "label": label,
+        "transport": config.get("transport"),
+        "direction": config.get("direction"),
+        "host": result.target or config.get("host"),
+        "kernel": env.get("kernel"),
+        "cpu": env.get("cpu"),
+        "mtu": env.get("mtu"),
+        "steps": len(result.steps),
+    }
+
+
+def _bulk_key(step: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two bulk steps the same test: transport, direction, streams, offered rate."""
+    offered: Any = step.get("offered_bps")
+    return (step.get("transport"), step.get("direction"), step.get("streams_requested"),
+            round(offered / 1e6) if is_number(offered) else None)
+
+
+def _ceiling_value(result: SweepResult, key: str) -> Any:
+    return (result.ceiling or {}).get(key)
+
+
+_BULK_HEADLINES = (
+    ("ceiling_goodput_bps", "goodput_bps", "ceiling (goodput)"),
+    ("ceiling_wire_bps", "wire_bps", "ceiling (on the wire)"),
+)
+
+
+def compare_bulk(a: SweepResult, b: SweepResult, *, label_a: str = "A", label_b: str = "B",
+                 tolerance: float = 0.05) -> dict[str, Any]:
+    """Set two bulk tests side by side: ceilings, then step by step where both ran one.
+
+    Steps match when transport, direction, stream count and offered rate (to
+    the Mbit/s) agree. Throughput is better higher; retransmits and CPU
+    lower.
+
+    Returns:
+        {"kind": "bulk", "a": {...}, "b": {...}, "tolerance": float,
+         "summary": [{"metric", "name", "a", "b", "ratio", "verdict"}] (bit/s),
+         "steps": [{"transport", "direction", "streams", "offered_bps",
+                    "a_bps", "b_bps", "ratio", "verdict",
+                    "a_retransmits", "b_retransmits",
+                    "a_sender_cpu_percent", "b_sender_cpu_percent",
+                    "a_loss_ratio", "b_loss_ratio"}]}
+
+    Raises:
+        ConfigError: either result is not a bulk test.
+    """
+    for result, label in ((a, label_a), (b, label_b)):
+        if result.kind != "bulk":
+            raise ConfigError(f"{label} is a {_KIND_WORDS.get(result.kind, result.kind)}, "
+                              "not a bulk test")
+    summary = []
+    for metric, key, name in _BULK_HEADLINES:
+        va, vb = _ceiling_value(a, key), _ceiling_value(b, key)
+        ratio, word = _verdict(va, vb, True, tolerance)
+        summary.append({"metric": metric, "name": name, "a": va, "b": vb, "ratio": ratio,
+                        "verdict": word})
+    steps_b = {_bulk_key(step): step for step in b.steps}
+    steps = []
+    for step_a in a.steps:
+        step_b = steps_b.get(_bulk_key(step_a))
+        if step_b is None:
+            continue
+        va, vb = step_a.get("aggregate_bps"), step_b.get("aggregate_bps")
+        ratio, word = _verdict(va, vb, True, tolerance)
+        steps.append({
+            "transport": step_a.get("transport"), "direction": step_a.get("direction"),
+            "streams": step_a.get("streams_requested"),
+            "offered_bps": step_a.get("offered_bps"),
+            "a_bps": va, "b_bps": vb, "ratio": ratio, "verdict": word,
+            "a_retransmits": step_a.get("retransmits"),
+            "b_retransmits": step_b.get("retransmits"),
+            "a_sender_cpu_percent": step_a.get("sender_cpu_percent"),
+            "b_sender_cpu_percent": step_b.get("sender_cpu_percent"),
+            "a_loss_ratio": step_a.get("loss_ratio"), "b_loss_ratio": step_b.get("loss_ratio"),
+        })
+    return {"kind": "bulk", "a": _bulk_describe(a, label_a), "b": _bulk_describe(b, label_b),
+            "tolerance": tolerance, "summary": summary, "steps": steps}
 
 
 def compare_files(old: str | os.PathLike[str], new: str | os.PathLike[str], *,
@@ -198,10 +293,20 @@ def compare_files(old: str | os.PathLike[str], new: str | os.PathLike[str], *,
         The comparison dict (see `compare`).
 
     Raises:
-        ConfigError: a file cannot be read, is not a result, or is not a sweep.
+        ConfigError: a file cannot be read, is not a result, or the two are of
+            different kinds (a sweep and a bulk test).
     """
-    return compare(load_result(old), load_result(new), label_a=Path(old).stem,
-                   label_b=Path(new).stem, tolerance=tolerance)
+    loaded = []
+    for path in (old, new):
+        try:
+            result = load_result(path)
+            compare(result, result)  # a file that cannot be set beside itself is malformed
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise ConfigError(f"{path}: not a well-formed pktbench result "
+                              f"({type(exc).__name__}: {exc})") from None
+        loaded.append(result)
+    return compare(loaded[0], loaded[1], label_a=Path(old).stem, label_b=Path(new).stem,
+                   tolerance=tolerance)
 
 
-__all__ = ["RATE_MATCH_TOLERANCE", "compare", "compare_files"]
+__all__ = ["RATE_MATCH_TOLERANCE", "compare", "compare_bulk", "compare_files"]

@@ -29,8 +29,8 @@ from typing import Any
 from pktbench import wire
 from pktbench.errors import ConfigError
 from pktbench.knee import KneeCriteria
-from pktbench.protocol import MAX_PIPELINE, MAX_STREAMS
-from pktbench.rates import parse_pps, parse_pps_list
+from pktbench.protocol import GSO_MODES, MAX_BURST, MAX_PIPELINE, MAX_STREAMS
+from pktbench.rates import MAX_STEP_PPS, parse_pps, parse_pps_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,7 +46,7 @@ SCALES: tuple[str, ...] = ("log", "linear")
 
 # Safety bounds: a profile asking for more than this is almost certainly a typo
 # (an extra zero), and every load must stay bounded in time.
-MAX_RATE_PPS = 50_000_000.0
+MAX_RATE_PPS = MAX_STEP_PPS
 MAX_DURATION_S = 3600.0
 MAX_STEPS = 1000
 MAX_OUTSTANDING = 65536  # StepParams.outstanding's bound
@@ -85,6 +85,10 @@ class Profile:
         pipeline: rr over TCP: requests in flight per connection at most; None: 1.
         outstanding: rr over UDP: close the loop at this many requests in
             flight (1 = ping-pong); None is open loop.
+        gso: UDP GSO send / GRO receive: "auto" (where the kernel has it),
+            "on" (refuse to run without), "off" (one datagram per message).
+        burst: most datagrams one paced send releases; None: the rate's rule
+            (those due in 100 us, at most 64; rr: 1).
     """
 
     name: str
@@ -108,6 +112,8 @@ class Profile:
     connections: int | None = None
     pipeline: int | None = None
     outstanding: int | None = None
+    gso: str = "auto"
+    burst: int | None = None
 
     @property
     def step_count(self) -> int:
@@ -133,6 +139,8 @@ class Profile:
             "repeat": self.repeat,
             "timeout_s": self.timeout_s,
             "busy_poll": self.busy_poll,
+            "gso": self.gso,
+            "burst": self.burst,
             "criteria": self.criteria.as_dict(),
             "search": list(self.search),
             "pdr_loss_ratio": self.pdr_loss_ratio,
@@ -210,7 +218,7 @@ def make_schedule(from_pps: float, to_pps: float, steps: int, scale: str = "log"
 _TOP_KEYS = (
     "name", "description", "workload", "command", "size_bytes", "rates", "duration_s",
     "warmup_s", "drain_s", "repeat", "timeout_s", "busy_poll", "criteria", "search",
-    "early_stop_steps", "connections", "pipeline", "outstanding",
+    "early_stop_steps", "connections", "pipeline", "outstanding", "gso", "burst",
 )
 _RATES_KEYS = ("from_pps", "to_pps", "steps", "scale", "list_pps")
 _CRITERIA_KEYS = ("max_loss_ratio", "latency_factor", "min_delivery_ratio", "baseline_steps",
@@ -420,6 +428,8 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
         raise _KeyError(f"busy_poll must be true or false (got {busy_poll!r})")
     early_stop_steps = _integer(raw, "early_stop_steps", _D.early_stop_steps, "early_stop_steps",
                                 minimum=0, maximum=MAX_STEPS)
+    gso = _string(raw, "gso", _D.gso, "gso", choices=GSO_MODES)
+    burst = _optional_integer(raw, "burst", "burst", maximum=MAX_BURST)
 
     connections = _optional_integer(raw, "connections", "connections", maximum=MAX_STREAMS)
     pipeline = _optional_integer(raw, "pipeline", "pipeline", maximum=MAX_PIPELINE)
@@ -472,7 +482,7 @@ def _build(raw: Mapping[str, Any], default_name: str) -> Profile:
         timeout_s=timeout_s, busy_poll=busy_poll, criteria=criteria,
         search=tuple(methods), pdr_loss_ratio=pdr_loss_ratio, precision=precision,
         early_stop_steps=early_stop_steps, connections=connections, pipeline=pipeline,
-        outstanding=outstanding,
+        outstanding=outstanding, gso=gso, burst=burst,
     )
 
 
@@ -603,8 +613,10 @@ def apply_overrides(profile: Profile, source: str = "command line", **options: A
         "early_stop_steps": profile.early_stop_steps,
         **{key: value for key, value in (("connections", profile.connections),
                                          ("pipeline", profile.pipeline),
-                                         ("outstanding", profile.outstanding))
+                                         ("outstanding", profile.outstanding),
+                                         ("burst", profile.burst))
            if value is not None},
+        "gso": profile.gso,
         "criteria": profile.criteria.as_dict(),
         "search": {"methods": list(profile.search), "pdr_loss_ratio": profile.pdr_loss_ratio,
                    "precision": profile.precision},

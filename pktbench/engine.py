@@ -95,6 +95,103 @@ DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+
+# --- UDP GSO / GRO ------------------------------------------------------------
+GSO_MODES = ("auto", "on", "off")
+# The kernel takes at most 64 segments a GSO buffer (UDP_MAX_SEGMENTS on the
+# oldest kernels that have it), all in one UDP payload.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65507
+# Burst rule: a paced blast releases at most the datagrams due within this
+# quantum at once (1,000 pps: 1; 100,000 pps: 10; 640,000 pps and up: 64).
+BURST_QUANTUM_S = 100e-6
+
+
+def burst_for(rate_pps: float | None, cap: int | None = None) -> int:
+    """Datagrams a paced send holds for and releases together: those due in
+    BURST_QUANTUM_S, at least 1, at most GSO_MAX_SEGMENTS and `cap`
+    (--burst N). An unpaced step (rate None) sends GSO_MAX_SEGMENTS (or cap)."""
+    burst = GSO_MAX_SEGMENTS if not rate_pps else max(1, int(rate_pps * BURST_QUANTUM_S))
+    burst = min(burst, GSO_MAX_SEGMENTS)
+    return max(1, min(burst, cap)) if cap is not None else burst
+
+
+def gso_segments_for(size_bytes: int) -> int:
+    """Datagrams of this size one GSO buffer may carry (0: GSO cannot help)."""
+    segments = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // max(size_bytes, 1))
+    return segments if segments > 1 else 0
+
+
+_offload_probe: tuple[bool, bool] | None = None
+
+
+def udp_offload_support() -> tuple[bool, bool]:
+    """(UDP_SEGMENT, UDP_GRO): whether this kernel takes each option on a UDP
+    socket, probed once on a fresh unbound socket; and whether the selected
+    engine has the loops for them (the pure-Python one has not)."""
+    global _offload_probe
+    if _offload_probe is None:
+        found = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            for option, value in ((UDP_SEGMENT, 1400), (UDP_GRO, 1)):
+                try:
+                    probe.setsockopt(SOL_UDP, option, value)
+                    found.append(True)
+                except OSError:
+                    found.append(False)
+        _offload_probe = (found[0], found[1])
+    capable = bool(getattr(loops, "UDP_OFFLOAD", False))
+    return _offload_probe[0] and capable, _offload_probe[1] and capable
+
+
+def check_gso_mode(gso: str) -> None:
+    """Refuse `gso` unless it is auto, on or off, and `on` where GSO cannot run."""
+    if gso not in GSO_MODES:
+        raise errors.ConfigError(f"gso must be one of {', '.join(GSO_MODES)} (got {gso!r})")
+    if gso == "on" and not udp_offload_support()[0]:
+        why = ("the pure-Python engine has no GSO path" if not getattr(loops, "UDP_OFFLOAD", False)
+               else "this kernel refuses UDP_SEGMENT (Linux 4.18 or later has it)")
+        raise errors.ConfigError(f"--gso on: UDP GSO is not available: {why}; use --gso auto or off")
+
+
+def merge_engine_figures(figures: list[dict[str, object]]) -> dict[str, object]:
+    """The "engine" figures of several flows as one: a path ran if it ran in
+    every flow, counts add up, the largest segment and burst sizes stand."""
+    if not figures:
+        return {}
+    merged = dict(figures[0])
+    for figure in figures[1:]:
+        for name, value in figure.items():
+            seen = merged.get(name)
+            if isinstance(value, bool):
+                merged[name] = bool(seen) and value
+            elif isinstance(value, int) and isinstance(seen, int):
+                merged[name] = (max(seen, value) if name in ("gso_segments", "burst_packets")
+                                else seen + value)
+            elif seen is None:
+                merged[name] = value
+    if "gso_segments_mean" in merged:
+        datagrams = 0.0
+        for figure in figures:
+            mean, buffers = figure.get("gso_segments_mean"), figure.get("gso_buffers")
+            if isinstance(mean, float) and isinstance(buffers, int):
+                datagrams += mean * buffers
+        total = merged.get("gso_buffers")
+        merged["gso_segments_mean"] = datagrams / total if isinstance(total, int) and total else 0.0
+    return merged
+
+
+def set_gro(sock: socket.socket, wanted: bool) -> bool:
+    """Turn UDP_GRO on or off on `sock`; True when it is on afterwards."""
+    on = wanted and udp_offload_support()[1]
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+    except OSError:
+        return False
+    return on
 
 monotonic_ns = loops.monotonic_ns
 
@@ -255,12 +352,41 @@ class _Sender:
 
     def __init__(self, sock: socket.socket, template: bytes, rate_pps: float | None,
                  expect_replies: bool, busy_poll: bool, timeout_s: float, batch: int,
-                 outstanding: int | None) -> None:
+                 outstanding: int | None, gso: str = "off", burst: int | None = None) -> None:
+        gso_ok, _ = udp_offload_support()
+        segments = gso_segments_for(len(template)) if gso != "off" and gso_ok else 0
+        # Bursts are how a GSO sender paces. rr holds no request back unless
+        # told (--burst): a held request's latency would count the wait, and
+        # several due at once still share a buffer. The per-datagram path
+        # sends each datagram as it falls due, as it always has.
+        if burst is None and (expect_replies or not segments):
+            self.burst = 1
+        else:
+            self.burst = burst_for(rate_pps, burst)
+        self.gro = set_gro(sock, expect_replies and gso != "off")
         self.engine = loops.PacedSender(sock.fileno(), template, rate_pps=rate_pps or 0.0,
                                           expect_replies=expect_replies, busy_poll=busy_poll,
                                           timeout_s=timeout_s, batch=batch,
-                                          max_outstanding=outstanding or 0)
+                                          max_outstanding=outstanding or 0,
+                                          gso_segments=segments, burst=self.burst,
+                                          gro=self.gro)
+        self.gso_requested = segments
         self.limit = 0
+
+    def figures(self) -> dict[str, object]:
+        """Which send path ran: the result's "engine" figures of the sender."""
+        engine = self.engine
+        buffers = int(engine.gso_buffers)
+        fallback = engine.gso_errno
+        return {
+            "udp_gso": buffers > 0 and fallback == 0,
+            "gso_segments": int(engine.gso_segments) if buffers > 0 else 0,
+            "gso_segments_mean": (int(engine.gso_datagrams) / buffers) if buffers else 0.0,
+            "gso_buffers": buffers,
+            "gso_fallback": errno.errorcode.get(fallback, str(fallback)) if fallback else None,
+            "burst_packets": int(engine.burst),
+            "udp_gro": self.gro,
+        }
 
     def phase(self, t0_ns: int, limit: int, warmup: bool) -> None:
         self.limit = limit
@@ -455,8 +581,8 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
                duration_s: float, warmup_s: float = 0.0, drain_s: float = 0.5,
                expect_replies: bool, busy_poll: bool = False, timeout_s: float = 1.0,
                batch: int = 64, outstanding: int | None = None,
-               stop: threading.Event | None = None, start_ns: int | None = None
-               ) -> SenderOutcome:
+               stop: threading.Event | None = None, start_ns: int | None = None,
+               gso: str = "off", burst: int | None = None) -> SenderOutcome:
     """Send one step from a connected UDP socket and collect replies.
 
     The schedule is absolute: packet i of the measured window is due at
@@ -467,10 +593,14 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     closes the loop: at most that many requests wait for replies at once
     (1 = ping-pong, as netperf UDP_RR and sockperf ping-pong measure).
     `start_ns` (monotonic) is when the schedule begins, so senders in several
-    processes can share one; by default 1 ms from now.
+    processes can share one; by default 1 ms from now. `gso` "auto" or "on"
+    sends datagrams due together as UDP GSO buffers where the kernel takes
+    them (falling back per datagram on EIO/EINVAL), and reads rr replies
+    coalesced (UDP_GRO); `burst` caps the datagrams a paced send releases at
+    once (burst_for). The outcome's extra["engine"] says which path ran.
     """
     sender = _Sender(sock, template, rate_pps, expect_replies, busy_poll, timeout_s, batch,
-                     outstanding)
+                     outstanding, gso, burst)
     phases = run_phases(_SenderPhases(sender, stop), rate_pps=rate_pps, warmup_s=warmup_s,
                         duration_s=duration_s, drain_s=drain_s, drain=expect_replies,
                         grace=True, start_ns=start_ns, meter=sender.engine,
@@ -481,6 +611,9 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     span_s = max(duration_s, (send_end_ns - start_ns) / 1e9) if not rate_pps else duration_s
     if rate_pps and counters["sent"] < count:
         span_s = max(duration_s, (send_end_ns - start_ns) / 1e9)
+    if stop is not None and stop.is_set() and not phases.completed:
+        # cut short: the rates are over the time it really sent, not the planned window
+        span_s = min(span_s, max((send_end_ns - start_ns) / 1e9, 1e-9))
     return SenderOutcome(
         counters=counters,
         latency_hist=sender.engine.latency_hist.copy(),
@@ -492,6 +625,7 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
         cpu_s=phases.cpu_s,
         stopped_early=not phases.completed,
         warmup_sent=phases.warmup_sent,
+        extra={"engine": sender.figures()},
     )
 
 
@@ -500,14 +634,22 @@ class ResponderLoop:
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64, seq_limit: int = (1 << 64) - 1) -> None:
+                 batch: int = 64, seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
         prefix = b"" if sink else wire.command_prefix(command)
+        max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
+        # The socket may be shared across steps: each step sets GRO its way.
+        self.gro = set_gro(sock, gso != "off")
+        gso_ok, _ = udp_offload_support()
+        segments = (gso_segments_for(wire.HEADER_SIZE + len(reply))
+                    if gso != "off" and gso_ok and not sink else 0)
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit)
+            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
+            burst=burst, gro=self.gro, gso_segments=segments)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
         chunk_ns = int(CHUNK_S * 1e9)
@@ -525,6 +667,12 @@ class ResponderLoop:
                                                    loops.RESPONDER_COUNTERS))
         result["drops"] = _counters(self.engine.drops, wire.DROP_REASONS)
         result["jitter_us"] = self.engine.jitter_ns / 1000.0 if self.sink else None
+        fallback = self.engine.gso_errno
+        result["engine"] = {
+            "udp_gro": self.gro, "gro_reads": int(self.engine.gro_reads),
+            "reply_gso_buffers": int(self.engine.gso_buffers),
+            "reply_gso_fallback": errno.errorcode.get(fallback, str(fallback)) if fallback else None,
+        }
         return result
 
 

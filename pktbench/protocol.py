@@ -773,6 +773,8 @@ WORKLOADS = ("rr", "blast", "bulk", "rr-tcp")
 REQUEST_WORKLOADS = ("rr", "rr-tcp")  # the ones that carry a RESP command
 MAX_STREAMS = 128  # a remote client must not make the server allocate without bound
 MAX_PIPELINE = 1024  # requests in flight per rr-tcp connection
+GSO_MODES = ("auto", "on", "off")  # StepParams.gso (engine.GSO_MODES says the same)
+MAX_BURST = 64  # datagrams one paced send releases at most (one GSO buffer)
 MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server to hold
 # Hard ceilings on what a step may ask for, whatever the server's own limits:
 # every value a peer sends becomes a deadline, an allocation or a loop bound,
@@ -786,6 +788,21 @@ MAX_COUNT = 1 << 40
 # it is refused (StepStop) or dropped as bad_seq (datagrams).
 PLAUSIBLE_MARGIN = 1.25
 PLAUSIBLE_SLACK_PACKETS = 1 << 16
+# How long past its schedule (warm-up + duration) a step may stay armed,
+# whatever drain_s and timeout_s it asked for: the sender's 1 % pacing grace
+# plus this fixed slack for the control round trips and the last packets in
+# flight. A drain is cut at that deadline; a client silent past it loses the
+# step and its session.
+STEP_SLACK_S = 5.0
+PACING_GRACE = 0.01
+# The receiving end answers (and counts) at most the step's rate times this
+# margin, with a token bucket of RATE_BURST_PACKETS plus RATE_BURST_S worth
+# of the rate: room for a sender's batch and for catching up after a stall.
+RATE_MARGIN = 1.05
+RATE_BURST_PACKETS = 64
+RATE_BURST_S = 0.25
+# A bulk step's server end stops this long at most after its window.
+BULK_TAIL_MAX_S = 1.0
 
 
 def _step_error(message: str) -> ConfigError:
@@ -833,6 +850,8 @@ class StepParams:
     reverse: bool = False
     connections: int = 1  # rr-tcp: TCP connections the rate is spread over
     pipeline: int = 1  # rr-tcp: requests in flight per connection at most
+    gso: str = "auto"  # UDP: GSO send / GRO receive: auto (where the kernel has it), on, off
+    burst: int | None = None  # UDP: most datagrams a paced send releases at once
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or self.workload not in WORKLOADS:
@@ -895,12 +914,28 @@ class StepParams:
         for name, most in (("connections", MAX_STREAMS), ("pipeline", MAX_PIPELINE)):
             if not 1 <= _integer(name, getattr(self, name)) <= most:
                 raise _step_error(f"{name} must be in 1..{most} (got {getattr(self, name)})")
+        if not isinstance(self.gso, str) or self.gso not in GSO_MODES:
+            raise _step_error(f"gso must be one of {', '.join(GSO_MODES)} (got {self.gso!r})")
+        if self.burst is not None and not 1 <= _integer("burst", self.burst) <= MAX_BURST:
+            raise _step_error(f"burst must be 1..{MAX_BURST} datagrams, or null for the rate's "
+                              f"rule (got {self.burst})")
 
     @property
     def hard_limit_s(self) -> float:
-        """The longest either end keeps this step armed: its schedule, its
-        reply timeout and 10 s for the control round trips around it."""
-        return self.warmup_s + self.duration_s + self.drain_s + self.timeout_s + 10.0
+        """The longest either end keeps this step armed: its schedule, the
+        sender's pacing grace and STEP_SLACK_S, never what the peer asked
+        for drain_s or timeout_s."""
+        scheduled = self.warmup_s + self.duration_s
+        return scheduled + max(0.01, scheduled * PACING_GRACE) + STEP_SLACK_S
+
+    def rate_cap(self, flows: int = 1) -> tuple[float, float] | None:
+        """(rate_pps, burst) the receiving end holds each of `flows` flows
+        to: the step's rate shared over them, RATE_MARGIN over it; None for
+        a step without a rate (allowed only on a server without --max-rate)."""
+        if self.rate_pps is None:
+            return None
+        rate = self.rate_pps * RATE_MARGIN / flows
+        return rate, RATE_BURST_PACKETS + rate * RATE_BURST_S
 
     @property
     def max_packets(self) -> int:

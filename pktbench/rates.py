@@ -18,7 +18,7 @@ import re
 
 from pktbench.errors import ConfigError
 
-__all__ = ["MAX_BPS", "MAX_PPS", "parse_bps", "parse_bps_list", "parse_pps", "parse_pps_list",
+__all__ = ["MAX_BPS", "MAX_PPS", "MAX_STEP_PPS", "check_step_pps", "is_bare_number", "parse_bps", "parse_bps_list", "parse_pps", "parse_pps_list",
            "parse_pps_or_max"]
 
 # Far above any real path (100 GbE carries 148.8 Mpps of minimum frames), low
@@ -26,6 +26,9 @@ __all__ = ["MAX_BPS", "MAX_PPS", "parse_bps", "parse_bps_list", "parse_pps", "pa
 # a float and in the engine's 64-bit counters.
 MAX_PPS = 1e12
 MAX_BPS = 1e15
+# What one step may offer (run, sweep, profiles alike): a rate above this is
+# almost certainly a typo (an extra zero), and a step's load stays bounded.
+MAX_STEP_PPS = 50_000_000.0
 
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?"
@@ -74,12 +77,26 @@ def parse_pps_or_max(text: str, what: str = "rate") -> float | None:
         raise
 
 
+def check_step_pps(value: float, text: str, what: str = "rate") -> float:
+    """`value` (pps) if one step may offer it, else the one error run and sweep both give."""
+    if value > MAX_STEP_PPS:
+        raise ConfigError(f"{what} {text.strip()!r} is above what one step offers: at most "
+                          f"{MAX_STEP_PPS:,.0f} pps")
+    return value
+
+
 def parse_pps_list(text: str, what: str = "rates") -> tuple[float, ...]:
     """'1k,2k,5000' -> (1000.0, 2000.0, 5000.0)."""
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:
         raise ConfigError(f"{what} must list at least one rate, e.g. 1k,2k,5k")
     return tuple(parse_pps(part, what.rstrip("s")) for part in parts)
+
+
+def is_bare_number(text: str) -> bool:
+    """A number with neither a scale nor a unit ('5000', '1.5'): ambiguous where pps and
+    bit/s could both be meant."""
+    return re.fullmatch(rf"{_NUMBER}", text.strip(), re.IGNORECASE) is not None
 
 
 def parse_bps(text: str, what: str = "bit rate", *, bare_scale: str = "") -> float:

@@ -175,6 +175,9 @@ class SweepResult:
     plan: dict[str, Any] | None = None
     ceiling: dict[str, Any] | None = None
     judgement: dict[str, Any] | None = None
+    # SIGINT/SIGTERM ended the run early: `steps` are the ones that finished
+    # (a `run` keeps its one step, cut short). Written only when true.
+    interrupted: bool = False
 
     @classmethod
     def bulk(cls, environment: dict[str, Any], config: dict[str, Any],
@@ -205,6 +208,7 @@ class SweepResult:
             "plan": self.plan,
             "ceiling": self.ceiling,
             "judgement": self.judgement,
+            **({"interrupted": True} if self.interrupted else {}),
         }
 
     @classmethod
@@ -238,6 +242,7 @@ class SweepResult:
             plan=doc.get("plan"),
             ceiling=doc.get("ceiling"),
             judgement=doc.get("judgement"),
+            interrupted=doc.get("interrupted") is True,
         )
 
     @property

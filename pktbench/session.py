@@ -138,6 +138,7 @@ class ServerStats:
     evicted_connections: int = 0  # the oldest pending connection, closed to admit a new one
     refused_connections: int = 0  # the host refused a descriptor or a thread for it
     between_steps_rcvbuf_drops: int = 0  # the data socket's kernel drops while no step ran
+    step_deadlines: int = 0  # steps ended by the server's deadline: no StepStop in time
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
 
     def summary(self) -> str:
@@ -248,6 +249,9 @@ class _UdpLiveStep(_LiveStep):
         self._nic_before = nic.read_counters(self._interface)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="responder")
         self._started = 0.0
+        # Armed now: the responder stops answering at this deadline, and a
+        # drain never runs past it, whatever the step asked for.
+        self._deadline_ns = engine.monotonic_ns() + int(step.hard_limit_s * 1e9)
 
     def start(self) -> None:
         """Start the responder; RuntimeError when the host refuses a thread."""
@@ -257,8 +261,7 @@ class _UdpLiveStep(_LiveStep):
     def _serve(self) -> None:
         before = engine.thread_cpu_s()
         try:
-            self._loop.serve_until(engine.monotonic_ns() + int(self.step.hard_limit_s * 1e9),
-                                   self._stop)
+            self._loop.serve_until(self._deadline_ns, self._stop)
         finally:
             self._cpu_s = engine.thread_cpu_s() - before
 
@@ -282,7 +285,8 @@ class _UdpLiveStep(_LiveStep):
                 _check_plausible("sum of sent_per_stream", sum(figures), self.step)
             if self.step.workload == "blast":
                 # stragglers still in flight count; then the window closes
-                self._stop.wait(self.step.drain_s)
+                left_s = (self._deadline_ns - engine.monotonic_ns()) / 1e9
+                self._stop.wait(max(0.0, min(self.step.drain_s, left_s)))
         finally:
             self._halt()
         socket_drops = (engine.socket_drops(self._server._udp)  # noqa: SLF001
@@ -909,7 +913,7 @@ class Server:
         assert live is not None
         self._tcp_step = None  # no data connection joins a finishing step
         peer.phase = _Phase.FINISHING
-        _wait(peer, live.step.drain_s + 30.0)
+        _wait(peer, min(live.step.drain_s, live.step.hard_limit_s) + 30.0)
         self._watch_events(peer)
         sender = dict(event.sender)
 
@@ -968,6 +972,10 @@ class Server:
             self._close(peer)  # a peer that does not read its last message
         elif peer.phase is _Phase.FINISHING:
             _wait(peer, 1.0)  # the finisher owns the step, and its joins are bounded
+        elif peer.phase is _Phase.STEP:
+            self.stats.step_deadlines += 1
+            self._fail(peer, f"dropped: no StepStop by the step's deadline ({peer.wait_s:.1f} s: "
+                             f"its schedule + 1 % + {protocol.STEP_SLACK_S:g} s)")
         else:
             self._fail(peer, f"dropped: peer sent nothing for {peer.wait_s:g} s")
 

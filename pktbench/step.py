@@ -45,6 +45,16 @@ class SenderFigures(TypedDict, total=False):
     window_waits: int
     resp_errors: int
     late_replies: int
+    engine: dict[str, Any] | None
+
+
+class EngineFigures(TypedDict):
+    udp_gso: bool
+    udp_gro: bool
+    gso_segments: int
+    gso_segments_mean: float
+    burst_packets: int
+    gso_fallback: str | None
 
 
 class InterfacePackets(TypedDict):
@@ -99,6 +109,7 @@ class _StepResultOptional(TypedDict, total=False):
     # NotRequired is 3.11+; a total=False base gives the same on 3.10.
     workers: list[dict[str, Any]]
     search_trial: bool
+    engine: EngineFigures
     offered_rps: float
     sent_rps: float
     answered_rps: float
@@ -185,6 +196,12 @@ STEP_FIELDS: dict[str, str] = {
     "attribution": "where lost packets went (ok until the knee finder looks)",
     "failures": "knee criteria the step failed, in words (empty until the knee finder looks)",
     "workers": "multi-flow steps only: one entry per sender process and flow",
+    "engine": "UDP steps: which datagram path ran (EngineFigures): udp_gso (the sender's "
+              "datagrams left as UDP GSO buffers), udp_gro (the receiving socket read "
+              "coalesced trains, UDP_GRO), gso_segments (datagrams a GSO buffer carried at "
+              "most; 0 without GSO), gso_segments_mean (datagrams per GSO buffer sent), "
+              "burst_packets (datagrams a paced send released at once), gso_fallback (the "
+              "errno that turned GSO off mid-step, else null)",
     "search_trial": "NDR/PDR search trials only: true",
     "offered_rps": "rr-tcp and redis:// steps only: requests/s the schedule asked for "
                    "(offered_pps holds the same number: the schedule axis every step shares)",
@@ -323,6 +340,19 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
     }
     if workers is not None:
         result["workers"] = list(workers)
+    datagrams = figures.get("engine")
+    if isinstance(datagrams, dict):
+        far = receiver.get("engine")
+        far_gro = bool(far.get("udp_gro")) if isinstance(far, dict) else False
+        result["engine"] = {
+            "udp_gso": bool(datagrams.get("udp_gso")),
+            # blast: the receiver's socket; rr: both ends read replies/requests coalesced
+            "udp_gro": far_gro and (not rr or bool(datagrams.get("udp_gro"))),
+            "gso_segments": int(datagrams.get("gso_segments", 0)),
+            "gso_segments_mean": float(datagrams.get("gso_segments_mean", 0.0)),
+            "burst_packets": int(datagrams.get("burst_packets", 1)),
+            "gso_fallback": datagrams.get("gso_fallback"),
+        }
     if requests is not None:
         result.update(requests)  # type: ignore[typeddict-item]
         result["path"] = path

@@ -6,7 +6,9 @@ of the schedule, and the optional NDR/PDR search. Judging steps belongs to
 knee.py, the search strategy to search.py, numbers per step to step.py.
 
 Invariant: every step is bounded (its duration, warm-up, drain and timeout
-come from the profile), and the whole sweep stops on `stop` between steps.
+come from the profile), and the whole sweep stops on `stop`: the step then
+running ends early (its books closed by the session) and is left out, since
+a cut window measures nothing about its rate.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def step_params_for(profile: Profile, rate_pps: float | None, *,
         "size_bytes": profile.size_bytes,
         "busy_poll": profile.busy_poll,
         "timeout_s": profile.timeout_s,
+        **({"gso": profile.gso, "burst": profile.burst} if tcp is None else {}),
         **extra,
     })
 
@@ -123,9 +126,13 @@ class _Runner:
         criteria = self.plan.criteria
         for rate in profile.rates_pps:
             for repeat in range(profile.repeat):
-                self._record(self.step(rate, repeat))
+                step = self.step(rate, repeat)
                 if self.stopped():
+                    # a step cut short by `stop` is no measurement of its rate
+                    if not (step.get("sender") or {}).get("stopped_early"):
+                        self._record(step)
                     return
+                self._record(step)
             found = knee.find_knee(self.steps, criteria)
             if (self.plan.early_stop and found is not None and profile.early_stop_steps > 0
                     and _rates_above(self.steps, found.offered_pps)

@@ -64,7 +64,12 @@ _CMD_TIMEOUT_S = 15.0
 _CAP_NET_ADMIN = 12
 _CAP_SYS_ADMIN = 21  # `ip netns add` mounts a namespace file
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,23}$")
-_PACKAGES = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "sysctl": "procps"}
+_PACKAGES = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "sysctl": "procps",
+             "ethtool": "ethtool"}
+# A veth hands a UDP GSO buffer to its peer whole unless it segments it
+# itself: left on, one send of 64 datagrams would cross the path (and its
+# policer, counters and qdiscs) as one packet. Off, every datagram is a packet.
+UDP_SEGMENTATION_FEATURE = "tx-udp-segmentation"
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,8 @@ class TestbedInfo:
     qdiscs: Mapping[Side, Mapping[str, tuple[str, ...]]]
     policers: tuple[PolicerInfo, ...]
     counters: Mapping[Side, Mapping[str, Mapping[str, int]]]
+    # veth end -> whether it segments UDP GSO buffers itself (None: unknown)
+    udp_segmentation: Mapping[str, bool | None] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (units in key names)."""
@@ -197,6 +204,7 @@ class TestbedInfo:
             "policers": [dataclasses.asdict(p) for p in self.policers],
             "counters": {s: {i: dict(c) for i, c in d.items()}
                          for s, d in self.counters.items()},
+            "udp_segmentation": dict(self.udp_segmentation),
         }
 
 
@@ -540,6 +548,10 @@ def _build(config: TestbedConfig, mechanism: Mechanism,
                     route += ["nexthop", "via", f"198.18.{i}.{host_octet[other]}",
                               "dev", ifname(side, i)]
             _run(route)
+    for side in SIDES:
+        for i in range(config.paths):
+            _run(_in_ns(ns[side], ["ethtool", "-K", ifname(side, i),
+                                   UDP_SEGMENTATION_FEATURE, "off"]))
     shaped_sides: tuple[Side, ...] = SIDES if config.both_directions else ("a",)
     for side in shaped_sides:
         for i in range(config.paths):
@@ -579,6 +591,7 @@ def up(config: TestbedConfig, *, replace: bool = True) -> TestbedInfo:
     """
     require_root()
     _require_tool("ip")
+    _require_tool("ethtool")
     present = _netns_names() & {namespace(s, config.prefix) for s in SIDES}
     existing = _read_stamp(config.prefix) if len(present) == 2 else None
     if existing is not None and existing[0] == config:
@@ -765,7 +778,22 @@ def status(prefix: str = DEFAULT_PREFIX) -> TestbedInfo | None:
         qdiscs={side: _qdisc_lines(ns[side]) for side in SIDES},
         policers=tuple(policers),
         counters={side: interface_counters(side, prefix) for side in SIDES},
+        udp_segmentation={name: udp_segmentation(ns[side], name) for side in SIDES
+                          for name in (ifname(side, i) for i in range(config.paths))},
     )
+
+
+def udp_segmentation(ns: str, dev: str) -> bool | None:
+    """Whether `dev` in `ns` segments UDP GSO buffers itself (ethtool -k), None if unknown."""
+    if shutil.which("ethtool") is None:
+        return None
+    proc = subprocess.run(_in_ns(ns, ["ethtool", "-k", dev]), capture_output=True, text=True,
+                          timeout=_CMD_TIMEOUT_S, check=False)
+    for line in proc.stdout.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == UDP_SEGMENTATION_FEATURE:
+            return value.split()[0] == "on" if value.split() else None
+    return None
 
 
 def _existing_ns(side: str, prefix: str) -> str:

@@ -288,6 +288,7 @@ RESPONDER_COUNTERS = (
     "received", "received_bytes", "replied", "reply_bytes", "reply_eagain", "reply_errors",
     "warmup", "duplicate", "reordered", "stale", "seq_end", "rcvbuf_drops", "lost",
     "loss_episodes", "loss_max_run",
+    "over_rate",  # valid datagrams past the step's rate and burst: neither answered nor counted
 )
 CLIENT_COUNTERS = SENDER_COUNTERS + ("written", "resp_errors", "window_waits", "recv_calls")
 SERVER_COUNTERS = (

@@ -300,3 +300,149 @@ def test_reassembly_failures_during_a_step_are_reported_and_named() -> None:
         step["attribution"] = attribute(step)
         assert step_verdict(step).endswith("(receiving host: IP reassembly failed)")
         assert_legit_client_measured(server)
+
+
+# -- finding 3: limits on the traffic itself ------------------------------------------
+
+def flood(client: Client, token: int, *, command: int, pps: float, seconds: float,
+          size: int = 64) -> int:
+    """Send valid datagrams of the step at `pps` for `seconds` (in bursts
+    every 10 ms); returns how many were sent."""
+    sock, sent, start = client.data_socket, 0, time.monotonic()
+    while (now := time.monotonic()) < start + seconds:
+        due = int((now - start) * pps)
+        while sent < due:
+            try:
+                sock.send(wire.build_request(command, size, token=token, seq=sent,
+                                             send_ns=time.monotonic_ns()))
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            sent += 1
+        time.sleep(0.01)
+    return sent
+
+
+def drain_replies(sock: socket.socket) -> int:
+    got = 0
+    while True:
+        try:
+            sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return got
+        except OSError:
+            continue
+        got += 1
+
+
+def test_a_step_blasting_past_its_rate_is_answered_at_its_rate() -> None:
+    asked = StepParams(workload="rr", command="ping", rate_pps=1000, duration_s=2.0,
+                       drain_s=0.2, timeout_s=0.5)
+    with hostile_server() as server:
+        with Client(server.target, buffer_bytes=16 << 20) as client:
+            armed = client.begin_step(asked)
+            started = time.monotonic()
+            sent = flood(client, armed.token, command=wire.COMMANDS["ping"], pps=50_000,
+                         seconds=2.0)
+            elapsed = time.monotonic() - started
+            time.sleep(0.2)
+            replies = drain_replies(client.data_socket)
+            receiver = client.end_step({"sent": 2000}, timeout_s=5.0)
+        rate, burst = asked.rate_cap() or (0.0, 0.0)
+        assert sent > 60_000, sent  # the attack did blast
+        assert receiver["replied"] == replies, (receiver, replies)
+        assert 0.8 * 1000 * elapsed < replies <= rate * (elapsed + 0.3) + burst, (replies, elapsed)
+        assert receiver["over_rate"] >= sent - replies - receiver["rcvbuf_errors"] - 100
+        assert_legit_client_measured(server)
+
+
+def test_a_step_that_never_sends_stepstop_ends_at_the_deadline() -> None:
+    asked = StepParams(workload="rr", command="ping", rate_pps=1000, duration_s=1.0,
+                       drain_s=60.0, timeout_s=60.0)
+    deadline_s = asked.hard_limit_s
+    assert deadline_s < 7.0  # the slack is fixed: drain_s and timeout_s do not add to it
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(asked)
+            armed_at = time.monotonic()
+            # keep asking, never StepStop; a legitimate client is told busy meanwhile
+            flood(client, armed.token, command=wire.COMMANDS["ping"], pps=1000, seconds=2.0)
+            with pytest.raises(PktbenchError, match="busy"):
+                Client(server.target).connect()
+            sock = client.data_socket
+            answered_late = 0
+            while time.monotonic() < armed_at + deadline_s + 1.5:
+                drain_replies(sock)
+                flood(client, armed.token, command=wire.COMMANDS["ping"], pps=1000,
+                      seconds=0.1)
+                if time.monotonic() > armed_at + deadline_s + 0.5:
+                    time.sleep(0.05)
+                    answered_late += drain_replies(sock)
+            assert answered_late == 0, "the responder answered past the step's deadline"
+        assert "no StepStop by the step's deadline" in server.log.read_text()
+        assert_legit_client_measured(server)
+        assert_quiet(server)
+
+
+def bulk_stream(server: ChildServer, token: int) -> socket.socket:
+    sock = socket.create_connection(server.address, timeout=5.0)
+    sock.sendall(wire.pack_data_preamble(0, token))
+    return sock
+
+
+def test_reverse_bulk_stops_writing_after_its_window() -> None:
+    asked = StepParams(workload="bulk", command="none", duration_s=2.0, drain_s=60.0,
+                       timeout_s=60.0, reverse=True)
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(asked)
+            sock = bulk_stream(server, armed.token)
+            buffer = bytearray(1 << 20)
+            first = last = None
+            sock.settimeout(0.5)
+            try:
+                # never StepStop: read whatever the server writes, for as long as it does
+                while time.monotonic() < (first or time.monotonic()) + 6.0:
+                    try:
+                        if not sock.recv_into(buffer):
+                            break
+                    except socket.timeout:
+                        continue
+                    last = time.monotonic()
+                    first = first or last
+            finally:
+                sock.close()
+        assert first is not None and last is not None
+        assert last - first < asked.duration_s + protocol.BULK_TAIL_MAX_S + 0.5, last - first
+        assert_legit_client_measured(server)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bulk_asked_a_low_rate_is_held_to_it(reverse: bool) -> None:
+    asked = StepParams(workload="bulk", command="none", rate_pps=100, size_bytes=1000,
+                       duration_s=2.0, drain_s=0.2, reverse=reverse)
+    rate, burst = asked.rate_cap() or (0.0, 0.0)
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(asked)
+            sock = bulk_stream(server, armed.token)
+            started = time.monotonic()
+            moved = 0
+            buffer = bytearray(1 << 20)
+            sock.settimeout(0.05)
+            try:
+                while time.monotonic() < started + 2.0:  # as fast as the server lets us
+                    try:
+                        moved += sock.recv_into(buffer) if reverse else sock.send(buffer)
+                    except socket.timeout:
+                        pass
+            except OSError:
+                pass
+            elapsed = time.monotonic() - started
+            server_end = client.end_step({"stream_ids": [0]}, timeout_s=10.0)
+            sock.close()
+        counted = server_end["streams"][0]["total_bytes"]
+        allowed = (burst + rate * (elapsed + 0.5)) * asked.size_bytes
+        assert 0.5 * 100 * 1000 * elapsed < counted <= allowed, (counted, allowed)
+        if reverse:
+            assert moved <= counted
+        assert_legit_client_measured(server)

@@ -184,11 +184,12 @@ def test_unknown_kind_is_refused(tmp_path: Path) -> None:
         load_result(path)
 
 
-def test_compare_refuses_a_bulk_result() -> None:
+def test_compare_refuses_a_sweep_against_a_bulk_result() -> None:
     code = CliRunner().invoke(main, ["compare", str(DATA / "sweep-blast.json"),
                                      str(DATA / "bulk-old-tcp.json")])
     assert code.exit_code == 1
-    assert "bulk-old-tcp is a bulk result" in code.stderr
+    assert code.stderr.count("\n") == 1
+    assert "sweep-blast is a rate sweep and bulk-old-tcp a bulk test" in code.stderr
 
 
 def test_compare_json_is_the_comparison(tmp_path: Path) -> None:

@@ -28,8 +28,60 @@ def _cell_pps(value: Any) -> str:
     return f"{fmt_pps(value)} pps" if is_number(value) else "none"
 
 
+def _gbit(value: Any) -> str:
+    return f"{value / 1e9:.3f}" if is_number(value) else "-"
+
+
+def _cell_gbit(value: Any) -> str:
+    return f"{_gbit(value)} Gbit/s" if is_number(value) else "none"
+
+
+def _plain(value: Any, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else (
+        "-" if value is None else str(value))
+
+
+def render_bulk_compare(comparison: Mapping[str, Any]) -> str:
+    """Two bulk tests as text: who is A and B, the ceilings, then step by step."""
+    a, b = comparison["a"], comparison["b"]
+    lines = []
+    for side in (a, b):
+        how = " ".join(str(side[k]) for k in ("transport", "direction") if side.get(k))
+        facts = ", ".join(str(side[k]) for k in ("host", "kernel") if side.get(k))
+        mtu = f", MTU {side['mtu']}" if side.get("mtu") else ""
+        lines.append(f"{side['label']}: {how}, {facts}{mtu} ({side['steps']} steps)")
+    lines.append("")
+    rows = [[row["name"], _cell_gbit(row["a"]), _cell_gbit(row["b"]), fmt_ratio(row["ratio"]),
+             row["verdict"]] for row in comparison["summary"]]
+    lines.append(tabulate(rows, headers=["", a["label"], b["label"], "B/A", "B is"],
+                          tablefmt="simple", disable_numparse=True,
+                          colalign=("left", "right", "right", "right", "left")))
+    if comparison["steps"]:
+        lines += ["", "at the steps both ran (same transport, direction, streams, offered rate):"]
+        step_rows = [[row["streams"], _gbit(row["offered_bps"]), _gbit(row["a_bps"]),
+                      _gbit(row["b_bps"]), fmt_ratio(row["ratio"]), row["verdict"],
+                      f"{_plain(row['a_retransmits'])}, {_plain(row['b_retransmits'])}",
+                      f"{_plain(row['a_sender_cpu_percent'])}, "
+                      f"{_plain(row['b_sender_cpu_percent'])}"]
+                     for row in comparison["steps"]]
+        headers = ["streams", "offered Gbit/s", "A Gbit/s", "B Gbit/s", "B/A", "B is",
+                   "retrans A, B", "CPU % A, B"]
+        lines.append(tabulate(step_rows, headers=headers, tablefmt="simple",
+                              disable_numparse=True,
+                              colalign=("right",) * 5 + ("left",) + ("right",) * 2))
+    else:
+        lines += ["", "the two tests share no step: no step-by-step comparison"]
+    tolerance = comparison.get("tolerance")
+    if isinstance(tolerance, (int, float)):
+        lines += ["", f"changes within {tolerance * 100:g}% count as same; "
+                      "throughput: higher is better"]
+    return "\n".join(lines) + "\n"
+
+
 def render_compare(comparison: Mapping[str, Any]) -> str:
     """The comparison as text: who is A and B, the headline rates, then rate by rate."""
+    if comparison.get("kind") == "bulk":
+        return render_bulk_compare(comparison)
     a, b = comparison["a"], comparison["b"]
     lines = []
     for side in (a, b):

@@ -11,6 +11,7 @@ is asked for.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,9 @@ def compare_fleet_files(old_path: str, new_path: str, json_path: str | None) -> 
 
     old, new = load_fleet(old_path), load_fleet(new_path)
     comparison = compare_fleets(old, new)
-    if json_path:
+    if json_path == "-":
+        sys.stdout.write(json.dumps(comparison, indent=2) + "\n")
+    elif json_path:
         try:
             Path(json_path).write_text(json.dumps(comparison, indent=2) + "\n", encoding="utf-8")
         except OSError as exc:

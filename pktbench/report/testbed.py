@@ -42,6 +42,13 @@ def render_testbed(info: Any) -> str:
                      f"{pol.dropped_packets})")
     if info.delay_applied_ms > 0:
         lines.append(f"  delay: {info.delay_applied_ms:g} ms {direction}")
+    segmenting = getattr(info, "udp_segmentation", {})
+    if segmenting:
+        left_on = sorted(name for name, on in segmenting.items() if on is not False)
+        lines.append("  tx-udp-segmentation: off on every veth (each datagram of a GSO send "
+                     "is a packet of its own on the path)" if not left_on else
+                     f"  tx-udp-segmentation: not off at {', '.join(left_on)}: a GSO send "
+                     "may cross as one packet")
     for note in info.degradations:
         lines.append(f"  degraded: {note}")
     lines.append("  counters (packets rx/tx, dropped rx/tx):")

@@ -277,12 +277,16 @@ class _Pumped:
     """
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
-                 tail_ns: int | None, deadline_ns: int) -> None:
+                 tail_ns: int | None, deadline_ns: int,
+                 byte_cap: tuple[float, float] | None = None) -> None:
         self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
         self.tail_ns = tail_ns
         self.deadline_ns = deadline_ns
+        # (bytes/s, burst bytes) over every stream together, from now on
+        self.byte_cap = byte_cap
+        self.capped_from_ns = time.monotonic_ns()
         self.streams: list[_Stream] = []
 
     def add(self, stream: _Stream) -> None:
@@ -301,10 +305,30 @@ class _Pumped:
                 edges.append(end_ns + self.tail_ns)
         return min(edges)
 
+    def past_tail(self, now: int) -> bool:
+        end_ns = self.window.end_ns
+        return self.tail_ns is not None and end_ns is not None and now >= end_ns + self.tail_ns
+
+    def _byte_limit(self, until_ns: int) -> int | None:
+        if self.byte_cap is None:
+            return None
+        rate, burst = self.byte_cap
+        return int(burst + rate * max(0, until_ns - self.capped_from_ns) / 1e9)
+
     def step(self) -> bool:
         """Pump one chunk and take the samples due; False when this end is done."""
         now = time.monotonic_ns()
-        rc = self.pump.run(self._next_edge(now)) if now < self.deadline_ns else 0
+        rc = 0
+        if now < self.deadline_ns and not self.past_tail(now):
+            until = self._next_edge(now)
+            limit = self._byte_limit(until)
+            if limit is None:
+                rc = self.pump.run(until)
+            else:
+                rc = self.pump.run(until, limit)
+                if rc == 0 and self.pump.total_bytes >= limit:
+                    # at the cap: wait for the allowance to grow, do not spin
+                    time.sleep(max(0.0, min(CHUNK_S, (until - time.monotonic_ns()) / 1e9)))
         now = time.monotonic_ns()
         if self.window.start_ns is None and self.pump.first_ns:
             self.window.anchor(self.pump.first_ns)
@@ -370,6 +394,15 @@ def _end_report(streams: Sequence[_Stream], sending: bool) -> dict[str, Any]:
 
 # -- server side ------------------------------------------------------------------
 
+def _set_pacing(sock: socket.socket, bytes_per_s: float) -> None:
+    """Let the kernel pace this stream's writes (TCP's own pacing, no qdisc
+    needed), so a capped writer sends smoothly rather than in bursts."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MAX_PACING_RATE", 47),
+                        struct.pack("=I", min(max(int(bytes_per_s), 1), 0xFFFFFFFF)))
+    except OSError:
+        pass  # the byte cap between pump calls still holds
+
 class BulkStepHandler:
     """The server's end of one bulk step: reads (or, reversed, writes) every stream.
 
@@ -391,10 +424,18 @@ class BulkStepHandler:
         self._thread: threading.Thread | None = None
         self._deadline_ns = time.monotonic_ns() + int(
             step.hard_limit_s * 1e9)
+        # The server's end stops shortly after its window whatever the client
+        # does (reverse: it stops writing; forward: it stops reading, and TCP
+        # flow control stops the client), and moves bytes no faster than the
+        # step's rate (rate_pps datagrams of size_bytes) when it has one.
+        cap = step.rate_cap()
+        self._byte_cap = ((cap[0] * step.size_bytes, cap[1] * step.size_bytes)
+                          if cap is not None else None)
         self._pumped = _Pumped(step.streams, self._window, sending=self.sending,
                                buffer_bytes=DEFAULT_WRITE_BYTES if self.sending
-                               else RECV_BUFFER_BYTES, tail_ns=None,
-                               deadline_ns=self._deadline_ns)
+                               else RECV_BUFFER_BYTES,
+                               tail_ns=int(min(step.drain_s, protocol.BULK_TAIL_MAX_S) * 1e9),
+                               deadline_ns=self._deadline_ns, byte_cap=self._byte_cap)
         self.rejected = 0
 
     def add_connection(self, conn: socket.socket, stream_id: int) -> None:
@@ -410,6 +451,8 @@ class BulkStepHandler:
                 conn.close()
                 return
             stream = _Stream(stream_id, conn, ports=ports)
+            if self.sending and self._byte_cap is not None:
+                _set_pacing(conn, self._byte_cap[0] / self.step.streams)
             if self.sending:
                 # the writer's window starts with its first stream
                 self._window.anchor(time.monotonic_ns())
@@ -427,7 +470,8 @@ class BulkStepHandler:
                     with self._lock:
                         # a finished stream set with room left may still grow (probes)
                         full = len(self._streams) >= self.step.streams
-                    if full or time.monotonic_ns() >= self._deadline_ns:
+                    now = time.monotonic_ns()
+                    if full or now >= self._deadline_ns or pumped.past_tail(now):
                         break
                     time.sleep(CHUNK_S)
         finally:
@@ -437,8 +481,10 @@ class BulkStepHandler:
         thread = self._thread
         if thread is not None and not self.sending:
             # a forward sender has stopped; the last bytes it wrote are still
-            # arriving, so the pump runs on until EOF (bounded by the drain)
-            thread.join(timeout=max(self.step.drain_s, POLL_S))
+            # arriving, so the pump runs on until EOF (bounded by the drain,
+            # and the drain by the step's deadline)
+            left_s = (self._deadline_ns - time.monotonic_ns()) / 1e9
+            thread.join(timeout=max(min(self.step.drain_s, left_s), POLL_S))
         with self._lock:
             self._stop.set()
         if thread is not None:

@@ -106,6 +106,9 @@ def merge_outcomes(outcomes: Sequence[engine.SenderOutcome],
         cpu_s=sum(o.cpu_s for o in outcomes),
         stopped_early=any(o.stopped_early for o in outcomes),
         warmup_sent=sum(o.warmup_sent for o in outcomes),
+        extra={"engine": engine.merge_engine_figures(
+            [figures for figures in (o.extra.get("engine") for o in outcomes)
+             if isinstance(figures, dict)])},
     )
 
 
@@ -302,6 +305,7 @@ def run_client_step(client: StepClient, params: StepParams, *, index: int = 0, r
             "drain_s": params.drain_s, "expect_replies": params.workload == "rr",
             "busy_poll": params.busy_poll, "timeout_s": params.timeout_s,
             "outstanding": outstanding[i], "start_ns": start_ns,
+            "gso": params.gso, "burst": params.burst,
         } for i in range(count)]
         limit_s = (START_DELAY_S + params.warmup_s + params.duration_s * 1.1 + params.drain_s
                    + params.timeout_s + 15.0)
@@ -322,6 +326,7 @@ def run_client_step(client: StepClient, params: StepParams, *, index: int = 0, r
         "socket_buffers_bytes": {"rcvbuf": pool.workers[0].rcvbuf_bytes,
                                  "sndbuf": pool.workers[0].sndbuf_bytes},
         "nic": nic.deltas(nic_before, nic.read_counters(interface)),
+        "engine": merged.extra.get("engine"),
     }
     return summarize_step(params, merged, receiver, index=index, repeat=repeat,
                           sender_figures=figures, workers=flows)
@@ -363,7 +368,8 @@ class StreamResponders:
     def __init__(self, main: socket.socket, *, local_ip: str, peers: Sequence[tuple[str, int]],
                  token: int, command: int, size_bytes: int, sink: bool,
                  busy_poll: bool = False, buffer_bytes: int = engine.DEFAULT_BUFFER_BYTES,
-                 cpus: Sequence[int] = (), seq_limit: int = (1 << 64) - 1) -> None:
+                 cpus: Sequence[int] = (), seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
         self.peers = list(peers)
         self.cpus = tuple(cpus)
         self.cpu_s = 0.0
@@ -388,7 +394,7 @@ class StreamResponders:
                               ) from None
         self.loops = [engine.ResponderLoop(sock, peer=peer, token=token, command=command,
                                            size_bytes=size_bytes, sink=sink, busy_poll=busy_poll,
-                                           seq_limit=seq_limit)
+                                           seq_limit=seq_limit, rate_cap=rate_cap, gso=gso)
                       for sock, peer in zip(self._sockets, self.peers)]
 
     def _serve_one(self, index: int, until_ns: int, stop: threading.Event | None) -> None:
@@ -446,7 +452,7 @@ class StreamResponders:
             streams.append(own)
         merged: dict[str, Any] = {}
         for name in streams[0]:
-            if name in ("drops", "jitter_us", "stream_id", "client_port"):
+            if name in ("drops", "jitter_us", "stream_id", "client_port", "engine"):
                 continue
             values = [s[name] for s in streams]
             merged[name] = max(values) if name == "loss_max_run" else sum(values)
@@ -454,6 +460,7 @@ class StreamResponders:
                            for reason in streams[0]["drops"]}
         jitters = [s["jitter_us"] for s in streams if s["jitter_us"] is not None]
         merged["jitter_us"] = max(jitters) if jitters else None  # the worst flow's
+        merged["engine"] = engine.merge_engine_figures([s["engine"] for s in streams])
         merged["streams"] = streams
         result: dict[str, object] = merged
         return result

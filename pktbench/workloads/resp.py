@@ -297,6 +297,9 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
     counters = {name: int(value)
                 for name, value in zip(engine.loops.CLIENT_COUNTERS, client.counters)}
     span_s = params.duration_s if rate else max((send_end_ns - start_ns) / 1e9, 1e-9)
+    if stop is not None and stop.is_set() and not phases.completed:
+        # cut short: the rates are over the time it really sent, not the planned window
+        span_s = min(span_s, max((send_end_ns - start_ns) / 1e9, 1e-9))
     return engine.SenderOutcome(
         counters=counters,
         latency_hist=client.latency_hist.copy(),

@@ -41,7 +41,8 @@ def run_single_flow(client: StepClient, params: StepParams, *, index: int = 0,
             client.data_socket, template, rate_pps=params.rate_pps,
             duration_s=params.duration_s, warmup_s=params.warmup_s, drain_s=params.drain_s,
             expect_replies=params.workload == "rr", busy_poll=params.busy_poll,
-            timeout_s=params.timeout_s, outstanding=params.outstanding, stop=stop)
+            timeout_s=params.timeout_s, outstanding=params.outstanding, stop=stop,
+            gso=params.gso, burst=params.burst)
 
     outcome, receiver = drive_step(client, params, send,
                                    lambda outcome: {"sent": outcome.counters["sent"]})
@@ -50,6 +51,7 @@ def run_single_flow(client: StepClient, params: StepParams, *, index: int = 0,
         figures["socket_buffers_bytes"] = {"rcvbuf": client.buffers.rcvbuf_bytes,
                                            "sndbuf": client.buffers.sndbuf_bytes}
     figures["nic"] = nic.deltas(nic_before, nic.read_counters(interface))
+    figures["engine"] = outcome.extra.get("engine")
     return summarize_step(params, outcome, receiver, index=index, repeat=repeat,
                           sender_figures=figures)
 
@@ -103,11 +105,13 @@ class UdpWorkload:
                 arm.udp, local_ip=arm.local_ip, peers=arm.peers, token=arm.token,
                 command=wire.COMMANDS[step.command], size_bytes=step.size_bytes,
                 sink=step.workload == "blast", busy_poll=step.busy_poll, cpus=arm.cpus,
-                seq_limit=step.max_packets)
+                seq_limit=step.max_packets, rate_cap=step.rate_cap(len(arm.peers)),
+                gso=step.gso)
         return SingleFlowResponder(engine.ResponderLoop(
             arm.udp, peer=arm.peers[0], token=arm.token, command=wire.COMMANDS[step.command],
             size_bytes=step.size_bytes, sink=step.workload == "blast",
-            busy_poll=step.busy_poll, seq_limit=step.max_packets))
+            busy_poll=step.busy_poll, seq_limit=step.max_packets, rate_cap=step.rate_cap(),
+            gso=step.gso))
 
 
 RR = UdpWorkload("rr")

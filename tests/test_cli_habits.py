@@ -1,0 +1,137 @@
+"""What users of iperf3 and flent type: short flags, JSON on stdout, compare, rate units."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pktbench.cli import main
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.stderr
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+# -- compare -----------------------------------------------------------------------
+
+def test_compare_json_file_is_json_and_the_table_stays_on_stdout(tmp_path):
+    code, out, _ = invoke("compare", str(DATA / "sweep-old-path.json"),
+                          str(DATA / "sweep-new-path.json"), "--json", str(tmp_path / "c.json"))
+    assert code == 0 and "knee" in out
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["kind"] == "sweep" and doc["summary"][0]["metric"] == "knee_pps"
+
+
+@pytest.mark.parametrize("flag", [["--json", "-"], ["-J"]])
+def test_compare_json_on_stdout_is_only_json(flag):
+    code, out, err = invoke("compare", str(DATA / "sweep-old-path.json"),
+                            str(DATA / "sweep-new-path.json"), *flag)
+    assert code == 0
+    assert json.loads(out)["a"]["label"] == "sweep-old-path"
+    assert "knee" in err  # the table went to stderr
+
+
+def test_compare_bulk_with_bulk():
+    code, out, _ = invoke("compare", str(DATA / "bulk-old-tcp.json"),
+                          str(DATA / "bulk-old-tcp.json"), "-J")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "bulk"
+    assert [row["streams"] for row in doc["steps"]] == [1, 2]
+    assert all(row["verdict"] == "same" and row["ratio"] == 1.0 for row in doc["steps"])
+    assert doc["summary"][0]["a"] == pytest.approx(73.69e9, rel=1e-3)
+    code, out, _ = invoke("compare", str(DATA / "bulk-old-udp.json"),
+                          str(DATA / "bulk-old-udp.json"))
+    assert code == 0 and "ceiling (goodput)" in out and "2.000 Gbit/s" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_compare_refuses_sweep_against_bulk_in_one_line():
+    code, _, err = invoke("compare", str(DATA / "bulk-old-tcp.json"),
+                          str(DATA / "sweep-new-path.json"))
+    assert code == 1
+    assert "bulk-old-tcp is a bulk test and sweep-new-path a rate sweep" in error_line(err)
+
+
+# -- one meaning per option ------------------------------------------------------
+
+def test_run_and_sweep_refuse_the_same_rates_with_the_same_words():
+    _, _, run_err = invoke("run", "--rate", "1e12")
+    _, _, sweep_err = invoke("sweep", "--rates", "1e12")
+    _, _, to_err = invoke("sweep", "--to", "1e12")
+    for err in (run_err, sweep_err, to_err):
+        assert "is above what one step offers: at most 50,000,000 pps" in error_line(err)
+    code, _, err = invoke("run", "--rate", "1e99")
+    assert code == 2 and "too large" in error_line(err)
+
+
+def test_bulk_rate_without_a_unit_is_refused_with_a_hint():
+    code, _, err = invoke("bulk", "--udp", "--rate", "5000")
+    assert code == 2
+    line = error_line(err)
+    assert "'5000' has no unit" in line and "5000M" in line and "-b 5000" in line
+
+
+def test_minus_p_joins_the_host_and_must_agree():
+    code, _, err = invoke("run", "-p", "9")
+    assert code == 2 and "give HOST too" in error_line(err)
+    code, _, err = invoke("run", "127.0.0.1:7000", "-p", "9")
+    assert code == 2 and "names port 7000 and -p says 9" in error_line(err)
+    code, _, err = invoke("run", "127.0.0.1", "-p", "1", "-t", "0.1")
+    assert code == 1 and "127.0.0.1:1" in error_line(err)  # refused, at the port -p gave
+
+
+def test_json_flag_and_file_together_are_refused():
+    code, _, err = invoke("sweep", "-J", "--json", "x.json")
+    assert code == 2 and "not both" in error_line(err)
+
+
+# -- real steps on the embedded server ---------------------------------------------
+
+def test_run_takes_a_profile_as_sweep_does(tmp_path):
+    out_json = tmp_path / "run.json"
+    code, _, err = invoke("run", "--profile", "redis-get-small", "-t", "0.3", "--rate", "500",
+                          "--json", str(out_json))
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    step = doc["steps"][0]
+    assert step["command"] == "get" and step["size_bytes"] == 96  # the profile's
+    assert step["warmup_s"] == 0.5  # the profile's warm-up, not run's 0
+    assert step["sent_packets"] == 150  # -t 0.3 at 500 pps: the command line wins
+
+
+def test_run_short_flags_csv_and_quiet(tmp_path):
+    code, out, err = invoke("run", "-t", "0.3", "-l", "128", "--rate", "1000", "-q", "-J",
+                            "--csv", str(tmp_path / "run.csv"))
+    assert code == 0, err
+    doc = json.loads(out)
+    (step,) = doc["steps"]
+    assert step["size_bytes"] == 128 and step["sent_packets"] == 300
+    rows = list(csv.DictReader((tmp_path / "run.csv").open()))
+    assert len(rows) == 1 and rows[0]["sent_packets"] == "300"
+
+
+def test_bulk_short_flags():
+    code, out, err = invoke("bulk", "-u", "-b", "200M", "-t", "0.3", "--warmup", "0", "-q",
+                            "-l", "1400", "-J")
+    assert code == 0, err
+    doc = json.loads(out)
+    (step,) = doc["steps"]
+    assert step["transport"] == "udp" and step["size_bytes"] == 1400
+    assert step["offered_bps"] == 200e6
+    assert "ceiling" in err and "step 1:" not in err  # -q: the table only, no progress line
