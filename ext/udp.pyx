@@ -75,8 +75,9 @@ cdef inline void set_gso_control(msghdr *msg, uint8_t *ctrl, uint16_t segment) n
 
 cdef inline bint gso_unusable(int err) noexcept nogil:
     """A send error that says this path cannot segment, not that the peer failed:
-    EIO (the device has no checksum offload), EINVAL (segment over the MTU)."""
-    return err == EIO or err == EINVAL
+    EIO (the device has no checksum offload), EINVAL or EMSGSIZE (a segment over
+    the path MTU, or a socket without UDP checksums)."""
+    return err == EIO or err == EINVAL or err == EMSGSIZE
 
 
 cdef class _SeqWindow:
@@ -206,6 +207,7 @@ cdef class PacedSender:
     cdef uint64_t max_outstanding
     cdef uint64_t last_send_ns
     cdef _SeqWindow window
+    cdef uint32_t *reply_ring    # per seq slot: 0 unanswered, else scheduled latency ns + 1
     cdef uint64_t[::1] c
     cdef Meter meter
     cdef readonly object counters
@@ -216,7 +218,7 @@ cdef class PacedSender:
     def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
                   bint busy_poll=False, double timeout_s=1.0, int batch=64,
                   uint64_t max_outstanding=0, int gso_segments=0, int burst=1,
-                  bint gro=False):
+                  bint gro=False, bint keep_replies=False):
         if len(template) < WIRE_HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
@@ -286,6 +288,12 @@ cdef class PacedSender:
         if in_flight > 67108864.0:
             in_flight = 67108864.0
         self.window = _SeqWindow(<uint64_t>in_flight if in_flight > 65536.0 else 65536)
+        if keep_replies:
+            if timeout_s > 4.0:
+                raise ValueError("keep_replies holds latencies up to 4 s: timeout_s must be <= 4")
+            self.reply_ring = <uint32_t *>calloc(self.window.size(), sizeof(uint32_t))
+            if self.reply_ring == NULL:
+                raise MemoryError()
         self.counters = np.zeros(S_COUNTERS, dtype=np.uint64)
         self.latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
         self.actual_latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
@@ -312,6 +320,7 @@ cdef class PacedSender:
         free(self.rx_msgs)
         free(self.rx_iov)
         free(self.rx_ctrl)
+        free(self.reply_ring)
 
     @property
     def gso_segments(self):
@@ -347,6 +356,24 @@ cdef class PacedSender:
     @property
     def window_size(self):
         return self.window.size()
+
+    def replies(self, uint64_t lo, uint64_t hi):
+        """Per request lo..hi-1 of this phase (keep_replies only): 0 if it has
+        no reply (yet), else its latency from the scheduled send time in ns
+        plus 1, as a uint32 array. A slot is reused one window later, so only
+        requests within the last window_size sent can be read; a reply that
+        came after timeout_s is late and never lands here."""
+        if self.reply_ring == NULL:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        out = np.empty(hi - lo, dtype=np.uint32)
+        cdef uint32_t[::1] view = out
+        cdef uint64_t seq
+        for seq in range(lo, hi):
+            view[seq - lo] = self.reply_ring[seq & self.window.mask]
+        return out
 
     cdef inline uint64_t due_ns(self, uint64_t seq) noexcept nogil:
         return self.t0_ns + <uint64_t>(<double>seq * self.period_ns)
@@ -513,6 +540,8 @@ cdef class PacedSender:
             return -errno
         for i in range(sent):
             seq = self.next_seq + i
+            if self.reply_ring != NULL:
+                self.reply_ring[seq & self.window.mask] = 0
             if self.expect_replies:
                 if seq > self.window.mask:
                     self.window.finalize_to(seq - self.window.mask, &self.c[0], S_LOST,
@@ -637,6 +666,10 @@ cdef class PacedSender:
             self.c[S_LATE] += 1
             return
         self.window.set(seq)
+        if self.reply_ring != NULL:
+            if sched_lat >= <uint64_t>0xFFFFFFFE:
+                sched_lat = <uint64_t>0xFFFFFFFE
+            self.reply_ring[seq & self.window.mask] = <uint32_t>(sched_lat + 1)
         meter_reply(&self.meter, <uint64_t>length, sched_lat, actual_lat)
 
     def snapshot(self):

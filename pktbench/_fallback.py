@@ -246,9 +246,11 @@ class PacedSender:
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
                  max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
-                 gro: bool = False) -> None:
+                 gro: bool = False, keep_replies: bool = False) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
+        if keep_replies and timeout_s > 4.0:
+            raise ValueError("keep_replies holds latencies up to 4 s: timeout_s must be <= 4")
         if batch < 1 or batch > 1024:
             raise ValueError("batch must be 1..1024")
         if not 0 <= gso_segments <= 64:
@@ -278,6 +280,9 @@ class PacedSender:
         self.rx_view = memoryview(self.rx)
         in_flight = min(2.0 * timeout_s * (rate_pps if rate_pps > 0 else 2e6), 67108864.0)
         self.window = _SeqWindow(int(in_flight) if in_flight > 65536.0 else 65536)
+        # per seq slot: 0 unanswered, else scheduled latency ns + 1
+        self.reply_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
+                           else None)
         self.t0_ns = 0
         self.next_seq = 0
         self.limit = 0
@@ -337,6 +342,17 @@ class PacedSender:
     @property
     def window_size(self) -> int:
         return self.window.size()
+
+    def replies(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
+        """Per request lo..hi-1 of this phase: 0 or its scheduled latency ns + 1."""
+        if self.reply_ring is None:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
+        out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
+        return out
 
     def _due_ns(self, seq: int) -> int:
         return self.t0_ns + int(seq * self.period_ns)
@@ -432,8 +448,11 @@ class PacedSender:
                 break
             sent += 1
         lag_hist = self._hists.lists[2]
+        ring = self.reply_ring
         for i in range(sent):
             seq = self.next_seq + i
+            if ring is not None:
+                ring[seq & self.window.mask] = 0
             if self.expect_replies and seq > self.window.mask:
                 self.window.finalize_to(seq - self.window.mask, c, S_LOST, S_LOSS_EPISODES,
                                         S_LOSS_MAX_RUN)
@@ -505,6 +524,8 @@ class PacedSender:
                 c[S_LATE] += 1
                 continue
             window.set(seq)
+            if self.reply_ring is not None:
+                self.reply_ring[seq & window.mask] = min(sched_lat + 1, 0xFFFFFFFF)
             c[S_RECEIVED] += 1
             c[S_RECEIVED_BYTES] += length
             sched_hist[_hist_index(sched_lat)] += 1

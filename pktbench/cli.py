@@ -16,6 +16,7 @@ import click
 
 from pktbench import rates
 from pktbench._version import __version__
+from pktbench.cli_files import WIDE, table_format
 from pktbench.errors import ConfigError, PktbenchError
 
 
@@ -344,7 +345,8 @@ def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str 
         click.echo(f"pktbench: interrupted by {name}: {len(result.steps)} finished "
                    f"step(s) reported{', written' if any(outputs.values()) else ''}", err=True)
     to_stdout = "-" in outputs.values()
-    write_report("table", result, sys.stderr if to_stdout else sys.stdout, kind=table_kind)
+    write_report(table_format(), result, sys.stderr if to_stdout else sys.stdout,
+                 kind=table_kind)
     for kind, path in outputs.items():
         if path:
             write_report(kind, result, path)
@@ -398,6 +400,7 @@ def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str 
 @click.option("--csv", "csv_path", metavar="FILE", help="Write the step as a CSV row.")
 @QUIET_OPTION
 @PORT_OPTION
+@WIDE
 @token_options
 @tcp_options
 def run(target: str | None, workload: str | None, command: str | None, rate: float | None,
@@ -547,6 +550,7 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
 @QUIET_OPTION
 @PORT_OPTION
+@WIDE
 @token_options
 @tcp_options
 def sweep(target: str | None, profile_name: str, workload: str | None, command: str | None,
@@ -652,6 +656,7 @@ def profiles_command() -> None:
               help="Write the comparison as JSON ('-' = stdout, the table then goes to "
                    "stderr).")
 @JSON_STDOUT
+@WIDE
 def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> None:
     """Compare two result files (old environment vs new) side by side.
 
@@ -672,7 +677,7 @@ def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> Non
         click.echo(text, err=json_path == "-")
         return
     comparison = compare_files(old, new)
-    write_report("table", comparison, sys.stderr if json_path == "-" else sys.stdout,
+    write_report(table_format(), comparison, sys.stderr if json_path == "-" else sys.stdout,
                  kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
@@ -685,6 +690,7 @@ def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> Non
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Count only pktbench packets to or from this UDP port.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
+@WIDE
 def decode(capture: str, port: int | None, as_json: bool) -> None:
     """Per-flow packets, rate, loss, duplicates and reordering in CAPTURE (pcap/pcapng)."""
     from pktbench.decode import decode_pcap
@@ -698,7 +704,7 @@ def decode(capture: str, port: int | None, as_json: bool) -> None:
             write_decode_error(str(exc), sys.stdout)
             raise click.exceptions.Exit(1) from None
         raise click.ClickException(str(exc)) from None
-    write_report("json" if as_json else "table", result, sys.stdout, kind="decode")
+    write_report("json" if as_json else table_format(), result, sys.stdout, kind="decode")
 
 
 # ---------------------------------------------------------------- testbed
@@ -859,6 +865,7 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
               help="Run only this case (repeatable); names as in the table.")
 @click.option("--json", "json_path", metavar="FILE",
               help="Write the report as JSON ('-' = stdout, the table then goes to stderr).")
+@WIDE
 @token_options
 def validate_command(target: str | None, case_names: tuple[str, ...], json_path: str | None,
                      token: str | None, token_file: str | None) -> None:
@@ -881,7 +888,7 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
             # stdout stays one valid JSON document, errors included.
             write_validation_error(target, str(exc), json_path)
         raise click.ClickException(str(exc)) from None
-    write_report("table", report, sys.stderr if json_path == "-" else sys.stdout,
+    write_report(table_format(), report, sys.stderr if json_path == "-" else sys.stdout,
                  kind="validate")
     if json_path:
         write_report("json", report, json_path, kind="validate")
@@ -1001,6 +1008,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @JSON_STDOUT
 @QUIET_OPTION
 @PORT_OPTION
+@WIDE
 @token_options
 def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: bool,
          size: int | None, rate: float | None, reverse: bool, link_speed: float | None,
@@ -1140,3 +1148,13 @@ def _add_file_commands() -> None:
 
 
 _add_file_commands()
+
+
+def _add_watch_commands() -> None:
+    from pktbench.watch.command import watch_command, watch_report_command
+
+    main.add_command(watch_command)
+    main.add_command(watch_report_command)
+
+
+_add_watch_commands()

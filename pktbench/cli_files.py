@@ -12,8 +12,29 @@ plot reporter imports matplotlib when it is called).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
+
+_WIDE_KEY = "pktbench.wide"
+
+
+def _set_wide(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_WIDE_KEY] = True
+
+
+# --wide on every command that prints a table; the table reporter is then "wide"
+WIDE = click.option("--wide", is_flag=True, expose_value=False, callback=_set_wide,
+                    help="Every column, reasons inline, nothing wrapped "
+                         "(default: fits 100 columns).")
+
+
+def table_format() -> str:
+    """The reporter format of the table this command prints: "wide" under --wide."""
+    ctx = click.get_current_context(silent=True)
+    return "wide" if ctx is not None and ctx.meta.get(_WIDE_KEY) else "table"
+
 
 
 @click.command()
@@ -22,6 +43,7 @@ import click
               help="Write the result, upgraded to the current schema, as JSON (- for stdout).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step (sweeps).")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot (sweeps).")
+@WIDE
 def show(result_file: str, json_path: str | None, csv_path: str | None,
          plot_path: str | None) -> None:
     """Print a saved sweep, run or bulk result as its table.
@@ -40,7 +62,7 @@ def show(result_file: str, json_path: str | None, csv_path: str | None,
         raise click.UsageError(f"{result_file} is a {result.kind} result: --csv and --plot "
                                "take sweep results")
     if json_path != "-":
-        write_report("table", result, sys.stdout)
+        write_report(table_format(), result, sys.stdout)
     if json_path:
         write_report("json", result, json_path)
     if csv_path:

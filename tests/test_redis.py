@@ -152,7 +152,7 @@ def test_short_sweep_has_a_knee_table(redis: Redis) -> None:
     import io
 
     table = io.StringIO()
-    write_report("table", result, table)
+    write_report("wide", result, table)
     text = table.getvalue()
     # requests are counted in req/s, late apart from unanswered, the path in packets
     for header in ("offered req/s", "answered req/s", "late %", "unanswered %",

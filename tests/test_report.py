@@ -162,6 +162,7 @@ def test_csv_has_the_json_numbers_exactly(name: str) -> None:
     assert len(rows) == len(result.steps)
     for row, step in zip(rows, result.steps):
         flat = flatten_step(step)
+        assert row.pop("knee") in ("true", "false")  # which one: tests/test_tables.py
         for column, cell in row.items():
             expected = flat.get(column)
             if isinstance(expected, list):
@@ -206,7 +207,7 @@ def _close(cell: str, value: float | None, scale: float = 1.0) -> bool:
 @pytest.mark.parametrize("name", GOLDEN)
 def test_table_shows_the_json_numbers(name: str) -> None:
     result = golden(name)
-    headers, rows = _parse_simple_table(render_table(result))
+    headers, rows = _parse_simple_table(render_table(result, wide=True))
     assert len(rows) == len(result.steps)
     column = {h: i for i, h in enumerate(headers)}
     received = "responses pps" if result.config["workload"] == "rr" else "received pps"
@@ -250,7 +251,7 @@ def test_table_summary_lines_say_knee_last_good_and_searches() -> None:
 
 
 def test_table_without_knee_names_sender_bound_steps() -> None:
-    text = render_table(golden("sweep-blast"))
+    text = render_table(golden("sweep-blast"), wide=True)
     assert "no knee up to 432,876 pps (sender-bound above" in text
     assert "from 657,933 pps the sender itself could not reach the offered rate" in text
     assert table.KNEE_MARK not in text
@@ -283,7 +284,7 @@ def test_step_table_for_a_single_run() -> None:
 
 
 def test_reporters_registry() -> None:
-    assert set(REPORTERS["sweep"]) == {"table", "json", "csv", "plot"}
+    assert set(REPORTERS["sweep"]) == {"table", "wide", "json", "csv", "plot"}
     with pytest.raises(ConfigError, match="unknown report format 'xml'"):
         write_report("xml", golden("sweep-blast"), io.StringIO())
 
@@ -506,13 +507,19 @@ def test_request_sweep_speaks_requests_and_path_packets() -> None:
     assert analysis["knee"]["offered_rps"] == 6113 and analysis["knee"]["last_good_rps"] == 4713
     result = SweepResult({}, {"workload": "rr", "transport": "tcp"}, tuple(analysis["steps"]),
                          knee=analysis["knee"], judgement={"criteria": knee.KneeCriteria().as_dict()})
-    text = render_table(result)
+    narrow = render_table(result)
+    assert max(len(line) for line in narrow.splitlines()) <= 100, narrow
+    text = " ".join(narrow.split())  # prose lines wrap at 100 columns
     assert ("knee: 6,113 req/s offered (path: 950 pkt/s toward server (offered 6,113 at 1.00 "
             "packets a request), 933 back, 68 retransmits) - late or unanswered 97% > 0.5% "
             "(16% late: answered after the 200 ms timeout; 81% unanswered)") in text
     assert "last good rate: 4,713 req/s (path: 4,709 pkt/s toward server, 4,692 back, " \
            "0 retransmits)" in text
     assert "judged by: late or unanswered > 0.5 %" in text and " pps" not in text
+    for cell in ("offered", "answered", "late", "unansw.", "to srv", "back", "retrans"):
+        assert cell in narrow
+    wide = render_table(result, wide=True)
+    assert "to server pkt/s" in wide and "unanswered %" in wide and "max us" in wide
     line = step_line(analysis["steps"][2], 3, 4)
     assert line.startswith("step 3/4  offered 6,113 req/s  sent 6,113  answered 179  "
                            "late 15.9%  unanswered 81.2%  path 950/933 pkt/s out/back, "

@@ -71,7 +71,7 @@ def test_sweep_rates_are_bits_per_second_after_upgrade(tmp_path: Path) -> None:
         assert step["received_bps"] == pytest.approx(before["received_mbps"] * 1e6, rel=1e-12)
         assert "sent_mbps" not in step
     # the table still reads Mbit/s, from the bit/s figure
-    table = CliRunner().invoke(main, ["show", str(tmp_path / "v2.json")])
+    table = CliRunner().invoke(main, ["show", "--wide", str(tmp_path / "v2.json")])
     assert table.exit_code == 0 and "rx Mbit/s" in table.output
     assert "5.119" in table.output
 

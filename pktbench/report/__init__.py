@@ -24,19 +24,31 @@ from typing import Any
 
 from pktbench.errors import ConfigError
 from pktbench.report._common import Target, check_output_path, open_text
-from pktbench.report.bulk import bulk_step_line, render_bulk, write_bulk_table
-from pktbench.report.compare import render_compare, write_compare, write_compare_table
+from pktbench.report.bulk import bulk_step_line, render_bulk, write_bulk_table, write_bulk_wide
+from pktbench.report.compare import (
+    render_compare,
+    write_compare,
+    write_compare_table,
+    write_compare_wide,
+)
 from pktbench.report.csvout import render_csv, write_csv
 from pktbench.report.decode import (
     render_decode,
     write_decode_error,
     write_decode_json,
     write_decode_table,
+    write_decode_wide,
 )
 from pktbench.report.jsonout import render_json, write_json
 from pktbench.report.plot import write_plot
 from pktbench.report.progress import Progress, step_line
-from pktbench.report.table import render_table, step_table, write_step_table, write_table
+from pktbench.report.table import (
+    render_table,
+    step_table,
+    write_step_table,
+    write_table,
+    write_wide_table,
+)
 from pktbench.report.testbed import (
     render_testbed,
     write_probe_json,
@@ -52,19 +64,32 @@ from pktbench.report.validate import (
     write_validation_error,
     write_validation_json,
     write_validation_table,
+    write_validation_wide,
 )
 
 Reporter = Callable[[Any, Any], None]
 
 
-def write_run_table(result: Any, target: Target) -> None:
-    """Reporter ("run", "table"): the one step of a `pktbench run` result."""
+def _run_table(result: Any, target: Target, wide: bool) -> None:
+    from pktbench.report._common import wrap_line
     from pktbench.report.table import criteria_line
 
     words = criteria_line(getattr(result, "judgement", None), sweep=False,
                           requests="offered_rps" in result.steps[0])
+    lines = ([words] if wide else wrap_line(words)) if words else []
     with open_text(target) as stream:
-        stream.write(step_table(result.steps[0]) + (words + "\n" if words else "") + "\n")
+        stream.write(step_table(result.steps[0], wide=wide) + "".join(f"{line}\n" for line in lines)
+                     + "\n")
+
+
+def write_run_table(result: Any, target: Target) -> None:
+    """Reporter ("run", "table"): the one step of a `pktbench run` result."""
+    _run_table(result, target, wide=False)
+
+
+def write_run_wide(result: Any, target: Target) -> None:
+    """Reporter ("run", "wide"): the one step, nothing wrapped."""
+    _run_table(result, target, wide=True)
 
 
 def _frozen(table: Mapping[str, Mapping[str, Reporter]]
@@ -74,16 +99,20 @@ def _frozen(table: Mapping[str, Mapping[str, Reporter]]
 
 
 REPORTERS: Mapping[str, Mapping[str, Reporter]] = _frozen({
-    "sweep": {"table": write_table, "json": write_json, "csv": write_csv, "plot": write_plot},
-    "bulk": {"table": write_bulk_table, "json": write_json},
-    "run": {"table": write_run_table, "json": write_json},
-    "validate": {"table": write_validation_table, "json": write_validation_json},
-    "decode": {"table": write_decode_table, "json": write_decode_json},
+    "sweep": {"table": write_table, "wide": write_wide_table, "json": write_json,
+              "csv": write_csv, "plot": write_plot},
+    "bulk": {"table": write_bulk_table, "wide": write_bulk_wide, "json": write_json},
+    "run": {"table": write_run_table, "wide": write_run_wide, "json": write_json},
+    "validate": {"table": write_validation_table, "wide": write_validation_wide,
+                 "json": write_validation_json},
+    "decode": {"table": write_decode_table, "wide": write_decode_wide,
+               "json": write_decode_json},
     "testbed": {"table": write_testbed_table, "json": write_testbed_json},
     "testbed-down": {"table": write_removal_table},
     "probe": {"table": write_probe_table, "json": write_probe_json},
     "profiles": {"table": write_profiles},
-    "compare": {"table": write_compare_table, "json": write_compare},
+    "compare": {"table": write_compare_table, "wide": write_compare_wide,
+                "json": write_compare},
 })
 
 
@@ -91,7 +120,8 @@ def write_report(fmt: str, result: Any, target: Any, kind: str | None = None) ->
     """Write `result` in format `fmt` to a path, "-" or a stream.
 
     Args:
-        fmt: "table", "json", "csv" or "plot", as the result kind offers.
+        fmt: "table", "wide" (every column, nothing wrapped; the table
+            fits 100 columns), "json", "csv" or "plot", as the result kind offers.
         result: the result object.
         target: a path, "-" (standard output) or an open text stream.
         kind: the result kind (a REPORTERS key); default the result's own
@@ -119,7 +149,9 @@ __all__ = [
     "server_summary_line", "step_line", "step_table", "write_bulk_table", "write_compare", "write_compare_table",
     "write_csv", "write_decode_error", "write_decode_json", "write_decode_table", "write_json",
     "write_plot", "write_probe_json", "write_probe_table", "write_profiles",
-    "write_removal_table", "write_report", "write_run_table", "write_step_table",
+    "write_removal_table", "write_report", "write_run_table", "write_run_wide",
+    "write_step_table", "write_bulk_wide", "write_compare_wide", "write_decode_wide",
+    "write_validation_wide", "write_wide_table",
     "write_table", "write_testbed_error", "write_testbed_json", "write_testbed_table",
     "write_validation_error", "write_validation_json", "write_validation_table",
 ]

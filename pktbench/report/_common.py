@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Union
@@ -125,6 +126,51 @@ def fmt_mbit(value: Any) -> str:
     return f"{value:,.1f}"
 
 
+# A terminal's width that every table fits by default; --wide lifts it.
+TABLE_WIDTH = 100
+
+
+def wrap_line(line: str, width: int = TABLE_WIDTH, indent: str = "  ") -> list[str]:
+    """A prose line broken at spaces to fit `width`, continuations indented."""
+    if len(line) <= width:
+        return [line]
+    lead = line[:len(line) - len(line.lstrip())]
+    return textwrap.wrap(line, width=width, initial_indent="", subsequent_indent=lead + indent,
+                         break_long_words=False, break_on_hyphens=False) or [line]
+
+
+def wrap_lines(lines: list[str], width: int = TABLE_WIDTH) -> list[str]:
+    """Each prose line wrapped; a block of several lines (a table) is left as it is."""
+    return [part for line in lines
+            for part in ([line] if "\n" in line else wrap_line(line, width))]
+
+
+def header(name: str, unit: str = "") -> str:
+    """A two-line column header: the name above its unit (bottom-aligned when unitless)."""
+    return f"{name}\n{unit}" if unit else f"\n{name}"
+
+
+class Footnotes:
+    """Long texts of table cells, numbered once each and listed under the table."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+    def lines(self, width: int = TABLE_WIDTH) -> list[str]:
+        out: list[str] = []
+        for number, text in enumerate(self.texts, 1):
+            label = f"[{number}] "
+            out += textwrap.wrap(text, width=width, initial_indent=label,
+                                 subsequent_indent=" " * len(label),
+                                 break_long_words=False, break_on_hyphens=False) or [label]
+        return out
+
+
 def fmt_ratio(value: Any) -> str:
     return f"{value:.2f}x" if is_number(value) else "-"
 
@@ -162,15 +208,23 @@ def fmt_path(path: Any, *, offered: bool = False) -> str:
             + ("" if retransmits == 1 else "s"))
 
 
-def step_verdict(step: Mapping[str, Any]) -> str:
-    """ok / sender-bound / FAIL with the failed criteria in words."""
-    if step.get("sender_bound"):
-        return "sender-bound"
+def failure_reason(step: Mapping[str, Any]) -> str | None:
+    """The failed criteria of a step in words, with where the loss went; None if it passed."""
     failures = step.get("failures") or []
-    if not failures:
-        return "ok"
-    text = "FAIL " + "; ".join(str(f) for f in failures)
+    if step.get("sender_bound") or not failures:
+        return None
+    text = "; ".join(str(f) for f in failures)
     attribution = step.get("attribution")
     if attribution and attribution not in ("ok", "sender-bound"):
         text += f" ({_ATTRIBUTION_WORDS.get(attribution, attribution)})"
     return text
+
+
+def step_verdict(step: Mapping[str, Any], notes: Footnotes | None = None) -> str:
+    """ok / sender-bound / FAIL with the failed criteria in words (or a footnote mark)."""
+    if step.get("sender_bound"):
+        return "sender-bound"
+    reason = failure_reason(step)
+    if reason is None:
+        return "ok"
+    return "FAIL " + (notes.mark(reason) if notes is not None else reason)

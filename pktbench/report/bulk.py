@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pktbench.report._common import Target, is_number, open_text
+from pktbench.report._common import Footnotes, Target, header, is_number, open_text, wrap_lines
 from pktbench.results import LINK_MODELS
 
 
@@ -41,11 +41,13 @@ def _plan_line(plan: Mapping[str, Any]) -> str:
 
 
 def _step_rows(steps: Any, transport: str) -> tuple[list[str], list[list[Any]]]:
-    headers = ["step", "streams", "goodput Gbit/s", "on-wire Gbit/s", "% link", "retrans",
-               "sender CPU%", "receiver CPU%"]
+    headers = [header("step"), header("streams"), header("goodput", "Gbit/s"),
+               header("on-wire", "Gbit/s"), header("link", "%"),
+               header("retransmits", "segments"), header("sender CPU", "%"),
+               header("receiver CPU", "%")]
     if transport == "udp":
-        headers[1] = "offered Gbit/s"
-        headers[5] = "loss %"
+        headers[1] = header("offered", "Gbit/s")
+        headers[5] = header("loss", "%")
     rows = []
     for step in steps:
         tcp = step["transport"] == "tcp"
@@ -69,11 +71,25 @@ def _stream_lines(step: Mapping[str, Any]) -> list[str]:
     rows = [[s["stream_id"], s["source_port"],
              s["path"] if s["path"] is not None and s["path"] >= 0 else "-",
              _gbit(s["goodput_bps"]), _gbit(s["wire_bps"]),
-             _dash(s["retransmits"]), _dash(s["cwnd_segments"]), _dash(s["rtt_us"]),
-             s["error"] or ""] for s in step["streams"]]
+             _dash(s["retransmits"]), _dash(s["cwnd_segments"]), _dash(s["rtt_us"])]
+            for s in step["streams"]]
+    headers = [header("stream"), header("src port"), header("path"),
+               header("goodput", "Gbit/s"), header("on-wire", "Gbit/s"),
+               header("retransmits", "segments"), header("cwnd", "segments"),
+               header("rtt", "us")]
+    if step.get("transport") == "udp":  # one datagram flow: no TCP figures to show
+        headers = headers[:5]
+        rows = [row[:5] for row in rows]
+    errors = [s["error"] or "" for s in step["streams"]]
+    if any(errors):  # a column only when some stream has something to say in it
+        notes = Footnotes()
+        headers.append(header("error"))
+        for row, error in zip(rows, errors):
+            row.append(notes.mark(error) if error else "")
     lines = ["", f"step {step['index'] + 1} per stream:",
-             tabulate(rows, headers=["stream", "src port", "path", "Gbit/s", "on-wire",
-                                     "retrans", "cwnd", "rtt us", ""], disable_numparse=True)]
+             tabulate(rows, headers=headers, disable_numparse=True)]
+    if any(errors):
+        lines += notes.lines()
     per_path = step.get("per_path")
     if per_path:
         lines.append("per path (interface counters, " + per_path[0]["direction"] + "): "
@@ -104,12 +120,13 @@ def _ceiling_lines(ceiling: Mapping[str, Any], transport: str) -> list[str]:
     return lines
 
 
-def render_bulk(result: Any) -> str:
+def render_bulk(result: Any, wide: bool = False) -> str:
     """The bulk result as text: the step table, each step's streams, overhead, the ceiling.
 
     Args:
         result: a bulk result (its `config`, `target`, `plan`, `steps` and
             `ceiling`, as `pktbench.run_bulk` returns it).
+        wide: leave long lines whole (default: prose wraps at TABLE_WIDTH).
 
     Returns:
         The report without a trailing newline.
@@ -126,10 +143,16 @@ def render_bulk(result: Any) -> str:
     for step in result.steps:
         lines += _stream_lines(step)
     lines += _ceiling_lines(result.ceiling or {}, transport)
-    return "\n".join(lines)
+    return "\n".join(lines if wide else wrap_lines(lines))
 
 
 def write_bulk_table(result: Any, target: Target) -> None:
     """Reporter ("bulk", "table"): `render_bulk` and a newline to a stream, path or "-"."""
     with open_text(target) as stream:
         stream.write(render_bulk(result) + "\n")
+
+
+def write_bulk_wide(result: Any, target: Target) -> None:
+    """Reporter ("bulk", "wide"): `render_bulk(result, wide=True)`."""
+    with open_text(target) as stream:
+        stream.write(render_bulk(result, wide=True) + "\n")

@@ -14,18 +14,50 @@ from typing import Any
 from tabulate import tabulate
 
 from pktbench.report._common import (
+    Footnotes,
     Target,
     fmt_loss_percent,
     fmt_pps,
     fmt_ratio,
     fmt_us,
+    header,
     is_number,
     open_text,
+    wrap_lines,
 )
 
 
 def _cell_pps(value: Any) -> str:
     return f"{fmt_pps(value)} pps" if is_number(value) else "none"
+
+
+def _rate_table(comparison: Mapping[str, Any], wide: bool) -> str:
+    """Rate by rate; the default leaves out the p50 columns to fit TABLE_WIDTH."""
+    la, lb = comparison["a"]["label"], comparison["b"]["label"]
+    rate_rows = []
+    for row in comparison["rates"]:
+        cells = [fmt_pps(row["offered_pps"]),
+                 fmt_pps(row["a_received_pps"]), fmt_pps(row["b_received_pps"]),
+                 fmt_loss_percent(row["a_loss_ratio"]), fmt_loss_percent(row["b_loss_ratio"])]
+        if wide:
+            cells += [fmt_us(row["a_p50_us"]), fmt_us(row["b_p50_us"]),
+                      fmt_ratio(row["p50_ratio"]), row["p50_verdict"]]
+        cells += [fmt_us(row["a_p99_us"]), fmt_us(row["b_p99_us"]),
+                  fmt_ratio(row["p99_ratio"]), row["p99_verdict"]]
+        rate_rows.append(cells)
+    if wide:
+        headers = ["offered pps", f"{la} recv pps", f"{lb} recv pps", f"{la} loss %",
+                   f"{lb} loss %", f"{la} p50 us", f"{lb} p50 us", "p50 B/A", "p50",
+                   f"{la} p99 us", f"{lb} p99 us", "p99 B/A", "p99"]
+        align: tuple[str, ...] = ("right",) * 8 + ("left",) + ("right",) * 3 + ("left",)
+    else:
+        # A and B, not the labels, which can be long file names
+        headers = [header("offered", "pps"), header("A recv", "pps"), header("B recv", "pps"),
+                   header("A loss", "%"), header("B loss", "%"), header("A p99", "us"),
+                   header("B p99", "us"), header("p99", "B/A"), header("p99", "B is")]
+        align = ("right",) * 8 + ("left",)
+    return tabulate(rate_rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                    colalign=align)
 
 
 def _gbit(value: Any) -> str:
@@ -41,8 +73,11 @@ def _plain(value: Any, digits: int = 1) -> str:
         "-" if value is None else str(value))
 
 
-def render_bulk_compare(comparison: Mapping[str, Any]) -> str:
-    """Two bulk tests as text: who is A and B, the ceilings, then step by step."""
+def render_bulk_compare(comparison: Mapping[str, Any], wide: bool = False) -> str:
+    """Two bulk tests as text: who is A and B, the ceilings, then step by step.
+
+    Prose lines wrap at TABLE_WIDTH unless `wide`.
+    """
     a, b = comparison["a"], comparison["b"]
     lines = []
     for side in (a, b):
@@ -75,13 +110,16 @@ def render_bulk_compare(comparison: Mapping[str, Any]) -> str:
     if isinstance(tolerance, (int, float)):
         lines += ["", f"changes within {tolerance * 100:g}% count as same; "
                       "throughput: higher is better"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines if wide else wrap_lines(lines)) + "\n"
 
 
-def render_compare(comparison: Mapping[str, Any]) -> str:
-    """The comparison as text: who is A and B, the headline rates, then rate by rate."""
+def render_compare(comparison: Mapping[str, Any], wide: bool = False) -> str:
+    """The comparison as text: who is A and B, the headline rates, then rate by rate.
+
+    By default every line fits TABLE_WIDTH; `wide` adds the p50 columns.
+    """
     if comparison.get("kind") == "bulk":
-        return render_bulk_compare(comparison)
+        return render_bulk_compare(comparison, wide)
     a, b = comparison["a"], comparison["b"]
     lines = []
     for side in (a, b):
@@ -90,39 +128,36 @@ def render_compare(comparison: Mapping[str, Any]) -> str:
         mtu = f", MTU {side['mtu']}" if side.get("mtu") else ""
         lines.append(f"{side['label']}: {facts}{mtu} ({side['steps']} steps)")
     lines.append("")
+    notes = Footnotes()  # a verdict's note goes under the table, unless --wide
+
+    def verdict(row: Mapping[str, Any]) -> str:
+        if not row.get("note"):
+            return str(row["verdict"])
+        return f"{row['verdict']} " + (f"({row['note']})" if wide else notes.mark(row["note"]))
+
     rows = [[row["name"], _cell_pps(row["a"]), _cell_pps(row["b"]), fmt_ratio(row["ratio"]),
-             row["verdict"] + (f" ({row['note']})" if row.get("note") else "")]
-            for row in comparison["summary"]]
+             verdict(row)] for row in comparison["summary"]]
     lines.append(tabulate(rows, headers=["", a["label"], b["label"], "B/A", "B is"],
                           tablefmt="simple", disable_numparse=True,
                           colalign=("left", "right", "right", "right", "left")))
+    lines += notes.lines()
     if comparison["rates"]:
-        lines += ["", "at the offered rates both sweeps ran (medians of repeats):"]
-        rate_rows = []
-        for row in comparison["rates"]:
-            rate_rows.append([
-                fmt_pps(row["offered_pps"]),
-                fmt_pps(row["a_received_pps"]), fmt_pps(row["b_received_pps"]),
-                fmt_loss_percent(row["a_loss_ratio"]), fmt_loss_percent(row["b_loss_ratio"]),
-                fmt_us(row["a_p50_us"]), fmt_us(row["b_p50_us"]),
-                fmt_ratio(row["p50_ratio"]), row["p50_verdict"],
-                fmt_us(row["a_p99_us"]), fmt_us(row["b_p99_us"]),
-                fmt_ratio(row["p99_ratio"]), row["p99_verdict"],
-            ])
-        la, lb = a["label"], b["label"]
-        headers = ["offered pps", f"{la} recv pps", f"{lb} recv pps", f"{la} loss %",
-                   f"{lb} loss %", f"{la} p50 us", f"{lb} p50 us", "p50 B/A", "p50",
-                   f"{la} p99 us", f"{lb} p99 us", "p99 B/A", "p99"]
-        lines.append(tabulate(rate_rows, headers=headers, tablefmt="simple",
-                              disable_numparse=True,
-                              colalign=("right",) * 8 + ("left",) + ("right",) * 3 + ("left",)))
+        lines += ["", "at the offered rates both sweeps ran (medians of repeats"
+                  + ("):" if wide else f"; A: {a['label']}, B: {b['label']}):")]
+        lines.append(_rate_table(comparison, wide))
     else:
         lines += ["", "the two sweeps share no offered rate: no per-rate comparison"]
     tolerance = comparison.get("tolerance")
     if isinstance(tolerance, (int, float)):
         lines += ["", f"changes within {tolerance * 100:g}% count as same; "
                       "rates: higher is better, latency and loss: lower is better"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines if wide else wrap_lines(lines)) + "\n"
+
+
+def write_compare_wide(comparison: Mapping[str, Any], target: Target) -> None:
+    """Reporter ("compare", "wide"): every column."""
+    with open_text(target) as stream:
+        stream.write(render_compare(comparison, wide=True) + "\n")
 
 
 def write_compare_table(comparison: Mapping[str, Any], target: Target) -> None:

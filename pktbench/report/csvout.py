@@ -4,7 +4,8 @@ Owns: the flattening (latency_us.p50, receiver.drops.bad_token, ...) and the
 column order (the first step's keys in document order, then any key first
 seen in a later step). Numbers are written with repr, so a float read back
 equals the JSON value exactly; None is an empty cell, booleans are
-true/false, the failures list is joined with "; ".
+true/false, the failures list is joined with "; ". The last column, `knee`,
+is true on the knee step only.
 
 Must not: compute or round anything.
 """
@@ -59,13 +60,23 @@ def render_csv(result: SweepResult) -> str:
     return buffer.getvalue()
 
 
+# The last column: true on the step the knee finder named the knee (the
+# first with its step_index), false on every other, so a spreadsheet can
+# filter to it.
+KNEE_COLUMN = "knee"
+
+
 def _write(result: SweepResult, stream: Any) -> None:
     columns = csv_columns(result)
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([*columns, KNEE_COLUMN])
+    knee_index = result.knee.get("step_index") if result.knee else None
+    marked = False  # repeats of a rate share an index: the first is marked, as in the table
     for step in result.steps:
         flat = flatten_step(step)
-        writer.writerow([_cell(flat.get(c)) for c in columns])
+        is_knee = not marked and knee_index is not None and step.get("index") == knee_index
+        marked = marked or is_knee
+        writer.writerow([*(_cell(flat.get(c)) for c in columns), _cell(is_knee)])
 
 
 def write_csv(result: SweepResult, target: Target) -> None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pktbench.report._common import Target, open_text
+from pktbench.report._common import Target, header, open_text, wrap_lines
 
 
-def render_decode(result: Any) -> str:
+def render_decode(result: Any, wide: bool = False) -> str:
     """The decode result as a table, one row per flow, plus a totals line.
 
     Args:
         result: a pktbench.decode.DecodeResult.
+        wide: one line per flow with every column (default: source over
+            destination, token, byte, duration and warm-up columns left to
+            --wide and the JSON, so every line fits TABLE_WIDTH).
 
     Returns:
         The text, without a trailing newline.
@@ -28,17 +31,27 @@ def render_decode(result: Any) -> str:
 
     # Measured and warm-up packets apart: the measured columns are what the
     # run's own counters report.
-    rows = [[
-        f"{f.src}:{f.src_port}", f"{f.dst}:{f.dst_port}", f.stream_id, f"{f.token:x}", f.kind,
-        f.packets, f.payload_bytes,
-        f"{f.size_min_bytes}" if f.size_min_bytes == f.size_max_bytes
-        else f"{f.size_min_bytes}-{f.size_max_bytes}",
-        f"{f.duration_s:.3f}", f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets,
-        f.reordered_packets, f.warmup_packets,
-    ] for f in result.flows]
-    headers = ["source", "destination", "stream", "token", "kind", "packets", "payload_bytes",
-               "size_bytes", "duration_s", "rate_pps", "missing", "duplicate", "reordered",
-               "warm-up"]
+    if wide:
+        rows = [[
+            f"{f.src}:{f.src_port}", f"{f.dst}:{f.dst_port}", f.stream_id, f"{f.token:x}",
+            f.kind, f.packets, f.payload_bytes,
+            f"{f.size_min_bytes}" if f.size_min_bytes == f.size_max_bytes
+            else f"{f.size_min_bytes}-{f.size_max_bytes}",
+            f"{f.duration_s:.3f}", f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets,
+            f.reordered_packets, f.warmup_packets,
+        ] for f in result.flows]
+        headers = ["source", "destination", "stream", "token", "kind", "packets",
+                   "payload_bytes", "size_bytes", "duration_s", "rate_pps", "missing",
+                   "duplicate", "reordered", "warm-up"]
+    else:
+        rows = [[
+            f"{f.src}:{f.src_port}\n-> {f.dst}:{f.dst_port}", f.stream_id, f.kind, f.packets,
+            f"{f.rate_pps:.0f}", f.missing_packets, f.duplicate_packets, f.reordered_packets,
+        ] for f in result.flows]
+        # warm-up packets are in the totals line below
+        headers = [header("source", "-> destination"), header("stream"), header("kind"),
+                   header("packets"), header("rate", "pps"), header("missing", "packets"),
+                   header("duplicate", "packets"), header("reordered", "packets")]
     lines = [tabulate(rows, headers=headers, tablefmt="simple") if rows
              else "no pktbench packets found"]
     lines.append(
@@ -54,13 +67,19 @@ def render_decode(result: Any) -> str:
     if result.version_mismatch_packets:
         lines.append(f"{result.version_mismatch_packets} packets carry pktbench's magic but not "
                      f"wire version {wire.VERSION}: decode them with the pktbench that sent them")
-    return "\n".join(lines)
+    return "\n".join(lines if wide else wrap_lines(lines))
 
 
 def write_decode_table(result: Any, target: Target) -> None:
     """Reporter ("decode", "table")."""
     with open_text(target) as stream:
         stream.write(render_decode(result) + "\n")
+
+
+def write_decode_wide(result: Any, target: Target) -> None:
+    """Reporter ("decode", "wide"): every column, one line per flow."""
+    with open_text(target) as stream:
+        stream.write(render_decode(result, wide=True) + "\n")
 
 
 def write_decode_json(result: Any, target: Target) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 from tabulate import tabulate
 
 from pktbench.report._common import (
+    TABLE_WIDTH,
+    Footnotes,
     Target,
     counts_requests,
     fmt_loss_percent,
@@ -25,10 +27,12 @@ from pktbench.report._common import (
     fmt_path,
     fmt_pps,
     fmt_us,
+    header,
     is_number,
     open_text,
     received_label,
     step_verdict,
+    wrap_lines,
 )
 from pktbench.results import SweepResult
 
@@ -108,15 +112,30 @@ def _path_cells(step: Mapping[str, Any]) -> list[str]:
             f"{path.get('retransmits', 0):,}"]
 
 
-def _request_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
-    """A sweep counted in requests: rates in req/s, late and unanswered apart, the path."""
+_NARROW_DROPS = (1, 8, 10)  # sent, p50, max of a request row
+
+
+def _request_rows(result: SweepResult, notes: Footnotes | None
+                  ) -> tuple[list[str], list[list[str]]]:
+    """A sweep counted in requests: rates in req/s, late and unanswered apart, the path.
+
+    The narrow table leaves out the sent rate, p50 and max latency, which the
+    --wide table and the JSON keep.
+    """
     repeats = _has_repeats(result)
+    wide = notes is None
     knee_index = result.knee.get("step_index") if result.knee else None
-    headers = ["offered req/s", "sent req/s", "answered req/s", "late %", "unanswered %",
-               "to server pkt/s", "back pkt/s", "retrans", "p50 us", "p99 us", "max us",
-               "verdict"]
+    if wide:
+        headers = ["offered req/s", "sent req/s", "answered req/s", "late %", "unanswered %",
+                   "to server pkt/s", "back pkt/s", "retrans", "p50 us", "p99 us", "max us",
+                   "verdict"]
+    else:
+        headers = [header("offered", "req/s"), header("answered", "req/s"),
+                   header("late", "%"), header("unansw.", "%"), header("to srv", "pkt/s"),
+                   header("back", "pkt/s"), header("retrans"), header("p99", "us"),
+                   header("verdict")]
     if repeats:
-        headers.insert(1, "rep")
+        headers.insert(1, "rep" if wide else header("rep"))
     headers.insert(0, "")
     rows: list[list[str]] = []
     marked = False
@@ -125,7 +144,9 @@ def _request_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
                fmt_pps(step.get("answered_rps")), _share(step, "late_requests"),
                _share(step, "unanswered_requests"), *_path_cells(step),
                *(fmt_us(_latency(step, k)) for k in ("p50", "p99", "max")),
-               step_verdict(step)]
+               step_verdict(step, notes)]
+        if not wide:  # sent, p50 and max stay in --wide and the JSON
+            row = [cell for i, cell in enumerate(row) if i not in _NARROW_DROPS]
         is_knee = not marked and knee_index is not None and step.get("index") == knee_index
         marked = marked or is_knee
         if repeats:
@@ -135,20 +156,39 @@ def _request_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
+def _step_rows(result: SweepResult, notes: Footnotes | None
+               ) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows; with `notes` (the default, narrow table) failure reasons go there.
+
+    The narrow table leaves out what a wide one adds: max latency, send lag
+    and the payload rate of rr steps, which the --wide table and the JSON keep.
+    """
     if _in_requests(result):
-        return _request_rows(result)
+        return _request_rows(result, notes)
     workload = _workload(result)
     repeats = _has_repeats(result)
+    wide = notes is None
     knee_index = result.knee.get("step_index") if result.knee else None
-    headers = ["offered pps", "sent pps", f"{received_label(workload)} pps", "loss %"]
-    if workload == "rr":
-        headers += ["p50 us", "p99 us", "p99.9 us", "max us"]
+    label = received_label(workload)
+    if wide:
+        headers = ["offered pps", "sent pps", f"{label} pps", "loss %"]
+        if workload == "rr":
+            headers += ["p50 us", "p99 us", "p99.9 us", "max us"]
+        else:
+            headers += ["jitter us"]
+        headers += ["lag p99 us", "rx Mbit/s", "verdict"]
     else:
-        headers += ["jitter us"]
-    headers += ["lag p99 us", "rx Mbit/s", "verdict"]
+        headers = [header("offered", "pps"), header("sent", "pps"), header(label, "pps"),
+                   header("loss", "%")]
+        if workload == "rr":
+            headers += [header("p50", "us"), header("p99", "us"), header("p99.9", "us"),
+                        header("max", "us")]
+        else:
+            headers += [header("jitter", "us"), header("lag p99", "us"),
+                        header("rx", "Mbit/s")]
+        headers += [header("verdict")]
     if repeats:
-        headers.insert(1, "rep")
+        headers.insert(1, "rep" if wide else header("rep"))
     headers.insert(0, "")  # the knee mark, where the eye starts reading a row
     rows: list[list[str]] = []
     marked = False
@@ -160,8 +200,10 @@ def _step_rows(result: SweepResult) -> tuple[list[str], list[list[str]]]:
         else:
             row += [fmt_us(step.get("jitter_us"))]
         lag = step.get("send_lag_us")
-        row += [fmt_us(lag.get("p99") if isinstance(lag, Mapping) else None),
-                fmt_mbit(step.get("received_bps")), step_verdict(step)]
+        if wide or workload != "rr":
+            row += [fmt_us(lag.get("p99") if isinstance(lag, Mapping) else None),
+                    fmt_mbit(step.get("received_bps"))]
+        row.append(step_verdict(step, notes))
         is_knee = not marked and knee_index is not None and step.get("index") == knee_index
         marked = marked or is_knee
         if repeats:
@@ -323,17 +365,27 @@ def _summary_lines(result: SweepResult) -> list[str]:
     return lines
 
 
-def render_table(result: SweepResult) -> str:
-    """The sweep as text: headline, one row per step, the knee marked, summary lines."""
-    headers, rows = _step_rows(result)
-    align = ["right"] * (len(headers) - 2) + ["left", "left"]
+def render_table(result: SweepResult, wide: bool = False) -> str:
+    """The sweep as text: headline, one row per step, the knee marked, summary lines.
+
+    By default every line fits TABLE_WIDTH (100) columns: failure reasons are
+    numbered footnotes under the table and prose lines wrap. `wide` shows
+    every column, reasons in the verdict column, and wraps nothing.
+    """
+    notes = None if wide else Footnotes()
+    headers, rows = _step_rows(result, notes)
+    align = ["left"] + ["right"] * (len(headers) - 2) + ["left"]
     parts = [_headline(result), ""]
     if rows:
         parts.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
                               colalign=align))
+    if notes is not None and notes.texts:
+        parts += notes.lines()
     parts += _spread_lines(result)
     parts.append("")
     parts += _summary_lines(result)
+    if not wide:
+        parts = wrap_lines(parts)
     return "\n".join(parts) + "\n"
 
 
@@ -374,8 +426,17 @@ def _request_step_rows(step: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def step_table(step: Mapping[str, Any]) -> str:
-    """One step (as `pktbench run` measures it) as label/value lines."""
+def write_wide_table(result: SweepResult, target: Target) -> None:
+    """Reporter "wide": `render_table(result, wide=True)`, every column."""
+    with open_text(target) as stream:
+        stream.write(render_table(result, wide=True))
+
+
+def step_table(step: Mapping[str, Any], wide: bool = False) -> str:
+    """One step (as `pktbench run` measures it) as label/value lines.
+
+    Values wrap to keep every line within TABLE_WIDTH unless `wide`.
+    """
     workload = step.get("workload", "rr")
     label = received_label(workload)
     rows: list[list[str]]
@@ -420,7 +481,9 @@ def step_table(step: Mapping[str, Any]) -> str:
             rows.append(["receiver drops", text])
     if "failures" in step or "sender_bound" in step:
         rows.append(["verdict", step_verdict(step)])
-    return tabulate(rows, tablefmt="plain", disable_numparse=True) + "\n"
+    label_width = max(len(r[0]) for r in rows)
+    widths = None if wide else [None, TABLE_WIDTH - label_width - 2]
+    return tabulate(rows, tablefmt="plain", disable_numparse=True, maxcolwidths=widths) + "\n"
 
 
 def write_step_table(step: Mapping[str, Any], target: Target) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pktbench.report._common import Target, open_text
+from pktbench.report._common import Target, open_text, wrap_line
 
 
-def render_validation(report: Any) -> str:
+def render_validation(report: Any, wide: bool = False) -> str:
     """The report as a table (case, expected, observed, result) with a verdict line.
 
     Args:
         report: a pktbench.validate.ValidationReport.
+        wide: wrap the text columns wider (default: every line fits TABLE_WIDTH).
 
     Returns:
         The text, without a trailing newline.
@@ -26,7 +27,7 @@ def render_validation(report: Any) -> str:
 
     rows = [(c.name, c.expected, c.observed, c.status) for c in report.cases]
     table = tabulate(rows, headers=("case", "expected", "observed", "result"),
-                     maxcolwidths=[None, 34, 60, None])
+                     maxcolwidths=[None, 34, 60, None] if wide else [None, 24, 36, None])
     failed, skipped = len(report.failures), len(report.skipped)
     passed = len(report.cases) - failed - skipped
     verdict = (f"{report.target} ({report.server}): {passed} passed, {failed} failed, "
@@ -35,13 +36,19 @@ def render_validation(report: Any) -> str:
         reasons = sorted({c.observed.removeprefix("skipped (").removesuffix(")")
                           for c in report.skipped})
         verdict += f" ({'; '.join(reasons)}: not passed, not failed)"
-    return f"{table}\n{verdict}"
+    return table + "\n" + "\n".join([verdict] if wide else wrap_line(verdict))
 
 
 def write_validation_table(report: Any, target: Target) -> None:
     """Reporter ("validate", "table")."""
     with open_text(target) as stream:
         stream.write(render_validation(report) + "\n")
+
+
+def write_validation_wide(report: Any, target: Target) -> None:
+    """Reporter ("validate", "wide"): the text columns wrapped wider."""
+    with open_text(target) as stream:
+        stream.write(render_validation(report, wide=True) + "\n")
 
 
 def write_validation_json(report: Any, target: Target) -> None:

@@ -1056,6 +1056,8 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
         "per_path": sampler.report(False),
         "udp_step": {k: step[k] for k in ("sent_packets", "received_packets", "lost_packets",
                                           "sent_pps", "received_pps", "sender_bound")},
+        # GSO (StepParams' default, auto) is where UDP bulk gets its throughput
+        "engine": step.get("engine"),
     }
 
 

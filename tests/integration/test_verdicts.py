@@ -209,14 +209,16 @@ def test_redis_behind_a_policer_knee_shows_the_paths_packet_rates(
     assert bad["attribution"] in ("late", "unanswered")
 
     # the knee line names the path's packet rates both ways, in pkt/s, and req/s
-    knee_line = next(line for line in done.stdout.splitlines() if line.startswith("knee: "))
+    # (prose lines wrap at 100 columns: read them joined)
+    text = " ".join(done.stdout.split())
+    knee_line = text[text.index("knee: "):text.index(" criterion: ")]
     assert knee_line.startswith(f"knee: {bad['offered_rps']:,.0f} req/s offered (path: "
                                 f"{asked['toward_server_pps']:,.0f} pkt/s toward server "
                                 f"(offered {asked['offered_toward_server_pps']:,.0f} at ")
     assert f", {asked['back_pps']:,.0f} back, {asked['retransmits']:,} retransmit" in knee_line
     assert "late or unanswered" in knee_line and "loss" not in knee_line
     assert f"last good rate: {good['offered_rps']:,.0f} req/s (path: " \
-           f"{carried['toward_server_pps']:,.0f} pkt/s toward server" in done.stdout
+           f"{carried['toward_server_pps']:,.0f} pkt/s toward server" in text
     assert "path-bound" not in done.stdout + done.stderr
     live = [line for line in done.stderr.splitlines() if line.startswith("step ")]
     assert live and all(" req/s " in line and " pps" not in line for line in live), live

@@ -1,0 +1,543 @@
+"""`Watch`: one target under a steady open-loop probe for as long as asked.
+
+Owns: the probe's life on the client side: connecting and re-connecting,
+running the probe as a chain of bounded server steps, feeding every request's
+answer to the Tracker, the change-over records that carry the server's
+one-way counts, the knee checks that pause the probe, and the records all of
+this produces (handed to one `emit` callable: the JSONL file, the metrics
+endpoint and the console all hang off it).
+
+How a days-long probe stays inside the server's limits: every step is an
+ordinary bounded step (duration `lease_s`, so the server's hard deadline is
+lease + timeout + 10 s). The client changes over to a new step after
+`step_s` once the path is answering (and soon after an outage ends, so that
+step's server counters split the outage's loss into up and down), or at the
+lease's end whatever the path does. A change-over costs one drain and two
+control round trips (tens of ms, recorded in the step record, never counted
+as loss); sequence numbers carry on across steps and sessions.
+
+rr is timed to the packet: the engine keeps each request's answer
+(PacedSender keep_replies) and the Tracker reads them once final. blast and
+rr-tcp run back-to-back steps of one interval each and are timed to the
+interval.
+
+Must not: raise on loss, timeouts or a vanished server; only bad
+configuration (refused step, bad secret) ends a watch with an error.
+"""
+from __future__ import annotations
+
+import errno
+import math
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pktbench import engine, wire
+from pktbench._version import __version__
+from pktbench.address import Target
+from pktbench.errors import AuthError, ConfigError, PktbenchError
+from pktbench.protocol import StepParams
+from pktbench.watch.tracker import Record, Tracker
+
+WORKLOADS = ("rr", "blast", "rr-tcp")
+TICK_S = 0.1  # how often final answers are read and the control socket looked at
+_FINAL_MARGIN_S = 0.03  # the engine reads replies in 20 ms chunks: a margin past the timeout
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    target: Target
+    workload: str = "rr"
+    rate_pps: float = 1000.0
+    size_bytes: int = 64
+    interval_s: float = 1.0
+    duration_s: float | None = None  # None: until stopped
+    timeout_s: float = 1.0  # a reply later than this is late, and the request lost
+    outage_min_s: float = 0.05  # a loss run at least this long is an outage
+    step_s: float = 60.0  # change over to a new step this often (path answering)
+    lease_s: float = 600.0  # the longest step asked of the server
+    secret: bytes | None = None
+    knee_every_s: float | None = None
+    knee_profile: str | None = None
+    reconnect_s: float = 0.5  # first retry delay; doubles to reconnect_max_s
+    reconnect_max_s: float = 5.0
+    connect_timeout_s: float = 3.0
+
+    def check(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ConfigError(f"--workload must be one of {', '.join(WORKLOADS)}")
+        if not 0 < self.rate_pps <= 1_000_000:
+            raise ConfigError("--rate must be > 0 and at most 1,000,000 pps")
+        if not 0.05 <= self.interval_s <= 3600:
+            raise ConfigError("--interval must be 0.05 s to 1 h")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError("--duration must be > 0 (or forever)")
+        if not 0 < self.timeout_s <= 4.0:
+            raise ConfigError("--timeout must be > 0 and at most 4 s")
+        if self.rate_pps * self.timeout_s * 2 > 60_000_000:
+            raise ConfigError("--rate x --timeout is too large to keep every answer")
+        if self.knee_every_s is not None and self.knee_profile is None:
+            raise ConfigError("--knee-every needs --knee-profile NAME")
+        if self.knee_every_s is not None and self.knee_every_s < 1:
+            raise ConfigError("--knee-every must be at least 1 s")
+
+
+class _StepLost(Exception):
+    """The step (and its session) is gone; the watch reconnects."""
+
+
+@dataclass
+class _Step:
+    number: int
+    seq_base: int
+    start_s: float
+    outages: list[Record] = field(default_factory=list)
+
+
+class Watch:
+    """A steady probe of one target; `run()` until the duration or `stop`.
+
+    `emit` receives every record (dicts of JSON types) in order: "start",
+    "session", "interval", "outage_start", "outage", "step", "pause",
+    "knee", "resume", "hour", "end". It is called from the thread that
+    runs `run()`. `outage` records are meant to be made durable at once.
+    """
+
+    def __init__(self, config: WatchConfig, emit: Callable[[Record], None], *,
+                 stop: threading.Event | None = None) -> None:
+        config.check()
+        self.config = config
+        self._emit_to = emit
+        self.stop = stop or threading.Event()
+        self.tracker = Tracker(self._emit, interval_s=config.interval_s,
+                               outage_min_s=config.outage_min_s)
+        self.sessions = 0
+        self.steps = 0
+        self.knees: list[Record] = []
+        self.target_label = str(config.target)
+        self._client: Any = None
+        self._seq = 0  # global sequence number of the next request
+        self._start_s = 0.0
+        self._end_s = math.inf
+        self._next_knee_s = math.inf
+        self._held: list[Record] = []  # outages waiting for their step's one-way counts
+        self._step: _Step | None = None
+        self._lease_s = config.lease_s
+        self._last_due_ns: int | None = None  # the last request of the step before
+
+    # -- records ------------------------------------------------------------
+    def _emit(self, record: Record) -> None:
+        record.setdefault("target", self.target_label)
+        if record["type"] == "outage" and self._step is not None \
+                and self.config.workload == "rr":
+            self._held.append(record)  # until the step's server counts say which way
+            return
+        self._emit_to(record)
+
+    # -- the watch ----------------------------------------------------------
+    def run(self) -> Record:
+        cfg = self.config
+        self._start_s = time.time()
+        if cfg.duration_s is not None:
+            self._end_s = self._start_s + cfg.duration_s
+        if cfg.knee_every_s is not None:
+            self._next_knee_s = self._start_s + cfg.knee_every_s
+        self._emit({"type": "start", "start": round(self._start_s, 6),
+                    "version": __version__, "engine": engine.ENGINE_NAME,
+                    "workload": cfg.workload, "rate_pps": cfg.rate_pps,
+                    "size_bytes": cfg.size_bytes, "interval_s": cfg.interval_s,
+                    "duration_s": cfg.duration_s, "timeout_s": cfg.timeout_s,
+                    "outage_min_s": cfg.outage_min_s, "step_s": cfg.step_s,
+                    "lease_s": cfg.lease_s, "knee_every_s": cfg.knee_every_s,
+                    "knee_profile": cfg.knee_profile})
+        reason = "duration reached"
+        try:
+            while not self._done():
+                if self._client is None and not self._connect():
+                    continue
+                if time.time() >= self._next_knee_s:
+                    self._knee_check()
+                    continue
+                try:
+                    if cfg.workload == "rr":
+                        self._rr_step()
+                    else:
+                        self._interval_steps()
+                except _StepLost as lost:
+                    self._lose_session(str(lost))
+            if self.stop.is_set():
+                reason = "stopped"
+        finally:
+            self._close_client()
+            self.tracker.flush()
+            for record in self._held:
+                record["direction"] = "unknown: the watch ended before its step did"
+                self._emit_to(record)
+            self._held.clear()
+            end = {"type": "end", "end": round(time.time(), 6), "reason": reason,
+                   "sessions": self.sessions, "steps": self.steps,
+                   "intervals": self.tracker.totals.intervals,
+                   "sent": self.tracker.totals.sent, "received": self.tracker.totals.received,
+                   "lost": self.tracker.totals.lost, "outages": self.tracker.totals.outages,
+                   "target": self.target_label}
+            if self.tracker.open_outage is not None:
+                end["open_outage"] = self.tracker.open_outage
+            self._emit_to(end)
+        return end
+
+    def _done(self) -> bool:
+        return self.stop.is_set() or time.time() >= self._end_s
+
+    def _idle_until(self, until_s: float) -> None:
+        """No probe running (disconnected, paused): intervals still close."""
+        while not self.stop.is_set():
+            now = time.time()
+            self.tracker.advance(now - self.config.timeout_s)
+            if now >= until_s:
+                return
+            self.stop.wait(min(TICK_S, until_s - now))
+
+    # -- sessions -----------------------------------------------------------
+    def _connect(self) -> bool:
+        from pktbench.session import Client
+        delay = self.config.reconnect_s
+        self.tracker.state = "disconnected"
+        failures = 0
+        while not self._done():
+            client = Client(self.config.target, secret=self.config.secret,
+                            connect_timeout_s=self.config.connect_timeout_s)
+            try:
+                client.connect()
+            except AuthError:
+                raise
+            except (PktbenchError, OSError) as exc:
+                client.close()
+                if failures == 0:  # the first of a streak: the file need not grow while down
+                    self._emit({"type": "connect_failed", "start": round(time.time(), 6),
+                                "reason": str(exc)})
+                    self.tracker.note_control(f"{_now()}: connect failed: {exc}")
+                failures += 1
+                self._idle_until(time.time() + delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+                continue
+            self._client = client
+            self.sessions += 1
+            reason = "start" if self.sessions == 1 else "reconnected after the session was lost"
+            if self.sessions > 1:
+                self.tracker.note_control(f"{_now()}: new session {self.sessions} "
+                                          f"({client.server_name})")
+            self.tracker.state = "probing"
+            self.tracker.context = {"session": self.sessions}
+            self._emit({"type": "session", "session": self.sessions,
+                        "start": round(time.time(), 6), "server": client.server_name,
+                        "reason": reason, "failed_connects": failures})
+            return True
+        return False
+
+    def _lose_session(self, why: str) -> None:
+        self.tracker.note_control(f"{_now()}: {why}")
+        self._emit({"type": "session_lost", "session": self.sessions,
+                    "start": round(time.time(), 6), "reason": why})
+        self._step = None
+        self._last_due_ns = None
+        for record in self._held:
+            record["direction"] = "unknown: the session ended with the step"
+            self._emit_to(record)
+        self._held.clear()
+        self._close_client()
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except (PktbenchError, OSError):
+                pass
+
+    def _control_gone(self) -> str | None:
+        """Why the control connection is unusable mid-step, or None while it is fine.
+
+        Nothing is due from the server mid-step, so any readable byte (or end
+        of file) means the step is over on the server's side."""
+        sock = self._client._control  # noqa: SLF001
+        if sock is None:
+            return "control connection closed"
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return "control connection failed"
+        if not readable:
+            return None
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return f"control connection failed: {exc.strerror or exc}"
+        if not data:
+            return "control connection closed by the server"
+        return "the server ended the step (it sent a message mid-step)"
+
+    def _begin(self, params: StepParams) -> Any:
+        try:
+            return self._client.begin_step(params)
+        except ConfigError as exc:
+            if self._lease_s > 4 * self.config.interval_s and "limit" in str(exc):
+                self._lease_s = max(self._lease_s / 4, 2 * self.config.interval_s)
+                raise _StepLost(f"step refused ({exc}); asking for {self._lease_s:g} s "
+                                "steps") from None
+            raise
+        except (PktbenchError, OSError) as exc:
+            raise _StepLost(f"step not armed: {exc}") from None
+
+    # -- rr: timed to the packet --------------------------------------------
+    def _rr_step(self) -> None:
+        cfg = self.config
+        rate = cfg.rate_pps
+        lease = self._lease_s
+        params = StepParams(workload="rr", command="ping", rate_pps=rate, duration_s=lease,
+                            drain_s=0.0, size_bytes=cfg.size_bytes, timeout_s=cfg.timeout_s)
+        armed = self._begin(params)
+        self.steps += 1
+        step = _Step(self.steps, self._seq, time.time())
+        self._step = step
+        self.tracker.context = {"session": self.sessions, "step": self.steps}
+        template = wire.build_request(wire.COMMANDS["ping"], cfg.size_bytes, token=armed.token,
+                                      seq=0, send_ns=0)
+        sock = self._client.data_socket
+        sender = engine.loops.PacedSender(sock.fileno(), template, rate_pps=rate,
+                                          expect_replies=True, timeout_s=cfg.timeout_s,
+                                          keep_replies=True)
+        count = int(lease * rate)
+        t0 = engine.monotonic_ns() + 1_000_000
+        wall_offset = time.time_ns() - engine.monotonic_ns()
+        sender.begin(t0, count, False)
+        period = 1e9 / rate
+        # from the previous step's last request to this step's first (None after a reconnect)
+        gap_ms = ((t0 - self._last_due_ns) / 1e6 if self._last_due_ns is not None else None)
+        chunk_ns = int(engine.CHUNK_S * 1e9)
+        late_index = engine.loops.SENDER_COUNTERS.index("late")
+        state = _RrState(sender, t0, period, wall_offset, self._seq)
+        step_end_ns = t0 + int(min(cfg.step_s, lease) * 1e9)
+        lease_end_ns = t0 + int(count * period)
+        next_tick = engine.monotonic_ns()
+        healthy_since: int | None = None
+        why = "step length reached"
+        while True:
+            now = engine.monotonic_ns()
+            rc = sender.run(min(now + chunk_ns, lease_end_ns), True)
+            if rc == -errno.ECONNREFUSED:
+                self._feed(state, sender.sent, late_index)
+                raise _StepLost("the server's data port refused the probe (ICMP port "
+                                "unreachable): the server has gone")
+            engine.check_rc(rc, "probing")
+            now = engine.monotonic_ns()
+            if now < next_tick and now < lease_end_ns:
+                continue
+            next_tick = now + int(TICK_S * 1e9)
+            final = int((now - t0 - (cfg.timeout_s + _FINAL_MARGIN_S) * 1e9) / period) + 1
+            self._feed(state, min(max(final, 0), sender.sent), late_index)
+            gone = self._control_gone()
+            if gone is not None:
+                self._feed(state, sender.sent, late_index)
+                raise _StepLost(gone)
+            wall = time.time()
+            if self.tracker.in_loss_run:
+                healthy_since = None
+            elif healthy_since is None:
+                healthy_since = now
+            settled = healthy_since is not None and now - healthy_since >= 0.5e9
+            if self._done():
+                why = "watch ending"
+                break
+            if now >= lease_end_ns:
+                why = "lease ended"
+                break
+            if settled and healthy_since is not None and (
+                    now >= step_end_ns or (self._held and now >= healthy_since + 1e9)
+                            or wall >= self._next_knee_s):
+                why = "outage over" if self._held else (
+                    "knee check due" if wall >= self._next_knee_s else "step length reached")
+                break
+        self._change_over(state, late_index, params, gap_ms, why)
+
+    def _feed(self, state: _RrState, final: int, late_index: int) -> None:
+        sender = state.sender
+        late = int(sender.counters[late_index])
+        if late > state.late:
+            self.tracker.add_late(late - state.late, time.time())
+            state.late = late
+        if final <= state.cursor:
+            return
+        lo = state.cursor
+        window = int(sender.window_size)
+        # Past one window the answers are overwritten; read in window-sized pieces.
+        while lo < final:
+            hi = min(final, lo + window // 2)
+            raw = sender.replies(lo, hi)
+            lat = raw.astype(np.float64) - 1.0
+            lat[raw == 0] = np.nan
+            seqs = np.arange(lo, hi, dtype=np.float64)
+            due = (state.t0 + state.wall_offset + seqs * state.period).astype(np.int64)
+            self.tracker.feed(state.seq_base + lo, due, lat)
+            lo = hi
+        state.cursor = final
+        self._seq = state.seq_base + final
+
+    def _change_over(self, state: _RrState, late_index: int, params: StepParams,
+                     gap_ms: float | None, why: str) -> None:
+        cfg = self.config
+        sender = state.sender
+        sent = int(sender.sent)
+        stopped_ns = engine.monotonic_ns()
+        self._last_due_ns = state.t0 + int((sent - 1) * state.period) if sent else None
+        # Replies still owed: wait a few recent round trips, never the full
+        # timeout unless the path is that slow, so a change-over costs ms.
+        wait_ns = int(min(cfg.timeout_s, max(0.02, 4.0 * state.recent_max_s(self.tracker))) * 1e9)
+        if sent:
+            engine.check_rc(sender.run(stopped_ns + wait_ns, False), "draining")
+        self._feed(state, sent, late_index)
+        sender.finish()
+        counters = dict(zip(engine.loops.SENDER_COUNTERS, (int(v) for v in sender.counters)))
+        assert self._step is not None
+        step = self._step
+        try:
+            receiver = self._client.end_step({"sent": sent}, params.result_timeout_s)
+        except (PktbenchError, OSError) as exc:
+            raise _StepLost(f"step result not received: {exc}") from None
+        server_received = int(receiver.get("received", 0))
+        replied = int(receiver.get("replied", server_received))
+        client_received = counters["received"]
+        lost_up = max(sent - server_received, 0)
+        lost_down = max(replied - client_received - counters["late"], 0)
+        record: Record = {
+            "type": "step", "session": self.sessions, "step": step.number,
+            "start": round(step.start_s, 6), "end": round(time.time(), 6),
+            "seq": [step.seq_base, step.seq_base + sent], "sent": sent,
+            "received": client_received, "late": counters["late"],
+            "server_received": server_received, "server_replied": replied,
+            "lost_up": lost_up, "lost_down": lost_down,
+            "gap_before_ms": round(gap_ms, 2) if gap_ms is not None else None, "ended": why,
+        }
+        self._step = None
+        for outage in self._held:
+            outage["direction"] = _direction(outage, step, sent, lost_up, lost_down)
+            self._emit_to(outage)
+        self._held.clear()
+        self._emit(record)
+
+    # -- blast, rr-tcp: one step per interval -------------------------------
+    def _interval_steps(self) -> None:
+        cfg = self.config
+        tcp = cfg.workload == "rr-tcp"
+        params = StepParams(workload=cfg.workload, command="ping" if tcp else "none",
+                            rate_pps=cfg.rate_pps, duration_s=cfg.interval_s, drain_s=0.2,
+                            size_bytes=cfg.size_bytes, timeout_s=cfg.timeout_s)
+        for _ in range(max(1, int(cfg.step_s / cfg.interval_s))):
+            if self._done() or time.time() >= self._next_knee_s:
+                return
+            start = time.time()
+            self.steps += 1
+            try:
+                result = self._client.run_step(params, index=self.steps)
+            except (PktbenchError, OSError) as exc:
+                raise _StepLost(f"step failed: {exc}") from None
+            self._interval_from_step(result, start, time.time())
+
+    def _interval_from_step(self, result: Any, start: float, end: float) -> None:
+        sent = int(result.get("sent_packets", 0))
+        received = int(result.get("received_packets", 0))
+        lat = result.get("latency_us")
+        lost = max(sent - received, 0)
+        t = self.tracker.totals
+        t.sent += sent
+        t.received += received
+        t.lost += lost
+        t.late += int(result.get("late_packets", 0))
+        t.intervals += 1
+        if sent and received == 0:
+            t.outages += 1
+            t.outage_s += end - start
+            self._emit({"type": "outage", "start": round(start, 6), "end": round(end, 6),
+                        "duration_s": round(end - start, 6), "lost": lost,
+                        "resolution": "interval", "control": ["control connection up"],
+                        "session": self.sessions, "step": self.steps})
+        self._emit({"type": "interval", "start": round(start, 6), "end": round(end, 6),
+                    "sent": sent, "received": received, "lost": lost,
+                    "late": int(result.get("late_packets", 0)),
+                    "loss_ratio": round(lost / sent, 6) if sent else None,
+                    "latency_us": ({k: round(float(v), 1) for k, v in lat.items()}
+                                   if isinstance(lat, dict) else None),
+                    "jitter_us": result.get("jitter_us"),
+                    "state": "probing", "session": self.sessions, "step": self.steps,
+                    "totals": {"sent": t.sent, "received": t.received, "lost": t.lost,
+                               "late": t.late, "outages": t.outages}})
+
+    # -- knee checks ---------------------------------------------------------
+    def _knee_check(self) -> None:
+        from pktbench import api, config
+        cfg = self.config
+        assert cfg.knee_every_s is not None and cfg.knee_profile is not None
+        self._close_client()  # the server runs one session at a time
+        self.tracker.state = "paused"
+        started = time.time()
+        self._emit({"type": "pause", "start": round(started, 6), "reason": "knee check",
+                    "profile": cfg.knee_profile})
+        record: Record = {"type": "knee", "start": round(started, 6),
+                          "profile": cfg.knee_profile}
+        try:
+            profile = config.load_profile(cfg.knee_profile)
+            result = api.sweep(cfg.target, profile, secret=cfg.secret, stop=self.stop)
+            record["knee_pps"] = result.knee_pps
+            record["last_good_pps"] = result.last_good_pps
+            record["steps"] = len(result.steps)
+        except (PktbenchError, OSError) as exc:
+            record["knee_pps"] = None
+            record["error"] = str(exc)
+        record["end"] = round(time.time(), 6)
+        self.knees.append(record)
+        self._emit(record)
+        self._emit({"type": "resume", "start": round(time.time(), 6),
+                    "paused_s": round(time.time() - started, 3)})
+        self._next_knee_s = time.time() + cfg.knee_every_s
+        self.tracker.advance(time.time() - cfg.timeout_s)
+        self.tracker.state = "probing"
+
+
+@dataclass
+class _RrState:
+    sender: Any
+    t0: int
+    period: float
+    wall_offset: int
+    seq_base: int
+    cursor: int = 0
+    late: int = 0
+
+    def recent_max_s(self, tracker: Tracker) -> float:
+        return tracker.recent_max_latency_s
+
+
+def _direction(outage: Record, step: _Step, sent: int, lost_up: int, lost_down: int) -> str:
+    """Which way an outage's requests were lost, from its step's server counts."""
+    first = int(outage.get("first_lost_seq", -1))
+    if not step.seq_base <= first < step.seq_base + sent:
+        return "unknown: the outage began in an earlier step"
+    lost = int(outage.get("lost", 0))
+    if lost <= 0:
+        return "unknown"
+    if lost_up >= 0.9 * lost and lost_down <= 0.1 * lost:
+        return "up"
+    if lost_down >= 0.9 * lost and lost_up <= 0.1 * lost:
+        return "down"
+    return "both"
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"

@@ -1,0 +1,246 @@
+"""The watch: answers to outages (made-up answers), its files and endpoint, and a
+short loopback watch over chained steps through a real server."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cli_support import PKTBENCH
+
+from pktbench import engine, wire
+from pktbench.address import Target
+from pktbench.session import Server, ServerConfig
+from pktbench.watch.jsonl import JsonlWriter, read_records
+from pktbench.watch.metrics import MetricsServer, MetricsState
+from pktbench.watch.probe import Watch, WatchConfig
+from pktbench.watch.report import summarize
+from pktbench.watch.tracker import Tracker
+
+RATE = 2000
+BASE_NS = 1_700_000_000 * 10**9
+
+
+def _answers(n: int, lost: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    due = BASE_NS + np.arange(n, dtype=np.int64) * (10**9 // RATE)
+    lat = 100_000.0 + (np.arange(n) % 7) * 1000.0
+    for lo, hi in lost:
+        lat[lo:hi] = np.nan
+    return due, lat
+
+
+def _track(n: int, lost: list[tuple[int, int]], piece: int = 317,
+           outage_min_s: float = 0.05) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    tracker = Tracker(out.append, interval_s=1.0, outage_min_s=outage_min_s)
+    due, lat = _answers(n, lost)
+    for lo in range(0, n, piece):  # pieces that straddle intervals and runs
+        tracker.feed(lo, due[lo:lo + piece], lat[lo:lo + piece])
+    tracker.advance(float(due[-1]) / 1e9 + 1.0)
+    tracker.flush()
+    return out
+
+
+def test_a_loss_run_is_one_outage_from_first_lost_to_first_answered() -> None:
+    records = _track(20000, [(4001, 10003)])
+    outages = [r for r in records if r["type"] == "outage"]
+    assert len(outages) == 1
+    o = outages[0]
+    assert o["start"] == pytest.approx((BASE_NS + 4001 * 500_000) / 1e9)
+    assert o["end"] == pytest.approx((BASE_NS + 10003 * 500_000) / 1e9)
+    assert o["duration_s"] == pytest.approx(3.001)
+    assert o["lost"] == 6002 and o["first_lost_seq"] == 4001 and o["first_answered_seq"] == 10003
+    assert [r["type"] for r in records].count("outage_start") == 1
+
+
+def test_short_runs_are_loss_episodes_not_outages_and_intervals_add_up() -> None:
+    records = _track(10000, [(100, 103), (2500, 2501), (2600, 2650)])
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert not [r for r in records if r["type"] == "outage"]
+    assert len(intervals) == 5
+    assert [r["sent"] for r in intervals] == [2000] * 5
+    assert sum(r["lost"] for r in intervals) == 3 + 1 + 50
+    assert intervals[0]["loss_episodes"] == 1 and intervals[0]["max_loss_run"] == 3
+    assert intervals[1]["loss_episodes"] == 2 and intervals[1]["max_loss_run"] == 50
+    for before, after in zip(intervals, intervals[1:]):
+        assert after["start"] == before["end"] and after["seq"][0] == before["seq"][1]
+    lat = intervals[2]["latency_us"]
+    assert lat["min"] == 100.0 and lat["max"] == 106.0
+    assert intervals[2]["jitter_us"] > 0
+    hours = [r for r in records if r["type"] == "hour"]
+    assert len(hours) == 1 and hours[0]["sent"] == 10000
+
+
+def test_an_idle_tracker_still_closes_intervals() -> None:
+    out: list[dict[str, Any]] = []
+    tracker = Tracker(out.append, interval_s=1.0, outage_min_s=0.05)
+    tracker.state = "disconnected"
+    tracker.advance(100.2)
+    tracker.advance(103.5)
+    assert [(r["start"], r["sent"], r["state"]) for r in out] == [
+        (100.0, 0, "disconnected"), (101.0, 0, "disconnected"), (102.0, 0, "disconnected")]
+
+
+def test_jsonl_rotates_by_size_and_reads_back_with_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    writer = JsonlWriter(str(path), rotate_bytes=4096)
+    writer.write({"type": "start", "start": 1.0, "workload": "rr", "rate_pps": 1.0,
+                  "interval_s": 1.0})
+    for i in range(200):
+        writer.write({"type": "interval", "start": 10.0 + i, "end": 11.0 + i, "sent": 5,
+                      "received": 5, "late": 0, "latency_us": None}, sync=i % 50 == 0)
+    writer.close()
+    with open(path, "ab") as handle:
+        handle.write(b'{"type": "interval", "sta')  # a writer killed mid-line
+    parts = sorted(tmp_path.iterdir())
+    assert len(parts) > 2 and all(p.stat().st_size <= 4096 + 200 for p in parts)
+    loaded = read_records([str(path)])
+    assert loaded.torn_lines == 1
+    assert [r["start"] for r in loaded.records if r["type"] == "interval"] == \
+        [10.0 + i for i in range(200)]
+    summary = summarize(loaded.records)
+    assert summary["sent"] == 1000 and summary["intervals"] == 200
+
+
+def test_metrics_endpoint_serves_the_state_on_loopback() -> None:
+    state = MetricsState("h:1")
+    server = MetricsServer(state, "127.0.0.1:0")
+    try:
+        state.update({"type": "interval", "totals": {"sent": 7, "received": 5, "lost": 2,
+                                                     "late": 1}},
+                     buckets=[1] * 16, latency_sum_s=0.5)
+        state.update({"type": "outage", "duration_s": 1.5})
+        state.update({"type": "knee", "knee_pps": 5500.0})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics",
+                                      timeout=5).read().decode()
+    finally:
+        server.close()
+    assert 'pktbench_probe_sent_packets_total{target="h:1"} 7.0' in text
+    assert 'pktbench_probe_lost_packets_total{target="h:1"} 2.0' in text
+    assert 'pktbench_probe_outages_total{target="h:1"} 1.0' in text
+    assert 'pktbench_probe_last_knee_pps{target="h:1"} 5500.0' in text
+    assert 'pktbench_probe_latency_seconds_bucket{le="+Inf",target="h:1"} 16.0' in text
+    assert server.host == "127.0.0.1"
+
+
+def test_replies_hold_each_requests_answer_in_both_engines(
+        engine_impl: Any, udp_pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = udp_pair
+    template = wire.build_request(wire.COMMANDS["ping"], 64, token=9, seq=0, send_ns=0)
+    sender = engine_impl.PacedSender(client.fileno(), template, rate_pps=1000,
+                                     expect_replies=True, timeout_s=0.5, keep_replies=True)
+    sender.begin(engine.monotonic_ns(), 40, False)
+    sender.run(engine.monotonic_ns() + 60_000_000, True)
+    assert sender.sent == 40
+    server.setblocking(False)
+    for index in range(40):
+        data = bytearray(server.recv(2048))
+        data[wire.OFFSETS["kind"]] = wire.KIND_RESPONSE
+        if index % 3:
+            server.sendto(bytes(data), client.getsockname())
+    sender.run(engine.monotonic_ns() + 30_000_000, False)
+    answers = sender.replies(0, 40)
+    assert answers.dtype == np.uint32
+    assert [bool(v) for v in answers] == [bool(i % 3) for i in range(40)]
+    assert int(answers.max()) < 500_000_000
+    with pytest.raises(ValueError):
+        sender.replies(0, 41)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server(ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)
+    running.open()
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        thread.join(timeout=10)
+        running.close()
+
+
+def test_a_loopback_watch_chains_steps_without_gaps_in_the_count(server: Server) -> None:
+    records: list[dict[str, Any]] = []
+    host, port = server.address
+    config = WatchConfig(target=Target(host, port), rate_pps=RATE, duration_s=4.5,
+                         interval_s=0.5, timeout_s=0.3, step_s=1.0)
+    started = time.monotonic()
+    end = Watch(config, records.append).run()
+    assert time.monotonic() - started < 8
+    steps = [r for r in records if r["type"] == "step"]
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert len(steps) >= 3
+    for before, after in zip(steps, steps[1:]):  # sequence numbers carry on
+        assert after["seq"][0] == before["seq"][1]
+        assert after["gap_before_ms"] is not None and 0 < after["gap_before_ms"] < 500
+    assert sum(s["sent"] for s in steps) == sum(r["sent"] for r in intervals) == end["sent"]
+    assert end["sent"] > RATE * 3.5
+    assert not [r for r in records if r["type"] == "outage"]
+    # change-overs are not loss: every request was answered by the server
+    assert all(s["lost_up"] == 0 for s in steps)
+    assert end["lost"] <= end["sent"] * 0.001
+
+
+def test_bad_input_is_one_line_and_nonzero() -> None:
+    done = subprocess.run([*PKTBENCH, "watch", "127.0.0.1", "--duration", "soon"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "soon" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([*PKTBENCH, "watch", "127.0.0.1", "--knee-every", "6h"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "--knee-profile" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run([*PKTBENCH, "watch-report", "/nonexistent/w.jsonl"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_watch_report_summarizes_and_plots_from_the_file(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "w.jsonl"
+    out: list[dict[str, Any]] = [{"type": "start", "start": 1_700_000_000.0, "workload": "rr",
+                                  "rate_pps": RATE, "interval_s": 1.0, "target": "t"}]
+    out += _track(20000, [(4001, 10003)])
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    done = subprocess.run([*PKTBENCH, "watch-report", str(path), "--json", "--plot",
+                           str(tmp_path / "w.png")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert len(summary["outages"]) == 1 and summary["sent"] == 20000
+    assert summary["availability"] == pytest.approx(1 - 3.001 / 10, abs=0.01)
+    assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_a_knee_check_pauses_the_probe_and_the_pause_is_not_loss(server: Server,
+                                                                  tmp_path: Path) -> None:
+    profile = tmp_path / "tiny.toml"
+    profile.write_text('workload = "rr"\ncommand = "ping"\nduration_s = 0.3\nwarmup_s = 0.1\n'
+                       'drain_s = 0.2\ntimeout_s = 0.2\n[rates]\nfrom_pps = 1000\n'
+                       'to_pps = 8000\nsteps = 3\nscale = "log"\n')
+    records: list[dict[str, Any]] = []
+    host, port = server.address
+    config = WatchConfig(target=Target(host, port), rate_pps=1000, duration_s=5.0,
+                         interval_s=0.5, timeout_s=0.3, knee_every_s=1.5,
+                         knee_profile=str(profile))
+    end = Watch(config, records.append).run()
+    kinds = [r["type"] for r in records]
+    assert kinds.count("pause") == kinds.count("resume") >= 1
+    knees = [r for r in records if r["type"] == "knee"]
+    assert knees and all("error" not in k for k in knees) and knees[0]["steps"] >= 3
+    paused = [r for r in records if r["type"] == "interval" and r["state"] == "paused"]
+    assert paused and all(r["lost"] == 0 for r in paused)
+    assert kinds.count("session") >= 2  # the probe's session closes for the sweep's
+    assert not [r for r in records if r["type"] == "outage"]
+    assert end["lost"] <= end["sent"] * 0.001
