@@ -423,13 +423,15 @@ class LiveWindow:
 
     `counter_names` names the snapshot's counters (SENDER_COUNTERS or
     CLIENT_COUNTERS); `final` is the snapshot taken as the window closed
-    (after its drain), None while it runs.
+    (after its drain), None while it runs. `replies`: the sender counts
+    replies (rr); a one-way sender's received counter stays 0.
     """
 
     meter: Snapshotting
     counter_names: tuple[str, ...]
     start_ns: int
     offered_pps: float | None
+    replies: bool = True
     final: tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
 
 
@@ -460,8 +462,8 @@ class LiveMeters:
             return closed
 
     def open(self, meter: Snapshotting, counter_names: tuple[str, ...], start_ns: int,
-             offered_pps: float | None) -> LiveWindow:
-        window = LiveWindow(meter, counter_names, start_ns, offered_pps)
+             offered_pps: float | None, replies: bool = True) -> LiveWindow:
+        window = LiveWindow(meter, counter_names, start_ns, offered_pps, replies)
         with self._lock:
             self._running.append(window)
         return window
@@ -512,7 +514,7 @@ class Phases:
 def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, duration_s: float,
                drain_s: float, drain: bool, grace: bool, start_ns: int | None = None,
                meter: Snapshotting | None = None,
-               counter_names: tuple[str, ...] = ()) -> Phases:
+               counter_names: tuple[str, ...] = (), replies: bool = True) -> Phases:
     """The one warm-up / measure / drain driver of every sender.
 
     Warm-up is sent on the measured schedule just before t0, so t0 is where
@@ -538,7 +540,7 @@ def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, dura
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
     grace_ns = int(max(0.01, duration_s * 0.01) * 1e9) if grace and rate_pps else 0
     loop.begin(start_ns, count, False)
-    live = (LIVE_METERS.open(meter, counter_names, start_ns, rate_pps)
+    live = (LIVE_METERS.open(meter, counter_names, start_ns, rate_pps, replies)
             if meter is not None else None)
     try:
         cpu_before = thread_cpu_s()
@@ -604,7 +606,7 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     phases = run_phases(_SenderPhases(sender, stop), rate_pps=rate_pps, warmup_s=warmup_s,
                         duration_s=duration_s, drain_s=drain_s, drain=expect_replies,
                         grace=True, start_ns=start_ns, meter=sender.engine,
-                        counter_names=loops.SENDER_COUNTERS)
+                        counter_names=loops.SENDER_COUNTERS, replies=expect_replies)
     start_ns, count, send_end_ns = phases.start_ns, phases.count, phases.send_end_ns
     sender.engine.finish()
     counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)

@@ -109,6 +109,7 @@ class _StepResultOptional(TypedDict, total=False):
     # NotRequired is 3.11+; a total=False base gives the same on 3.10.
     workers: list[dict[str, Any]]
     search_trial: bool
+    intervals: list[dict[str, Any]]
     engine: EngineFigures
     offered_rps: float
     sent_rps: float
@@ -203,6 +204,10 @@ STEP_FIELDS: dict[str, str] = {
               "burst_packets (datagrams a paced send released at once), gso_fallback (the "
               "errno that turned GSO off mid-step, else null)",
     "search_trial": "NDR/PDR search trials only: true",
+    "intervals": "with -i/--interval only: the window every S seconds as it ran (start_s, "
+                 "end_s from t0; sent_packets, received_packets, sent_pps, received_pps, "
+                 "latency_p50_us, latency_p99_us; received and latency null for one-way); "
+                 "see pktbench/intervals.py",
     "offered_rps": "rr-tcp and redis:// steps only: requests/s the schedule asked for "
                    "(offered_pps holds the same number: the schedule axis every step shares)",
     "sent_rps": "rr-tcp and redis://: requests written to the connections per second",
@@ -222,10 +227,10 @@ STEP_FIELDS: dict[str, str] = {
             "back_packets, toward_server_pps, back_pps, retransmits, retransmits_pps from "
             "TCP_INFO tcpi_segs_out, tcpi_segs_in, tcpi_total_retrans summed over our "
             "connections; packets_per_request: toward_server_packets less retransmits per "
-            "request written in the window; offered_toward_server_pps: offered_rps x packets_per_request, what "
-            "the schedule asked the path to carry; interface: the egress device's name, tx_packets, rx_packets, tx_pps, "
-            "rx_pps where the client can read them, else null); null when TCP_INFO is "
-            "unreadable",
+            "request written in the window; offered_toward_server_pps: offered_rps x "
+            "packets_per_request, what the schedule asked the path to carry; interface: the "
+            "egress device's name, tx_packets, rx_packets, tx_pps, rx_pps where the client "
+            "can read them, else null); null when TCP_INFO is unreadable",
 }
 
 
