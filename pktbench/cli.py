@@ -8,6 +8,7 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,30 @@ class RateListType(click.ParamType):  # type: ignore[type-arg]
         return str(value)
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+
+    name = "BYTES[K|M|G]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+        try:
+            number = float(text[:len(text) - len(suffix)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 268435456, 256M, 1G)", param, ctx)
+        size = number * _SIZE_SUFFIXES[suffix]
+        if not 1 << 20 <= size <= 1 << 40:
+            self.fail(f"{value!r} must be from 1M to 1024G", param, ctx)
+        return int(size)
+
+
 def read_secret(token: str | None, token_file: str | None) -> bytes | None:
     if token and token_file:
         raise click.UsageError("give --token or --token-file, not both")
@@ -219,6 +244,11 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="Refuse steps above this many pps.")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Refuse steps longer than this (warm-up included), seconds.")
+@click.option("--max-step-memory", type=SizeType(), default="256M", show_default=True,
+              help="Refuse steps whose server buffers would take more than this.")
+@click.option("--stats-file", metavar="FILE", default=None,
+              help="Keep the server's counters here as JSON: written at start, after every "
+                   "session and on SIGUSR1 (which also logs them).")
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--quiet", is_flag=True, help="No per-session log lines.")
 @click.option("--pid-file", metavar="FILE", default=None,
@@ -228,7 +258,8 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
 @click.option("--print-systemd-unit", is_flag=True,
               help="Print a systemd unit that runs this serve as a service, then exit.")
 def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
-          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool,
+          max_rate: float | None, max_duration: float | None, max_step_memory: int,
+          stats_file: str | None, once: bool, quiet: bool,
           pid_file: str | None, log_format: str, print_systemd_unit: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
     from pktbench import service, wire
@@ -239,9 +270,11 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
         return
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
                           secret=read_secret(token, token_file), max_rate_pps=max_rate,
-                          max_duration_s=max_duration, once=once)
+                          max_duration_s=max_duration, once=once,
+                          max_step_buffer_bytes=max_step_memory, stats_file=stats_file)
     log = service.logger(log_format, quiet)
     with Server(config, log=log) as server:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: server.request_stats())
         host, chosen = server.address
         with service.pid_file(pid_file):
             service.announce(log_format, host, chosen)
