@@ -241,7 +241,7 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="TCP control and UDP data port [default: 7425]; 0 picks a free one.")
 @token_options
 @click.option("--max-rate", type=RateType(), default=None,
-              help="Refuse steps above this many pps.")
+              help="Refuse steps above this many pps (each step is answered at most at its rate).")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Refuse steps longer than this (warm-up included), seconds.")
 @click.option("--max-step-memory", type=SizeType(), default="256M", show_default=True,
@@ -786,8 +786,11 @@ def profiles_command() -> None:
               help="Write the comparison as JSON ('-' = stdout, the table then goes to "
                    "stderr).")
 @JSON_STDOUT
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write both sweeps overlaid on one plot (PNG or SVG).")
 @WIDE
-def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> None:
+def compare(old: str, new: str, json_path: str | None, json_stdout: bool,
+            plot_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side.
 
     Two rate sweeps compare knee, NDR/PDR and latency at matching rates; two
@@ -800,17 +803,30 @@ def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> Non
     json_path = _json_target(json_path, json_stdout)
     if json_path:
         check_output_path(json_path, "json")
+    if plot_path:
+        check_output_path(plot_path, "plot")
     if is_fleet_file(old) or is_fleet_file(new):
+        if plot_path:
+            raise click.UsageError("--plot overlays two sweeps; fleet results plot with "
+                                   "`pktbench fleet --plot`")
         from pktbench.report.fleet import compare_fleet_files
 
         text = compare_fleet_files(old, new, json_path)
         click.echo(text, err=json_path == "-")
         return
+    from pktbench.cli_files import sweeps_to_plot
+
+    sweeps = sweeps_to_plot(old, new) if plot_path else None
     comparison = compare_files(old, new)
     write_report(table_format(), comparison, sys.stderr if json_path == "-" else sys.stdout,
                  kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
+    if sweeps is not None and plot_path:
+        from pktbench.report.plot import write_compare_plot
+
+        write_compare_plot(*sweeps, plot_path, (comparison["a"]["label"],
+                                                comparison["b"]["label"]))
 
 
 # --- decode: per-flow statistics of a packet capture -------------------------
