@@ -131,6 +131,7 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
     limits = dict(pps_limits or {})
     tb.require_root()
     tb._require_tool("ip")
+    tb._require_tool("ethtool")
     if limits:
         tb._require_tool("nft")
     down(prefix)
@@ -155,6 +156,11 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
             tb._run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "master", "br0"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "up"])
+            # As on the two-namespace testbed: a GSO send crosses as one
+            # packet per datagram, so the hosts' policers see every datagram.
+            for where, dev in ((ns, "eth0"), (cns, f"vh{i}")):
+                tb._run(tb._in_ns(where, ["ethtool", "-K", dev, tb.UDP_SEGMENTATION_FEATURE,
+                                          "off"]))
             if host_name(i) in limits:
                 tb._run(tb._in_ns(ns, ["nft", "-f", "-"]),
                         input_text=_policer(limits[host_name(i)], pps_burst))
