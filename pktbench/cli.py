@@ -1083,6 +1083,9 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               default=None, help="As --rate, and a bare number is bit/s (iperf3 -b).")
 @click.option("-R", "--reverse", is_flag=True,
               help="The server sends, this end receives (TCP).")
+@click.option("--bidir", is_flag=True,
+              help="Both directions at once (TCP): --streams each way, reported per "
+                   "direction.")
 @click.option("--write-size", "write_size", type=click.IntRange(1024, 16 * 1024 * 1024),
               default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
@@ -1121,7 +1124,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
          token_file: str | None, write_size: int | None, json_stdout: bool = False,
          port: int | None = None, length: int | None = None,
-         bitrate: float | None = None, json_stream: bool = False) -> None:
+         bitrate: float | None = None, json_stream: bool = False, bidir: bool = False) -> None:
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
     Without HOST, a server is started on this machine. SIGINT or SIGTERM
@@ -1149,7 +1152,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     try:
         config = bulk_mod.BulkConfig(
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
-            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed,
+            rate_bps=rate, reverse=reverse, bidir=bidir, link_speed_bps=link_speed,
             link_model=link_model, paths=paths,
             path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
             sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates,

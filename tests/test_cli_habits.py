@@ -241,3 +241,32 @@ def test_help_imports_no_heavy_module(argv):
                           timeout=60, check=False)
     assert "Usage:" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "IMPORTED []", done.stdout[-500:]
+
+
+# -- bidirectional bulk ------------------------------------------------------------------
+
+def test_bulk_bidir_reports_each_direction():
+    code, out, err = invoke("bulk", "--bidir", "-P", "2", "-t", "0.4", "--warmup", "0.1",
+                            "-J")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["config"]["direction"] == "bidir"
+    forward, backward = doc["steps"]
+    assert (forward["direction"], backward["direction"]) == ("forward", "reverse")
+    assert forward["bidir"] is backward["bidir"] is True
+    assert forward["index"] == backward["index"] == 0
+    assert [s["stream_id"] for s in forward["streams"]] == [0, 1]
+    assert [s["stream_id"] for s in backward["streams"]] == [2, 3]
+    for step in (forward, backward):
+        assert step["aggregate_bps"] > 0 and all(s["bytes"] > 0 for s in step["streams"])
+    # the client wrote the forward streams and read the reverse ones, the server the opposite
+    assert forward["client"]["role"] == "sender" and forward["server"]["role"] == "receiver"
+    assert backward["client"]["role"] == "receiver" and backward["server"]["role"] == "sender"
+    assert "1 fwd" in err and "1 rev" in err  # the table (on stderr with -J) names them
+
+
+@pytest.mark.parametrize("extra, word", [(["--udp"], "--udp"), (["-R"], "--reverse"),
+                                         (["--workers", "2"], "--workers")])
+def test_bulk_bidir_refuses_what_it_cannot_do(extra, word):
+    code, _, err = invoke("bulk", "--bidir", *extra)
+    assert code == 2 and word in error_line(err)
