@@ -270,3 +270,19 @@ def test_bulk_bidir_reports_each_direction():
 def test_bulk_bidir_refuses_what_it_cannot_do(extra, word):
     code, _, err = invoke("bulk", "--bidir", *extra)
     assert code == 2 and word in error_line(err)
+
+
+def test_bulk_intervals_add_up_to_the_step_in_each_direction():
+    code, out, err = invoke("bulk", "--bidir", "-t", "0.8", "-i", "0.2", "--warmup", "0.1",
+                            "-J")
+    assert code == 0, err
+    for step in json.loads(out)["steps"]:
+        intervals = step["intervals"]
+        assert len(intervals) >= 2, intervals
+        assert {i["direction"] for i in intervals} == {step["direction"]}
+        assert set(intervals[0]) == {"start_s", "end_s", "direction", "bytes", "payload_bps"}
+        # this end's pump, interval by interval, is what its window counted
+        assert sum(i["bytes"] for i in intervals) == step["client"]["bytes"], intervals
+    assert err.count(" s]  forward  ") >= 2 and err.count(" s]  reverse  ") >= 2, err
+    code, _, err = invoke("bulk", "-u", "-i", "1")
+    assert code == 2 and "-i/--interval" in error_line(err)

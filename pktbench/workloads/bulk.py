@@ -61,6 +61,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from pktbench import engine, protocol, wire
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
 from pktbench.flows import (
@@ -266,6 +269,27 @@ class _Stream:
         return out
 
 
+class _PumpMeter:
+    """A pump's payload bytes since its measured window began, as LIVE_METERS reads them.
+
+    byte_counts is the pump's own array, written by its loop without the GIL;
+    each word is read whole, so a reading is at worst a chunk behind.
+    """
+
+    def __init__(self, pump: Any) -> None:
+        self.pump = pump
+        self.base = self._total()
+        self._no_hist = np.zeros(0, dtype=np.uint64)
+
+    def _total(self) -> int:
+        return int(np.asarray(self.pump.byte_counts).sum())
+
+    def snapshot(self) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        now = time.monotonic_ns()
+        moved = max(self._total() - self.base, 0)
+        return now, np.array([moved], dtype=np.uint64), self._no_hist
+
+
 class _Pumped:
     """The streams one thread pumps with a BulkPump, and their window samples.
 
@@ -274,11 +298,13 @@ class _Pumped:
     A sender with `tail_ns` stops that long after its window ends; a receiver
     with `tail_ns` (the client in reverse) stops at its window's end; without
     it the pump runs until every stream is finished, the deadline or `stop`.
+    `live`: show the measured window to engine.LIVE_METERS (the client's end,
+    for interval reports).
     """
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int,
-                 byte_cap: tuple[float, float] | None = None) -> None:
+                 byte_cap: tuple[float, float] | None = None, live: bool = False) -> None:
         self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
@@ -288,6 +314,9 @@ class _Pumped:
         self.byte_cap = byte_cap
         self.capped_from_ns = time.monotonic_ns()
         self.streams: list[_Stream] = []
+        self.live = live
+        self._live: engine.LiveWindow | None = None
+        self._live_done = False
 
     def add(self, stream: _Stream) -> None:
         stream.sock.setblocking(False)
@@ -349,6 +378,13 @@ class _Pumped:
         counts = self.pump.byte_counts
         status = self.pump.status
         start_ns, end_ns = self.window.start_ns, self.window.end_ns
+        if self.live and start_ns is not None and end_ns is not None:
+            if self._live is None and not self._live_done and now >= start_ns:
+                self._live = engine.LIVE_METERS.open(
+                    _PumpMeter(self.pump), ("bytes",), start_ns, None, replies=False,
+                    unit="bytes", label="forward" if self.sending else "reverse")
+            if self._live is not None and now >= end_ns:
+                self._close_live()
         for index, stream in enumerate(self.streams):
             stream.bytes_total = int(counts[index])
             code = int(status[index])
@@ -365,8 +401,15 @@ class _Pumped:
                 if code < 0 and -code not in (errno.ECONNRESET, errno.EPIPE):
                     stream.error = os.strerror(-code)
 
+    def _close_live(self) -> None:
+        if self._live is not None:
+            engine.LIVE_METERS.close(self._live)
+            self._live = None
+            self._live_done = True
+
     def finish(self) -> None:
         """The last samples of the streams still open."""
+        self._close_live()
         counts = self.pump.byte_counts
         for index, stream in enumerate(self.streams):
             stream.bytes_total = int(counts[index])
@@ -785,7 +828,8 @@ def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, a
         window.anchor(anchor_ns)
     pumped = _Pumped(len(socks), window, sending=sending,
                      buffer_bytes=write_bytes if sending else RECV_BUFFER_BYTES,
-                     tail_ns=int(tail_s * 1e9) if sending else 0, deadline_ns=deadline_ns)
+                     tail_ns=int(tail_s * 1e9) if sending else 0, deadline_ns=deadline_ns,
+                     live=True)
     for stream_id, sock in socks:
         pumped.add(_Stream(stream_id, sock,
                            ports=(sock.getsockname()[1], sock.getpeername()[1])))
