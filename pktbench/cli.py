@@ -8,6 +8,7 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,30 @@ class RateListType(click.ParamType):  # type: ignore[type-arg]
         return str(value)
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+
+    name = "BYTES[K|M|G]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+        try:
+            number = float(text[:len(text) - len(suffix)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 268435456, 256M, 1G)", param, ctx)
+        size = number * _SIZE_SUFFIXES[suffix]
+        if not 1 << 20 <= size <= 1 << 40:
+            self.fail(f"{value!r} must be from 1M to 1024G", param, ctx)
+        return int(size)
+
+
 def read_secret(token: str | None, token_file: str | None) -> bytes | None:
     if token and token_file:
         raise click.UsageError("give --token or --token-file, not both")
@@ -216,9 +241,14 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="TCP control and UDP data port [default: 7425]; 0 picks a free one.")
 @token_options
 @click.option("--max-rate", type=RateType(), default=None,
-              help="Refuse steps above this many pps.")
+              help="Refuse steps above this many pps (each step is answered at most at its rate).")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Refuse steps longer than this (warm-up included), seconds.")
+@click.option("--max-step-memory", type=SizeType(), default="256M", show_default=True,
+              help="Refuse steps whose server buffers would take more than this.")
+@click.option("--stats-file", metavar="FILE", default=None,
+              help="Keep the server's counters here as JSON: written at start, after every "
+                   "session and on SIGUSR1 (which also logs them).")
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--quiet", is_flag=True, help="No per-session log lines.")
 @click.option("--pid-file", metavar="FILE", default=None,
@@ -228,7 +258,8 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
 @click.option("--print-systemd-unit", is_flag=True,
               help="Print a systemd unit that runs this serve as a service, then exit.")
 def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
-          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool,
+          max_rate: float | None, max_duration: float | None, max_step_memory: int,
+          stats_file: str | None, once: bool, quiet: bool,
           pid_file: str | None, log_format: str, print_systemd_unit: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
     from pktbench import service, wire
@@ -239,9 +270,11 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
         return
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
                           secret=read_secret(token, token_file), max_rate_pps=max_rate,
-                          max_duration_s=max_duration, once=once)
+                          max_duration_s=max_duration, once=once,
+                          max_step_buffer_bytes=max_step_memory, stats_file=stats_file)
     log = service.logger(log_format, quiet)
     with Server(config, log=log) as server:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: server.request_stats())
         host, chosen = server.address
         with service.pid_file(pid_file):
             service.announce(log_format, host, chosen)
@@ -636,6 +669,12 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--start-at", "start_at", type=click.FloatRange(min=0), default=None,
+              metavar="EPOCH_S", help="Start step k at EPOCH_S + k x --step-period (this "
+              "host's wall clock, seconds since 1970), so several sources step together; "
+              "runs every planned step.")
+@click.option("--step-period", "step_period", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="SECONDS", help="Seconds between clocked step starts.")
 @click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
               help="UDP: send datagrams due together as GSO buffers and receive them "
                    "coalesced (GRO) where the kernel has it; on: fail where it has not; "
@@ -666,7 +705,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
           cpus_text: str | None, json_stdout: bool = False, port: int | None = None,
           interval: float | None = None, json_stream: bool = False,
-          gso: str | None = None, burst: int | None = None) -> None:
+          gso: str | None = None, burst: int | None = None, start_at: float | None = None,
+          step_period: float | None = None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
@@ -689,7 +729,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
                                      "plot_path", "connections", "pipeline", "redis_password",
-                                     "gso", "burst")
+                                     "gso", "burst", "start_at", "step_period")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -724,6 +764,13 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
+    if (start_at is None) != (step_period is None):
+        raise click.UsageError("--start-at and --step-period go together")
+    clock = None
+    if start_at is not None and step_period is not None:
+        from pktbench.sweeper import StepClock
+
+        clock = StepClock(start_at, step_period)
     secret = read_secret(token, token_file)
     _check_stream(json_stream, outputs)
     with (_Live(interval if workers == 1 else None, json_stream, quiet, "sweep", "sweep")
@@ -739,7 +786,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
                            on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus,
-                           stop=stopper.stop)
+                           stop=stopper.stop, clock=clock)
     result = _write_results(live.finish(result), outputs, None, stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)
@@ -762,8 +809,11 @@ def profiles_command() -> None:
               help="Write the comparison as JSON ('-' = stdout, the table then goes to "
                    "stderr).")
 @JSON_STDOUT
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write both sweeps overlaid on one plot (PNG or SVG).")
 @WIDE
-def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> None:
+def compare(old: str, new: str, json_path: str | None, json_stdout: bool,
+            plot_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side.
 
     Two rate sweeps compare knee, NDR/PDR and latency at matching rates; two
@@ -776,17 +826,30 @@ def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> Non
     json_path = _json_target(json_path, json_stdout)
     if json_path:
         check_output_path(json_path, "json")
+    if plot_path:
+        check_output_path(plot_path, "plot")
     if is_fleet_file(old) or is_fleet_file(new):
+        if plot_path:
+            raise click.UsageError("--plot overlays two sweeps; fleet results plot with "
+                                   "`pktbench fleet --plot`")
         from pktbench.report.fleet import compare_fleet_files
 
         text = compare_fleet_files(old, new, json_path)
         click.echo(text, err=json_path == "-")
         return
+    from pktbench.cli_files import sweeps_to_plot
+
+    sweeps = sweeps_to_plot(old, new) if plot_path else None
     comparison = compare_files(old, new)
     write_report(table_format(), comparison, sys.stderr if json_path == "-" else sys.stdout,
                  kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
+    if sweeps is not None and plot_path:
+        from pktbench.report.plot import write_compare_plot
+
+        write_compare_plot(*sweeps, plot_path, (comparison["a"]["label"],
+                                                comparison["b"]["label"]))
 
 
 # --- decode: per-flow statistics of a packet capture -------------------------

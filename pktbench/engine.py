@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -311,6 +311,40 @@ def udp_rcvbuf_errors() -> int:
         else:
             total += sum(int(line.split()[1]) for line in lines if line.startswith(prefix))
     return total
+
+
+# glibc's malloc raises its mmap threshold each time a large block is freed,
+# so the next step's large buffers come from the heap, and a freed heap stays
+# resident: the server kept a gigabyte after one big step. A fixed threshold
+# keeps every step buffer in its own mapping, returned to the kernel on free.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018 - glibc only; elsewhere AttributeError
+        libc.malloc_trim  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def keep_buffers_unpooled() -> None:
+    """Make large allocations always mmap'd (and unmapped when freed)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the kernel after a step."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def thread_cpu_s() -> float:
@@ -636,13 +670,47 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     )
 
 
+# Each flow of a multi-flow step receives into at most this many bytes: 64
+# datagrams of a typical size, fewer large ones or GRO trains (8 slots of
+# 64 KiB still take hundreds of datagrams a call), so a step's memory follows
+# its flow count, not flows x 64 x 64 KiB. A single-flow step keeps 64 slots.
+RESPONDER_RX_BYTES_PER_FLOW = 512 << 10
+_WINDOW_BITS = 1 << 20  # the Responder's loss window
+
+
+_GRO_SLOT = 65536  # a receive slot with UDP_GRO holds a whole coalesced train
+
+
+def _rx_slot(size_bytes: int, gro: bool) -> int:
+    slot = max(size_bytes, wire.HEADER_SIZE) + 1
+    return max(slot, _GRO_SLOT) if gro else slot
+
+
+def responder_batch(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
+    """Receive slots a responder fills per call for this datagram size."""
+    if flows <= 1:
+        return 64
+    return max(4, min(64, RESPONDER_RX_BYTES_PER_FLOW // _rx_slot(size_bytes, gro)))
+
+
+def responder_buffer_bytes(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
+    """What a step's Responders allocate over its `flows` flows (receive and
+    reply slots, their message headers and control space, the loss
+    windows), rounded up."""
+    slot = _rx_slot(size_bytes, gro)
+    reply = max(size_bytes, wire.HEADER_SIZE) + 1
+    batch = responder_batch(size_bytes, gro=gro, flows=flows)
+    return flows * (batch * (slot + reply + 512) + _WINDOW_BITS // 8 + 4096)
+
+
 class ResponderLoop:
     """A Responder for one step, run in chunks by `serve_until`."""
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64, seq_limit: int = (1 << 64) - 1,
-                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
+                 batch: int | None = None, seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off",
+                 flows: int = 1) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
         max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
@@ -655,7 +723,9 @@ class ResponderLoop:
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
+            busy_poll=busy_poll, batch=batch or responder_batch(size_bytes, gro=self.gro,
+                                                                  flows=flows),
+            window_bits=_WINDOW_BITS, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
             burst=burst, gro=self.gro, gso_segments=segments)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
