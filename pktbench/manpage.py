@@ -69,7 +69,7 @@ def _option_lines(command: click.Command, ctx: click.Context) -> list[str]:
 
 def render_man(command: click.Command, prog: str = PROG) -> str:
     """The troff source of `prog`(1) from a click command (group) and its subcommands."""
-    root_ctx = click.Context(command, info_name=prog)
+    root_ctx = click.Context(command, info_name=prog, **command.context_settings)
     summary = (command.help or "").split("\n\n")[0].strip().rstrip(".")
     lines = [
         f'.TH {prog.upper()} 1 "" "{prog} {__version__}" "User Commands"',
@@ -87,10 +87,16 @@ def render_man(command: click.Command, prog: str = PROG) -> str:
         *_option_lines(command, root_ctx),
         ".SH COMMANDS",
     ]
+    contexts: dict[tuple[str, ...], click.Context] = {(): root_ctx}
     for path, sub in _walk(command, ()):
         if not path:
             continue
-        ctx = click.Context(sub, info_name=" ".join((prog, *path)))
+        # a parent context, as a real invocation has: it passes down the group's
+        # settings (help names -h/--help), and click caches a command's help
+        # option the first time it is made
+        ctx = click.Context(sub, info_name=path[-1], parent=contexts[path[:-1]],
+                            **sub.context_settings)
+        contexts[path] = ctx
         usage = " ".join(sub.collect_usage_pieces(ctx))
         lines += [f".SS {' '.join(path)}",
                   f"\\fB{prog} {' '.join(path)}\\fR {_escape(usage)}",
