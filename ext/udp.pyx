@@ -208,6 +208,7 @@ cdef class PacedSender:
     cdef uint64_t last_send_ns
     cdef _SeqWindow window
     cdef uint32_t *reply_ring    # per seq slot: 0 unanswered, else scheduled latency ns + 1
+    cdef uint32_t *lag_ring      # per seq slot: actual send time minus scheduled, ns
     cdef uint64_t[::1] c
     cdef Meter meter
     cdef readonly object counters
@@ -292,7 +293,8 @@ cdef class PacedSender:
             if timeout_s > 4.0:
                 raise ValueError("keep_replies holds latencies up to 4 s: timeout_s must be <= 4")
             self.reply_ring = <uint32_t *>calloc(self.window.size(), sizeof(uint32_t))
-            if self.reply_ring == NULL:
+            self.lag_ring = <uint32_t *>calloc(self.window.size(), sizeof(uint32_t))
+            if self.reply_ring == NULL or self.lag_ring == NULL:
                 raise MemoryError()
         self.counters = np.zeros(S_COUNTERS, dtype=np.uint64)
         self.latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
@@ -321,6 +323,7 @@ cdef class PacedSender:
         free(self.rx_iov)
         free(self.rx_ctrl)
         free(self.reply_ring)
+        free(self.lag_ring)
 
     @property
     def gso_segments(self):
@@ -373,6 +376,22 @@ cdef class PacedSender:
         cdef uint64_t seq
         for seq in range(lo, hi):
             view[seq - lo] = self.reply_ring[seq & self.window.mask]
+        return out
+
+    def send_lags(self, uint64_t lo, uint64_t hi):
+        """Per request lo..hi-1 (keep_replies only): how late it left against
+        its schedule, ns (at most 2^32 - 1), as a uint32 array; the same
+        window rule as `replies`."""
+        if self.lag_ring == NULL:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        out = np.empty(hi - lo, dtype=np.uint32)
+        cdef uint32_t[::1] view = out
+        cdef uint64_t seq
+        for seq in range(lo, hi):
+            view[seq - lo] = self.lag_ring[seq & self.window.mask]
         return out
 
     cdef inline uint64_t due_ns(self, uint64_t seq) noexcept nogil:
@@ -550,6 +569,9 @@ cdef class PacedSender:
                 due = self.due_ns(seq)
                 lag = now - due if now > due else 0
                 meter_lag(&self.meter, lag)
+                if self.lag_ring != NULL:
+                    self.lag_ring[seq & self.window.mask] = \
+                        <uint32_t>(lag if lag < <uint64_t>0xFFFFFFFF else 0xFFFFFFFF)
         self.next_seq += sent
         self.last_send_ns = now
         self.c[S_SENT] += sent

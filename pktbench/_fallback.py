@@ -283,6 +283,9 @@ class PacedSender:
         # per seq slot: 0 unanswered, else scheduled latency ns + 1
         self.reply_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
                            else None)
+        # per seq slot: actual send time minus scheduled, ns
+        self.lag_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
+                         else None)
         self.t0_ns = 0
         self.next_seq = 0
         self.limit = 0
@@ -352,6 +355,17 @@ class PacedSender:
                              f"({self.next_seq} sent, window {self.window.mask + 1})")
         slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
         out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
+        return out
+
+    def send_lags(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
+        """Per request lo..hi-1 of this phase: how late it left, ns (capped at 2^32 - 1)."""
+        if self.lag_ring is None:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
+        out: npt.NDArray[np.uint32] = self.lag_ring[slots].copy()
         return out
 
     def _due_ns(self, seq: int) -> int:
@@ -460,6 +474,8 @@ class PacedSender:
                 due = self._due_ns(seq)
                 lag = now - due if now > due else 0
                 lag_hist[_hist_index(lag)] += 1
+                if self.lag_ring is not None:
+                    self.lag_ring[seq & self.window.mask] = min(lag, 0xFFFFFFFF)
                 if lag > c[S_LAG_MAX_NS]:
                     c[S_LAG_MAX_NS] = lag
         if sent:
