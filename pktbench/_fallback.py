@@ -246,7 +246,7 @@ class PacedSender:
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
                  max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
-                 gro: bool = False, keep_replies: bool = False) -> None:
+                 gro: bool = False, keep_replies: bool = False, spin: bool = True) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if keep_replies and timeout_s > 4.0:
@@ -283,6 +283,7 @@ class PacedSender:
         # per seq slot: 0 unanswered, else scheduled latency ns + 1
         self.reply_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
                            else None)
+        self.spin_ns = SPIN_MARGIN_NS if spin else 0  # see the compiled twin
         # per seq slot: actual send time minus scheduled, ns
         self.lag_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
                          else None)
@@ -428,8 +429,8 @@ class PacedSender:
                    else until_ns)
             due = min(due, until_ns)
             now = time.monotonic_ns()
-            if due > now + SPIN_MARGIN_NS:
-                _sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
+            if due > now + self.spin_ns:
+                _sleep_until(self.fd, self.expect_replies, due - self.spin_ns)
 
     def _window_room(self, now: int, n_due: int) -> int:
         """Closed-loop cap: at most max_outstanding requests unanswered."""

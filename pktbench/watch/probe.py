@@ -46,7 +46,8 @@ from pktbench.protocol import StepParams
 from pktbench.watch.tracker import Record, Tracker
 
 WORKLOADS = ("rr", "blast", "rr-tcp")
-TICK_S = 0.1  # how often final answers are read and the control socket looked at
+TICK_S = 0.25  # how often final answers are read and the control socket looked at
+SPIN_ABOVE_PPS = 20_000  # below, the sender sleeps to each due time instead of spinning
 CATCH_UP = 2.0  # the step rate asked of the server, over the probe's (see _rr_step)
 STALL_S = 0.05  # a request sent this much after its due time marks a stall of the watcher
 _FINAL_MARGIN_S = 0.03  # the engine reads replies in 20 ms chunks: a margin past the timeout
@@ -327,7 +328,7 @@ class Watch:
         sock = self._client.data_socket
         sender = engine.loops.PacedSender(sock.fileno(), template, rate_pps=rate,
                                           expect_replies=True, timeout_s=cfg.timeout_s,
-                                          keep_replies=True)
+                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS)
         count = int(lease * rate)
         t0 = engine.monotonic_ns() + 1_000_000
         wall_offset = time.time_ns() - engine.monotonic_ns()
