@@ -138,3 +138,20 @@ def test_rr_counts_every_reply_with_and_without_gso(udp_pair, gso):
     assert isinstance(figures, dict)
     assert figures["burst_packets"] == 2  # 20k pps: 2 due in 100 us, under --burst 16
     assert figures["udp_gso"] == (gso == "auto" and engine.udp_offload_support()[0])
+
+
+def test_profiles_carry_gso_and_burst_to_the_step():
+    from pktbench import config
+    from pktbench.errors import ConfigError
+    from pktbench.sweeper import step_params_for
+
+    rates = "\n[rates]\nlist_pps = [1000]\n"
+    profile = config.profile_from_toml('workload = "blast"\ngso = "off"\nburst = 8\n' + rates,
+                                       "t.toml")
+    step = step_params_for(profile, 50_000.0)
+    assert (step.gso, step.burst) == ("off", 8)
+    assert step_params_for(config.load_profile("default"), 1000.0).gso == "auto"
+    with pytest.raises(ConfigError, match="gso must be one of"):
+        config.profile_from_toml('gso = "maybe"\n' + rates, "t.toml")
+    with pytest.raises(ConfigError, match="burst"):
+        config.profile_from_toml("burst = 65\n" + rates, "t.toml")
