@@ -221,6 +221,8 @@ class TestbedStatus:
 
     prefix: str
     info: TestbedInfo | None
+    # what differed in the testbed `testbed_up` replaced (empty: built anew or kept)
+    replaced: tuple[str, ...] = ()
 
     @property
     def up(self) -> bool:
@@ -244,21 +246,33 @@ class KernelProbe:
     features: Mapping[str, bool]
 
 
-def testbed_up(config: TestbedConfig) -> TestbedStatus:
+def testbed_up(config: TestbedConfig, *, force: bool = True) -> TestbedStatus:
     """Build the namespace testbed `config` describes, or keep the identical one (root).
+
+    A different testbed under the same prefix is removed and rebuilt; with
+    `force` false that is refused while processes run inside it (a server
+    started with `testbed exec`, say), since removing it kills them.
 
     Args:
         config: prefix, paths, shaping and policing of the testbed.
+        force: rebuild a different testbed even with processes inside.
 
     Returns:
-        The testbed as it now stands.
+        The testbed as it now stands; `replaced` lists what differed in the
+        one it replaced.
 
     Raises:
-        PktbenchError: not root, a missing tool, or the kernel refused a part.
+        PktbenchError: not root, a missing tool, the kernel refused a part,
+            or (force false) a different testbed has processes inside.
     """
     from pktbench import testbed as bed
+    from pktbench.errors import TestbedError
 
-    return TestbedStatus(config.prefix, bed.up(config))
+    plan = bed.plan_up(config)
+    if plan.rebuild and plan.processes and not force:
+        raise TestbedError(bed.busy_message(config.prefix, plan))
+    info = bed.up(config)
+    return TestbedStatus(config.prefix, info, plan.differences if plan.rebuild else ())
 
 
 def testbed_down(prefix: str = DEFAULT_PREFIX) -> TestbedRemoval:

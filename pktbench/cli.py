@@ -8,7 +8,9 @@ becomes a one-line error (exit 1); bad options exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,30 @@ class RateListType(click.ParamType):  # type: ignore[type-arg]
         return str(value)
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+
+    name = "BYTES[K|M|G]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+        try:
+            number = float(text[:len(text) - len(suffix)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 268435456, 256M, 1G)", param, ctx)
+        size = number * _SIZE_SUFFIXES[suffix]
+        if not 1 << 20 <= size <= 1 << 40:
+            self.fail(f"{value!r} must be from 1M to 1024G", param, ctx)
+        return int(size)
+
+
 def read_secret(token: str | None, token_file: str | None) -> bytes | None:
     if token and token_file:
         raise click.UsageError("give --token or --token-file, not both")
@@ -215,9 +241,14 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
               help="TCP control and UDP data port [default: 7425]; 0 picks a free one.")
 @token_options
 @click.option("--max-rate", type=RateType(), default=None,
-              help="Refuse steps above this many pps.")
+              help="Refuse steps above this many pps (each step is answered at most at its rate).")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Refuse steps longer than this (warm-up included), seconds.")
+@click.option("--max-step-memory", type=SizeType(), default="256M", show_default=True,
+              help="Refuse steps whose server buffers would take more than this.")
+@click.option("--stats-file", metavar="FILE", default=None,
+              help="Keep the server's counters here as JSON: written at start, after every "
+                   "session and on SIGUSR1 (which also logs them).")
 @click.option("--once", is_flag=True, help="Exit after the first session.")
 @click.option("--quiet", is_flag=True, help="No per-session log lines.")
 @click.option("--pid-file", metavar="FILE", default=None,
@@ -227,7 +258,8 @@ def resolve_tcp(target: str | None, workload: str | None, connections: int | Non
 @click.option("--print-systemd-unit", is_flag=True,
               help="Print a systemd unit that runs this serve as a service, then exit.")
 def serve(bind: str, port: int | None, token: str | None, token_file: str | None,
-          max_rate: float | None, max_duration: float | None, once: bool, quiet: bool,
+          max_rate: float | None, max_duration: float | None, max_step_memory: int,
+          stats_file: str | None, once: bool, quiet: bool,
           pid_file: str | None, log_format: str, print_systemd_unit: bool) -> None:
     """Answer pktbench clients (the far end of every test)."""
     from pktbench import service, wire
@@ -238,9 +270,11 @@ def serve(bind: str, port: int | None, token: str | None, token_file: str | None
         return
     config = ServerConfig(bind=bind, port=wire.DEFAULT_PORT if port is None else port,
                           secret=read_secret(token, token_file), max_rate_pps=max_rate,
-                          max_duration_s=max_duration, once=once)
+                          max_duration_s=max_duration, once=once,
+                          max_step_buffer_bytes=max_step_memory, stats_file=stats_file)
     log = service.logger(log_format, quiet)
     with Server(config, log=log) as server:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: server.request_stats())
         host, chosen = server.address
         with service.pid_file(pid_file):
             service.announce(log_format, host, chosen)
@@ -327,8 +361,87 @@ def _outputs(json_path: str | None, csv_path: str | None = None,
     return outputs
 
 
+def _interval_option(default_words: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "-i", "--interval", "interval", type=click.FloatRange(min=0), default=None,
+        help=f"Report each step every S seconds while it runs, live on stderr and kept in "
+             f"the JSON (the step's intervals); 0 turns it off [default: {default_words}].")
+
+
+JSON_STREAM_OPTION = click.option(
+    "--json-stream", "json_stream", is_flag=True,
+    help="One JSON object per line on stdout as things happen (start, each interval, each "
+         "step, end with the whole result); tables go to stderr.")
+
+
+class _Live:
+    """-i interval lines, --json-stream events, and the intervals each step keeps."""
+
+    def __init__(self, interval_s: float | None, json_stream: bool, quiet: bool, kind: str,
+                 command: str) -> None:
+        from pktbench.intervals import MAX_INTERVAL_S, MIN_INTERVAL_S, IntervalReporter
+        from pktbench.report.stream import JsonStream
+
+        if interval_s is not None and interval_s != 0 and not (
+                MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S):  # NaN fails both
+            raise click.BadParameter(f"{interval_s:g} s is {'too short' if interval_s < 1 else 'not an interval'}: "
+                                     f"give {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} s, or 0 "
+                                     "for none", param_hint="-i/--interval")
+        self.quiet = quiet
+        self.stream = JsonStream(sys.stdout, kind, command) if json_stream else None
+        self.reporter = (IntervalReporter(interval_s, self._interval)
+                         if interval_s else None)
+        self.kept: list[list[dict[str, Any]] | None] = []  # per measured step, in order
+
+    def __enter__(self) -> _Live:
+        if self.reporter is not None:
+            self.reporter.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.reporter is not None:
+            self.reporter.__exit__(None, None, None)
+
+    def _interval(self, item: dict[str, Any]) -> None:
+        from pktbench.report.stream import interval_line
+
+        if not self.quiet:
+            click.echo("  " + interval_line(item), err=True)
+        if self.stream is not None:
+            self.stream.interval(item)
+
+    def step_done(self, step: dict[str, Any]) -> None:
+        intervals = self.reporter.take() if self.reporter is not None else None
+        if not step.get("search_trial"):
+            self.kept.append(intervals)
+        if self.stream is not None:
+            self.stream.step({**step, "intervals": intervals} if intervals is not None
+                             else step)
+
+    def finish(self, result: Any) -> Any:
+        """`result` with each step's intervals in it (when -i was on)."""
+        import dataclasses
+
+        for step in result.steps[len(self.kept):]:  # a run: its one step had no callback
+            self.step_done(dict(step))
+        if self.reporter is not None:
+            steps = tuple({**step, "intervals": kept} if kept is not None else step
+                          for step, kept in zip(result.steps, self.kept))
+            result = dataclasses.replace(result, steps=steps + tuple(result.steps[len(steps):]))
+        return result
+
+    def end(self, result: Any) -> None:
+        if self.stream is not None:
+            self.stream.end(result.to_dict())
+
+
+def _check_stream(json_stream: bool, outputs: dict[str, str | None]) -> None:
+    if json_stream and "-" in outputs.values():
+        raise click.UsageError("--json-stream writes stdout: send the other output to a file")
+
+
 def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str | None,
-                   stopper: Any) -> Any:
+                   stopper: Any, live: _Live | None = None) -> Any:
     """The table and every output file of `result`, marked interrupted when a signal came.
 
     Returns the result as written. After an interrupt the caller exits with
@@ -344,12 +457,14 @@ def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str 
         name = signal.Signals(stopper.signum).name
         click.echo(f"pktbench: interrupted by {name}: {len(result.steps)} finished "
                    f"step(s) reported{', written' if any(outputs.values()) else ''}", err=True)
-    to_stdout = "-" in outputs.values()
+    to_stdout = "-" in outputs.values() or (live is not None and live.stream is not None)
     write_report(table_format(), result, sys.stderr if to_stdout else sys.stdout,
                  kind=table_kind)
     for kind, path in outputs.items():
         if path:
             write_report(kind, result, path)
+    if live is not None:
+        live.end(result)
     return result
 
 
@@ -399,6 +514,8 @@ def _write_results(result: Any, outputs: dict[str, str | None], table_kind: str 
 @JSON_STDOUT
 @click.option("--csv", "csv_path", metavar="FILE", help="Write the step as a CSV row.")
 @QUIET_OPTION
+@_interval_option("1 when --duration is over 10 s, else off")
+@JSON_STREAM_OPTION
 @PORT_OPTION
 @WIDE
 @token_options
@@ -411,7 +528,8 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
         csv_path: str | None, quiet: bool, port: int | None,
         token: str | None, token_file: str | None,
         connections: int | None, pipeline: int | None, redis_password: str | None,
-        workers: int, cpus_text: str | None, gso: str | None = None,
+        workers: int, cpus_text: str | None, interval: float | None = None,
+        json_stream: bool = False, gso: str | None = None,
         burst: int | None = None) -> None:
     """Measure one step. Without HOST, a server is started on this machine.
 
@@ -471,10 +589,15 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
                                       max_loss_ratio=max_loss,
                                       min_delivery_ratio=min_delivery).criteria
     secret = read_secret(token, token_file)
-    with StopOnSignal() as stopper:
+    _check_stream(json_stream, outputs)
+    if interval is None and params.duration_s > 10:
+        interval = 1.0  # a long step says how it goes, as iperf3 does
+    if interval and workers > 1:
+        interval = None  # the senders' meters are in the worker processes
+    with _Live(interval, json_stream, quiet, "run", "run") as live, StopOnSignal() as stopper:
         result = api.run(resolved, params, secret=secret, redis_auth=auth, worker_cpus=cpus,
                          criteria=criteria, stop=stopper.stop)
-    result = _write_results(result, outputs, "run", stopper)
+    result = _write_results(live.finish(result), outputs, "run", stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)
     _exit_on_failure(result.judgement, fail_on)
@@ -549,6 +672,8 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
 @click.option("--csv", "csv_path", metavar="FILE", help="Write one CSV row per step.")
 @click.option("--plot", "plot_path", metavar="FILE", help="Write a PNG or SVG plot.")
 @QUIET_OPTION
+@_interval_option("off")
+@JSON_STREAM_OPTION
 @PORT_OPTION
 @WIDE
 @token_options
@@ -564,6 +689,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           connections: int | None, pipeline: int | None, redis_password: str | None,
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
           cpus_text: str | None, json_stdout: bool = False, port: int | None = None,
+          interval: float | None = None, json_stream: bool = False,
           gso: str | None = None, burst: int | None = None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
@@ -623,9 +749,13 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
     secret = read_secret(token, token_file)
-    with StopOnSignal() as stopper, Progress(profile.step_count, quiet=quiet) as progress:
+    _check_stream(json_stream, outputs)
+    with (_Live(interval if workers == 1 else None, json_stream, quiet, "sweep", "sweep")
+          as live, StopOnSignal() as stopper,
+          Progress(profile.step_count, quiet=quiet) as progress):
 
         def show(step: dict[str, Any], done: int, planned: int) -> None:
+            live.step_done(step)
             if step.get("search_trial"):
                 progress.message("search " + step_line(step))
             else:
@@ -634,7 +764,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
                            on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus,
                            stop=stopper.stop)
-    result = _write_results(result, outputs, None, stopper)
+    result = _write_results(live.finish(result), outputs, None, stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)
     _exit_on_failure(result.judgement, fail_on)
@@ -656,8 +786,11 @@ def profiles_command() -> None:
               help="Write the comparison as JSON ('-' = stdout, the table then goes to "
                    "stderr).")
 @JSON_STDOUT
+@click.option("--plot", "plot_path", metavar="FILE",
+              help="Write both sweeps overlaid on one plot (PNG or SVG).")
 @WIDE
-def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> None:
+def compare(old: str, new: str, json_path: str | None, json_stdout: bool,
+            plot_path: str | None) -> None:
     """Compare two result files (old environment vs new) side by side.
 
     Two rate sweeps compare knee, NDR/PDR and latency at matching rates; two
@@ -670,17 +803,30 @@ def compare(old: str, new: str, json_path: str | None, json_stdout: bool) -> Non
     json_path = _json_target(json_path, json_stdout)
     if json_path:
         check_output_path(json_path, "json")
+    if plot_path:
+        check_output_path(plot_path, "plot")
     if is_fleet_file(old) or is_fleet_file(new):
+        if plot_path:
+            raise click.UsageError("--plot overlays two sweeps; fleet results plot with "
+                                   "`pktbench fleet --plot`")
         from pktbench.report.fleet import compare_fleet_files
 
         text = compare_fleet_files(old, new, json_path)
         click.echo(text, err=json_path == "-")
         return
+    from pktbench.cli_files import sweeps_to_plot
+
+    sweeps = sweeps_to_plot(old, new) if plot_path else None
     comparison = compare_files(old, new)
     write_report(table_format(), comparison, sys.stderr if json_path == "-" else sys.stdout,
                  kind="compare")
     if json_path:
         write_report("json", comparison, json_path, kind="compare")
+    if sweeps is not None and plot_path:
+        from pktbench.report.plot import write_compare_plot
+
+        write_compare_plot(*sweeps, plot_path, (comparison["a"]["label"],
+                                                comparison["b"]["label"]))
 
 
 # --- decode: per-flow statistics of a packet capture -------------------------
@@ -751,6 +897,8 @@ def _testbed_rate(ctx: click.Context, param: click.Parameter,
 @click.option("--mechanism", type=click.Choice(["auto", "ecmp", "bond"]), default="auto",
               show_default=True, help="How two paths are joined.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--force", is_flag=True,
+              help="Rebuild a different testbed even with processes inside (they are killed).")
 @click.option("--hosts", type=click.IntRange(2, 64), default=None,
               help="A fleet instead: N host namespaces on one bridge (see `testbed sshd`).")
 @click.option("--host-pps-limit", "host_pps_limits", multiple=True, metavar="NAME=PPS",
@@ -758,9 +906,13 @@ def _testbed_rate(ctx: click.Context, param: click.Parameter,
 def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: str,
                pps_limit: int | None, pps_burst: int, delay_ms: float, mtu: int,
                both_directions: bool, allow_degraded: bool, mechanism: str,
-               as_json: bool, hosts: int | None = None,
+               as_json: bool, force: bool = False, hosts: int | None = None,
                host_pps_limits: tuple[str, ...] = ()) -> None:
-    """Create (or keep, if identical) the namespace testbed."""
+    """Create (or keep, if identical) the namespace testbed.
+
+    A different testbed under the prefix is rebuilt, and what differed is
+    said; while processes run inside it that is refused unless --force.
+    """
     from pktbench import api, testbed
     from pktbench.report import write_report, write_testbed_error
 
@@ -781,7 +933,7 @@ def testbed_up(prefix: str, paths: int, rate_cap: int | None, rate_cap_qdisc: st
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        status = api.testbed_up(config)
+        status = api.testbed_up(config, force=force)
     except PktbenchError as exc:
         if as_json:
             write_testbed_error(str(exc), sys.stdout)
@@ -1007,6 +1159,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @JSON_STDOUT
 @QUIET_OPTION
+@JSON_STREAM_OPTION
 @PORT_OPTION
 @WIDE
 @token_options
@@ -1017,7 +1170,7 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
          token_file: str | None, write_size: int | None, json_stdout: bool = False,
          port: int | None = None, length: int | None = None,
-         bitrate: float | None = None) -> None:
+         bitrate: float | None = None, json_stream: bool = False) -> None:
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
     Without HOST, a server is started on this machine. SIGINT or SIGTERM
@@ -1052,21 +1205,26 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _bulk_run(target, config, outputs, quiet, read_secret(token, token_file))
+    _bulk_run(target, config, outputs, quiet, read_secret(token, token_file), json_stream)
 
 
 def _bulk_run(target: str | None, config: Any, outputs: dict[str, str | None], quiet: bool,
-              secret: bytes | None) -> None:
+              secret: bytes | None, json_stream: bool = False) -> None:
     from pktbench import api
     from pktbench.interrupts import StopOnSignal
     from pktbench.report import bulk_step_line
 
-    progress = (lambda step: None) if quiet else (
-        lambda step: click.echo(bulk_step_line(step), err=True))
-    with StopOnSignal() as stopper:
+    _check_stream(json_stream, outputs)
+    with _Live(None, json_stream, quiet, "bulk", "bulk") as live, StopOnSignal() as stopper:
+
+        def progress(step: dict[str, Any]) -> None:
+            live.step_done(step)
+            if not quiet:
+                click.echo(bulk_step_line(step), err=True)
+
         result = api.run_bulk(target, config, secret=secret, on_step=progress,
                               stop=stopper.stop)
-    _write_results(result, outputs, None, stopper)
+    _write_results(result, outputs, None, stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)
 

@@ -71,4 +71,14 @@ def show(result_file: str, json_path: str | None, csv_path: str | None,
         write_report("plot", result, plot_path)
 
 
+def sweeps_to_plot(old: str, new: str) -> tuple[Any, Any]:
+    """`compare --plot`'s two results, refused before anything is printed unless both are sweeps."""
+    from pktbench.results import load_result
+
+    first, second = load_result(old), load_result(new)
+    if first.kind != "sweep" or second.kind != "sweep":
+        raise click.UsageError("--plot overlays two sweeps; bulk results have no plot")
+    return first, second
+
+
 COMMANDS = (show,)

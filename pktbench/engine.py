@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -313,6 +313,40 @@ def udp_rcvbuf_errors() -> int:
     return total
 
 
+# glibc's malloc raises its mmap threshold each time a large block is freed,
+# so the next step's large buffers come from the heap, and a freed heap stays
+# resident: the server kept a gigabyte after one big step. A fixed threshold
+# keeps every step buffer in its own mapping, returned to the kernel on free.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018 - glibc only; elsewhere AttributeError
+        libc.malloc_trim  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def keep_buffers_unpooled() -> None:
+    """Make large allocations always mmap'd (and unmapped when freed)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the kernel after a step."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def thread_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_THREAD)
     return usage.ru_utime + usage.ru_stime
@@ -423,13 +457,15 @@ class LiveWindow:
 
     `counter_names` names the snapshot's counters (SENDER_COUNTERS or
     CLIENT_COUNTERS); `final` is the snapshot taken as the window closed
-    (after its drain), None while it runs.
+    (after its drain), None while it runs. `replies`: the sender counts
+    replies (rr); a one-way sender's received counter stays 0.
     """
 
     meter: Snapshotting
     counter_names: tuple[str, ...]
     start_ns: int
     offered_pps: float | None
+    replies: bool = True
     final: tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
 
 
@@ -460,8 +496,8 @@ class LiveMeters:
             return closed
 
     def open(self, meter: Snapshotting, counter_names: tuple[str, ...], start_ns: int,
-             offered_pps: float | None) -> LiveWindow:
-        window = LiveWindow(meter, counter_names, start_ns, offered_pps)
+             offered_pps: float | None, replies: bool = True) -> LiveWindow:
+        window = LiveWindow(meter, counter_names, start_ns, offered_pps, replies)
         with self._lock:
             self._running.append(window)
         return window
@@ -512,7 +548,7 @@ class Phases:
 def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, duration_s: float,
                drain_s: float, drain: bool, grace: bool, start_ns: int | None = None,
                meter: Snapshotting | None = None,
-               counter_names: tuple[str, ...] = ()) -> Phases:
+               counter_names: tuple[str, ...] = (), replies: bool = True) -> Phases:
     """The one warm-up / measure / drain driver of every sender.
 
     Warm-up is sent on the measured schedule just before t0, so t0 is where
@@ -538,7 +574,7 @@ def run_phases(loop: PhaseLoop, *, rate_pps: float | None, warmup_s: float, dura
     count = int(round(duration_s * rate_pps)) if rate_pps else UNLIMITED
     grace_ns = int(max(0.01, duration_s * 0.01) * 1e9) if grace and rate_pps else 0
     loop.begin(start_ns, count, False)
-    live = (LIVE_METERS.open(meter, counter_names, start_ns, rate_pps)
+    live = (LIVE_METERS.open(meter, counter_names, start_ns, rate_pps, replies)
             if meter is not None else None)
     try:
         cpu_before = thread_cpu_s()
@@ -604,7 +640,7 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     phases = run_phases(_SenderPhases(sender, stop), rate_pps=rate_pps, warmup_s=warmup_s,
                         duration_s=duration_s, drain_s=drain_s, drain=expect_replies,
                         grace=True, start_ns=start_ns, meter=sender.engine,
-                        counter_names=loops.SENDER_COUNTERS)
+                        counter_names=loops.SENDER_COUNTERS, replies=expect_replies)
     start_ns, count, send_end_ns = phases.start_ns, phases.count, phases.send_end_ns
     sender.engine.finish()
     counters = _counters(sender.engine.counters, loops.SENDER_COUNTERS)
@@ -629,13 +665,47 @@ def run_sender(sock: socket.socket, template: bytes, *, rate_pps: float | None,
     )
 
 
+# Each flow of a multi-flow step receives into at most this many bytes: 64
+# datagrams of a typical size, fewer large ones or GRO trains (8 slots of
+# 64 KiB still take hundreds of datagrams a call), so a step's memory follows
+# its flow count, not flows x 64 x 64 KiB. A single-flow step keeps 64 slots.
+RESPONDER_RX_BYTES_PER_FLOW = 512 << 10
+_WINDOW_BITS = 1 << 20  # the Responder's loss window
+
+
+_GRO_SLOT = 65536  # a receive slot with UDP_GRO holds a whole coalesced train
+
+
+def _rx_slot(size_bytes: int, gro: bool) -> int:
+    slot = max(size_bytes, wire.HEADER_SIZE) + 1
+    return max(slot, _GRO_SLOT) if gro else slot
+
+
+def responder_batch(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
+    """Receive slots a responder fills per call for this datagram size."""
+    if flows <= 1:
+        return 64
+    return max(4, min(64, RESPONDER_RX_BYTES_PER_FLOW // _rx_slot(size_bytes, gro)))
+
+
+def responder_buffer_bytes(size_bytes: int, *, gro: bool = False, flows: int = 1) -> int:
+    """What a step's Responders allocate over its `flows` flows (receive and
+    reply slots, their message headers and control space, the loss
+    windows), rounded up."""
+    slot = _rx_slot(size_bytes, gro)
+    reply = max(size_bytes, wire.HEADER_SIZE) + 1
+    batch = responder_batch(size_bytes, gro=gro, flows=flows)
+    return flows * (batch * (slot + reply + 512) + _WINDOW_BITS // 8 + 4096)
+
+
 class ResponderLoop:
     """A Responder for one step, run in chunks by `serve_until`."""
 
     def __init__(self, sock: socket.socket, *, peer: tuple[str, int], token: int,
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
-                 batch: int = 64, seq_limit: int = (1 << 64) - 1,
-                 rate_cap: tuple[float, float] | None = None, gso: str = "off") -> None:
+                 batch: int | None = None, seq_limit: int = (1 << 64) - 1,
+                 rate_cap: tuple[float, float] | None = None, gso: str = "off",
+                 flows: int = 1) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
         max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
@@ -648,7 +718,9 @@ class ResponderLoop:
         self.engine = loops.Responder(
             sock.fileno(), peer=pack_sockaddr(peer[0], peer[1]), token=token, command=command,
             sink=sink, max_size=max(size_bytes, wire.HEADER_SIZE), prefix=prefix, reply=reply,
-            busy_poll=busy_poll, batch=batch, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
+            busy_poll=busy_poll, batch=batch or responder_batch(size_bytes, gro=self.gro,
+                                                                  flows=flows),
+            window_bits=_WINDOW_BITS, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
             burst=burst, gro=self.gro, gso_segments=segments)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:

@@ -672,6 +672,14 @@ class ControlConnection:
         self._state = State.CLOSED
         return CLOSED
 
+    def fits(self, event: Event) -> bool:
+        """Whether `event` encodes within this connection's frame cap."""
+        try:
+            _encode(event, self.max_frame_bytes)
+        except LocalProtocolError:
+            return False
+        return True
+
     def send(self, event: Event) -> bytes:
         """The bytes to write for `event`, after checking it is legal now.
 

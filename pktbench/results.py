@@ -28,6 +28,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,6 +514,8 @@ def environment(host: str | None = None, interface: str | None = None,
     iface = interface or interface_for(host)
     mtu = _read_int(f"/sys/class/net/{iface}/mtu") if iface else None
     return {
+        # when the run began, ISO 8601 in UTC (plots and reports date a result by it)
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": f"{platform.system()} {platform.release()}",
         "cpu": _cpu_model(),
         "cpus": os.cpu_count() or 1,

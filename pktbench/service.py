@@ -77,9 +77,9 @@ def log_stats(log_format: str, stats: Any) -> None:
 
     line = server_summary_line(stats)
     if log_format == "json":
-        line = _json_line(line, event="stopped", sessions=stats.sessions, steps=stats.steps,
-                          busy=stats.busy_refusals, auth_failures=stats.auth_failures,
-                          dropped=stats.protocol_errors, drops=sum(stats.drops.values()))
+        line = _json_line(line, event="stopped", **{
+            **stats.to_dict(), "busy": stats.busy_refusals, "dropped": stats.protocol_errors,
+            "drops": sum(stats.drops.values()), "drops_by_reason": dict(stats.drops)})
     print(line, file=sys.stderr, flush=True)
 
 

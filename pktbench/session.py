@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import os
 import queue
 import selectors
@@ -44,7 +45,7 @@ from pktbench.errors import (
 from pktbench.protocol import Role, StepParams
 from pktbench.results import interface_for
 from pktbench.step import StepResult
-from pktbench.workloads import WORKLOADS
+from pktbench.workloads import WORKLOADS, server_buffer_bytes
 from pktbench.workloads.base import (
     ArmedStep, ServerArm, TcpStepHandler, UdpResponder, Workload)
 from pktbench.workloads.base import Closeable as _Closeable
@@ -110,6 +111,10 @@ _PREAMBLE_RECHECK_S = 0.01
 # Hostile-peer events are logged at most once a second, with a count.
 _LOG_INTERVAL_S = 1.0
 _LOOPBACK_BINDS = ("127.", "::1", "localhost")
+# What one step may make the server allocate for its buffers (--max-step-memory):
+# a 128-flow step of 1,472-byte datagrams takes 44 MiB (82 MiB with GRO), of
+# 65,507-byte ones 145 MiB.
+DEFAULT_STEP_BUFFER_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,8 @@ class ServerConfig:
     once: bool = False
     idle_timeout_s: float = 60.0  # between steps, a silent client is dropped after this
     cpus: tuple[int, ...] = ()  # multi-flow steps pin their responder threads here, round-robin
+    max_step_buffer_bytes: int = DEFAULT_STEP_BUFFER_BYTES
+    stats_file: str | None = None  # the counters as JSON, rewritten after every session
 
 
 @dataclass
@@ -142,15 +149,33 @@ class ServerStats:
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
 
     def summary(self) -> str:
-        """The counters a log line reports, in words."""
-        return (f"{self.sessions} sessions, {self.steps} steps, {self.busy_refusals} busy, "
-                f"{self.auth_failures} auth failures, {self.protocol_errors} protocol errors, "
-                f"{self.handshake_timeouts} handshake timeouts, "
+        """Every counter, in words: the per-session log line, SIGUSR1's line."""
+        by_reason = ", ".join(f"{reason} {count}" for reason, count in self.drops.items()
+                              if count)
+        return (f"{self.sessions} sessions, {self.steps} steps, {self.refused_steps} refused "
+                f"steps, {self.step_deadlines} ended at their deadline, {self.busy_refusals} "
+                f"busy, {self.auth_failures} auth failures, {self.protocol_errors} protocol "
+                f"errors, {self.handshake_timeouts} handshake timeouts, "
                 f"{self.evicted_connections} evicted, {self.refused_connections} refused "
                 f"for resources, {self.rejected_data_connections} rejected data connections, "
-                f"drops {sum(self.drops.values())}; between steps: "
-                f"{self.unsolicited_datagrams} unsolicited datagrams, "
+                f"drops {sum(self.drops.values())}" + (f" ({by_reason})" if by_reason else "")
+                + f"; between steps: {self.unsolicited_datagrams} unsolicited datagrams, "
                 f"{self.between_steps_rcvbuf_drops} receive-buffer drops")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every counter, as `--stats-file` holds them (docs/security.md)."""
+        return {
+            "sessions": self.sessions, "steps": self.steps, "refused_steps": self.refused_steps,
+            "step_deadlines": self.step_deadlines, "busy_refusals": self.busy_refusals,
+            "auth_failures": self.auth_failures, "protocol_errors": self.protocol_errors,
+            "handshake_timeouts": self.handshake_timeouts,
+            "evicted_connections": self.evicted_connections,
+            "refused_connections": self.refused_connections,
+            "rejected_data_connections": self.rejected_data_connections,
+            "drops": dict(self.drops),
+            "between_steps": {"unsolicited_datagrams": self.unsolicited_datagrams,
+                              "rcvbuf_drops": self.between_steps_rcvbuf_drops},
+        }
 
 
 class _Phase(enum.Enum):
@@ -323,6 +348,30 @@ class _UdpLiveStep(_LiveStep):
         return receiver
 
 
+def _fitted_result(cc: protocol.ControlConnection, step_id: int,
+                   receiver: dict[str, Any]) -> protocol.StepResult:
+    """The StepResult, within one control frame: a step of many flows first
+    loses its per-flow zero counters and engine details, then its per-flow
+    list (the totals stay), rather than its session."""
+    result = protocol.StepResult(step_id, receiver)
+    streams = receiver.get("streams")
+    if cc.fits(result) or not isinstance(streams, list):
+        return result
+    compact = [{key: value for key, value in stream.items()
+                if key != "engine" and value not in (0, None, {})}
+               | {"stream_id": stream.get("stream_id"), "client_port": stream.get("client_port")}
+               for stream in streams if isinstance(stream, dict)]
+    for stream in compact:
+        if isinstance(stream.get("drops"), dict):
+            stream["drops"] = {k: v for k, v in stream["drops"].items() if v}
+    result = protocol.StepResult(step_id, receiver | {"streams": compact,
+                                                      "streams_compacted": True})
+    if cc.fits(result):
+        return result
+    return protocol.StepResult(step_id, {k: v for k, v in receiver.items() if k != "streams"}
+                               | {"streams_omitted": len(streams)})
+
+
 def _check_plausible(name: str, count: int, step: StepParams) -> None:
     """Refuse a peer's packet count that the step's rate and length cannot
     reach: it would drive the loss accounting, so it is never trusted."""
@@ -375,6 +424,8 @@ class Server:
         self._notes_held = 0
         self._watch: socket.socket | None = None
         self.buffers: engine.BufferSizes | None = None
+        self._stats_asked = threading.Event()
+        self._started_wall = time.time()
 
     # -- set-up ------------------------------------------------------------
     def __enter__(self) -> Server:
@@ -434,6 +485,8 @@ class Server:
             self.buffers = engine.tune_socket(udp)
             self._drops_mark = engine.socket_drops(udp)
             self._spare_fd = _open_spare_fd()
+            engine.keep_buffers_unpooled()
+            self.write_stats()
             if not self.config.secret and not _is_loopback(self.config.bind):
                 self._log(f"warning: listening on {self.config.bind} without a token: anyone "
                           "who reaches this port can run tests through it (--token)")
@@ -450,6 +503,37 @@ class Server:
             self._spare_fd = None
         self._wake_r.close()
         self._wake_w.close()
+
+    def request_stats(self) -> None:
+        """Log the counters and rewrite the stats file soon (safe from a
+        signal handler or any thread: the loop does the work)."""
+        self._stats_asked.set()
+        self._wake()
+
+    def write_stats(self) -> None:
+        """The counters to `stats_file`, whole or not at all (write, then rename)."""
+        path = self.config.stats_file
+        if path is None:
+            return
+        document = {"pid": os.getpid(), "started": round(self._started_wall, 3),
+                    "written": round(time.time(), 3), "in_session": self.in_session,
+                    "limits": {"max_rate_pps": self.config.max_rate_pps,
+                               "max_duration_s": self.config.max_duration_s,
+                               "max_step_buffer_bytes": self.config.max_step_buffer_bytes,
+                               "step_slack_s": protocol.STEP_SLACK_S},
+                    **self.stats.to_dict()}
+        temporary = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, sort_keys=True)
+                handle.write("\n")
+            os.replace(temporary, path)
+        except OSError as exc:
+            self._note(f"cannot write the stats file {path}: {exc.strerror or exc}")
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         """Ask serve_forever to return (from any thread)."""
@@ -480,6 +564,7 @@ class Server:
             finally:
                 self._shutdown()
                 self._selector = None
+                self.write_stats()
 
     def _turn(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
@@ -494,6 +579,10 @@ class Server:
                 wait = min(wait, peer.recheck_at - now)
         if self._accept_paused_until:
             wait = min(wait, self._accept_paused_until - now)
+        if self._stats_asked.is_set():
+            self._stats_asked.clear()
+            self._log(f"stats: {self.stats.summary()}")
+            self.write_stats()
         for key, events in selector.select(max(wait, 0.0)):
             if key.data == "listener":
                 self._accept_burst()
@@ -862,6 +951,7 @@ class Server:
                 flows = protocol.validate_client_ports(client_ports, step.streams)
             if workload is None:
                 raise ConfigError(f"step params: workload {step.workload} is not served here")
+            self._check_budget(step)
             token = data_token(session.token, session.step_id)
             live = self._arm(peer, workload, step, session.step_id, token, client_port, flows)
         except ConfigError as exc:
@@ -872,6 +962,17 @@ class Server:
         peer.phase = _Phase.STEP
         _wait(peer, step.hard_limit_s)
         self._queue(peer, protocol.StepReady(session.step_id))
+
+    def _check_budget(self, step: StepParams) -> None:
+        need, budget = server_buffer_bytes(step), self.config.max_step_buffer_bytes
+        if need > budget:
+            what = (f"{step.connections} connections" if step.workload == "rr-tcp"
+                    else f"{step.streams} flows")
+            raise ConfigError(
+                f"step params: this step needs {need / 2**20:.1f} MiB of server buffers "
+                f"({what} of {step.size_bytes} bytes), over this server's budget of "
+                f"{budget / 2**20:.1f} MiB per step (--max-step-memory); use fewer flows "
+                "or smaller datagrams")
 
     def _arm(self, peer: _Peer, workload: Workload, step: StepParams, step_id: int,
              token: int, client_port: object, flows: tuple[int, ...]) -> _LiveStep:
@@ -942,7 +1043,8 @@ class Server:
                 session, step_id, outcome = self._finished.get_nowait()
             except queue.Empty:
                 return
-            session.live = None
+            session.live = None  # the step's buffers go with it
+            engine.release_memory()
             peer = session.peer
             if self._session is not session:
                 continue
@@ -954,8 +1056,8 @@ class Server:
             peer.phase = _Phase.READY
             _wait(peer, self.config.idle_timeout_s)
             try:
-                self._queue(peer, protocol.StepResult(step_id, outcome))
-            except OSError as exc:
+                self._queue(peer, _fitted_result(peer.cc, step_id, outcome))
+            except (OSError, LocalProtocolError) as exc:
                 self._fail(peer, f"dropped: {_reason(exc)}")
 
     def _end_of_stream(self, peer: _Peer) -> None:
@@ -1000,11 +1102,14 @@ class Server:
     def _end_session(self, session: _Session, outcome: str) -> None:
         self._tcp_step = None
         self._session = None
+        if session.live is None:
+            engine.release_memory()  # an aborted step's buffers are gone by now
         session.peer.phase = _Phase.CLOSING
         _wait(session.peer, 2.0)
         self._log(f"session {session.peer.ip}: {self.stats.steps - session.steps_before} steps "
                   f"in {time.monotonic() - session.started:.1f} s, {outcome}; server: "
                   f"{self.stats.summary()}")
+        self.write_stats()
 
     def _shutdown(self) -> None:
         session = self._session

@@ -61,6 +61,7 @@ class _StepResultOptional(TypedDict, total=False):
     # NotRequired is 3.11+; a total=False base gives the same on 3.10.
     workers: list[dict[str, Any]]
     search_trial: bool
+    intervals: list[dict[str, Any]]
     engine: EngineFigures
 
 
@@ -144,6 +145,10 @@ STEP_FIELDS: dict[str, str] = {
               "burst_packets (datagrams a paced send released at once), gso_fallback (the "
               "errno that turned GSO off mid-step, else null)",
     "search_trial": "NDR/PDR search trials only: true",
+    "intervals": "with -i/--interval only: the window every S seconds as it ran (start_s, "
+                 "end_s from t0; sent_packets, received_packets, sent_pps, received_pps, "
+                 "latency_p50_us, latency_p99_us; received and latency null for one-way); "
+                 "see pktbench/intervals.py",
 }
 
 

@@ -575,11 +575,84 @@ def _build(config: TestbedConfig, mechanism: Mechanism,
 # ---------------------------------------------------------------- public API
 
 
+def config_differences(old: TestbedConfig | None, new: TestbedConfig) -> list[str]:
+    """What changes from `old` to `new`, one "field old -> new" each; None: no whole testbed."""
+    if old is None:
+        return ["what stands under this prefix is no complete testbed (half-built or foreign)"]
+
+    def shown(value: Any) -> str:
+        return "none" if value is None else f"{value:g}" if isinstance(value, float) \
+            else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{f.name} {shown(getattr(old, f.name))} -> {shown(getattr(new, f.name))}"
+            for f in dataclasses.fields(TestbedConfig)
+            if getattr(old, f.name) != getattr(new, f.name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpPlan:
+    """What `up` would do to the testbed under a prefix, found without changing anything.
+
+    `differences` is empty when the identical testbed stands (kept) or none
+    does (built); `processes` are (namespace, pid, command) running inside
+    the testbed that a rebuild would kill.
+    """
+
+    present: bool
+    differences: tuple[str, ...]
+    processes: tuple[tuple[str, int, str], ...]
+
+    @property
+    def rebuild(self) -> bool:
+        return self.present and bool(self.differences)
+
+
+def _ns_processes(ns: str) -> list[tuple[str, int, str]]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                         timeout=_CMD_TIMEOUT_S, check=False)
+    found = []
+    for word in out.stdout.split():
+        if not word.isdigit() or int(word) == os.getpid() or _is_zombie(int(word)):
+            continue
+        try:
+            with open(f"/proc/{word}/comm", encoding="utf-8", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue  # gone meanwhile
+        found.append((ns, int(word), name))
+    return found
+
+
+def plan_up(config: TestbedConfig) -> UpPlan:
+    """Whether `up(config)` would keep, build or rebuild, what differs, and who runs inside."""
+    require_root()
+    _check_prefix(config.prefix)
+    _require_tool("ip")
+    present = sorted(_netns_names() & {namespace(s, config.prefix) for s in SIDES})
+    if not present:
+        return UpPlan(False, (), ())
+    existing = _read_stamp(config.prefix) if len(present) == 2 else None
+    differences = config_differences(existing[0] if existing else None, config)
+    processes = [p for ns in present for p in _ns_processes(ns)]
+    return UpPlan(True, tuple(differences), tuple(processes))
+
+
+def busy_message(prefix: str, plan: UpPlan) -> str:
+    """The one-line refusal to rebuild a testbed that has processes inside."""
+    shown = ", ".join(f"{name} (pid {pid} in {ns})" for ns, pid, name in plan.processes[:4])
+    more = f" and {len(plan.processes) - 4} more" if len(plan.processes) > 4 else ""
+    return (f"testbed {prefix} differs from the one asked for ({'; '.join(plan.differences)}) "
+            f"and has {len(plan.processes)} process(es) inside: {shown}{more}; rebuilding "
+            "would kill them: stop them, run `pktbench testbed down`, or pass --force")
+
+
 def up(config: TestbedConfig, *, replace: bool = True) -> TestbedInfo:
     """Build the testbed `config` describes, or keep the identical one in place.
 
     A testbed with the same prefix but another config (or half-built leftovers)
     is removed and rebuilt when `replace` is true, and refused otherwise.
+    `plan_up` tells beforehand which it will be and who runs inside (the CLI
+    refuses to rebuild over running processes without --force).
 
     Returns:
         The testbed's status right after setup.

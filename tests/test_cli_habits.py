@@ -135,3 +135,109 @@ def test_bulk_short_flags():
     assert step["transport"] == "udp" and step["size_bytes"] == 1400
     assert step["offered_bps"] == 200e6
     assert "ceiling" in err and "step 1:" not in err  # -q: the table only, no progress line
+
+
+# -- interval reports and the JSON stream --------------------------------------------
+
+INTERVAL_KEYS = {"start_s", "end_s", "sent_packets", "received_packets", "sent_pps",
+                 "received_pps", "latency_p50_us", "latency_p99_us"}
+
+
+def test_run_interval_reports_are_live_and_kept(tmp_path):
+    code, out, err = invoke("run", "--rate", "2000", "-t", "1.2", "-i", "0.4", "-J")
+    assert code == 0, err
+    (step,) = json.loads(out)["steps"]
+    intervals = step["intervals"]
+    assert len(intervals) >= 3
+    assert all(set(item) == INTERVAL_KEYS for item in intervals)
+    starts = [item["start_s"] for item in intervals]
+    assert starts[0] == 0 and starts == sorted(starts)
+    assert all(a["end_s"] == b["start_s"] for a, b in zip(intervals, intervals[1:]))
+    assert sum(item["sent_packets"] for item in intervals) == step["sent_packets"]
+    assert step["sent_packets"] == pytest.approx(2400, rel=0.05)
+    full = [item for item in intervals if item["end_s"] - item["start_s"] > 0.3]
+    assert all(item["sent_pps"] == pytest.approx(2000, rel=0.25) for item in full)
+    assert all(item["latency_p99_us"] > 0 for item in full)
+    assert err.count(" s]  sent ") == len(intervals)  # each printed as it ended
+
+
+def test_blast_intervals_leave_what_the_sender_cannot_see_null():
+    code, out, err = invoke("run", "--workload", "blast", "--rate", "2000", "-t", "0.6",
+                            "-i", "0.3", "-J", "-q")
+    assert code == 0, err
+    intervals = json.loads(out)["steps"][0]["intervals"]
+    assert intervals and all(item["received_pps"] is None and item["latency_p50_us"] is None
+                             for item in intervals)
+    assert " s]  sent " not in err  # -q
+
+
+def test_sweep_intervals_only_when_asked(tmp_path):
+    code, _, err = invoke("sweep", "--rates", "1k,2k", "-t", "0.5", "--warmup", "0", "-q",
+                          "--json", str(tmp_path / "plain.json"))
+    assert code == 0, err
+    assert all("intervals" not in s for s in json.loads((tmp_path / "plain.json").read_text())
+               ["steps"])
+    code, _, err = invoke("sweep", "--rates", "1k,2k", "-t", "0.5", "--warmup", "0",
+                          "-i", "0.25", "--json", str(tmp_path / "i.json"))
+    assert code == 0, err
+    steps = json.loads((tmp_path / "i.json").read_text())["steps"]
+    assert [sum(i["sent_packets"] for i in s["intervals"]) for s in steps] == [
+        s["sent_packets"] for s in steps]
+    assert [s["sent_packets"] for s in steps] == [pytest.approx(500, rel=0.05),
+                                                  pytest.approx(1000, rel=0.05)]
+
+
+def test_json_stream_is_one_object_per_line(tmp_path):
+    code, out, err = invoke("sweep", "--rates", "1k,2k", "-t", "0.4", "--warmup", "0",
+                            "-i", "0.2", "--json-stream", "--json", str(tmp_path / "s.json"))
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("step") == 2 and kinds.count("interval") >= 4
+    first_step = kinds.index("step")
+    assert set(kinds[1:first_step]) == {"interval"}  # step 0's intervals came before it
+    assert {e["step"] for e in events if e["event"] == "interval"} == {0, 1}
+    assert events[-1]["result"]["steps"] == json.loads((tmp_path / "s.json").read_text())["steps"]
+    assert "no knee" in err  # the table went to stderr
+
+
+def test_bulk_json_stream():
+    code, out, err = invoke("bulk", "-t", "0.3", "--warmup", "0.1", "--json-stream", "-q")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events] == ["start", "step", "end"]
+    assert events[1]["result"]["aggregate_bps"] > 0
+    assert events[2]["result"]["kind"] == "bulk"
+
+
+def test_json_stream_and_json_to_stdout_conflict():
+    code, _, err = invoke("run", "--json-stream", "-J")
+    assert code == 2 and "--json-stream writes stdout" in error_line(err)
+    code, _, err = invoke("run", "-i", "0.01")
+    assert code == 2 and "too short" in error_line(err)
+
+
+# -- start-up stays light --------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["sweep", "--help"],
+                                  ["bulk", "--help"], ["compare", "--help"]])
+def test_help_imports_no_heavy_module(argv):
+    import subprocess
+    import sys
+
+    from cli_support import PACKAGE_ROOT
+
+    code = (f"import sys; sys.path.insert(0, {PACKAGE_ROOT!r}); "
+            "from pktbench.cli import main\n"
+            "try:\n"
+            f"    main({argv!r}, prog_name='pktbench')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('numpy', 'scapy', 'matplotlib') or m == 'pktbench._engine')\n"
+            "print('IMPORTED', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "Usage:" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "IMPORTED []", done.stdout[-500:]

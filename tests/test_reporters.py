@@ -82,9 +82,11 @@ def test_testbed_status_snapshot_and_json() -> None:
     doc = g.document("testbed-status.json")
     status = api.TestbedStatus(doc["prefix"], g.testbed_info(doc))
     snapshot("testbed-status.table.txt", rendered("testbed", status))
-    # the golden file predates later TestbedConfig fields; they come back at their defaults
+    # the golden file predates later TestbedConfig and TestbedInfo fields; they come back
+    # at their defaults
     assert json.loads(rendered("testbed", status, "json")) == {
-        **doc, "config": dataclasses.asdict(status.info.config)}
+        **doc, "config": dataclasses.asdict(status.info.config), "udp_segmentation": {},
+        "replaced": []}
     assert doc["config"].items() <= dataclasses.asdict(status.info.config).items()
 
 

@@ -65,16 +65,25 @@ def write_testbed_table(status: Any, target: Target) -> None:
     """Reporter ("testbed", "table"): the summary, or that the testbed is not up."""
     text = (render_testbed(status.info) if status.info is not None
             else f"testbed {status.prefix}: not up")
+    replaced = getattr(status, "replaced", ())
+    if replaced:
+        text = (f"testbed {status.prefix}: rebuilt, the old one differed: "
+                f"{'; '.join(replaced)}\n" + text)
     with open_text(target) as stream:
         stream.write(text + "\n")
 
 
 def write_testbed_json(status: Any, target: Target) -> None:
-    """Reporter ("testbed", "json"): {"up": true, ...TestbedInfo.to_dict()} or up false."""
+    """Reporter ("testbed", "json"): {"up": true, ...TestbedInfo.to_dict(), "replaced": [...]}.
+
+    `replaced` lists what differed in the testbed this one replaced (empty
+    when it was built anew or kept); a testbed that is not up is {"up": false}.
+    """
     if status.info is None:
         text = json.dumps({"prefix": status.prefix, "up": False})
     else:
-        text = json.dumps({"up": True, **status.info.to_dict()}, indent=2)
+        replaced = list(getattr(status, "replaced", ()))
+        text = json.dumps({"up": True, **status.info.to_dict(), "replaced": replaced}, indent=2)
     with open_text(target) as stream:
         stream.write(text + "\n")
 

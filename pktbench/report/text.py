@@ -26,9 +26,7 @@ def listening_line(address: tuple[str, int]) -> str:
 
 def server_summary_line(stats: Any) -> str:
     """What a server did, printed to stderr when `pktbench serve` ends."""
-    return (f"pktbench serve: {stats.sessions} sessions, {stats.steps} steps, "
-            f"{stats.busy_refusals} busy, {stats.auth_failures} auth failures, "
-            f"{stats.protocol_errors} dropped, drops {sum(stats.drops.values())}")
+    return f"pktbench serve: {stats.summary()}"
 
 
 def version_line(version: str, engine_info: dict[str, str]) -> str:

@@ -394,7 +394,8 @@ class StreamResponders:
                               ) from None
         self.loops = [engine.ResponderLoop(sock, peer=peer, token=token, command=command,
                                            size_bytes=size_bytes, sink=sink, busy_poll=busy_poll,
-                                           seq_limit=seq_limit, rate_cap=rate_cap, gso=gso)
+                                           seq_limit=seq_limit, rate_cap=rate_cap, gso=gso,
+                                           flows=len(self.peers))
                       for sock, peer in zip(self._sockets, self.peers)]
 
     def _serve_one(self, index: int, until_ns: int, stop: threading.Event | None) -> None:
