@@ -24,7 +24,7 @@ from pktbench.protocol import StepParams, validate_step_params
 from pktbench.results import SweepResult, environment
 from pktbench.session import Client, LocalServer
 from pktbench.step import StepResult
-from pktbench.sweeper import StepCallback
+from pktbench.sweeper import StepCallback, StepClock
 from pktbench.sweeper import sweep as _sweep_impl
 from pktbench.testbed import DEFAULT_PREFIX, TestbedConfig, TestbedInfo
 from pktbench.workloads import redis as redis_target
@@ -132,13 +132,14 @@ def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None
           early_stop: bool = True, on_step: StepCallback | None = None,
           stop: threading.Event | None = None, tcp: TcpOptions | None = None,
           redis_auth: RedisAuth | None = None, workers: int = 1,
-          cpus: tuple[int, ...] = ()) -> SweepResult:
+          cpus: tuple[int, ...] = (), clock: StepClock | None = None) -> SweepResult:
     """Sweep the profile's rates against `target` (None: both ends on this machine).
 
     A redis:// target (its password in the URL or `redis_auth`) sweeps a
     real Redis server over RESP/TCP; `tcp` runs rr steps over TCP
     connections with pipelining against a pktbench server; `workers` > 1
-    sends each UDP step from that many processes (pinned to `cpus`).
+    sends each UDP step from that many processes (pinned to `cpus`);
+    `clock` starts step k at a set wall-clock time (sweeper.StepClock).
     """
     resolved: Target | None
     if isinstance(target, str) and target.strip().lower().startswith("redis://"):
@@ -148,7 +149,7 @@ def sweep(target: str | Target | None, profile: Profile, *, secret: bytes | None
         resolved = as_target(target)
     return _sweep_impl(resolved, profile, secret=secret, early_stop=early_stop,
                        on_step=on_step, stop=stop, tcp=tcp, redis_auth=redis_auth,
-                       workers=workers, cpus=cpus)
+                       workers=workers, cpus=cpus, clock=clock)
 
 
 def run_bulk(target: str | Target | None, config: BulkConfig, *, secret: bytes | None = None,

@@ -660,6 +660,12 @@ def run(target: str | None, workload: str | None, command: str | None, rate: flo
 @click.option("--outstanding", type=click.IntRange(1, 65536), default=None,
               help="rr over UDP: at most N requests in flight (1 = ping-pong); "
                    "default from the profile, else open loop.")
+@click.option("--start-at", "start_at", type=click.FloatRange(min=0), default=None,
+              metavar="EPOCH_S", help="Start step k at EPOCH_S + k x --step-period (this "
+              "host's wall clock, seconds since 1970), so several sources step together; "
+              "runs every planned step.")
+@click.option("--step-period", "step_period", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="SECONDS", help="Seconds between clocked step starts.")
 @click.option("--gso", type=click.Choice(["auto", "on", "off"]), default=None,
               help="UDP: send datagrams due together as GSO buffers and receive them "
                    "coalesced (GRO) where the kernel has it; on: fail where it has not; "
@@ -690,7 +696,8 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
           bulk_streams: str | None, bulk_gbps: str | None, bulk_udp: bool, workers: int,
           cpus_text: str | None, json_stdout: bool = False, port: int | None = None,
           interval: float | None = None, json_stream: bool = False,
-          gso: str | None = None, burst: int | None = None) -> None:
+          gso: str | None = None, burst: int | None = None, start_at: float | None = None,
+          step_period: float | None = None) -> None:
     """Sweep offered rates and print the knee table. Without HOST, on this machine.
 
     With --workload bulk, sweep stream counts (--streams) or offered Gbit/s
@@ -713,7 +720,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
                                      "repeat", "busy_poll", "max_loss", "latency_factor",
                                      "min_delivery", "no_early_stop", "outstanding", "csv_path",
                                      "plot_path", "connections", "pipeline", "redis_password",
-                                     "gso", "burst")
+                                     "gso", "burst", "start_at", "step_period")
                    if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
         if rr_only:
             option = next(p for p in ctx.command.params if p.name == rr_only[0])
@@ -748,6 +755,13 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         tcp = tcp_options_for(profile)  # the command line's values, else the profile's
     cpus = _worker_cpus(workers, cpus_text, "rr-tcp" if tcp is not None else profile.workload)
+    if (start_at is None) != (step_period is None):
+        raise click.UsageError("--start-at and --step-period go together")
+    clock = None
+    if start_at is not None and step_period is not None:
+        from pktbench.sweeper import StepClock
+
+        clock = StepClock(start_at, step_period)
     secret = read_secret(token, token_file)
     _check_stream(json_stream, outputs)
     with (_Live(interval if workers == 1 else None, json_stream, quiet, "sweep", "sweep")
@@ -763,7 +777,7 @@ def sweep(target: str | None, profile_name: str, workload: str | None, command: 
 
         result = api.sweep(resolved, profile, secret=secret, early_stop=not no_early_stop,
                            on_step=show, tcp=tcp, redis_auth=auth, workers=workers, cpus=cpus,
-                           stop=stopper.stop)
+                           stop=stopper.stop, clock=clock)
     result = _write_results(live.finish(result), outputs, None, stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)

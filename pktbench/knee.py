@@ -29,11 +29,12 @@ import numpy as np
 
 from pktbench.errors import ConfigError
 from pktbench.search import delivered_plateau_pps
+from pktbench.step import counts_requests
 
 Step = Mapping[str, Any]
 Criterion = Literal["loss", "latency", "delivery"]
 Attribution = Literal["ok", "sender-bound", "receiver-host-bound", "receiver-reassembly-failed",
-                      "path-bound"]
+                      "path-bound", "late", "unanswered", "server-error"]
 
 __all__ = [
     "DEFAULT_LATENCY_FLOOR_US",
@@ -289,9 +290,15 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
     noise = (3.0 * math.sqrt(loss_floor_ratio * (1.0 - loss_floor_ratio) / packets)
              if loss_floor_ratio > 0 and packets > 0 else 0.0)
     loss_limit = loss_floor_ratio + criteria.max_loss_ratio + noise
+    requests = counts_requests(step)
     if loss_ratio > loss_limit:
-        reason = (f"loss {_percent(loss_ratio, distinct_from=loss_limit)}"
+        # Over TCP nothing is lost on the way: a request is answered late or
+        # not at all, and the two say different things about the path.
+        what = "late or unanswered" if requests else "loss"
+        reason = (f"{what} {_percent(loss_ratio, distinct_from=loss_limit)}"
                   f" > {_percent(loss_limit)}")
+        if requests:
+            reason += _late_words(step)
         if loss_floor_ratio > 0:
             reason += (f" ({_percent(criteria.max_loss_ratio)} above the"
                        f" {_percent(loss_floor_ratio)} loss floor"
@@ -318,14 +325,30 @@ def evaluate_step(step: Step, baseline_p99_us: float | None,
         delivery = received_pps / offered_pps
         delivery_limit = criteria.min_delivery_ratio * (1.0 - loss_floor_ratio)
         if delivery < delivery_limit:
-            reason = (f"received {_pps(received_pps)} pps is"
+            got, unit = ("answered", "req/s") if requests else ("received", "pps")
+            reason = (f"{got} {_pps(received_pps)} {unit} is"
                       f" {_percent(delivery, distinct_from=delivery_limit)}"
-                      f" of offered {_pps(offered_pps)} pps")
+                      f" of offered {_pps(offered_pps)} {unit}")
             if loss_floor_ratio > 0:
                 reason += (f" (limit {_percent(delivery_limit)} with the"
                            f" {_percent(loss_floor_ratio)} loss floor)")
             failures.append(Failure("delivery", reason, delivery, delivery_limit))
     return failures
+
+
+def _late_words(step: Step) -> str:
+    """" (2.5% late: answered after the 200 ms timeout; 0.4% unanswered)"."""
+    requests = float(step.get("requests") or 0)
+    if requests <= 0:
+        return ""
+    timeout_ms = 1000.0 * float(step.get("timeout_s") or 0.0)
+    parts = [f"{_percent(float(step.get('late_requests') or 0) / requests)} late: answered "
+             f"after the {timeout_ms:,.0f} ms timeout",
+             f"{_percent(float(step.get('unanswered_requests') or 0) / requests)} unanswered"]
+    errors = float(step.get("error_requests") or 0)
+    if errors:
+        parts.append(f"{_percent(errors / requests)} answered with an error")
+    return " (" + "; ".join(parts) + ")"
 
 
 def attribute(step: Step) -> Attribution:
@@ -350,6 +373,11 @@ def attribute(step: Step) -> Attribution:
          the receiver's socket (or, for rr, their responses never came back).
          Packets the receiver read and then rejected (receiver.drops) count on
          this side: they arrived as something other than what was sent.
+    A step counted in requests (rr-tcp, redis://) loses nothing on the way:
+    TCP delivers or stalls. Its requests not answered in time are "late"
+    (answered after the timeout), "unanswered" (no reply by the end of the
+    drain, requests never written included) or "server-error" (a RESP error
+    reply), whichever holds most of them.
     """
     if step.get("sender_bound"):
         return "sender-bound"
@@ -359,6 +387,12 @@ def attribute(step: Step) -> Attribution:
     lost = int(lost_packets)
     if lost <= 0:
         return "ok"
+    if counts_requests(step):
+        shares: dict[Attribution, int] = {
+            "late": int(step.get("late_requests") or 0),
+            "unanswered": int(step.get("unanswered_requests") or 0),
+            "server-error": int(step.get("error_requests") or 0)}
+        return max(shares, key=lambda name: shares[name])
     receiver = step.get("receiver") or {}
     rcvbuf = min(int(receiver.get("rcvbuf_errors") or 0), lost)
     if 2 * rcvbuf > lost:
@@ -379,6 +413,11 @@ class _Rate:
     positions: tuple[int, ...]   # list positions of the non-sender-bound repeats
     median_step: dict[str, Any]  # {} when every repeat was sender-bound
     sender_bound: bool
+
+
+# What a median step of a rate counted in requests carries for its reasons.
+_REQUEST_KEYS = ("offered_rps", "requests", "late_requests", "unanswered_requests",
+                 "error_requests", "timeout_s")
 
 
 def _group(steps: Sequence[Step]) -> list[_Rate]:
@@ -405,6 +444,10 @@ def _group(steps: Sequence[Step]) -> list[_Rate]:
                                              for p in usable])),
             "sender_bound": False,
         }
+        if counts_requests(steps[usable[0]]):
+            for key in _REQUEST_KEYS:
+                median_step[key] = float(np.median([float(steps[p].get(key) or 0)
+                                                    for p in usable]))
         groups.append(_Rate(rate, tuple(usable), median_step, False))
     return groups
 
@@ -574,11 +617,32 @@ def annotate(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()) -> 
     return annotated
 
 
-def summarize_knee(knee: KneeResult | None) -> dict[str, Any] | None:
-    """The SCHEMA.md "knee" object for a KneeResult (None stays None)."""
+def _path_at(steps: Sequence[Step], rate: float | None, index: int | None = None
+             ) -> dict[str, Any] | None:
+    """The path figures of the step at `index`, or of the median repeat at `rate`."""
+    if index is not None:
+        chosen = [s for s in steps if s.get("index") == index]
+    elif rate is not None:
+        at_rate = sorted((s for s in steps if round(float(s.get("offered_pps") or 0), 3)
+                          == round(rate, 3) and not s.get("sender_bound")),
+                         key=lambda s: float((s.get("path") or {}).get("toward_server_pps") or 0))
+        chosen = at_rate[len(at_rate) // 2:][:1]
+    else:
+        return None
+    path = chosen[0].get("path") if chosen else None
+    return dict(path) if isinstance(path, Mapping) else None
+
+
+def summarize_knee(knee: KneeResult | None, steps: Sequence[Step] = ()) -> dict[str, Any] | None:
+    """The SCHEMA.md "knee" object for a KneeResult (None stays None).
+
+    A sweep counted in requests (rr-tcp, redis://) names its rates in
+    requests/s too (offered_rps, last_good_rps) and carries the path's
+    packets at the knee step and at the last good rate (the steps' "path").
+    """
     if knee is None:
         return None
-    return {
+    summary: dict[str, Any] = {
         "offered_pps": knee.offered_pps,
         "last_good_pps": knee.last_good_pps,
         "reason": knee.reason,
@@ -586,6 +650,14 @@ def summarize_knee(knee: KneeResult | None) -> dict[str, Any] | None:
         "step_index": knee.step_index,
         "loss_floor_ratio": knee.loss_floor_ratio,
     }
+    if steps and all(counts_requests(s) for s in steps):
+        summary.update({
+            "offered_rps": knee.offered_pps,
+            "last_good_rps": knee.last_good_pps,
+            "path": _path_at(steps, knee.offered_pps, knee.step_index),
+            "last_good_path": _path_at(steps, knee.last_good_pps),
+        })
+    return summary
 
 
 # --------------------------------------------------------------------------- Kneedle
@@ -749,7 +821,7 @@ def analyze_steps(steps: Sequence[Step], criteria: KneeCriteria = KneeCriteria()
         "verdict": "fail" if knee is not None or (single and failed_criteria) else "pass",
         "failed_criteria": failed_criteria,
         "steps": annotated,
-        "knee": summarize_knee(knee),
+        "knee": summarize_knee(knee, steps),
         "kneedle_pps": latency_kneedle_pps(steps),
         "baseline_p99_us": baseline_p99_us(steps, criteria),
         "loss_floor_ratio": loss_floor_ratio(steps, criteria),

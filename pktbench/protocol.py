@@ -809,7 +809,9 @@ PACING_GRACE = 0.01
 RATE_MARGIN = 1.05
 RATE_BURST_PACKETS = 64
 RATE_BURST_S = 0.25
-# A bulk step's server end stops this long at most after its window.
+# A reverse bulk step's server end stops writing this long after its window:
+# the client's window starts a path delay later, and a planning probe step
+# (drain_s 0) still needs its last probe served.
 BULK_TAIL_MAX_S = 1.0
 
 

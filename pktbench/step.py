@@ -57,12 +57,71 @@ class EngineFigures(TypedDict):
     gso_fallback: str | None
 
 
+class InterfacePackets(TypedDict):
+    """The client's egress device's own packet counters over the measured window."""
+
+    name: str
+    tx_packets: int
+    rx_packets: int
+    tx_pps: float
+    rx_pps: float
+
+
+class PathFigures(TypedDict):
+    """The packets that crossed the path during a request/response step's window.
+
+    TCP_INFO of our connections (segments both ways, retransmits), and the
+    egress device's counters when the client can read them (they also count
+    every other packet on that device: the control connection, other hosts'
+    traffic).
+    """
+
+    source: str
+    window_s: float
+    connections: int
+    toward_server_packets: int
+    back_packets: int
+    toward_server_pps: float
+    back_pps: float
+    packets_per_request: float
+    offered_toward_server_pps: float
+    retransmits: int
+    retransmits_pps: float
+    interface: InterfacePackets | None
+
+
+class RequestFigures(TypedDict):
+    """A request/response step over TCP counted in requests (rr-tcp, redis://)."""
+
+    offered_rps: float
+    sent_rps: float
+    answered_rps: float
+    requests: int
+    answered_requests: int
+    late_requests: int
+    unanswered_requests: int
+    unsent_requests: int
+    error_requests: int
+    timeout_s: float
+
+
 class _StepResultOptional(TypedDict, total=False):
     # NotRequired is 3.11+; a total=False base gives the same on 3.10.
     workers: list[dict[str, Any]]
     search_trial: bool
     intervals: list[dict[str, Any]]
     engine: EngineFigures
+    offered_rps: float
+    sent_rps: float
+    answered_rps: float
+    requests: int
+    answered_requests: int
+    late_requests: int
+    unanswered_requests: int
+    unsent_requests: int
+    error_requests: int
+    timeout_s: float
+    path: PathFigures | None
 
 
 class StepResult(_StepResultOptional):
@@ -149,6 +208,29 @@ STEP_FIELDS: dict[str, str] = {
                  "end_s from t0; sent_packets, received_packets, sent_pps, received_pps, "
                  "latency_p50_us, latency_p99_us; received and latency null for one-way); "
                  "see pktbench/intervals.py",
+    "offered_rps": "rr-tcp and redis:// steps only: requests/s the schedule asked for "
+                   "(offered_pps holds the same number: the schedule axis every step shares)",
+    "sent_rps": "rr-tcp and redis://: requests written to the connections per second",
+    "answered_rps": "rr-tcp and redis://: requests answered within timeout_s, per second",
+    "requests": "rr-tcp and redis://: requests the measured window scheduled",
+    "answered_requests": "rr-tcp and redis://: requests answered within timeout_s",
+    "late_requests": "rr-tcp and redis://: requests answered after timeout_s (TCP delivered "
+                     "them: late, not lost)",
+    "unanswered_requests": "rr-tcp and redis://: requests never answered by the end of the "
+                           "drain, unsent_requests included",
+    "unsent_requests": "rr-tcp and redis://: requests never written because their "
+                       "connection's pipeline window stayed full",
+    "error_requests": "rr-tcp and redis://: requests answered with a RESP error",
+    "timeout_s": "rr-tcp and redis://: how long a reply may take to count as answered, seconds",
+    "path": "rr-tcp and redis://: the packets that crossed the path in the measured window "
+            "(PathFigures: source, window_s, connections, toward_server_packets, "
+            "back_packets, toward_server_pps, back_pps, retransmits, retransmits_pps from "
+            "TCP_INFO tcpi_segs_out, tcpi_segs_in, tcpi_total_retrans summed over our "
+            "connections; packets_per_request: toward_server_packets less retransmits per "
+            "request written in the window; offered_toward_server_pps: offered_rps x "
+            "packets_per_request, what the schedule asked the path to carry; interface: the "
+            "egress device's name, tx_packets, rx_packets, tx_pps, rx_pps where the client "
+            "can read them, else null); null when TCP_INFO is unreadable",
 }
 
 
@@ -179,13 +261,17 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
                    *, index: int = 0, repeat: int = 0,
                    sender_figures: Mapping[str, Any] | None = None,
                    sender_bound: bool = False,
-                   workers: Sequence[dict[str, Any]] | None = None) -> StepResult:
+                   workers: Sequence[dict[str, Any]] | None = None,
+                   requests: RequestFigures | None = None,
+                   path: PathFigures | None = None) -> StepResult:
     """The step result for one measured window.
 
     `sender_figures`: what the workload's client knows beyond the engine's
     counters (see SenderFigures); `sender_bound`: the workload's own reason
     to call the sender the bottleneck, beside the delivered-rate rule;
-    `workers`: a multi-flow step's per-flow figures.
+    `workers`: a multi-flow step's per-flow figures; `requests` and `path`:
+    a request/response step over TCP counted in requests, and the packets
+    its connections put on the path.
     """
     c = sender.counters
     duration_s = sender.send_span_s
@@ -259,20 +345,28 @@ def summarize_step(params: StepParams, sender: engine.SenderOutcome, receiver: d
     }
     if workers is not None:
         result["workers"] = list(workers)
-    path = figures.get("engine")
-    if isinstance(path, dict):
+    datagrams = figures.get("engine")
+    if isinstance(datagrams, dict):
         far = receiver.get("engine")
         far_gro = bool(far.get("udp_gro")) if isinstance(far, dict) else False
         result["engine"] = {
-            "udp_gso": bool(path.get("udp_gso")),
+            "udp_gso": bool(datagrams.get("udp_gso")),
             # blast: the receiver's socket; rr: both ends read replies/requests coalesced
-            "udp_gro": far_gro and (not rr or bool(path.get("udp_gro"))),
-            "gso_segments": int(path.get("gso_segments", 0)),
-            "gso_segments_mean": float(path.get("gso_segments_mean", 0.0)),
-            "burst_packets": int(path.get("burst_packets", 1)),
-            "gso_fallback": path.get("gso_fallback"),
+            "udp_gro": far_gro and (not rr or bool(datagrams.get("udp_gro"))),
+            "gso_segments": int(datagrams.get("gso_segments", 0)),
+            "gso_segments_mean": float(datagrams.get("gso_segments_mean", 0.0)),
+            "burst_packets": int(datagrams.get("burst_packets", 1)),
+            "gso_fallback": datagrams.get("gso_fallback"),
         }
+    if requests is not None:
+        result.update(requests)  # type: ignore[typeddict-item]
+        result["path"] = path
     return result
+
+
+def counts_requests(step: Mapping[str, Any]) -> bool:
+    """True for a step counted in requests (rr-tcp, redis://), which has RequestFigures."""
+    return "offered_rps" in step
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ a cut window measures nothing about its rate.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,32 @@ from pktbench.step import StepResult
 from pktbench.workloads.resp import TcpOptions
 
 StepCallback = Callable[[dict[str, Any], int, int], None]  # step, done, planned
+MAX_START_AHEAD_S = 3600.0
+
+
+@dataclass(frozen=True)
+class StepClock:
+    """Step k starts at `start_at` + k x `period_s` on this host's wall clock.
+
+    Several sources given the same clock (each corrected by its own offset)
+    send their steps at the same moments, so a server sees their sum: the
+    fan-in of `pktbench fleet --to`. A clocked sweep runs every planned step
+    (no early stop, no retrial, no search): the steps of all sources must
+    pair up one to one.
+    """
+
+    start_at: float
+    period_s: float
+
+    def __post_init__(self) -> None:
+        if not self.period_s > 0:
+            raise ConfigError(f"step period must be > 0 s (got {self.period_s:g})")
+        if self.start_at > time.time() + MAX_START_AHEAD_S:
+            raise ConfigError(f"start time {self.start_at:.3f} is more than "
+                              f"{MAX_START_AHEAD_S:.0f} s ahead of this host's clock")
+
+    def due(self, index: int) -> float:
+        return self.start_at + index * self.period_s
 
 
 @dataclass(frozen=True)
@@ -38,6 +65,7 @@ class SweepPlan:
     early_stop: bool = True
     tcp: TcpOptions | None = None  # run the profile's rr steps as rr-tcp
     workers: int = 1  # UDP steps over this many sender processes and flows
+    clock: StepClock | None = None
 
     @property
     def criteria(self) -> knee.KneeCriteria:
@@ -112,14 +140,30 @@ class _Runner:
         self.stop = stop
         self.steps: list[StepResult] = []
         self.planned = plan.profile.step_count
+        self.started_at: list[float] = []  # wall clock at each step's start (clocked sweeps)
+        self.ready_at = time.time()  # the session is open: the earliest a step could start
 
     def step(self, rate_pps: float, repeat: int, duration_s: float | None = None
              ) -> StepResult:
         params = step_params_for(self.plan.profile, rate_pps, duration_s=duration_s,
                                  tcp=self.plan.tcp, workers=self.plan.workers)
+        if self.plan.clock is not None:
+            self._wait_until(self.plan.clock.due(len(self.steps)))
+            self.started_at.append(time.time())
         result = self.client.run_step(params, index=len(self.steps), repeat=repeat,
                                       stop=self.stop)
         return result
+
+    def _wait_until(self, due: float) -> None:
+        # Sleeps in short slices so a stop (Ctrl-C) between steps is not held up.
+        while not self.stopped():
+            left = due - time.time()
+            if left <= 0:
+                return
+            if self.stop is not None:
+                self.stop.wait(min(left, 0.2))
+            else:
+                time.sleep(min(left, 0.2))
 
     def sweep(self) -> None:
         profile = self.plan.profile
@@ -133,13 +177,15 @@ class _Runner:
                         self._record(step)
                     return
                 self._record(step)
+            if self.plan.clock is not None:
+                continue  # every source runs every step: they are summed one to one
             found = knee.find_knee(self.steps, criteria)
             if (self.plan.early_stop and found is not None and profile.early_stop_steps > 0
                     and _rates_above(self.steps, found.offered_pps)
                     >= max(profile.early_stop_steps, criteria.confirm_steps)):
                 return
         retrial = knee.pending_confirmation_pps(self.steps, criteria)
-        if retrial is not None and not self.stopped():
+        if retrial is not None and not self.stopped() and self.plan.clock is None:
             self.planned += 1
             repeats = sum(1 for s in self.steps if s["offered_pps"] == retrial)
             self._record(self.step(retrial, repeats))
@@ -195,7 +241,7 @@ def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = Non
           early_stop: bool = True, on_step: StepCallback | None = None,
           stop: threading.Event | None = None, tcp: TcpOptions | None = None,
           redis_auth: RedisAuth | None = None, workers: int = 1,
-          cpus: tuple[int, ...] = ()) -> SweepResult:
+          cpus: tuple[int, ...] = (), clock: StepClock | None = None) -> SweepResult:
     """Sweep `profile`'s rates against `target` (None: an embedded loopback server).
 
     With `tcp`, rr steps run as rr-tcp over that many connections and that
@@ -203,7 +249,9 @@ def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = Non
     the profile's connections and pipeline, else one connection without
     pipelining), authenticated with `redis_auth`. `workers` > 1 sends each
     UDP step from that many processes (pinned to `cpus` round-robin), one
-    flow each.
+    flow each. With `clock`, step k starts at `clock.due(k)` and every
+    planned step runs (see StepClock); the document's config records the
+    clock and when each step started.
 
     Returns the SweepResult with every step annotated, the knee (or None),
     the Kneedle estimate and, when the profile asks, NDR/PDR.
@@ -211,12 +259,15 @@ def sweep(target: Target | None, profile: Profile, *, secret: bytes | None = Non
     if workers > 1 and ((target is not None and target.redis) or tcp is not None):
         raise ConfigError("workers split UDP steps over processes; over TCP, spread the rate "
                           "with connections instead")
+    if clock is not None and profile.search:
+        raise ConfigError("a clocked sweep (--start-at) runs its planned steps only: "
+                          "no NDR/PDR search")
     if target is not None and target.redis:
         redis = target
-        plan = SweepPlan(profile, early_stop, tcp or tcp_options_for(profile))
+        plan = SweepPlan(profile, early_stop, tcp or tcp_options_for(profile), clock=clock)
         return _sweep(target, plan, lambda: RedisClient(redis, auth=redis_auth), on_step, stop,
                       embedded=False)
-    plan = SweepPlan(profile, early_stop, tcp, workers)
+    plan = SweepPlan(profile, early_stop, tcp, workers, clock)
     if target is None:
         with LocalServer() as server:
             return _sweep(server.target, plan, lambda: Client(server.target, worker_cpus=cpus),
@@ -249,6 +300,14 @@ def _sweep(target: Target, plan: SweepPlan, connect: Callable[[], Client | Redis
                       pipeline=plan.tcp.pipeline)
     if plan.workers > 1:
         config["workers"] = plan.workers
+    if plan.clock is not None:
+        config["early_stop"] = False
+        config["step_clock"] = {
+            "start_at_s": plan.clock.start_at, "period_s": plan.clock.period_s,
+            "ready_at_s": round(runner.ready_at, 6),
+            "started_at_s": [round(t, 6) for t in runner.started_at],
+            "start_late_s": [round(t - plan.clock.due(i), 6)
+                             for i, t in enumerate(runner.started_at)]}
     judgement = {
         "verdict": analysis["verdict"],
         "failed_criteria": analysis["failed_criteria"],

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -60,10 +61,16 @@ def require_sshd_bed() -> None:
 
 @contextlib.contextmanager
 def fleet_bed(directory: Path, tag: str, hosts: int, profile_text: str, *,
-              pps_limits: Mapping[str, int] | None = None) -> Iterator[Bed]:
-    """`hosts` namespaces with sshd, prefix unique to this process and `tag`."""
+              pps_limits: Mapping[str, int] | None = None,
+              pktbench_command: str | None = None) -> Iterator[Bed]:
+    """`hosts` namespaces with sshd, prefix unique to this process and `tag`.
+
+    The inventory runs the package under test (`pktbench_command` to say otherwise)
+    and makes venvs with this interpreter.
+    """
     require_sshd_bed()
     prefix = f"pk{tag}{os.getpid()}"
     with ftb.fleet_testbed(prefix, hosts, directory / "ssh", pps_limits=pps_limits,
-                           pktbench_command=shlex.join(PKTBENCH)) as (_, sshd):
+                           pktbench_command=pktbench_command or shlex.join(PKTBENCH),
+                           python_command=sys.executable) as (_, sshd):
         yield Bed(prefix, directory, sshd, hosts, profile_text)

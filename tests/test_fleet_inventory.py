@@ -26,6 +26,7 @@ user = "ops"
 key = "{key}"
 test_address = "198.19.0.1"
 pktbench = "/opt/venv/bin/pktbench"
+python = "/usr/bin/python3.11"
 groups = ["web"]
 
 [[hosts]]
@@ -37,6 +38,7 @@ address = "198.18.0.2"
         "web1", "198.18.0.1", 2222, "ops", str(key))
     assert web.target == "198.19.0.1" and web.pktbench == "/opt/venv/bin/pktbench"
     assert db.port == 22 and db.test_address == "198.18.0.2" and db.pktbench == "pktbench"
+    assert web.python == "/usr/bin/python3.11" and db.python == "python3"
     assert [h.name for h in load_inventory(inv, group="web")] == ["web1"]
 
 
@@ -66,7 +68,7 @@ web1 ansible_host=198.18.0.1 ansible_port=2201
 web2 ansible_host=198.18.0.2
 
 [db]
-db1 ansible_host=198.18.0.3 pktbench_test_address=198.19.0.3
+db1 ansible_host=198.18.0.3 pktbench_test_address=198.19.0.3 ansible_python_interpreter=/usr/bin/python3
 
 [prod:children]
 web
@@ -79,7 +81,7 @@ pktbench_command="/usr/bin/python3 -m pktbench"
     hosts = {h.name: h for h in load_inventory(inv)}
     assert hosts["web1"].port == 2201 and hosts["web2"].port == 22
     assert all(h.user == "deploy" for h in hosts.values())
-    assert hosts["db1"].target == "198.19.0.3"
+    assert hosts["db1"].target == "198.19.0.3" and hosts["db1"].python == "/usr/bin/python3"
     assert hosts["web1"].pktbench == "/usr/bin/python3 -m pktbench"
     assert [h.name for h in load_inventory(inv, group="db")] == ["db1"]
     assert len(load_inventory(inv, group="prod")) == 3
@@ -112,3 +114,24 @@ all:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="inventory /nonexistent.toml not found"):
         load_inventory("/nonexistent.toml")
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("pktbench-0.1.0-cp311-cp311-linux_x86_64.whl", True),
+    ("pktbench-0.1.0-1-cp311-cp311-manylinux_2_17_x86_64.whl", True),
+    ("numpy-1.26.0-cp311-cp311-linux_x86_64.whl", False),
+    ("pktbench-0.1.0.tar.gz", False),
+])
+def test_install_takes_only_a_pktbench_wheel(tmp_path: Path, name: str, ok: bool) -> None:
+    from pktbench.fleet.install import load_wheel
+
+    path = _write(tmp_path, name, "wheel bytes")
+    if ok:
+        wheel = load_wheel(str(path))
+        assert wheel.version == "0.1.0" and len(wheel.sha256) == 64
+        assert wheel.venv_name == f"venv-{wheel.sha256[:16]}"
+    else:
+        with pytest.raises(ConfigError, match="not a pktbench wheel"):
+            load_wheel(str(path))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_wheel(str(tmp_path / "pktbench-0.1.0-py3-none-any.whl"))

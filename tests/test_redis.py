@@ -132,6 +132,8 @@ def test_resp_error_replies_count_as_errors(redis: Redis) -> None:
     assert result["sender"]["resp_errors"] == 250  # -OOM for every SET
     assert result["received_packets"] == 0
     assert result["loss_ratio"] == 1.0
+    assert result["error_requests"] == 250
+    assert result["late_requests"] == result["unanswered_requests"] == 0
 
 
 def test_short_sweep_has_a_knee_table(redis: Redis) -> None:
@@ -150,8 +152,20 @@ def test_short_sweep_has_a_knee_table(redis: Redis) -> None:
     import io
 
     table = io.StringIO()
-    write_report("table", result, table)
-    assert "offered pps" in table.getvalue() and "9,000" in table.getvalue()
+    write_report("wide", result, table)
+    text = table.getvalue()
+    # requests are counted in req/s, late apart from unanswered, the path in packets
+    for header in ("offered req/s", "answered req/s", "late %", "unanswered %",
+                   "to server pkt/s", "back pkt/s", "retrans"):
+        assert header in text, header
+    assert "offered pps" not in text and "9,000" in text
+    for s in result.steps:
+        assert s["offered_rps"] == s["offered_pps"] and s["requests"] == s["sent_packets"]
+        path = s["path"]
+        assert path is not None and path["connections"] == 2
+        # pipeline 1 over loopback: a request and its reply are a segment each
+        assert path["toward_server_pps"] >= 0.9 * s["answered_rps"]
+        assert path["back_pps"] >= 0.9 * s["answered_rps"]
 
 
 def test_auth_from_url_and_option(redis_auth: Redis) -> None:
@@ -180,7 +194,7 @@ def test_cli_run_and_errors(redis_auth: Redis) -> None:
                               "--command", "get", "--rate", "2k", "--duration", "0.3",
                               "--connections", "2", "--pipeline", "4"])
     assert ok.exit_code == 0, ok.output
-    assert "2,000 pps (600 packets)" in ok.output
+    assert "2,000 req/s (600 requests)" in ok.output and "pps" not in ok.output
     wrong = runner.invoke(main, ["run", redis_auth.url, "--redis-password", "nope",
                                  "--duration", "0.3"])
     assert wrong.exit_code == 1

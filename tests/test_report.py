@@ -471,3 +471,57 @@ def test_environment_has_the_documented_keys() -> None:
 def test_interface_for_unknown_host_is_none() -> None:
     assert results.interface_for("not-an-address") is None
     assert results.interface_for("::1") == "lo"
+
+
+def _request_step(index: int, offered: float, answered: float, late: int, unanswered: int,
+                  out_pps: float, retransmits: int) -> dict[str, Any]:
+    requests = int(offered)
+    lost = late + unanswered
+    return {
+        "index": index, "repeat": 0, "workload": "rr", "offered_pps": offered,
+        "sent_pps": offered, "received_pps": answered, "sent_packets": requests,
+        "received_packets": requests - lost, "lost_packets": lost, "loss_ratio": lost / requests,
+        "latency_us": {"p50": 150.0, "p99": 900.0, "max": 2000.0}, "sender_bound": False,
+        "receiver": {}, "offered_rps": offered, "sent_rps": offered, "answered_rps": answered,
+        "requests": requests, "answered_requests": requests - lost, "late_requests": late,
+        "unanswered_requests": unanswered, "unsent_requests": 0, "error_requests": 0,
+        "timeout_s": 0.2,
+        "path": {"source": "tcp_info", "window_s": 1.0, "connections": 16,
+                 "toward_server_packets": int(out_pps), "back_packets": int(out_pps),
+                 "toward_server_pps": out_pps, "back_pps": out_pps - 17,
+                 "packets_per_request": 1.0, "offered_toward_server_pps": offered,
+                 "retransmits": retransmits, "retransmits_pps": float(retransmits),
+                 "interface": None},
+    }
+
+
+def test_request_sweep_speaks_requests_and_path_packets() -> None:
+    from pktbench import knee
+    from pktbench.report.progress import step_line
+
+    steps = [_request_step(0, 3917, 3917, 0, 0, 3917, 0),
+             _request_step(1, 4713, 4713, 0, 0, 4709, 0),
+             _request_step(2, 6113, 179, 971, 4963, 950, 68),
+             _request_step(3, 7307, 144, 862, 6301, 906, 68)]
+    analysis = knee.analyze_steps(steps)
+    assert analysis["knee"]["offered_rps"] == 6113 and analysis["knee"]["last_good_rps"] == 4713
+    result = SweepResult({}, {"workload": "rr", "transport": "tcp"}, tuple(analysis["steps"]),
+                         knee=analysis["knee"], judgement={"criteria": knee.KneeCriteria().as_dict()})
+    narrow = render_table(result)
+    assert max(len(line) for line in narrow.splitlines()) <= 100, narrow
+    text = " ".join(narrow.split())  # prose lines wrap at 100 columns
+    assert ("knee: 6,113 req/s offered (path: 950 pkt/s toward server (offered 6,113 at 1.00 "
+            "packets a request), 933 back, 68 retransmits) - late or unanswered 97% > 0.5% "
+            "(16% late: answered after the 200 ms timeout; 81% unanswered)") in text
+    assert "last good rate: 4,713 req/s (path: 4,709 pkt/s toward server, 4,692 back, " \
+           "0 retransmits)" in text
+    assert "judged by: late or unanswered > 0.5 %" in text and " pps" not in text
+    for cell in ("offered", "answered", "late", "unansw.", "to srv", "back", "retrans"):
+        assert cell in narrow
+    wide = render_table(result, wide=True)
+    assert "to server pkt/s" in wide and "unanswered %" in wide and "max us" in wide
+    line = step_line(analysis["steps"][2], 3, 4)
+    assert line.startswith("step 3/4  offered 6,113 req/s  sent 6,113  answered 179  "
+                           "late 15.9%  unanswered 81.2%  path 950/933 pkt/s out/back, "
+                           "68 retrans")
+    assert line.endswith("(mostly unanswered: no reply by the end of the drain)")

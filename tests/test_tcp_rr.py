@@ -18,7 +18,7 @@ from engine_support import serving
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pktbench import engine, wire
+from pktbench import engine, knee, wire
 from pktbench.workloads import resp as tcp_rr
 from pktbench.address import Target
 from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
@@ -336,6 +336,37 @@ def test_late_replies_are_lost(scripted: Callable[[Script], ScriptedServer]) -> 
     assert step["sent_packets"] == 50
     assert step["late_packets"] >= 1
     assert step["lost_packets"] == 50 - step["received_packets"] >= step["late_packets"]
+    # counted in requests: late (answered after the timeout) apart from never answered
+    assert step["requests"] == 50 and step["offered_rps"] == 100.0
+    assert step["late_requests"] == step["late_packets"]
+    assert step["answered_requests"] == step["received_packets"]
+    assert step["unanswered_requests"] == 50 - step["answered_requests"] - step["late_requests"]
+    assert step["unanswered_requests"] == 0  # the drain outlasts the stall: all came back
+    assert knee.attribute(step) == "late"
+    failures = knee.evaluate_step(step, None)
+    assert failures and failures[0].reason.startswith("late or unanswered ")
+    assert "late: answered after the 100 ms timeout; 0% unanswered" in failures[0].reason
+    assert "loss" not in failures[0].reason
+
+
+def test_unanswered_requests_are_not_late(scripted: Callable[[Script], ScriptedServer]) -> None:
+    # the server answers 10 requests, then sits on the 11th past the end of the drain
+    server = scripted(answer_each(b"+PONG\r\n", stall_after=11, stall_s=1.5))
+    sockets = server.connect()
+    params = ping_step(rate_pps=100.0, duration_s=0.5, timeout_s=0.1, drain_s=0.3)
+    step = tcp_rr.summarize(params, tcp_rr.drive(sockets, params, peer="scripted"), {})
+    sockets[0].close()
+    assert step["answered_requests"] == 10
+    assert step["late_requests"] == 0
+    assert step["unanswered_requests"] == 40
+    # pipeline 1: the 11th waits on the wire, the 39 due after it never got a window slot
+    assert step["unsent_requests"] == 39
+    assert knee.attribute(step) == "unanswered"
+    path = step["path"]
+    assert path is not None and path["source"] == "tcp_info"
+    # one segment per request written each way (no retransmits on loopback), in the window
+    assert 10 <= path["toward_server_packets"] <= 12 and path["retransmits"] == 0
+    assert path["interface"] is not None and path["interface"]["name"] == "lo"
 
 
 def test_server_that_hangs_up(scripted: Callable[[Script], ScriptedServer]) -> None:

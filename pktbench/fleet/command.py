@@ -1,7 +1,8 @@
 """`pktbench fleet` and `pktbench testbed up --hosts N`: thin shells over the fleet package.
 
 Exit codes of `fleet`: 0 every planned path measured; 3 the run ended but
-some paths are failed or unreachable (the result says which); 1 nothing
+some paths are failed or unreachable (the result says which), or with
+--to/--from the sources did not start their steps together; 1 nothing
 could run; 130 interrupted (finished tests are kept in --out DIR).
 """
 from __future__ import annotations
@@ -39,6 +40,10 @@ def _read_pairs(path: str) -> tuple[tuple[str, str], ...]:
 @click.command("fleet")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--mesh", is_flag=True, help="Every ordered pair (the default).")
+@click.option("--to", "to_host", metavar="HOST",
+              help="Fan-in: every other host loads HOST at once, in step; the aggregate's knee.")
+@click.option("--from", "from_host", metavar="HOST",
+              help="Fan-out: HOST loads every other host at once, in step.")
 @click.option("--pairs", "pairs_file", metavar="FILE",
               help="Only these paths: one 'SRC DST' per line.")
 @click.option("--sample", type=click.IntRange(min=1), default=None, metavar="K",
@@ -65,19 +70,25 @@ def _read_pairs(path: str) -> tuple[tuple[str, str], ...]:
               help="Outlier: below the fleet median by more than this fraction.")
 @click.option("--serve-port", type=click.IntRange(0, 65535), default=7425, show_default=True,
               help="Port of the `serve` started on each host (0: any free one).")
+@click.option("--install", "install_wheel", metavar="WHEEL",
+              help="Copy this pktbench wheel to each host (SFTP) and run it from a venv "
+                   "under the user's cache directory there.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.5), default=10.0,
               show_default=True, help="Seconds to wait for each host's SSH.")
-def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: int | None,
+def fleet_command(inventory: str, mesh: bool, to_host: str | None, from_host: str | None,
+                  pairs_file: str | None, sample: int | None,
                   profile_name: str, bulk: bool, parallel: int | None, out_dir: str | None,
                   resume_dir: str | None, json_path: str | None, plot_path: str | None,
                   group: str | None, known_hosts: str | None, accept_new_host_keys: bool,
                   insecure: bool, outlier_fraction: float, serve_port: int,
-                  connect_timeout: float) -> None:
+                  install_wheel: str | None, connect_timeout: float) -> None:
     """Map every path of a fleet over SSH: knee matrix, host medians, outliers.
 
     Runs `pktbench serve` on each host of INVENTORY (our TOML, or an Ansible
     INI/YAML inventory) and `pktbench sweep` from each source, in rounds in
-    which no host takes part in two tests.
+    which no host takes part in two tests. With --to HOST (--from HOST) every
+    other host sweeps into HOST (HOST into every other) at the same moments;
+    the profile's rates are then the aggregate, split evenly over the paths.
     """
     from pktbench import config
     from pktbench.fleet import inventory as inv
@@ -89,6 +100,16 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
 
     if pairs_file and (mesh or sample):
         raise click.UsageError("--pairs runs the listed paths: not with --mesh or --sample")
+    fan: tuple[str, str] | None = None
+    if to_host is not None or from_host is not None:
+        given = [o for o, v in (("--to", to_host), ("--from", from_host), ("--mesh", mesh),
+                                ("--pairs", pairs_file), ("--sample", sample),
+                                ("--resume", resume_dir), ("--bulk", bulk), ("--plot", plot_path),
+                                ("--parallel", parallel)) if v]
+        if len(given) > 1:
+            raise click.UsageError(f"{given[0]} runs all paths into or out of one host at once: "
+                                   f"not with {given[1]}")
+        fan = ("to", to_host) if to_host is not None else ("from", str(from_host))
     if out_dir and resume_dir and Path(out_dir).resolve() != Path(resume_dir).resolve():
         raise click.UsageError("--resume DIR continues in DIR: give it without --out")
     if insecure and (known_hosts or accept_new_host_keys):
@@ -103,18 +124,29 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
         raise ConfigError(f"--resume {resume_dir}: no such directory")
     if out_dir and not resume_dir and Path(out_dir).exists() and any(Path(out_dir).iterdir()):
         raise ConfigError(f"--out {out_dir} is not empty: continue it with --resume {out_dir}")
+    if install_wheel:
+        from pktbench.fleet.install import load_wheel
+
+        load_wheel(install_wheel)  # a wrong file fails before any connection
     policy = SshPolicy(known_hosts=known_hosts, accept_new=accept_new_host_keys,
                        insecure=insecure, connect_timeout_s=connect_timeout)
     hosts = inv.load_inventory(inventory, group=group)
     if len(hosts) < 2:
         raise ConfigError(f"{inventory}: a fleet needs at least 2 hosts (got {len(hosts)})")
-    config.load_profile(profile_name)  # a bad profile fails before any connection
+    profile = config.load_profile(profile_name)  # a bad profile fails before any connection
+    if fan is not None:
+        if fan[1] not in {h.name for h in hosts}:
+            raise ConfigError(f"--{fan[0]} {fan[1]}: no such host in {inventory}")
+        if profile.search:
+            raise ConfigError(f"--{fan[0]}: profile {profile_name} searches NDR/PDR; a "
+                              "synchronized sweep runs its listed rates only")
     options = FleetOptions(
         inventory=inventory, profile=profile_name,
         pairs=_read_pairs(pairs_file) if pairs_file else None, sample=sample, bulk=bulk,
         parallel=parallel, out_dir=directory, resume=bool(resume_dir),
         ssh=policy,
-        serve_port=serve_port, outlier_fraction=outlier_fraction)
+        serve_port=serve_port, outlier_fraction=outlier_fraction, fan=fan,
+        install=install_wheel)
     if options.pairs is not None:
         names = {h.name for h in hosts}
         missing = [n for p in options.pairs for n in p if n not in names]
@@ -131,13 +163,19 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    run = run_fleet(hosts, options, log)
+    run_class = None
+    if fan is not None:
+        from pktbench.fleet.fanin import FanRun
+
+        run_class = FanRun
+    run = run_fleet(hosts, options, log, run_class)
     doc = fleet_result.build(
         hosts=[h.to_dict() for h in hosts], preflight=run.preflight, pair_docs=run.results,
         profile={"name": profile_name, "text": run.profile.text},
-        mode="pairs" if pairs_file else "mesh", bulk=bulk, rounds=len(run.rounds),
+        mode=fan[0] if fan else "pairs" if pairs_file else "mesh", bulk=bulk,
+        rounds=1 if fan else len(run.rounds),
         parallel=parallel, timing=run.timing, outlier_fraction=outlier_fraction,
-        state=run.state)
+        state=run.state, fan=getattr(run, "fan", None))
     text = json.dumps(doc, indent=2) + "\n"
     if directory:
         (Path(directory) / "fleet.json").write_text(text, encoding="utf-8")
@@ -152,6 +190,8 @@ def fleet_command(inventory: str, mesh: bool, pairs_file: str | None, sample: in
         raise SystemExit(1)
     if doc["counts"]["ok"] < len(doc["pairs"]):
         raise SystemExit(3)
+    if fan is not None and not (doc.get("fan") or {}).get("in_sync"):
+        raise SystemExit(3)  # the sources did not start together: no fan-in figure
 
 
 def testbed_hosts_up(prefix: str, hosts: int, limits: tuple[str, ...], burst: int,

@@ -5,10 +5,12 @@ Owns: reading an inventory file into Host records, and selecting a group.
 TOML: `[[hosts]]` tables with `name`, `address` (for SSH), `port` (22),
 `user`, `key` (a private key file), `test_address` (on the network under
 test; default `address`), `pktbench` (the command on that host, shell words;
-default `pktbench`) and `groups` (a list of names). Ansible: `ansible_host`,
-`ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`, plus our
-`pktbench_test_address` and `pktbench_command` host variables; groups as
-Ansible defines them (children included).
+default `pktbench`), `python` (the interpreter `--install` makes a venv with;
+default `python3`) and `groups` (a list of names). Ansible: `ansible_host`,
+`ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`,
+`ansible_python_interpreter`, plus our `pktbench_test_address` and
+`pktbench_command` host variables; groups as Ansible defines them (children
+included).
 
 Every error names the file, the host and the key.
 """
@@ -31,7 +33,8 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_TOML_KEYS = {"name", "address", "port", "user", "key", "test_address", "pktbench", "groups"}
+_TOML_KEYS = {"name", "address", "port", "user", "key", "test_address", "pktbench", "python",
+              "groups"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Host:
     test_address: str = ""
     pktbench: str = "pktbench"
     groups: tuple[str, ...] = field(default_factory=tuple)
+    python: str = "python3"  # the interpreter --install makes the venv with (shell words)
 
     @property
     def target(self) -> str:
@@ -57,7 +61,8 @@ class Host:
         return {"name": self.name, "address": self.address, "port": self.port,
                 "user": self.user, "key": self.key,
                 "test_address": self.test_address or self.address,
-                "pktbench": self.pktbench, "groups": list(self.groups)}
+                "pktbench": self.pktbench, "python": self.python,
+                "groups": list(self.groups)}
 
 
 def _fail(source: str, host: str | None, key: str | None, text: str) -> ConfigError:
@@ -71,7 +76,7 @@ def _fail(source: str, host: str | None, key: str | None, text: str) -> ConfigEr
 
 def _host(source: str, name: Any, values: Mapping[str, Any], *, address_key: str,
           port_key: str, user_key: str, key_key: str, test_key: str, cmd_key: str,
-          groups: Iterable[str]) -> Host:
+          python_key: str, groups: Iterable[str]) -> Host:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(source, str(name), "name", "must be 1-63 letters, digits, '.', '_' or '-'")
 
@@ -101,13 +106,15 @@ def _host(source: str, name: Any, values: Mapping[str, Any], *, address_key: str
         if not Path(key).is_file():
             raise _fail(source, name, key_key, f"private key file {key} not found")
     command = text(cmd_key, "pktbench") or "pktbench"
-    try:
-        shlex.split(command)
-    except ValueError as exc:
-        raise _fail(source, name, cmd_key, f"is not a command line: {exc}") from None
+    python = text(python_key, "python3") or "python3"
+    for field_key, words in ((cmd_key, command), (python_key, python)):
+        try:
+            shlex.split(words)
+        except ValueError as exc:
+            raise _fail(source, name, field_key, f"is not a command line: {exc}") from None
     return Host(name=name, address=address, port=port, user=text(user_key, None), key=key,
                 test_address=text(test_key, None) or address, pktbench=command,
-                groups=tuple(groups))
+                groups=tuple(groups), python=python)
 
 
 def _from_toml(source: str, text: str) -> list[Host]:
@@ -138,13 +145,14 @@ def _from_toml(source: str, text: str) -> list[Host]:
             raise _fail(source, label, "groups", "must be a list of group names")
         hosts.append(_host(source, name, entry, address_key="address", port_key="port",
                            user_key="user", key_key="key", test_key="test_address",
-                           cmd_key="pktbench", groups=groups))
+                           cmd_key="pktbench", python_key="python", groups=groups))
     return hosts
 
 
 _ANSIBLE = {"address_key": "ansible_host", "port_key": "ansible_port",
             "user_key": "ansible_user", "key_key": "ansible_ssh_private_key_file",
-            "test_key": "pktbench_test_address", "cmd_key": "pktbench_command"}
+            "test_key": "pktbench_test_address", "cmd_key": "pktbench_command",
+            "python_key": "ansible_python_interpreter"}
 
 
 def _ansible_hosts(source: str, hostvars: dict[str, dict[str, Any]],

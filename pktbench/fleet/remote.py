@@ -172,11 +172,12 @@ class RemoteHost:
         self.conn = conn
         self.run_dir: str | None = None
         self.running: dict[int, RemoteProcess] = {}
+        self.command: str | None = None  # set by --install: the venv's pktbench
 
     @property
     def words(self) -> str:
         """The pktbench command on this host, as shell words."""
-        return self.host.pktbench
+        return self.command or self.host.pktbench
 
     async def run(self, command: str, *, input_text: str | None = None,
                   timeout_s: float = 30.0) -> tuple[int, str, str]:

@@ -63,8 +63,14 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
           pair_docs: Mapping[tuple[str, str], Mapping[str, Any]], profile: Mapping[str, Any],
           mode: str, bulk: bool, rounds: int, parallel: int | None,
           timing: Mapping[str, Any], outlier_fraction: float = 0.2,
-          state: str = "complete") -> dict[str, Any]:
-    """The fleet document (schema-versioned) from a run's pieces."""
+          state: str = "complete", fan: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fleet document (schema-versioned) from a run's pieces.
+
+    `fan` (modes "to" and "from"): the aggregate sweep of fanin.summarize
+    and its clock; then the pairs are the paths into or out of the hub, each
+    judged alone, and there are no medians or outliers (the paths ran at
+    once, into one host: they are not independent samples of the fleet).
+    """
     if not 0 < outlier_fraction < 1:
         raise ConfigError(f"outlier fraction must be between 0 and 1 (got {outlier_fraction})")
     names = [h["name"] for h in hosts]
@@ -82,6 +88,8 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
             entry[key] = doc.get(key)
         pairs.append(entry)
     ok = [p for p in pairs if p["status"] == "ok" and p["good_pps"] is not None]
+    if fan is not None:
+        ok = []
     fleet_median = _median(p["good_pps"] for p in ok)
     limit = None if fleet_median is None else fleet_median * (1 - outlier_fraction)
     host_rows = []
@@ -97,6 +105,7 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
             "name": name, "test_address": host.get("test_address"),
             "reachable": pre.get("reachable"), "reason": pre.get("reason"),
             "pktbench_version": pre.get("pktbench_version"), "cpus": pre.get("cpus"),
+            "installed": pre.get("install"),
             "clock_offset_ms": pre.get("clock_offset_ms"), "ssh_rtt_ms": pre.get("ssh_rtt_ms"),
             "median_in_pps": med_in, "median_out_pps": med_out,
             "median_ceiling_in_bps": ceil_in, "median_ceiling_out_bps": ceil_out})
@@ -122,7 +131,8 @@ def build(*, hosts: Sequence[Mapping[str, Any]], preflight: Mapping[str, Mapping
         "schedule": {"hosts": len(hosts), "rounds": rounds, "parallel": parallel,
                      "tests": len(pairs)},
         "counts": counts, "fleet_median_pps": fleet_median,
-        "hosts": host_rows, "pairs": pairs, "outliers": outliers, "timing": dict(timing)}
+        "hosts": host_rows, "pairs": pairs, "outliers": outliers, "timing": dict(timing),
+        **({"fan": dict(fan)} if fan is not None else {})}
 
 
 def load_fleet(path: str | Path) -> dict[str, Any]:

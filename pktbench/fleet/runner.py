@@ -32,7 +32,7 @@ from typing import Any
 
 from pktbench._version import __version__
 from pktbench.errors import ConfigError, PktbenchError
-from pktbench.fleet import FLEET_SCHEMA_VERSION, schedule
+from pktbench.fleet import FLEET_SCHEMA_VERSION, install, schedule
 from pktbench.fleet.inventory import Host
 from pktbench.fleet.remote import RemoteError, RemoteHost, SshPolicy, connect, finish, last_line
 from pktbench.results import upgrade_document
@@ -59,6 +59,8 @@ class FleetOptions:
     ssh: SshPolicy = field(default_factory=SshPolicy)
     serve_port: int = 7425
     outlier_fraction: float = 0.2
+    install: str | None = None  # a pktbench wheel to install on each host first
+    fan: tuple[str, str] | None = None  # ("to" | "from", HOST): fan-in / fan-out at once
 
 
 @dataclass
@@ -145,10 +147,12 @@ class FleetRun:
         self.options = options
         self.log = log
         self.profile = _load_profile(options.profile)
+        self.wheel = install.load_wheel(options.install) if options.install else None
         self.store = RunStore(options.out_dir) if options.out_dir else None
         self.remotes: dict[str, RemoteHost] = {}
         self.preflight: dict[str, dict[str, Any]] = {}
         self.serve_ports: dict[str, int] = {}
+        self.serve_tokens: dict[str, str] = {}
         self.profile_paths: dict[str, str] = {}
         self.results: dict[schedule.Pair, dict[str, Any]] = {}
         self.timing: dict[str, Any] = {}
@@ -171,13 +175,19 @@ class FleetRun:
         self.remotes[host.name] = remote
         try:
             entry["ssh_connect_s"] = round(time.monotonic() - started, 4)
+            if self.wheel is not None:
+                entry["install"] = await install.install(remote, self.wheel)
+            asked = time.monotonic()
             status, out, err = await remote.run(f"{remote.words} --version; "
                                                 "getconf _NPROCESSORS_ONLN", timeout_s=60.0)
+            # How long the host takes to start pktbench: a synchronized start
+            # (--to/--from) must leave the slowest host that much and more.
+            entry["pktbench_start_s"] = round(time.monotonic() - asked, 4)
             lines = out.strip().splitlines()
             # "pktbench 0.1.0 (engine: ...)" or click's "pktbench, version 0.1.0"
             found = _VERSION_RE.search(lines[0]) if lines and "pktbench" in lines[0] else None
             if status != 0 or len(lines) < 2 or found is None:
-                raise RemoteError(f"pktbench not runnable as `{host.pktbench}`: "
+                raise RemoteError(f"pktbench not runnable as `{remote.words}`: "
                                   f"{last_line(err) or last_line(out) or f'exit {status}'}")
             version = found.group(1)
             entry["pktbench_version"] = version
@@ -197,21 +207,34 @@ class FleetRun:
             entry["reason"] = str(exc).removeprefix(f"{host.name}: ")
         entry["preflight_s"] = round(time.monotonic() - started, 4)
 
-    async def _start_serve(self, name: str) -> None:
+    async def start_serve_on(self, name: str, port: int) -> tuple[int, str]:
+        """Start a `serve` on host `name` at `port` (0: any), with a fresh token.
+
+        Returns (the port it listens on, its token).
+
+        Raises:
+            RemoteError: it did not start (the reason is its last line).
+        """
         remote = self.remotes[name]
         host = remote.host
         token = secrets.token_hex(32)
         try:
             proc = await remote.start("serve", ["--bind", host.test_address or host.address,
-                                                "--port", str(self.options.serve_port),
-                                                "--quiet"], token)
+                                                "--port", str(port), "--quiet"], token)
             line = await asyncio.wait_for(proc.process.stdout.readline(), 60.0)
             if not line.startswith("listening on "):
                 err = await asyncio.wait_for(proc.process.stderr.read(), 5.0)
                 raise RemoteError(f"serve did not start: {last_line(err) or 'no output'}")
-            self.serve_ports[name] = int(line.strip().rsplit(":", 1)[1])
+            return int(line.strip().rsplit(":", 1)[1]), token
+        except (asyncio.TimeoutError, TimeoutError, ValueError) as exc:
+            raise RemoteError(f"serve did not start: {str(exc) or 'no listening line in 60 s'}") from None
+
+    async def _start_serve(self, name: str) -> None:
+        try:
+            port, token = await self.start_serve_on(name, self.options.serve_port)
+            self.serve_ports[name] = port
             self.serve_tokens[name] = token
-        except (RemoteError, asyncio.TimeoutError, TimeoutError, ValueError) as exc:
+        except RemoteError as exc:
             entry = self.preflight[name]
             entry["reachable"] = False
             entry["reason"] = str(exc).removeprefix(f"{name}: ") or "serve did not start"
@@ -299,7 +322,6 @@ class FleetRun:
                               f"{'with' if previous.get('bulk') else 'without'} --bulk")
 
     async def run(self) -> None:
-        self.serve_tokens: dict[str, str] = {}
         t0 = time.monotonic()
         planned = planned_pairs(list(self.hosts), self.options)
         unknown = [n for p in planned for n in p if n not in self.hosts]
@@ -320,9 +342,7 @@ class FleetRun:
             for name in needed:
                 entry = self.preflight[name]
                 if entry["reachable"]:
-                    self.log(f"  {name}: ok, pktbench {entry['pktbench_version']}, "
-                             f"{entry['cpus']} CPUs, clock {entry['clock_offset_ms']:+.1f} ms "
-                             f"(rtt {entry['ssh_rtt_ms']:.1f} ms)")
+                    self.log(preflight_line(name, entry))
             t_pre = time.monotonic()
             await asyncio.gather(*(self._start_serve(n) for n in needed
                                    if self.preflight[n]["reachable"]))
@@ -398,6 +418,18 @@ class FleetRun:
             remote.close()
 
 
+def preflight_line(name: str, entry: dict[str, Any]) -> str:
+    """The progress line of a host that passed preflight."""
+    installed = entry.get("install")
+    how = ""
+    if installed:
+        how = (f" (installed {installed['file']} in {installed['venv']}, "
+               + ("already there" if installed["reused"] else
+                  f"copy {installed['copy_s']:.1f} s, pip {installed['install_s']:.1f} s") + ")")
+    return (f"  {name}: ok, pktbench {entry['pktbench_version']}{how}, {entry['cpus']} CPUs, "
+            f"clock {entry['clock_offset_ms']:+.1f} ms (rtt {entry['ssh_rtt_ms']:.1f} ms)")
+
+
 def _median(values: Sequence[Any]) -> float | None:
     nums = [float(v) for v in values if isinstance(v, (int, float))]
     return round(statistics.median(nums), 4) if nums else None
@@ -414,14 +446,17 @@ def _pair_line(index: int, rounds: int, doc: dict[str, Any]) -> str:
     return f"{head} no knee in {doc['wall_s']:.1f} s"
 
 
-def run_fleet(hosts: Sequence[Host], options: FleetOptions, log: Log) -> FleetRun:
+def run_fleet(hosts: Sequence[Host], options: FleetOptions, log: Log,
+              run_class: type[FleetRun] | None = None) -> FleetRun:
     """Run the fleet to the end; Ctrl-C or SIGTERM stops every remote process first.
+
+    `run_class`: a FleetRun of another kind (fanin.FanRun for --to/--from).
 
     Raises:
         KeyboardInterrupt: interrupted (after the clean-up; finished tests kept).
         PktbenchError: the run could not be set up.
     """
-    fleet = FleetRun(hosts, options, log)
+    fleet = (run_class or FleetRun)(hosts, options, log)
     interrupted = False
 
     async def main() -> None:

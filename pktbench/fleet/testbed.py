@@ -14,7 +14,8 @@ data interface with a packet-rate cap.
 
 sshd: one `sshd -f CONFIG` per host namespace, each with its own generated
 ed25519 host key in a mode-0700 directory, root login by a generated client
-key only, listening on the host's address; a known_hosts file and a TOML
+key only, listening on the host's address, and XDG_CACHE_HOME set to a
+directory of that host's own (the hosts share one file system); a known_hosts file and a TOML
 inventory for the coordinator are written beside them. Stopped by the PID
 in each server's pid file.
 
@@ -131,6 +132,7 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
     limits = dict(pps_limits or {})
     tb.require_root()
     tb._require_tool("ip")
+    tb._require_tool("ethtool")
     if limits:
         tb._require_tool("nft")
     down(prefix)
@@ -155,6 +157,12 @@ def up(prefix: str, hosts: int, *, pps_limits: Mapping[str, int] | None = None,
             tb._run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "master", "br0"])
             tb._run(["ip", "-n", cns, "link", "set", f"vh{i}", "up"])
+            # as in the two-namespace testbed: every datagram a packet, a GSO
+            # buffer is not one packet to the policer
+            tb._run(tb._in_ns(ns, ["ethtool", "-K", "eth0", tb.UDP_SEGMENTATION_FEATURE,
+                                   "off"]))
+            tb._run(tb._in_ns(cns, ["ethtool", "-K", f"vh{i}", tb.UDP_SEGMENTATION_FEATURE,
+                                    "off"]))
             if host_name(i) in limits:
                 tb._run(tb._in_ns(ns, ["nft", "-f", "-"]),
                         input_text=_policer(limits[host_name(i)], pps_burst))
@@ -223,14 +231,18 @@ def _sshd_config(host_dir: Path, address: str, authorized: Path) -> str:
         "PermitRootLogin prohibit-password", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
         "MaxSessions 64", "MaxStartups 64", "LogLevel ERROR",
+        # Hosts of one machine share a file system: each gets a cache of its
+        # own, as separate machines have (`fleet --install` puts its venv there).
+        f"SetEnv XDG_CACHE_HOME={host_dir / 'cache'}",
         "Subsystem sftp internal-sftp", ""])
 
 
 def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
-            pktbench_command: str = "pktbench") -> SshdSet:
+            pktbench_command: str = "pktbench", python_command: str | None = None) -> SshdSet:
     """Start an sshd in every host namespace; keys, known_hosts and inventory in `directory`.
 
-    `pktbench_command` goes into the inventory's `pktbench` field.
+    `pktbench_command` goes into the inventory's `pktbench` field,
+    `python_command` (when given) into its `python` field.
 
     Raises:
         TestbedError: sshd or ssh-keygen missing, or a server did not start
@@ -268,17 +280,20 @@ def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
             tb._run(tb._in_ns(bed.namespaces[name],
                               [SSHD, "-f", str(config), "-E", str(host_dir / "sshd.log")]))
             deadline = time.monotonic() + 10
-            while not pidfile.exists() and time.monotonic() < deadline:
+            # sshd creates the pid file before it writes the number into it
+            while not _pid_in(pidfile) and time.monotonic() < deadline:
                 time.sleep(0.02)
-            if not pidfile.exists():
+            pid = _pid_in(pidfile)
+            if pid is None:
                 raise TestbedError(f"sshd in {bed.namespaces[name]} did not start: see "
                                    f"{host_dir / 'sshd.log'}")
-            pids[name] = int(pidfile.read_text().split()[0])
+            pids[name] = pid
             pub = Path(f"{key}.pub").read_text().split()
             known_lines.append(f"{address} {pub[0]} {pub[1]}")
             inventory.append("\n".join([
                 "[[hosts]]", f'name = "{name}"', f'address = "{address}"', 'user = "root"',
-                f'key = "{client_key}"', f"pktbench = {json.dumps(pktbench_command)}", ""]))
+                f'key = "{client_key}"', f"pktbench = {json.dumps(pktbench_command)}",
+                *([f"python = {json.dumps(python_command)}"] if python_command else []), ""]))
     except BaseException:
         _stop_pids(pids.values())
         raise
@@ -289,6 +304,14 @@ def sshd_up(bed: FleetBed, directory: str | os.PathLike[str], *,
     (base / "sshd.json").write_text(json.dumps({"pids": pids}))
     return SshdSet(directory=base, client_key=client_key, known_hosts=known_hosts,
                    inventory=inventory_path, pids=pids)
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        words = pidfile.read_text().split()
+    except OSError:
+        return None
+    return int(words[0]) if words and words[0].isdigit() else None
 
 
 def _stop_pids(pids: Iterator[int] | Any) -> None:
@@ -325,11 +348,13 @@ def sshd_down(directory: str | os.PathLike[str]) -> int:
 @contextlib.contextmanager
 def fleet_testbed(prefix: str, hosts: int, directory: str | os.PathLike[str], *,
                   pps_limits: Mapping[str, int] | None = None,
-                  pktbench_command: str = "pktbench") -> Iterator[tuple[FleetBed, SshdSet]]:
+                  pktbench_command: str = "pktbench", python_command: str | None = None
+                  ) -> Iterator[tuple[FleetBed, SshdSet]]:
     """The testbed with sshd in every host, for the `with` block; always removed."""
     try:
         bed = up(prefix, hosts, pps_limits=pps_limits)
-        sshd = sshd_up(bed, directory, pktbench_command=pktbench_command)
+        sshd = sshd_up(bed, directory, pktbench_command=pktbench_command,
+                       python_command=python_command)
         yield bed, sshd
     finally:
         with contextlib.suppress(Exception):

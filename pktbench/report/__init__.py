@@ -74,7 +74,8 @@ def _run_table(result: Any, target: Target, wide: bool) -> None:
     from pktbench.report._common import wrap_line
     from pktbench.report.table import criteria_line
 
-    words = criteria_line(getattr(result, "judgement", None), sweep=False)
+    words = criteria_line(getattr(result, "judgement", None), sweep=False,
+                          requests="offered_rps" in result.steps[0])
     lines = ([words] if wide else wrap_line(words)) if words else []
     with open_text(target) as stream:
         stream.write(step_table(result.steps[0], wide=wide) + "".join(f"{line}\n" for line in lines)

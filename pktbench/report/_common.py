@@ -180,7 +180,32 @@ def received_label(workload: Any) -> str:
     return "responses" if workload == "rr" else "received"
 
 
-_ATTRIBUTION_WORDS = {"receiver-reassembly-failed": "receiving host: IP reassembly failed"}
+_ATTRIBUTION_WORDS = {"receiver-reassembly-failed": "receiving host: IP reassembly failed",
+                      "late": "mostly late: TCP delivered them after the timeout",
+                      "unanswered": "mostly unanswered: no reply by the end of the drain",
+                      "server-error": "mostly RESP error replies"}
+
+
+def counts_requests(step: Mapping[str, Any]) -> bool:
+    """A step counted in requests (rr-tcp, redis://): see step.counts_requests."""
+    return "offered_rps" in step
+
+
+def fmt_path(path: Any, *, offered: bool = False) -> str:
+    """'5,204 pkt/s toward server, 5,204 back, 0 retransmits' ('-' when unknown).
+
+    `offered` adds what the schedule asked the path to carry toward the
+    server, which TCP falls below once a policer drops and it stalls.
+    """
+    if not isinstance(path, Mapping) or not is_number(path.get("toward_server_pps")):
+        return "-"
+    text = f"{fmt_pps(path['toward_server_pps'])} pkt/s toward server"
+    if offered and is_number(path.get("offered_toward_server_pps")):
+        text += (f" (offered {fmt_pps(path['offered_toward_server_pps'])} at "
+                 f"{path.get('packets_per_request', 0):.2f} packets a request)")
+    retransmits = path.get("retransmits") or 0
+    return (text + f", {fmt_pps(path.get('back_pps'))} back, {retransmits:,} retransmit"
+            + ("" if retransmits == 1 else "s"))
 
 
 def failure_reason(step: Mapping[str, Any]) -> str | None:

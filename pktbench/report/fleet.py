@@ -72,8 +72,67 @@ def render_matrix(doc: Mapping[str, Any], width: int = 100) -> str:
     return "\n\n".join(pages) + "\n" + legend
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_fan(doc: Mapping[str, Any], width: int = 100) -> str:
+    """--to/--from: the aggregate per step, each path's received rate per step, the clocks."""
+    fan = doc["fan"]
+    hub, into = fan["hub"], fan["direction"] == "to"
+    steps = fan.get("steps") or []
+    head = (f"fan-{'in' if into else 'out'}: {fan.get('paths', 0)} paths "
+            f"{'into' if into else 'out of'} {hub} at once, each "
+            f"{100 * (fan.get('share') or 0):.3g} % of the aggregate rate")
+    rows = [[s["index"], f"{s['offered_pps']:,.0f}", f"{s['sent_pps']:,.0f}",
+             f"{s['received_pps']:,.0f}", f"{100 * s['loss_ratio']:.2f}",
+             _ms(s.get("start_spread_ms")),
+             ("sender-bound" if s.get("sender_bound") else
+              "fail: " + ", ".join(s["failed_criteria"]) if s.get("failed_criteria") else "ok")]
+            for s in steps]
+    table = tabulate(rows, headers=["step", "offered pps", "sent pps", "received pps",
+                                    "loss %", "spread ms", "verdict"], disable_numparse=True)
+    peers = sorted({name for s in steps for name in s.get("per_path", {})})
+    per_page = max(1, (width - 24) // (CELL + 1))
+    prow = []
+    offsets = fan.get("clock_offsets_ms") or {}
+    for name in peers:
+        offset = offsets.get(name if into else hub)  # the clock of the host that sweeps
+        cells = []
+        for s in steps[:per_page]:
+            path = s["per_path"].get(name) or {}
+            cells.append(_k(path.get("received_pps")))
+        prow.append([name, _ms(offset), *cells])
+    ptable = tabulate(prow, headers=["path peer", "sweeper clock ms",
+                                     *[f"rx {s['index']}" for s in steps[:per_page]]],
+                      disable_numparse=True)
+    if fan.get("knee_pps") is not None:
+        verdict = (f"aggregate knee into {hub}: {fan['knee_pps']:,.0f} pps offered (last good "
+                   f"{fan.get('last_good_pps') or 0:,.0f} pps)" if into else
+                   f"aggregate knee out of {hub}: {fan['knee_pps']:,.0f} pps offered (last good "
+                   f"{fan.get('last_good_pps') or 0:,.0f} pps)")
+    elif steps:
+        verdict = f"no aggregate knee up to {fan.get('max_offered_pps') or 0:,.0f} pps"
+    else:
+        verdict = "no aggregate: no path finished"
+    sync = (f"start spread at most {_ms(fan.get('max_start_spread_ms'))} ms "
+            f"(tolerance {_ms(fan.get('sync_tolerance_ms'))} ms): "
+            + ("in sync" if fan.get("in_sync") else "NOT in sync, the aggregate is unreliable")
+            + f"\nstep period {fan.get('period_s', 0):.2f} s, first step "
+            f"{fan.get('lead_s', 0):.1f} s after the start")
+    parts = [head, table, ptable, verdict, sync]
+    failed = fan.get("failed_paths") or []
+    reasons = [f"  {p['src']} -> {p['dst']}: {p['status']}: {p['reason']}"
+               for p in doc.get("pairs", []) if p.get("status") != "ok"]
+    if failed or reasons:
+        parts.append("paths left out of the aggregate:\n" + "\n".join(reasons))
+    return "\n\n".join(parts)
+
+
 def render_fleet(doc: Mapping[str, Any], width: int = 100) -> str:
     """The whole human report: matrix, hosts, outliers, timing."""
+    if doc.get("fan") is not None:
+        return render_fan(doc, width)
     parts = [render_matrix(doc, width)]
     rows = []
     reasons = []

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from pktbench.report._common import (
+    counts_requests,
     fmt_loss_percent,
     fmt_pps,
     fmt_us,
@@ -35,10 +36,14 @@ def step_line(step: Mapping[str, Any], done: int | None = None, total: int | Non
     """'step  3/10  offered 5,848 pps  sent 5,848  responses 5,848  loss 0%  p99 140.3 us  ok'."""
     width = len(str(total)) if total else 1
     position = f"step {done:>{width}}/{total}" if done is not None and total else "step"
-    parts = [position, f"offered {fmt_pps(step.get('offered_pps'))} pps",
-             f"sent {fmt_pps(step.get('sent_pps'))}",
-             f"{received_label(step.get('workload', 'rr'))} {fmt_pps(step.get('received_pps'))}",
-             f"loss {fmt_loss_percent(step.get('loss_ratio'))}%"]
+    if counts_requests(step):
+        parts = [position] + _request_parts(step)
+    else:
+        parts = [position, f"offered {fmt_pps(step.get('offered_pps'))} pps",
+                 f"sent {fmt_pps(step.get('sent_pps'))}",
+                 f"{received_label(step.get('workload', 'rr'))} "
+                 f"{fmt_pps(step.get('received_pps'))}",
+                 f"loss {fmt_loss_percent(step.get('loss_ratio'))}%"]
     latency = step.get("latency_us")
     if isinstance(latency, Mapping) and latency.get("p99") is not None:
         parts.append(f"p99 {fmt_us(latency.get('p99'))} us")
@@ -48,6 +53,26 @@ def step_line(step: Mapping[str, Any], done: int | None = None, total: int | Non
         parts.insert(1, f"repeat {step['repeat']}")
     parts.append(step_verdict(step))
     return "  ".join(parts)
+
+
+def _share(step: Mapping[str, Any], key: str) -> str:
+    requests = step.get("requests") or 0
+    return fmt_loss_percent((step.get(key) or 0) / requests if requests else None)
+
+
+def _request_parts(step: Mapping[str, Any]) -> list[str]:
+    """'offered 6,011 req/s  sent 5,127  answered 4,795  late 5.5%  unanswered 15%  path ...'."""
+    parts = [f"offered {fmt_pps(step.get('offered_rps'))} req/s",
+             f"sent {fmt_pps(step.get('sent_rps'))}",
+             f"answered {fmt_pps(step.get('answered_rps'))}",
+             f"late {_share(step, 'late_requests')}%",
+             f"unanswered {_share(step, 'unanswered_requests')}%"]
+    path = step.get("path")
+    if isinstance(path, Mapping):
+        parts.append(f"path {fmt_pps(path.get('toward_server_pps'))}/"
+                     f"{fmt_pps(path.get('back_pps'))} pkt/s out/back, "
+                     f"{path.get('retransmits', 0):,} retrans")
+    return parts
 
 
 class Progress:

@@ -424,17 +424,19 @@ class BulkStepHandler:
         self._thread: threading.Thread | None = None
         self._deadline_ns = time.monotonic_ns() + int(
             step.hard_limit_s * 1e9)
-        # The server's end stops shortly after its window whatever the client
-        # does (reverse: it stops writing; forward: it stops reading, and TCP
-        # flow control stops the client), and moves bytes no faster than the
-        # step's rate (rate_pps datagrams of size_bytes) when it has one.
+        # Reversed, the server stops writing BULK_TAIL_MAX_S after its window
+        # whatever the client does; forward, it reads until StepStop or the
+        # step's deadline (which TCP flow control passes on to the client).
+        # Either way it moves bytes no faster than the step's rate (rate_pps
+        # datagrams of size_bytes) when it has one.
         cap = step.rate_cap()
         self._byte_cap = ((cap[0] * step.size_bytes, cap[1] * step.size_bytes)
                           if cap is not None else None)
         self._pumped = _Pumped(step.streams, self._window, sending=self.sending,
                                buffer_bytes=DEFAULT_WRITE_BYTES if self.sending
                                else RECV_BUFFER_BYTES,
-                               tail_ns=int(min(step.drain_s, protocol.BULK_TAIL_MAX_S) * 1e9),
+                               tail_ns=(int(protocol.BULK_TAIL_MAX_S * 1e9) if self.sending
+                                        else None),
                                deadline_ns=self._deadline_ns, byte_cap=self._byte_cap)
         self.rejected = 0
 

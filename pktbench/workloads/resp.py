@@ -29,16 +29,20 @@ import dataclasses
 import errno
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from pktbench import engine, errors, histogram, wire
 from pktbench.address import resolve
 from pktbench.errors import ConfigError, ConnectError, RemoteProtocolError
 from pktbench.protocol import StepParams
-from pktbench.step import StepResult, summarize_step
+from pktbench.results import interface_for
+from pktbench.step import (
+    InterfacePackets, PathFigures, RequestFigures, StepResult, summarize_step)
+from pktbench.workloads.bulk import read_tcp_info
 from pktbench.workloads.base import (
     ArmedStep, ServerArm, StepClient, TcpStepHandler, Transport, drive_step)
 
@@ -117,19 +121,121 @@ def _run_until(client: Any, until_ns: int, stop: threading.Event | None, peer: s
 
 WARMUP_GRACE_NS = 10_000_000
 
+SYSFS_NET = Path("/sys/class/net")
+
+
+
+def _interface_packets(name: str | None) -> tuple[int, int] | None:
+    """(tx_packets, rx_packets) of a device in this network namespace, None if unreadable."""
+    if not name:
+        return None
+    stats = SYSFS_NET / name / "statistics"
+    try:
+        return (int((stats / "tx_packets").read_text()), int((stats / "rx_packets").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class _PathSample:
+    at_ns: int
+    segs_out: int
+    segs_in: int
+    retransmits: int
+    written: int
+    interface: tuple[int, int] | None
+
+
+class PathMeter:
+    """The packets our connections put on the path, read at the window's two ends.
+
+    A request/response over TCP is not one packet each way: pure ACKs,
+    retransmits and coalesced segments are what a path limited in packets
+    per second sees. TCP_INFO counts them per connection (tcpi_segs_out,
+    tcpi_segs_in, tcpi_total_retrans); the egress device's sysfs counters
+    count them too, with every other packet on that device.
+
+    TCP never carries more than a policer passes for long: a drop stalls a
+    connection for a retransmission timeout, so the packets carried fall
+    below the limit exactly when the schedule asks for more. What the
+    schedule asked the path to carry is the offered request rate times the
+    packets each written request took in this window.
+    """
+
+    def __init__(self, sockets: Sequence[socket.socket], interface: str | None,
+                 written: Callable[[], int]) -> None:
+        self._sockets = list(sockets)
+        self._interface = interface
+        self._written = written
+        self._start: _PathSample | None = None
+        self._end: _PathSample | None = None
+
+    def _sample(self) -> _PathSample | None:
+        out = in_ = retrans = 0
+        for sock in self._sockets:
+            info = read_tcp_info(sock)
+            if info is None or info["segs_out"] is None or info["segs_in"] is None:
+                return None
+            out += info["segs_out"] or 0
+            in_ += info["segs_in"] or 0
+            retrans += info["total_retrans"] or 0
+        return _PathSample(engine.monotonic_ns(), out, in_, retrans, self._written(),
+                           _interface_packets(self._interface))
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        self._end = self._sample()
+
+    def figures(self, offered_rps: float) -> PathFigures | None:
+        """The window's deltas and rates; None when TCP_INFO could not be read."""
+        a, b = self._start, self._end
+        if a is None or b is None or b.at_ns <= a.at_ns:
+            return None
+        window_s = (b.at_ns - a.at_ns) / 1e9
+        out = _segments(b.segs_out - a.segs_out)
+        back = _segments(b.segs_in - a.segs_in)
+        retrans = max(b.retransmits - a.retransmits, 0)
+        written = max(b.written - a.written, 0)
+        # retransmits are the path's doing, not what the schedule asked for
+        per_request = max(out - retrans, 0) / written if written else 0.0
+        interface: InterfacePackets | None = None
+        if self._interface and a.interface is not None and b.interface is not None:
+            tx = max(b.interface[0] - a.interface[0], 0)
+            rx = max(b.interface[1] - a.interface[1], 0)
+            interface = {"name": self._interface, "tx_packets": tx, "rx_packets": rx,
+                         "tx_pps": tx / window_s, "rx_pps": rx / window_s}
+        return {"source": "tcp_info", "window_s": window_s, "connections": len(self._sockets),
+                "toward_server_packets": out, "back_packets": back,
+                "toward_server_pps": out / window_s, "back_pps": back / window_s,
+                "packets_per_request": per_request,
+                "offered_toward_server_pps": offered_rps * per_request,
+                "retransmits": retrans, "retransmits_pps": retrans / window_s,
+                "interface": interface}
+
+
+def _segments(delta: int) -> int:
+    # tcpi_segs_* are 32-bit and wrap; a window never sends 2**32 segments
+    return delta % (1 << 32)
+
 
 class _RespPhases:
     """A RespClient as engine.run_phases sees it."""
 
-    def __init__(self, client: Any, stop: threading.Event | None, peer: str) -> None:
+    def __init__(self, client: Any, stop: threading.Event | None, peer: str,
+                 path: PathMeter | None = None) -> None:
         self._client = client
         self._stop = stop
         self._peer = peer
         self._warmup_count = 0
+        self._path = path
 
     def begin(self, start_ns: int, count: int, warmup: bool) -> None:
         self._client.begin(start_ns, count, warmup)
         self._warmup_count = count if warmup else 0
+        if not warmup and self._path is not None:
+            self._path.start()
 
     def send_until(self, until_ns: int) -> bool:
         completed = _run_until(self._client, until_ns, self._stop, self._peer)
@@ -149,6 +255,8 @@ class _RespPhases:
         return int(self._client.scheduled)
 
     def end_sending(self) -> None:
+        if self._path is not None:
+            self._path.stop()
         self._client.stop_issuing()
 
     def drain_until(self, until_ns: int) -> bool:
@@ -176,8 +284,11 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
         rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
         busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
+    written_at = engine.loops.CLIENT_COUNTERS.index("written")
+    path = PathMeter(sockets, _egress_interface(sockets[0]),
+                     lambda: int(client.counters[written_at]))
     # RESP has no grace: its window closes on time and what is still owed is drained
-    phases = engine.run_phases(_RespPhases(client, stop, peer), rate_pps=rate,
+    phases = engine.run_phases(_RespPhases(client, stop, peer, path), rate_pps=rate,
                                warmup_s=params.warmup_s, duration_s=params.duration_s,
                                drain_s=params.drain_s, drain=True, grace=False,
                                meter=client, counter_names=engine.loops.CLIENT_COUNTERS)
@@ -200,18 +311,47 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         cpu_s=phases.cpu_s,
         stopped_early=not phases.completed,
         warmup_sent=phases.warmup_sent,
+        extra={"path": path.figures(rate or counters["written"] / span_s)},
     )
+
+
+def _egress_interface(sock: socket.socket) -> str | None:
+    try:
+        peer = sock.getpeername()[0]
+    except OSError:
+        return None
+    return interface_for(str(peer))
 
 
 def summarize(params: StepParams, outcome: engine.SenderOutcome, receiver: dict[str, Any],
               *, index: int = 0, repeat: int = 0) -> StepResult:
-    """The step result of an rr-tcp step: a UDP rr step's keys, TCP facts in "sender"."""
+    """The step result of an rr-tcp step: a UDP rr step's keys, TCP facts in "sender",
+    the step counted in requests (RequestFigures) and the packets on the path."""
     c = outcome.counters
+    span_s = outcome.send_span_s
+    scheduled, answered = c["sent"], c["received"]
+    unanswered = max(scheduled - answered - c["late"] - c["resp_errors"], 0)
+    requests: RequestFigures = {
+        "offered_rps": float(params.rate_pps) if params.rate_pps is not None
+        else outcome.sent_pps,
+        "sent_rps": c["written"] / span_s if span_s > 0 else 0.0,
+        "answered_rps": answered / span_s if span_s > 0 else 0.0,
+        "requests": scheduled,
+        "answered_requests": answered,
+        "late_requests": c["late"],
+        "unanswered_requests": unanswered,
+        "unsent_requests": min(max(scheduled - c["written"], 0), unanswered),
+        "error_requests": c["resp_errors"],
+        "timeout_s": params.timeout_s,
+    }
+    path = cast("PathFigures | None", outcome.extra.get("path"))
     lag_p50_ns = histogram.percentile_ns(outcome.send_lag_hist, 50.0)
     lagging = (params.rate_pps is not None and lag_p50_ns is not None
                and lag_p50_ns > SENDER_LAG_LIMIT_NS)
     return summarize_step(dataclasses.replace(params, workload="rr"), outcome, receiver,
-                          index=index, repeat=repeat, sender_bound=lagging, sender_figures={
+                          index=index, repeat=repeat, sender_bound=lagging,
+                          requests=requests, path=path,
+                          sender_figures={
                               "transport": "tcp",
                               "connections": params.connections,
                               "pipeline": params.pipeline,

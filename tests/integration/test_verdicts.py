@@ -10,6 +10,9 @@ test fails. Rates are odd on purpose.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +123,102 @@ def test_random_loss_is_a_loss_floor_not_a_knee(lossy, lossy_server, tmp_path: P
     assert floor == pytest.approx(0.01, abs=0.003)
     assert f"the path loses {100 * floor:.1f} % at every rate: no knee; loss floor " \
            f"{100 * floor:.1f} %" in done.stdout
+
+
+REDIS_SERVER = shutil.which("redis-server")
+POLICER_PPS = 5500
+# The policer's bucket: a client or a Redis preempted for a few ms catches up
+# in a burst, which a 100-packet bucket punishes below the limit (see
+# test_two_hosts' rr knee). Over a 1 s window the bucket lets at most
+# POLICER_BURST packets more than the rate through.
+POLICER_BURST = 300
+
+
+@pytest.fixture
+def redis_policed(make_testbed) -> tb.TestbedInfo:
+    return make_testbed(pps_limit=POLICER_PPS, pps_burst=POLICER_BURST)
+
+
+@pytest.fixture
+def redis_in_b(redis_policed: tb.TestbedInfo, tmp_path: Path) -> Iterator[str]:
+    """A real redis-server in b (nothing saved), stopped by its PID; yields its URL."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    address = redis_policed.addrs["b"]
+    log = tmp_path / "redis.log"
+    with log.open("wb") as out:
+        process = tb.popen_in("b", [REDIS_SERVER, "--bind", address, "--port", "6379",
+                                    "--save", "", "--appendonly", "no", "--daemonize", "no",
+                                    "--protected-mode", "no"],
+                              prefix=redis_policed.prefix, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while b"Ready to accept connections" not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start in b: " + log.read_text())
+            time.sleep(0.05)
+        yield f"redis://{address}:6379"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_redis_behind_a_policer_knee_shows_the_paths_packet_rates(
+        redis_policed, redis_in_b, tmp_path: Path) -> None:
+    out = tmp_path / "redis.json"
+    # 16 connections, one request in flight each: every request is one
+    # segment toward the server (the reply carries the ACK, the next request
+    # the reply's), so requests/s below the policer pass and above it do not.
+    done = client(redis_policed, "sweep", redis_in_b, "--command", "get",
+                  "--rates", "3917,4713,6113,7307", "--connections", "16", "--pipeline", "1",
+                  "--duration", "1", "--warmup", "0.3", "--json", str(out), timeout_s=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(out.read_text())
+    steps = {s["index"]: s for s in document["steps"]}
+    knee = document["knee"]
+    assert knee is not None, done.stdout
+    assert knee["offered_rps"] == knee["offered_pps"] > POLICER_PPS
+    assert knee["last_good_rps"] is not None and knee["last_good_rps"] < POLICER_PPS
+    good = next(s for s in document["steps"] if s["offered_rps"] == knee["last_good_rps"])
+    bad = steps[knee["step_index"]]
+    assert knee["path"] == bad["path"] and knee["last_good_path"] == good["path"]
+
+    # the last good step's packets toward the server passed the policer...
+    carried = good["path"]
+    assert carried["retransmits"] == 0 and good["late_requests"] == 0
+    assert carried["toward_server_pps"] <= POLICER_PPS + POLICER_BURST / carried["window_s"]
+    assert carried["toward_server_pps"] == pytest.approx(good["answered_rps"], rel=0.03)
+    # ...counted twice: TCP_INFO of our connections and a's egress device
+    # (Redis has no control connection: nothing else crosses va0 in the window)
+    interface = carried["interface"]
+    assert interface is not None and interface["name"] == "va0"
+    assert abs(interface["tx_packets"] - carried["toward_server_packets"]) <= \
+        0.02 * carried["toward_server_packets"] + 5
+    # ...and the knee step asked the path for more than the policer passes:
+    # it dropped, TCP retransmitted and stalled, and the schedule collapsed
+    asked = bad["path"]
+    assert asked["offered_toward_server_pps"] > POLICER_PPS
+    assert asked["retransmits"] > 0
+    assert asked["toward_server_pps"] < asked["offered_toward_server_pps"]
+    assert bad["answered_rps"] < 0.9 * bad["offered_rps"]
+    assert bad["late_requests"] + bad["unanswered_requests"] == bad["lost_packets"]
+    assert bad["attribution"] in ("late", "unanswered")
+
+    # the knee line names the path's packet rates both ways, in pkt/s, and req/s
+    # (prose lines wrap at 100 columns: read them joined)
+    text = " ".join(done.stdout.split())
+    knee_line = text[text.index("knee: "):text.index(" criterion: ")]
+    assert knee_line.startswith(f"knee: {bad['offered_rps']:,.0f} req/s offered (path: "
+                                f"{asked['toward_server_pps']:,.0f} pkt/s toward server "
+                                f"(offered {asked['offered_toward_server_pps']:,.0f} at ")
+    assert f", {asked['back_pps']:,.0f} back, {asked['retransmits']:,} retransmit" in knee_line
+    assert "late or unanswered" in knee_line and "loss" not in knee_line
+    assert f"last good rate: {good['offered_rps']:,.0f} req/s (path: " \
+           f"{carried['toward_server_pps']:,.0f} pkt/s toward server" in text
+    assert "path-bound" not in done.stdout + done.stderr
+    live = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert live and all(" req/s " in line and " pps" not in line for line in live), live
