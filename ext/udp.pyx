@@ -635,7 +635,9 @@ cdef class PacedSender:
                      uint64_t rx) noexcept nogil:
         """Check and count one reply (a datagram, or one segment of a train)."""
         cdef uint64_t seq, sched_lat, actual_lat, sent_at
-        if length < WIRE_HEADER_SIZE \
+        # A reply is never longer than its request: the receive slot, larger
+        # for coalesced reads, does not truncate a longer one, so say it here.
+        if length < WIRE_HEADER_SIZE or length > self.size \
                 or load_be16(pkt + WIRE_OFF_MAGIC) != WIRE_MAGIC \
                 or pkt[WIRE_OFF_VERSION] != WIRE_VERSION \
                 or pkt[WIRE_OFF_KIND] != WIRE_KIND_RESPONSE \

@@ -350,7 +350,7 @@ def _summary_lines(result: SweepResult) -> list[str]:
         lines.append("no steps were run")
     if result.kneedle_pps is not None:
         lines.append(f"kneedle estimate: {fmt_pps(result.kneedle_pps)} {unit} "
-                     "(where the received-rate curve bends most)")
+                     "(where the p99 latency curve bends most against offered rate)")
     capacity = judgement.get("capacity_pps")
     if is_number(capacity):
         lines.append(f"capacity: {fmt_pps(capacity)} {unit} delivered (the received rate "
