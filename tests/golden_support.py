@@ -48,4 +48,5 @@ def testbed_info(doc: dict[str, Any]) -> TestbedInfo:
         paths=tuple(PathInfo(**p) for p in doc["paths"]), addrs=doc["addrs"],
         delay_applied_ms=doc["delay_applied_ms"], degradations=tuple(doc["degradations"]),
         qdiscs={s: {i: tuple(q) for i, q in d.items()} for s, d in doc["qdiscs"].items()},
-        policers=tuple(PolicerInfo(**p) for p in doc["policers"]), counters=doc["counters"])
+        policers=tuple(PolicerInfo(**p) for p in doc["policers"]), counters=doc["counters"],
+        udp_segmentation=doc.get("udp_segmentation", {}))

@@ -288,3 +288,28 @@ def test_engine_scapy_and_wire_bytes_are_identical(udp_pair):
             kind=wire.KIND_REQUEST, command=wire.COMMAND_GET, token=TOKEN, seq=seq,
             send_ns=header.send_ns) / by_wire[wire.HEADER_SIZE:])
         assert sent_by_engine == by_wire == by_scapy
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_the_responder_holds_the_rate_cap_with_its_burst(udp_pair, engine_impl, sink):
+    """Both engines: valid datagrams past the token bucket are neither
+    answered nor counted, only counted as over_rate."""
+    server, client = udp_pair
+    command = wire.COMMAND_NONE if sink else wire.COMMAND_PING
+    rate, burst = 200.0, 50.0
+    loop = engine.ResponderLoop(server, peer=client.getsockname(), token=TOKEN, command=command,
+                                size_bytes=64, sink=sink, rate_cap=(rate, burst))
+    responder = ThreadedResponder(loop, 10.0)
+    started = time.monotonic()
+    try:
+        for seq in range(1000):  # at once: far past 200 pps
+            client.send(wire.build_request(command, 64, token=TOKEN, seq=seq,
+                                           send_ns=engine.monotonic_ns()))
+        time.sleep(0.3)
+    finally:
+        responder.close()
+    elapsed = time.monotonic() - started
+    counters = loop.counters()
+    taken = counters["replied"] if not sink else counters["received"]
+    assert burst <= taken <= burst + rate * elapsed + 1, (taken, elapsed)
+    assert counters["received"] + counters["over_rate"] == 1000 - counters["rcvbuf_drops"]

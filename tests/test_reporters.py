@@ -85,8 +85,7 @@ def test_testbed_status_snapshot_and_json() -> None:
     # the golden file predates later TestbedConfig and TestbedInfo fields; they come back
     # at their defaults
     assert json.loads(rendered("testbed", status, "json")) == {
-        **doc, "config": dataclasses.asdict(status.info.config), "udp_segmentation": {},
-        "replaced": []}
+        **doc, "config": dataclasses.asdict(status.info.config), "replaced": []}
     assert doc["config"].items() <= dataclasses.asdict(status.info.config).items()
 
 

@@ -45,10 +45,10 @@ def render_testbed(info: Any) -> str:
     segmenting = getattr(info, "udp_segmentation", {})
     if segmenting:
         left_on = sorted(name for name, on in segmenting.items() if on is not False)
-        lines.append("  tx-udp-segmentation: off on every veth (each datagram of a GSO send "
-                     "is a packet of its own on the path)" if not left_on else
-                     f"  tx-udp-segmentation: not off at {', '.join(left_on)}: a GSO send "
-                     "may cross as one packet")
+        lines.append("  tx-udp-segmentation: off on every veth (a GSO send: one packet a datagram)"
+                     if not left_on else
+                     f"  tx-udp-segmentation: on at {', '.join(left_on)}: a GSO send may cross "
+                     "as one packet")
     for note in info.degradations:
         lines.append(f"  degraded: {note}")
     lines.append("  counters (packets rx/tx, dropped rx/tx):")
