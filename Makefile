@@ -3,11 +3,16 @@
 #   make wheel         dist/pktbench-*-manylinux*.whl (auditwheel-repaired)
 #   make wheel-check   install that wheel in a fresh venv, no compiler, run an rr step
 #   make sdist-check   install the sdist the same way: the pure-Python engine results
+# Documentation made from the code (tests/test_docs.py checks both stay buildable):
+#   make man           man/pktbench.1 from the click commands (installed as share/man/man1)
+#   make api-docs      build/api/ HTML API reference from the docstrings (pdoc)
 PYTHON ?= python3
 CHECK_DIR ?= /tmp/pktbench-wheel-check
 RR_STEP = run --workload rr --rate 20k --duration 2
 
-.PHONY: wheel sdist wheel-check sdist-check clean
+API_DIR ?= build/api
+
+.PHONY: wheel sdist wheel-check sdist-check clean man api-docs docs
 
 wheel:
 	rm -rf build/wheelhouse && mkdir -p dist
@@ -43,6 +48,15 @@ sdist-check: sdist
 	grep -q "engine: python, pure" $(CHECK_DIR)/sdist.version
 	cd $(CHECK_DIR) && env PATH=$(CHECK_DIR)/sdist/bin pktbench $(RR_STEP) --json $(CHECK_DIR)/sdist-rr.json
 	@echo "sdist-check: passed"
+
+man:
+	$(PYTHON) -m pktbench man > man/pktbench.1
+
+api-docs:
+	$(PYTHON) -m pktbench.apidoc $(API_DIR)
+	@echo "API reference: $(API_DIR)/index.html"
+
+docs: man api-docs
 
 clean:
 	rm -rf build dist $(CHECK_DIR)

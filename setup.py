@@ -68,4 +68,7 @@ elif cythonize is None:
 else:
     ext_modules = cythonize(extensions, compiler_directives=directives, annotate=debug)
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})
+# The man page is rendered from the click commands (`pktbench man`, `make man`);
+# tests/test_docs.py fails when man/pktbench.1 and the commands differ.
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt},
+      data_files=[("share/man/man1", ["man/pktbench.1"])])

@@ -392,6 +392,7 @@ class _Live:
         self.reporter = (IntervalReporter(interval_s, self._interval)
                          if interval_s else None)
         self.kept: list[list[dict[str, Any]] | None] = []  # per measured step, in order
+        self.pending: list[dict[str, Any]] = []  # a --bidir step's other direction
 
     def __enter__(self) -> _Live:
         if self.reporter is not None:
@@ -411,7 +412,15 @@ class _Live:
             self.stream.interval(item)
 
     def step_done(self, step: dict[str, Any]) -> None:
-        intervals = self.reporter.take() if self.reporter is not None else None
+        intervals = None
+        if self.reporter is not None:
+            self.pending += self.reporter.take()
+            if step.get("bidir"):  # both directions' pumps closed together: split them
+                intervals = [i for i in self.pending if i.get("direction") == step["direction"]]
+                self.pending = [i for i in self.pending
+                                if i.get("direction") != step["direction"]]
+            else:
+                intervals, self.pending = self.pending, []
         if not step.get("search_trial"):
             self.kept.append(intervals)
         if self.stream is not None:
@@ -1031,10 +1040,12 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
               help="Run only this case (repeatable); names as in the table.")
 @click.option("--json", "json_path", metavar="FILE",
               help="Write the report as JSON ('-' = stdout, the table then goes to stderr).")
+@JSON_STDOUT
 @WIDE
 @token_options
 def validate_command(target: str | None, case_names: tuple[str, ...], json_path: str | None,
-                     token: str | None, token_file: str | None) -> None:
+                     token: str | None, token_file: str | None,
+                     json_stdout: bool = False) -> None:
     """Check a server against crafted packets: valid requests answered exactly,
     malformed ones dropped and counted by reason, still serving afterwards.
 
@@ -1044,6 +1055,7 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
     from pktbench import api
     from pktbench.report import check_output_path, write_report, write_validation_error
 
+    json_path = _json_target(json_path, json_stdout)
     if json_path:
         check_output_path(json_path, "json")
     try:
@@ -1146,6 +1158,9 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
               default=None, help="As --rate, and a bare number is bit/s (iperf3 -b).")
 @click.option("-R", "--reverse", is_flag=True,
               help="The server sends, this end receives (TCP).")
+@click.option("--bidir", is_flag=True,
+              help="Both directions at once (TCP): --streams each way, reported per "
+                   "direction.")
 @click.option("--write-size", "write_size", type=click.IntRange(1024, 16 * 1024 * 1024),
               default=None, help="Bytes per TCP write [default: 1048576] (iperf3 -l).")
 @click.option("--link-speed", callback=_bulk_speed, metavar="SPEED", default=None,
@@ -1173,6 +1188,7 @@ def _bulk_rates(text: str) -> tuple[float, ...]:
 @click.option("--json", "json_path", metavar="FILE", help="Write the result as JSON ('-' = stdout).")
 @JSON_STDOUT
 @QUIET_OPTION
+@_interval_option("off; TCP only, with --workers 1")
 @JSON_STREAM_OPTION
 @PORT_OPTION
 @WIDE
@@ -1184,7 +1200,8 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
          cpus: tuple[int, ...], json_path: str | None, quiet: bool, token: str | None,
          token_file: str | None, write_size: int | None, json_stdout: bool = False,
          port: int | None = None, length: int | None = None,
-         bitrate: float | None = None, json_stream: bool = False) -> None:
+         bitrate: float | None = None, json_stream: bool = False, bidir: bool = False,
+         interval: float | None = None) -> None:
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
     Without HOST, a server is started on this machine. SIGINT or SIGTERM
@@ -1212,24 +1229,30 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     try:
         config = bulk_mod.BulkConfig(
             streams=streams, duration_s=duration, warmup_s=warmup, udp=udp, size_bytes=size,
-            rate_bps=rate, reverse=reverse, link_speed_bps=link_speed,
+            rate_bps=rate, reverse=reverse, bidir=bidir, link_speed_bps=link_speed,
             link_model=link_model, paths=paths,
             path_ifaces=path_ifaces, ports=ports, workers=workers, cpus=cpus,
             sweep_streams=sweep_streams, sweep_rates_bps=sweep_rates,
             write_bytes=write_size or bulk_mod.DEFAULT_WRITE_BYTES)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _bulk_run(target, config, outputs, quiet, read_secret(token, token_file), json_stream)
+    if interval and (udp or workers > 1):
+        raise click.UsageError("-i/--interval reports TCP bulk pumped in this process: "
+                               "drop --udp or --workers")
+    _bulk_run(target, config, outputs, quiet, read_secret(token, token_file), json_stream,
+              interval)
 
 
 def _bulk_run(target: str | None, config: Any, outputs: dict[str, str | None], quiet: bool,
-              secret: bytes | None, json_stream: bool = False) -> None:
+              secret: bytes | None, json_stream: bool = False,
+              interval: float | None = None) -> None:
     from pktbench import api
     from pktbench.interrupts import StopOnSignal
     from pktbench.report import bulk_step_line
 
     _check_stream(json_stream, outputs)
-    with _Live(None, json_stream, quiet, "bulk", "bulk") as live, StopOnSignal() as stopper:
+    with (_Live(interval, json_stream, quiet, "bulk", "bulk") as live,
+          StopOnSignal() as stopper):
 
         def progress(step: dict[str, Any]) -> None:
             live.step_done(step)
@@ -1238,7 +1261,7 @@ def _bulk_run(target: str | None, config: Any, outputs: dict[str, str | None], q
 
         result = api.run_bulk(target, config, secret=secret, on_step=progress,
                               stop=stopper.stop)
-    _write_results(result, outputs, None, stopper, live)
+    _write_results(live.finish(result), outputs, None, stopper, live)
     if stopper.interrupted:
         sys.exit(stopper.exit_code)
 

@@ -4,7 +4,7 @@
 (any schema version this pktbench reads, upgraded on the way in) and writes
 it again as a table, JSON, CSV or a plot, so an old file can be brought to the
 current schema or re-read without running anything. `man` and `completion`
-are in pktbench.manpage.
+print what pktbench.manpage makes from the command tree.
 
 Must not: import the engine, numpy, scapy or matplotlib at import time (the
 plot reporter imports matplotlib when it is called).
@@ -81,4 +81,32 @@ def sweeps_to_plot(old: str, new: str) -> tuple[Any, Any]:
     return first, second
 
 
-COMMANDS = (show,)
+@click.command("man")
+@click.pass_context
+def man_command(ctx: click.Context) -> None:
+    """Print pktbench's man page (troff), made from these commands' help.
+
+    `pktbench man | man -l -` reads it; the package installs it as
+    share/man/man1/pktbench.1.
+    """
+    from pktbench.manpage import render_man
+
+    sys.stdout.write(render_man(ctx.find_root().command))
+
+
+@click.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@click.pass_context
+def completion_command(ctx: click.Context, shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    bash: `eval "$(pktbench completion bash)"` in ~/.bashrc; zsh: the same
+    with zsh in ~/.zshrc; fish: `pktbench completion fish >
+    ~/.config/fish/completions/pktbench.fish`.
+    """
+    from pktbench.manpage import completion_source
+
+    sys.stdout.write(completion_source(ctx.find_root().command, shell) + "\n")
+
+
+COMMANDS = (show, man_command, completion_command)

@@ -458,7 +458,9 @@ class LiveWindow:
     `counter_names` names the snapshot's counters (SENDER_COUNTERS or
     CLIENT_COUNTERS); `final` is the snapshot taken as the window closed
     (after its drain), None while it runs. `replies`: the sender counts
-    replies (rr); a one-way sender's received counter stays 0.
+    replies (rr); a one-way sender's received counter stays 0. `unit`
+    "bytes" is a bulk pump's: its one counter is payload bytes moved, and
+    `label` says which way ("forward": this end writes, "reverse": reads).
     """
 
     meter: Snapshotting
@@ -466,6 +468,8 @@ class LiveWindow:
     start_ns: int
     offered_pps: float | None
     replies: bool = True
+    unit: str = "packets"
+    label: str | None = None
     final: tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
 
 
@@ -496,8 +500,9 @@ class LiveMeters:
             return closed
 
     def open(self, meter: Snapshotting, counter_names: tuple[str, ...], start_ns: int,
-             offered_pps: float | None, replies: bool = True) -> LiveWindow:
-        window = LiveWindow(meter, counter_names, start_ns, offered_pps, replies)
+             offered_pps: float | None, replies: bool = True, unit: str = "packets",
+             label: str | None = None) -> LiveWindow:
+        window = LiveWindow(meter, counter_names, start_ns, offered_pps, replies, unit, label)
         with self._lock:
             self._running.append(window)
         return window

@@ -12,9 +12,11 @@ window's t0), sent_packets and received_packets (in the interval), sent_pps,
 received_pps, latency_p50_us, latency_p99_us (of the replies in the
 interval; null without any). A one-way (blast) sender counts no replies
 itself: its received figures are null, the receiver's count is the step's.
+A bulk TCP step's intervals are this end's pump: start_s, end_s, direction
+("forward": this end writes, "reverse": it reads), bytes and payload_bps.
 
-Multi-process senders (--workers > 1) and bulk TCP pumps keep their meters
-in other processes or elsewhere: their steps have no intervals.
+Multi-process senders (--workers > 1, bulk --workers > 1) keep their meters
+in other processes: their steps have no intervals.
 
 Must not: change what a step measures. Reading a meter is a copy of a few
 kilobytes every interval, from another thread, without a lock on the loop.
@@ -57,6 +59,15 @@ def _interval(window: engine.LiveWindow, start_ns: int, end_ns: int,
               ) -> dict[str, Any]:
     names = window.counter_names
     span_s = max((end_ns - start_ns) / 1e9, 1e-9)
+    if window.unit == "bytes":
+        moved = max(int(after[0]) - int(before[0]), 0)
+        return {
+            "start_s": round((start_ns - window.start_ns) / 1e9, 6),
+            "end_s": round((end_ns - window.start_ns) / 1e9, 6),
+            "direction": window.label,
+            "bytes": moved,
+            "payload_bps": moved * 8 / span_s,
+        }
     # a counter lower than before would mean a torn read or a new phase: count it as 0
     sent = max(int(after[names.index("sent")]) - int(before[names.index("sent")]), 0)
     received = max(int(after[names.index("received")]) - int(before[names.index("received")]), 0)

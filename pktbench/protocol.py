@@ -858,6 +858,7 @@ class StepParams:
     timeout_s: float = 1.0
     streams: int = 1
     reverse: bool = False
+    bidir: bool = False  # bulk: streams 0..N-1 client to server and N..2N-1 back, at once
     connections: int = 1  # rr-tcp: TCP connections the rate is spread over
     pipeline: int = 1  # rr-tcp: requests in flight per connection at most
     gso: str = "auto"  # UDP: GSO send / GRO receive: auto (where the kernel has it), on, off
@@ -921,6 +922,13 @@ class StepParams:
             raise _step_error(f"reverse must be true or false (got {type(self.reverse).__name__})")
         if self.reverse and self.workload != "bulk":
             raise _step_error(f"reverse is for bulk only (got workload {self.workload})")
+        if not isinstance(self.bidir, bool):
+            raise _step_error(f"bidir must be true or false (got {type(self.bidir).__name__})")
+        if self.bidir and (self.workload != "bulk" or self.reverse):
+            raise _step_error("bidir is for bulk only, and not with reverse (it runs both)")
+        if self.bidir and 2 * streams > MAX_STREAMS:
+            raise _step_error(f"bidir runs streams in each direction: at most "
+                              f"{MAX_STREAMS // 2} (got {streams})")
         for name, most in (("connections", MAX_STREAMS), ("pipeline", MAX_PIPELINE)):
             if not 1 <= _integer(name, getattr(self, name)) <= most:
                 raise _step_error(f"{name} must be in 1..{most} (got {getattr(self, name)})")
@@ -966,7 +974,10 @@ class StepParams:
 
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        params = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.bidir:
+            del params["bidir"]  # so a server that predates it still takes every other step
+        return params
 
 
 _STEP_KEYS = tuple(f.name for f in fields(StepParams))

@@ -286,7 +286,8 @@ def test_cli_sweep_writes_the_ceiling(tmp_path: Any) -> None:
         "bulk", "--sweep-streams", "1,2", "--duration", "0.4", "--warmup", "0.1",
         "--link-speed", "2x10G", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "ceiling:" in result.output and "% of the 20.000 Gbit/s link" in result.output
+    text = " ".join(result.output.split())  # prose lines wrap at 100 columns
+    assert "ceiling:" in text and "% of the 20.000 Gbit/s link" in text
     doc = json.loads(out.read_text())
     assert doc["kind"] == "bulk" and doc["schema_version"] == SCHEMA_VERSION
     aggregates = [s["aggregate_bps"] for s in doc["steps"]]

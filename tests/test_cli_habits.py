@@ -241,3 +241,56 @@ def test_help_imports_no_heavy_module(argv):
                           timeout=60, check=False)
     assert "Usage:" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "IMPORTED []", done.stdout[-500:]
+
+
+# -- bidirectional bulk ------------------------------------------------------------------
+
+def test_bulk_bidir_reports_each_direction():
+    code, out, err = invoke("bulk", "--bidir", "-P", "2", "-t", "0.4", "--warmup", "0.1",
+                            "-J")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["config"]["direction"] == "bidir"
+    forward, backward = doc["steps"]
+    assert (forward["direction"], backward["direction"]) == ("forward", "reverse")
+    assert forward["bidir"] is backward["bidir"] is True
+    assert forward["index"] == backward["index"] == 0
+    assert [s["stream_id"] for s in forward["streams"]] == [0, 1]
+    assert [s["stream_id"] for s in backward["streams"]] == [2, 3]
+    for step in (forward, backward):
+        assert step["aggregate_bps"] > 0 and all(s["bytes"] > 0 for s in step["streams"])
+    # the client wrote the forward streams and read the reverse ones, the server the opposite
+    assert forward["client"]["role"] == "sender" and forward["server"]["role"] == "receiver"
+    assert backward["client"]["role"] == "receiver" and backward["server"]["role"] == "sender"
+    assert "1 fwd" in err and "1 rev" in err  # the table (on stderr with -J) names them
+
+
+@pytest.mark.parametrize("extra, word", [(["--udp"], "--udp"), (["-R"], "--reverse"),
+                                         (["--workers", "2"], "--workers")])
+def test_bulk_bidir_refuses_what_it_cannot_do(extra, word):
+    code, _, err = invoke("bulk", "--bidir", *extra)
+    assert code == 2 and word in error_line(err)
+
+
+def test_bulk_intervals_add_up_to_the_step_in_each_direction():
+    code, out, err = invoke("bulk", "--bidir", "-t", "0.8", "-i", "0.2", "--warmup", "0.1",
+                            "-J")
+    assert code == 0, err
+    for step in json.loads(out)["steps"]:
+        intervals = step["intervals"]
+        assert len(intervals) >= 2, intervals
+        assert {i["direction"] for i in intervals} == {step["direction"]}
+        assert set(intervals[0]) == {"start_s", "end_s", "direction", "bytes", "payload_bps"}
+        # this end's pump, interval by interval, is what its window counted
+        assert sum(i["bytes"] for i in intervals) == step["client"]["bytes"], intervals
+    assert err.count(" s]  forward  ") >= 2 and err.count(" s]  reverse  ") >= 2, err
+    code, _, err = invoke("bulk", "-u", "-i", "1")
+    assert code == 2 and "-i/--interval" in error_line(err)
+
+
+def test_validate_minus_j_is_json_on_stdout():
+    code, out, err = invoke("validate", "--case", "valid ping", "-J")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [case["name"] for case in doc["cases"]][0] == "valid ping"
+    assert "valid ping" in err  # the table went to stderr

@@ -79,6 +79,8 @@ def test_live_meters_show_each_measured_window():
     assert len(closed) == 1 and closed[0].offered_pps == 2000
     assert closed[0].final is not None
     names = closed[0].counter_names
-    assert int(closed[0].final[1][names.index("sent")]) == step["sent_packets"] == 1200
-    assert any(0 < count < 1200 for count in polled)  # seen while it ran
+    # the window's last reading is the step's count (a loaded machine may send a few short)
+    assert int(closed[0].final[1][names.index("sent")]) == step["sent_packets"]
+    assert step["sent_packets"] == pytest.approx(1200, rel=0.05)
+    assert any(0 < count < step["sent_packets"] for count in polled)  # seen while it ran
     assert engine.LIVE_METERS.windows() == []

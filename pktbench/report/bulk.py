@@ -28,9 +28,17 @@ def bulk_step_line(step: Mapping[str, Any]) -> str:
     """One progress line for a finished bulk step."""
     what = (f"{step['streams_requested']} stream(s)" if step["transport"] == "tcp" else
             f"offered {_gbit(step.get('offered_bps'))} Gbit/s")
-    return (f"step {step['index'] + 1}: {step['transport']} {what}: "
+    return (f"step {_label(step)}: {step['transport']} {what}: "
             f"{_gbit(step['aggregate_bps'])} Gbit/s goodput, "
             f"{_gbit(step['wire_bps'])} Gbit/s on the wire")
+
+
+def _label(step: Mapping[str, Any]) -> str:
+    """The step's number, and its direction when a --bidir step ran both ("1 fwd", "1 rev")."""
+    number = str(step["index"] + 1)
+    if step.get("bidir"):
+        return f"{number} {'rev' if step.get('direction') == 'reverse' else 'fwd'}"
+    return number
 
 
 def _plan_line(plan: Mapping[str, Any]) -> str:
@@ -54,7 +62,7 @@ def _step_rows(steps: Any, transport: str) -> tuple[list[str], list[list[Any]]]:
         offered = step.get("offered_bps")
         second = step["streams_requested"] if tcp else _gbit(offered) if offered else "max"
         fifth = step["retransmits"] if tcp else _pct(100 * step["loss_ratio"])
-        rows.append([step["index"] + 1, second, _gbit(step["aggregate_bps"]),
+        rows.append([_label(step), second, _gbit(step["aggregate_bps"]),
                      _gbit(step["wire_bps"]), _pct(step["link_percent"]),
                      fifth if fifth is not None else "-", _pct(step["sender_cpu_percent"]),
                      _pct(step["receiver_cpu_percent"])])
@@ -86,7 +94,7 @@ def _stream_lines(step: Mapping[str, Any]) -> list[str]:
         headers.append(header("error"))
         for row, error in zip(rows, errors):
             row.append(notes.mark(error) if error else "")
-    lines = ["", f"step {step['index'] + 1} per stream:",
+    lines = ["", f"step {_label(step)} per stream:",
              tabulate(rows, headers=headers, disable_numparse=True)]
     if any(errors):
         lines += notes.lines()

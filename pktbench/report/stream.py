@@ -27,6 +27,9 @@ from pktbench.report.jsonout import finite
 
 def interval_line(item: Mapping[str, Any]) -> str:
     """'[  1.00-  2.00 s] sent 2,000 pps  received 2,000 pps  p50 71.2 us  p99 180 us'."""
+    if "payload_bps" in item:  # a bulk pump's interval
+        return (f"[{item['start_s']:7.2f}-{item['end_s']:7.2f} s]  {item['direction']}  "
+                f"{item['bytes']:,} bytes  {item['payload_bps'] / 1e9:.3f} Gbit/s")
     words = [f"[{item['start_s']:7.2f}-{item['end_s']:7.2f} s]",
              f"sent {fmt_pps(item['sent_pps'])} pps"]
     if is_number(item.get("received_pps")):

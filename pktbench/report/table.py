@@ -77,6 +77,8 @@ def _headline(result: SweepResult) -> str:
     command = config.get("command")
     if workload == "rr" and command:
         what += f" {str(command).upper()}"
+    if config.get("transport") == "tcp":
+        what += " over TCP"
     parts = [what]
     if is_number(config.get("size_bytes")):
         parts.append(f"{config['size_bytes']} B")
@@ -350,7 +352,7 @@ def _summary_lines(result: SweepResult) -> list[str]:
         lines.append("no steps were run")
     if result.kneedle_pps is not None:
         lines.append(f"kneedle estimate: {fmt_pps(result.kneedle_pps)} {unit} "
-                     "(where the received-rate curve bends most)")
+                     "(where the p99 latency curve bends most against offered rate)")
     capacity = judgement.get("capacity_pps")
     if is_number(capacity):
         lines.append(f"capacity: {fmt_pps(capacity)} {unit} delivered (the received rate "

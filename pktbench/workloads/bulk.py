@@ -58,8 +58,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from pktbench import engine, protocol, wire
 from pktbench.errors import ConfigError, ConnectError, EngineError, PktbenchError
@@ -266,6 +269,27 @@ class _Stream:
         return out
 
 
+class _PumpMeter:
+    """A pump's payload bytes since its measured window began, as LIVE_METERS reads them.
+
+    byte_counts is the pump's own array, written by its loop without the GIL;
+    each word is read whole, so a reading is at worst a chunk behind.
+    """
+
+    def __init__(self, pump: Any) -> None:
+        self.pump = pump
+        self.base = self._total()
+        self._no_hist = np.zeros(0, dtype=np.uint64)
+
+    def _total(self) -> int:
+        return int(np.asarray(self.pump.byte_counts).sum())
+
+    def snapshot(self) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        now = time.monotonic_ns()
+        moved = max(self._total() - self.base, 0)
+        return now, np.array([moved], dtype=np.uint64), self._no_hist
+
+
 class _Pumped:
     """The streams one thread pumps with a BulkPump, and their window samples.
 
@@ -274,11 +298,13 @@ class _Pumped:
     A sender with `tail_ns` stops that long after its window ends; a receiver
     with `tail_ns` (the client in reverse) stops at its window's end; without
     it the pump runs until every stream is finished, the deadline or `stop`.
+    `live`: show the measured window to engine.LIVE_METERS (the client's end,
+    for interval reports).
     """
 
     def __init__(self, capacity: int, window: _Window, *, sending: bool, buffer_bytes: int,
                  tail_ns: int | None, deadline_ns: int,
-                 byte_cap: tuple[float, float] | None = None) -> None:
+                 byte_cap: tuple[float, float] | None = None, live: bool = False) -> None:
         self.pump = engine.loops.BulkPump(capacity, sending, buffer_bytes)
         self.window = window
         self.sending = sending
@@ -288,6 +314,9 @@ class _Pumped:
         self.byte_cap = byte_cap
         self.capped_from_ns = time.monotonic_ns()
         self.streams: list[_Stream] = []
+        self.live = live
+        self._live: engine.LiveWindow | None = None
+        self._live_done = False
 
     def add(self, stream: _Stream) -> None:
         stream.sock.setblocking(False)
@@ -349,6 +378,13 @@ class _Pumped:
         counts = self.pump.byte_counts
         status = self.pump.status
         start_ns, end_ns = self.window.start_ns, self.window.end_ns
+        if self.live and start_ns is not None and end_ns is not None:
+            if self._live is None and not self._live_done and now >= start_ns:
+                self._live = engine.LIVE_METERS.open(
+                    _PumpMeter(self.pump), ("bytes",), start_ns, None, replies=False,
+                    unit="bytes", label="forward" if self.sending else "reverse")
+            if self._live is not None and now >= end_ns:
+                self._close_live()
         for index, stream in enumerate(self.streams):
             stream.bytes_total = int(counts[index])
             code = int(status[index])
@@ -365,8 +401,15 @@ class _Pumped:
                 if code < 0 and -code not in (errno.ECONNRESET, errno.EPIPE):
                     stream.error = os.strerror(-code)
 
+    def _close_live(self) -> None:
+        if self._live is not None:
+            engine.LIVE_METERS.close(self._live)
+            self._live = None
+            self._live_done = True
+
     def finish(self) -> None:
         """The last samples of the streams still open."""
+        self._close_live()
         counts = self.pump.byte_counts
         for index, stream in enumerate(self.streams):
             stream.bytes_total = int(counts[index])
@@ -503,6 +546,37 @@ class BulkStepHandler:
         return report
 
 
+class BidirStepHandler:
+    """The server's end of a --bidir step: a reader for streams 0..N-1 and a
+    writer for N..2N-1, each an ordinary BulkStepHandler with its own pump,
+    finished together; the report holds both ends under "forward" and
+    "reverse".
+    """
+
+    def __init__(self, step: StepParams, token: int, peer_ip: str) -> None:
+        self.token = token
+        self.peer_ip = peer_ip
+        self.streams = step.streams
+        self.forward = BulkStepHandler(replace(step, bidir=False, reverse=False), token, peer_ip)
+        self.reverse = BulkStepHandler(replace(step, bidir=False, reverse=True), token, peer_ip)
+
+    def add_connection(self, conn: socket.socket, stream_id: int) -> None:
+        if 0 <= stream_id < self.streams:
+            self.forward.add_connection(conn, stream_id)
+        else:
+            self.reverse.add_connection(conn, stream_id)
+
+    def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
+        forward = sender.get("forward")
+        backward = sender.get("reverse")
+        ends = (self.forward.finish(forward if isinstance(forward, dict) else {}),
+                self.reverse.finish(backward if isinstance(backward, dict) else {}))
+        return {"forward": ends[0], "reverse": ends[1],
+                "connections": ends[0]["connections"] + ends[1]["connections"],
+                "rejected_connections": (ends[0]["rejected_connections"]
+                                         + ends[1]["rejected_connections"])}
+
+
 # -- client side: interface counters and flow planning ----------------------------
 
 def sysfs_counters(ifaces: Sequence[str]) -> PathCounters:
@@ -637,6 +711,8 @@ class BulkConfig:
         size_bytes: UDP payload per datagram; None fits one datagram in the path MTU.
         rate_bps: UDP offered goodput in bit/s; None as fast as the sender goes.
         reverse: the server sends, the client receives.
+        bidir: both at once, `streams` each way (TCP); each step is then two
+            step dicts, direction "forward" and "reverse", with "bidir" true.
         link_speed_bps: the line rate the ceiling is compared to (e.g. 20e9 for 2x10G).
         link_model: how the limit counts bits (see LINK_MODELS): "l1" a physical
             link (frames plus preamble and gap), "l2" a shaper such as tbf or
@@ -661,6 +737,7 @@ class BulkConfig:
     reverse: bool = False
     link_speed_bps: float | None = None
     link_model: str = "auto"
+    bidir: bool = False
     paths: int = 1
     path_ifaces: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
@@ -687,6 +764,16 @@ class BulkConfig:
             raise ConfigError("sweep stream counts or offered rates, not both")
         if self.udp and self.reverse:
             raise ConfigError("UDP bulk runs client to server only: drop --reverse or --udp")
+        if self.bidir:
+            if self.udp or self.reverse:
+                raise ConfigError("--bidir runs TCP streams both ways at once: drop "
+                                  f"{'--udp' if self.udp else '--reverse'}")
+            if self.workers > 1 or self.paths > 1 or self.ports:
+                raise ConfigError("--bidir runs in one client process over the kernel's "
+                                  "ports: drop --workers, --paths and --ports")
+            if 2 * self.max_streams > protocol.MAX_STREAMS:
+                raise ConfigError(f"--bidir opens the streams in each direction: at most "
+                                  f"{protocol.MAX_STREAMS // 2} (got {self.max_streams})")
         if self.size_bytes is not None and not wire.HEADER_SIZE <= self.size_bytes <= wire.MAX_DATAGRAM:
             raise ConfigError(f"UDP size must be {wire.HEADER_SIZE}..{wire.MAX_DATAGRAM} bytes "
                               f"(got {self.size_bytes})")
@@ -720,7 +807,7 @@ class BulkConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "transport": "udp" if self.udp else "tcp",
-            "direction": "reverse" if self.reverse else "forward",
+            "direction": "bidir" if self.bidir else "reverse" if self.reverse else "forward",
             "streams": self.streams, "duration_s": self.duration_s, "warmup_s": self.warmup_s,
             "drain_s": self.drain_s, "size_bytes": self.size_bytes, "rate_bps": self.rate_bps,
             "link_speed_bps": self.link_speed_bps, "link_model": self.link_model,
@@ -743,7 +830,8 @@ def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, a
         window.anchor(anchor_ns)
     pumped = _Pumped(len(socks), window, sending=sending,
                      buffer_bytes=write_bytes if sending else RECV_BUFFER_BYTES,
-                     tail_ns=int(tail_s * 1e9) if sending else 0, deadline_ns=deadline_ns)
+                     tail_ns=int(tail_s * 1e9) if sending else 0, deadline_ns=deadline_ns,
+                     live=True)
     for stream_id, sock in socks:
         pumped.add(_Stream(stream_id, sock,
                            ports=(sock.getsockname()[1], sock.getpeername()[1])))
@@ -942,6 +1030,75 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
                           and not client.server_address[0].startswith("::ffff:"))
 
 
+def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One --bidir step: `streams` streams each way at once, one step dict per direction.
+
+    Streams 0..N-1 carry client to server, N..2N-1 server to client; both
+    pumps run in this process, the reader in a thread of its own.
+    """
+    params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
+                        warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
+                        bidir=True)
+    socks: list[tuple[int, socket.socket]] = []
+
+    def send(armed: ArmedStep) -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            for stream_id in range(2 * streams):
+                socks.append((stream_id, _open_stream(client, stream_id, armed.token, None)))
+            anchor_ns = time.monotonic_ns()
+            deadline_ns = anchor_ns + int(params.hard_limit_s * 1e9)
+            common: dict[str, Any] = {
+                "warmup_s": config.warmup_s, "duration_s": config.duration_s,
+                "tail_s": config.drain_s, "write_bytes": config.write_bytes,
+                "deadline_ns": deadline_ns}
+            received: dict[str, Any] = {}
+            failed: list[BaseException] = []
+
+            def read_back() -> None:
+                try:
+                    received.update(_run_streams(socks[streams:], sending=False,
+                                                 anchor_ns=None, **common))
+                except BaseException as exc:  # raised in the caller's thread below
+                    failed.append(exc)
+
+            reader = threading.Thread(target=read_back, name="bulk-bidir-reader", daemon=True)
+            reader.start()
+            sent = _run_streams(socks[:streams], sending=True, anchor_ns=anchor_ns, **common)
+            for _, sock in socks[:streams]:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            reader.join(timeout=max((deadline_ns - time.monotonic_ns()) / 1e9, 0) + 5.0)
+            if failed:
+                raise failed[0]
+            if reader.is_alive():
+                raise PktbenchError("the bidir reader did not finish within the step's limit")
+        except BaseException:
+            for _, sock in socks:
+                sock.close()
+            raise
+        return sent, received
+
+    (sent, received), server = drive_step(
+        client, params, send,
+        lambda ends: {"forward": {"stream_ids": list(range(streams)),
+                                  "payload_bps": ends[0]["payload_bps"]},
+                      "reverse": {"stream_ids": list(range(streams, 2 * streams)),
+                                  "payload_bps": ends[1]["payload_bps"]}})
+    for _, sock in socks:
+        sock.close()
+    ipv6 = (":" in client.server_address[0]
+            and not client.server_address[0].startswith("::ffff:"))
+    forward = _tcp_step_dict(replace(config, bidir=False), streams, index, sent,
+                             server.get("forward") or {}, None, None, None, ipv6=ipv6)
+    backward = _tcp_step_dict(replace(config, bidir=False, reverse=True), streams, index,
+                              received, server.get("reverse") or {}, None, None, None,
+                              ipv6=ipv6)
+    return {**forward, "bidir": True}, {**backward, "bidir": True}
+
+
 def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dict[str, Any],
                    server_end: dict[str, Any], ports: Sequence[int] | None,
                    plan: FlowPlan | None, per_path: list[dict[str, Any]] | None, *,
@@ -1104,6 +1261,12 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
         for index, streams in enumerate(config.stream_counts()):
             if stop is not None and stop.is_set():
                 break
+            if config.bidir:
+                for step in run_bidir_step(client, config, streams=streams, index=index):
+                    steps.append(step)
+                    if on_step:
+                        on_step(step)
+                continue
             steps.append(run_tcp_step(client, config, streams=streams, index=index,
                                       ports=ports[:streams] if ports else None, plan=plan,
                                       counters=counters))
@@ -1127,6 +1290,8 @@ class BulkWorkload:
                           "(pktbench.run_bulk)")
 
     def server_handler(self, arm: ServerArm) -> TcpStepHandler:
+        if arm.step.bidir:
+            return BidirStepHandler(arm.step, arm.token, arm.peer_ip)
         return BulkStepHandler(arm.step, arm.token, arm.peer_ip)
 
 
