@@ -1106,7 +1106,10 @@ def row_b7(h: "Harness", loc: Location) -> Row:
     cli = h.builds["current"]
     w2_skip = path or ("" if cli.run_workers or not cli.available else "this pktbench has no --workers")
     pps = ("sent_pps", "ingress_pps", "received_pps", "loss_ratio")
-    gso_label = " --gso on" if cli.run_gso else " (a build without --gso)"
+    # One label for a measurement and its baseline twin: say what each build was given.
+    gso_builds = [b.run_gso for b in h.builds.values()]
+    gso_label = (" --gso on" if all(gso_builds) else
+                 " (--gso on where the build has it)" if any(gso_builds) else " (a build without --gso)")
     ms = (
         Measurement("iperf3_gsro", "iperf3 3.21 -u --gsro -l 64 -b 0", False, pps,
                     plan=iperf3_plan(iperf or "iperf3"), skip=iperf_skip),

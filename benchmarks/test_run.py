@@ -4,6 +4,7 @@ Run: cd /work/wt-bench && python -m pytest benchmarks/test_run.py -q
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -250,6 +251,10 @@ def test_b7_builds_each_tools_command_line(tmp_path: Path) -> None:
     h = b7_harness(tmp_path, gso=False)
     assert "--gso" not in b7_argv(h)["pktbench_gso"]
     assert "without --gso" in next(m.label for m in run.row_b7(h, VETH).measurements if m.key == "pktbench_gso")
+    h.builds["baseline"] = h.builds["current"]
+    h.builds["current"] = dataclasses.replace(h.builds["current"], run_gso=True)
+    assert "where the build has it" in next(m.label for m in run.row_b7(h, VETH).measurements
+                                            if m.key == "pktbench_gso")
 
 
 def test_b7_skips_with_a_note(tmp_path: Path) -> None:

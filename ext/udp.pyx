@@ -208,6 +208,8 @@ cdef class PacedSender:
     cdef uint64_t last_send_ns
     cdef _SeqWindow window
     cdef uint32_t *reply_ring    # per seq slot: 0 unanswered, else scheduled latency ns + 1
+    cdef uint32_t *lag_ring      # per seq slot: actual send time minus scheduled, ns
+    cdef uint64_t spin_ns        # the last stretch before a due time is spun, not slept
     cdef uint64_t[::1] c
     cdef Meter meter
     cdef readonly object counters
@@ -218,7 +220,7 @@ cdef class PacedSender:
     def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
                   bint busy_poll=False, double timeout_s=1.0, int batch=64,
                   uint64_t max_outstanding=0, int gso_segments=0, int burst=1,
-                  bint gro=False, bint keep_replies=False):
+                  bint gro=False, bint keep_replies=False, bint spin=True):
         if len(template) < WIRE_HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
@@ -288,11 +290,16 @@ cdef class PacedSender:
         if in_flight > 67108864.0:
             in_flight = 67108864.0
         self.window = _SeqWindow(<uint64_t>in_flight if in_flight > 65536.0 else 65536)
+        # Spinning the last 120 us keeps send lag in the tens of ns; sleeping
+        # all the way costs the kernel's wake-up latency instead, and a tenth
+        # of the CPU at low rates (a steady probe that runs for days).
+        self.spin_ns = SPIN_MARGIN_NS if spin else 0
         if keep_replies:
             if timeout_s > 4.0:
                 raise ValueError("keep_replies holds latencies up to 4 s: timeout_s must be <= 4")
             self.reply_ring = <uint32_t *>calloc(self.window.size(), sizeof(uint32_t))
-            if self.reply_ring == NULL:
+            self.lag_ring = <uint32_t *>calloc(self.window.size(), sizeof(uint32_t))
+            if self.reply_ring == NULL or self.lag_ring == NULL:
                 raise MemoryError()
         self.counters = np.zeros(S_COUNTERS, dtype=np.uint64)
         self.latency_hist = np.zeros(HIST_BUCKETS, dtype=np.uint64)
@@ -321,6 +328,7 @@ cdef class PacedSender:
         free(self.rx_iov)
         free(self.rx_ctrl)
         free(self.reply_ring)
+        free(self.lag_ring)
 
     @property
     def gso_segments(self):
@@ -375,6 +383,22 @@ cdef class PacedSender:
             view[seq - lo] = self.reply_ring[seq & self.window.mask]
         return out
 
+    def send_lags(self, uint64_t lo, uint64_t hi):
+        """Per request lo..hi-1 (keep_replies only): how late it left against
+        its schedule, ns (at most 2^32 - 1), as a uint32 array; the same
+        window rule as `replies`."""
+        if self.lag_ring == NULL:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        out = np.empty(hi - lo, dtype=np.uint32)
+        cdef uint32_t[::1] view = out
+        cdef uint64_t seq
+        for seq in range(lo, hi):
+            view[seq - lo] = self.lag_ring[seq & self.window.mask]
+        return out
+
     cdef inline uint64_t due_ns(self, uint64_t seq) noexcept nogil:
         return self.t0_ns + <uint64_t>(<double>seq * self.period_ns)
 
@@ -406,6 +430,11 @@ cdef class PacedSender:
         # a non-blocking read after each send would only fail, one wasted
         # syscall per round trip on top of netperf's two.
         cdef bint waits_for_replies = self.max_outstanding > 0 and not self.busy_poll
+        # Without the spin, reads wait for ppoll to say a reply is there: a
+        # read right after a send, or after a read that emptied the socket,
+        # would only fail, and at a low rate those are most of the syscalls.
+        cdef bint sleepy = self.spin_ns == 0 and not self.busy_poll
+        cdef bint just_sent = False
         while True:
             now = now_ns()
             if now >= until_ns:
@@ -431,21 +460,24 @@ cdef class PacedSender:
                     sent = self._send(n, now)
                     if sent < 0:
                         return sent
-                    if self.expect_replies and not waits_for_replies:
+                    if self.expect_replies and not waits_for_replies and not sleepy:
                         rc = self._receive(MSG_DONTWAIT)
                         if rc < 0:
                             return rc
+                    just_sent = True
                     continue
             elif not self.expect_replies:
                 return 0
             elif not send and self.c[S_RECEIVED] >= self.next_seq:
                 return 0
-            if self.expect_replies and not (window_full and waits_for_replies):
+            if self.expect_replies and not (window_full and waits_for_replies) \
+                    and not (sleepy and just_sent):
                 rc = self._receive(MSG_DONTWAIT)
                 if rc < 0:
                     return rc
-                if rc > 0:
+                if rc > 0 and not (sleepy and send and rc < self.batch):
                     continue
+            just_sent = False
             if self.busy_poll:
                 continue
             if window_full:
@@ -470,8 +502,8 @@ cdef class PacedSender:
             if due > until_ns:
                 due = until_ns
             now = now_ns()
-            if due > now + SPIN_MARGIN_NS:
-                sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
+            if due > now + self.spin_ns:
+                sleep_until(self.fd, self.expect_replies, due - self.spin_ns)
 
     # Hot loop: indices are enum counters, batch slots and hist_index(), in
     # range by construction; the checks were on while the tests were written.
@@ -550,6 +582,9 @@ cdef class PacedSender:
                 due = self.due_ns(seq)
                 lag = now - due if now > due else 0
                 meter_lag(&self.meter, lag)
+                if self.lag_ring != NULL:
+                    self.lag_ring[seq & self.window.mask] = \
+                        <uint32_t>(lag if lag < <uint64_t>0xFFFFFFFF else 0xFFFFFFFF)
         self.next_seq += sent
         self.last_send_ns = now
         self.c[S_SENT] += sent

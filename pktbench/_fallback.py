@@ -246,7 +246,7 @@ class PacedSender:
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
                  max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
-                 gro: bool = False, keep_replies: bool = False) -> None:
+                 gro: bool = False, keep_replies: bool = False, spin: bool = True) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if keep_replies and timeout_s > 4.0:
@@ -283,6 +283,10 @@ class PacedSender:
         # per seq slot: 0 unanswered, else scheduled latency ns + 1
         self.reply_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
                            else None)
+        self.spin_ns = SPIN_MARGIN_NS if spin else 0  # see the compiled twin
+        # per seq slot: actual send time minus scheduled, ns
+        self.lag_ring = (np.zeros(self.window.size(), dtype=np.uint32) if keep_replies
+                         else None)
         self.t0_ns = 0
         self.next_seq = 0
         self.limit = 0
@@ -354,6 +358,17 @@ class PacedSender:
         out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
         return out
 
+    def send_lags(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
+        """Per request lo..hi-1 of this phase: how late it left, ns (capped at 2^32 - 1)."""
+        if self.lag_ring is None:
+            raise ValueError("this sender was made without keep_replies")
+        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
+            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
+                             f"({self.next_seq} sent, window {self.window.mask + 1})")
+        slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
+        out: npt.NDArray[np.uint32] = self.lag_ring[slots].copy()
+        return out
+
     def _due_ns(self, seq: int) -> int:
         return self.t0_ns + int(seq * self.period_ns)
 
@@ -414,8 +429,8 @@ class PacedSender:
                    else until_ns)
             due = min(due, until_ns)
             now = time.monotonic_ns()
-            if due > now + SPIN_MARGIN_NS:
-                _sleep_until(self.fd, self.expect_replies, due - SPIN_MARGIN_NS)
+            if due > now + self.spin_ns:
+                _sleep_until(self.fd, self.expect_replies, due - self.spin_ns)
 
     def _window_room(self, now: int, n_due: int) -> int:
         """Closed-loop cap: at most max_outstanding requests unanswered."""
@@ -460,6 +475,8 @@ class PacedSender:
                 due = self._due_ns(seq)
                 lag = now - due if now > due else 0
                 lag_hist[_hist_index(lag)] += 1
+                if self.lag_ring is not None:
+                    self.lag_ring[seq & self.window.mask] = min(lag, 0xFFFFFFFF)
                 if lag > c[S_LAG_MAX_NS]:
                     c[S_LAG_MAX_NS] = lag
         if sent:

@@ -1040,10 +1040,12 @@ def testbed_exec(prefix: str, side: str, command: tuple[str, ...]) -> None:
               help="Run only this case (repeatable); names as in the table.")
 @click.option("--json", "json_path", metavar="FILE",
               help="Write the report as JSON ('-' = stdout, the table then goes to stderr).")
+@JSON_STDOUT
 @WIDE
 @token_options
 def validate_command(target: str | None, case_names: tuple[str, ...], json_path: str | None,
-                     token: str | None, token_file: str | None) -> None:
+                     token: str | None, token_file: str | None,
+                     json_stdout: bool = False) -> None:
     """Check a server against crafted packets: valid requests answered exactly,
     malformed ones dropped and counted by reason, still serving afterwards.
 
@@ -1053,6 +1055,7 @@ def validate_command(target: str | None, case_names: tuple[str, ...], json_path:
     from pktbench import api
     from pktbench.report import check_output_path, write_report, write_validation_error
 
+    json_path = _json_target(json_path, json_stdout)
     if json_path:
         check_output_path(json_path, "json")
     try:

@@ -27,15 +27,17 @@ class Bed:
         self.profile = directory / "quick.toml"
         self.profile.write_text(profile_text)
 
-    def argv(self, *args: str, known_hosts: str | None = None) -> list[str]:
+    def argv(self, *args: str, known_hosts: str | None = None, profile: Path | None = None
+             ) -> list[str]:
         return ftb.coordinator_argv(self.prefix, [
             *PKTBENCH, "fleet", str(self.sshd.inventory), "--known-hosts",
-            known_hosts or str(self.sshd.known_hosts), "--profile", str(self.profile), *args])
+            known_hosts or str(self.sshd.known_hosts), "--profile",
+            str(profile or self.profile), *args])
 
-    def fleet(self, *args: str, timeout: float = 240, known_hosts: str | None = None
-              ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args, known_hosts=known_hosts), capture_output=True,
-                              text=True, timeout=timeout)
+    def fleet(self, *args: str, timeout: float = 240, known_hosts: str | None = None,
+              profile: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args, known_hosts=known_hosts, profile=profile),
+                              capture_output=True, text=True, timeout=timeout)
 
     def pktbench_processes(self) -> list[str]:
         found = []

@@ -286,3 +286,11 @@ def test_bulk_intervals_add_up_to_the_step_in_each_direction():
     assert err.count(" s]  forward  ") >= 2 and err.count(" s]  reverse  ") >= 2, err
     code, _, err = invoke("bulk", "-u", "-i", "1")
     assert code == 2 and "-i/--interval" in error_line(err)
+
+
+def test_validate_minus_j_is_json_on_stdout():
+    code, out, err = invoke("validate", "--case", "valid ping", "-J")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [case["name"] for case in doc["cases"]][0] == "valid ping"
+    assert "valid ping" in err  # the table went to stderr

@@ -126,3 +126,16 @@ def test_compare_plot_of_bulk_results_is_refused_first(tmp_path: Path) -> None:
                                        str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "overlays two sweeps" in result.output
     assert "goodput" not in result.output and not (tmp_path / "x.png").exists()
+
+
+def test_request_sweep_plots_requests_and_the_paths_packets() -> None:
+    # a real redis-server behind a 5,500 pkt/s policer (burst 100), 16 connections
+    figure = build_figure([load_result(DATA / "sweep-redis-policed.json")])
+    rate_ax, latency_ax, loss_ax = figure.axes
+    assert rate_ax.get_ylabel() == "answered req/s; path pkt/s"
+    assert loss_ax.get_ylabel() == "late or unanswered (%)"
+    assert latency_ax.get_xlabel() == "offered rate (requests per second)"
+    texts = legend_texts(rate_ax)
+    for entry in ("answered in time, req/s", "path toward server, pkt/s", "path back, pkt/s",
+                  "late or unanswered %", "knee 4,713 req/s", "last good 3,917 req/s"):
+        assert entry in texts, texts

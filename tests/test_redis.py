@@ -163,9 +163,12 @@ def test_short_sweep_has_a_knee_table(redis: Redis) -> None:
         assert s["offered_rps"] == s["offered_pps"] and s["requests"] == s["sent_packets"]
         path = s["path"]
         assert path is not None and path["connections"] == 2
-        # pipeline 1 over loopback: a request and its reply are a segment each
-        assert path["toward_server_pps"] >= 0.9 * s["answered_rps"]
-        assert path["back_pps"] >= 0.9 * s["answered_rps"]
+        assert path["toward_server_packets"] > 0 and path["back_packets"] > 0
+    # pipeline 1 over loopback at a rate a loaded machine keeps: a request and its
+    # reply are a segment each
+    low = min(result.steps, key=lambda s: s["offered_rps"])
+    assert low["path"]["toward_server_pps"] == pytest.approx(low["answered_rps"], rel=0.1)
+    assert low["path"]["back_pps"] == pytest.approx(low["answered_rps"], rel=0.1)
 
 
 def test_auth_from_url_and_option(redis_auth: Redis) -> None:

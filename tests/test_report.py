@@ -525,3 +525,8 @@ def test_request_sweep_speaks_requests_and_path_packets() -> None:
                            "late 15.9%  unanswered 81.2%  path 950/933 pkt/s out/back, "
                            "68 retrans")
     assert line.endswith("(mostly unanswered: no reply by the end of the drain)")
+
+
+def test_request_table_snapshot() -> None:
+    # a real redis-server behind a 5,500 pkt/s policer (burst 100), 16 connections
+    snapshot(DATA / "sweep-redis-policed.table.txt", render_table(golden("sweep-redis-policed")))

@@ -55,11 +55,25 @@ def test_a_loss_run_is_one_outage_from_first_lost_to_first_answered() -> None:
     outages = [r for r in records if r["type"] == "outage"]
     assert len(outages) == 1
     o = outages[0]
-    assert o["start"] == pytest.approx((BASE_NS + 4001 * 500_000) / 1e9)
-    assert o["end"] == pytest.approx((BASE_NS + 10003 * 500_000) / 1e9)
+    assert o["start_s"] == pytest.approx((BASE_NS + 4001 * 500_000) / 1e9)
+    assert o["end_s"] == pytest.approx((BASE_NS + 10003 * 500_000) / 1e9)
     assert o["duration_s"] == pytest.approx(3.001)
-    assert o["lost"] == 6002 and o["first_lost_seq"] == 4001 and o["first_answered_seq"] == 10003
+    assert o["lost_packets"] == 6002
+    assert o["first_lost_seq"] == 4001 and o["first_answered_seq"] == 10003
     assert [r["type"] for r in records].count("outage_start") == 1
+
+
+def test_an_outage_is_timed_by_when_its_requests_left() -> None:
+    out: list[dict[str, Any]] = []
+    tracker = Tracker(out.append, interval_s=1.0, outage_min_s=0.05)
+    due, lat = _answers(6000, [(2000, 4000)])
+    sent = due.copy()
+    sent[1990:2010] += 7_000_000  # a stalled sender: these left 7 ms late
+    tracker.feed(0, due, lat, sent)
+    outage = next(r for r in out if r["type"] == "outage")
+    assert outage["start_s"] == pytest.approx((BASE_NS + 2000 * 500_000 + 7_000_000) / 1e9)
+    assert outage["start_scheduled_s"] == pytest.approx((BASE_NS + 2000 * 500_000) / 1e9)
+    assert outage["end_s"] == pytest.approx((BASE_NS + 4000 * 500_000) / 1e9)
 
 
 def test_short_runs_are_loss_episodes_not_outages_and_intervals_add_up() -> None:
@@ -67,17 +81,17 @@ def test_short_runs_are_loss_episodes_not_outages_and_intervals_add_up() -> None
     intervals = [r for r in records if r["type"] == "interval"]
     assert not [r for r in records if r["type"] == "outage"]
     assert len(intervals) == 5
-    assert [r["sent"] for r in intervals] == [2000] * 5
-    assert sum(r["lost"] for r in intervals) == 3 + 1 + 50
+    assert [r["sent_packets"] for r in intervals] == [2000] * 5
+    assert sum(r["lost_packets"] for r in intervals) == 3 + 1 + 50
     assert intervals[0]["loss_episodes"] == 1 and intervals[0]["max_loss_run"] == 3
     assert intervals[1]["loss_episodes"] == 2 and intervals[1]["max_loss_run"] == 50
     for before, after in zip(intervals, intervals[1:]):
-        assert after["start"] == before["end"] and after["seq"][0] == before["seq"][1]
+        assert after["start_s"] == before["end_s"] and after["seq"][0] == before["seq"][1]
     lat = intervals[2]["latency_us"]
     assert lat["min"] == 100.0 and lat["max"] == 106.0
     assert intervals[2]["jitter_us"] > 0
     hours = [r for r in records if r["type"] == "hour"]
-    assert len(hours) == 1 and hours[0]["sent"] == 10000
+    assert len(hours) == 1 and hours[0]["sent_packets"] == 10000
 
 
 def test_an_idle_tracker_still_closes_intervals() -> None:
@@ -86,18 +100,19 @@ def test_an_idle_tracker_still_closes_intervals() -> None:
     tracker.state = "disconnected"
     tracker.advance(100.2)
     tracker.advance(103.5)
-    assert [(r["start"], r["sent"], r["state"]) for r in out] == [
+    assert [(r["start_s"], r["sent_packets"], r["state"]) for r in out] == [
         (100.0, 0, "disconnected"), (101.0, 0, "disconnected"), (102.0, 0, "disconnected")]
 
 
 def test_jsonl_rotates_by_size_and_reads_back_with_a_torn_tail(tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
     writer = JsonlWriter(str(path), rotate_bytes=4096)
-    writer.write({"type": "start", "start": 1.0, "workload": "rr", "rate_pps": 1.0,
+    writer.write({"type": "start", "start_s": 1.0, "workload": "rr", "rate_pps": 1.0,
                   "interval_s": 1.0})
     for i in range(200):
-        writer.write({"type": "interval", "start": 10.0 + i, "end": 11.0 + i, "sent": 5,
-                      "received": 5, "late": 0, "latency_us": None}, sync=i % 50 == 0)
+        writer.write({"type": "interval", "start_s": 10.0 + i, "end_s": 11.0 + i,
+                      "sent_packets": 5, "received_packets": 5, "late_packets": 0,
+                      "latency_us": None}, sync=i % 50 == 0)
     writer.close()
     with open(path, "ab") as handle:
         handle.write(b'{"type": "interval", "sta')  # a writer killed mid-line
@@ -105,18 +120,19 @@ def test_jsonl_rotates_by_size_and_reads_back_with_a_torn_tail(tmp_path: Path) -
     assert len(parts) > 2 and all(p.stat().st_size <= 4096 + 200 for p in parts)
     loaded = read_records([str(path)])
     assert loaded.torn_lines == 1
-    assert [r["start"] for r in loaded.records if r["type"] == "interval"] == \
+    assert [r["start_s"] for r in loaded.records if r["type"] == "interval"] == \
         [10.0 + i for i in range(200)]
     summary = summarize(loaded.records)
-    assert summary["sent"] == 1000 and summary["intervals"] == 200
+    assert summary["sent_packets"] == 1000 and summary["intervals"] == 200
 
 
 def test_metrics_endpoint_serves_the_state_on_loopback() -> None:
     state = MetricsState("h:1")
     server = MetricsServer(state, "127.0.0.1:0")
     try:
-        state.update({"type": "interval", "totals": {"sent": 7, "received": 5, "lost": 2,
-                                                     "late": 1}},
+        state.update({"type": "interval", "totals": {"sent_packets": 7, "received_packets": 5,
+                                                     "lost_packets": 2,
+                                                     "late_packets": 1}},
                      buckets=[1] * 16, latency_sum_s=0.5)
         state.update({"type": "outage", "duration_s": 1.5})
         state.update({"type": "knee", "knee_pps": 5500.0})
@@ -152,6 +168,8 @@ def test_replies_hold_each_requests_answer_in_both_engines(
     assert answers.dtype == np.uint32
     assert [bool(v) for v in answers] == [bool(i % 3) for i in range(40)]
     assert int(answers.max()) < 500_000_000
+    lags = sender.send_lags(0, 40)
+    assert lags.dtype == np.uint32 and lags.size == 40 and int(lags.max()) < 60_000_000
     with pytest.raises(ValueError):
         sender.replies(0, 41)
 
@@ -183,13 +201,14 @@ def test_a_loopback_watch_chains_steps_without_gaps_in_the_count(server: Server)
     assert len(steps) >= 3
     for before, after in zip(steps, steps[1:]):  # sequence numbers carry on
         assert after["seq"][0] == before["seq"][1]
-        assert after["gap_before_ms"] is not None and 0 < after["gap_before_ms"] < 500
-    assert sum(s["sent"] for s in steps) == sum(r["sent"] for r in intervals) == end["sent"]
-    assert end["sent"] > RATE * 3.5
+        assert after["gap_before_s"] is not None and 0 < after["gap_before_s"] < 0.5
+    assert sum(s["sent_packets"] for s in steps) == end["sent_packets"]
+    assert sum(r["sent_packets"] for r in intervals) == end["sent_packets"]
+    assert end["sent_packets"] > RATE * 3.5
     assert not [r for r in records if r["type"] == "outage"]
     # change-overs are not loss: every request was answered by the server
-    assert all(s["lost_up"] == 0 for s in steps)
-    assert end["lost"] <= end["sent"] * 0.001
+    assert all(s["lost_up_packets"] == 0 for s in steps)
+    assert end["lost_packets"] <= end["sent_packets"] * 0.001
 
 
 def test_bad_input_is_one_line_and_nonzero() -> None:
@@ -209,7 +228,7 @@ def test_bad_input_is_one_line_and_nonzero() -> None:
 def test_watch_report_summarizes_and_plots_from_the_file(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "w.jsonl"
-    out: list[dict[str, Any]] = [{"type": "start", "start": 1_700_000_000.0, "workload": "rr",
+    out: list[dict[str, Any]] = [{"type": "start", "start_s": 1_700_000_000.0, "workload": "rr",
                                   "rate_pps": RATE, "interval_s": 1.0, "target": "t"}]
     out += _track(20000, [(4001, 10003)])
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
@@ -218,7 +237,7 @@ def test_watch_report_summarizes_and_plots_from_the_file(tmp_path: Path) -> None
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert len(summary["outages"]) == 1 and summary["sent"] == 20000
+    assert len(summary["outages"]) == 1 and summary["sent_packets"] == 20000
     assert summary["availability"] == pytest.approx(1 - 3.001 / 10, abs=0.01)
     assert (tmp_path / "w.png").stat().st_size > 1000
 
@@ -240,7 +259,7 @@ def test_a_knee_check_pauses_the_probe_and_the_pause_is_not_loss(server: Server,
     knees = [r for r in records if r["type"] == "knee"]
     assert knees and all("error" not in k for k in knees) and knees[0]["steps"] >= 3
     paused = [r for r in records if r["type"] == "interval" and r["state"] == "paused"]
-    assert paused and all(r["lost"] == 0 for r in paused)
+    assert paused and all(r["lost_packets"] == 0 for r in paused)
     assert kinds.count("session") >= 2  # the probe's session closes for the sweep's
     assert not [r for r in records if r["type"] == "outage"]
-    assert end["lost"] <= end["sent"] * 0.001
+    assert end["lost_packets"] <= end["sent_packets"] * 0.001

@@ -95,36 +95,41 @@ def aggregate_steps(per_path: Mapping[str, Sequence[Mapping[str, Any]]]
     out = []
     for k in range(count):
         group = {name: steps[k] for name, steps in per_path.items()}
-        first = next(iter(group.values()))
-        step: dict[str, Any] = {
-            "index": k, "repeat": first.get("repeat", 0),
-            "workload": first.get("workload"), "size_bytes": first.get("size_bytes"),
-            "warmup_s": first.get("warmup_s"),
-            "duration_s": max(float(s.get("duration_s") or 0) for s in group.values()),
-        }
-        for key in _SUMMED:
-            step[key] = sum(float(s.get(key) or 0) for s in group.values())
-        for key in _SUMMED[3:]:
-            step[key] = int(step[key])
-        step["loss_ratio"] = (step["lost_packets"] / step["sent_packets"]
-                              if step["sent_packets"] else 0.0)
-        step["latency_us"] = _worst([s.get("latency_us") for s in group.values()])
+        out.append(_sum_of(k, group))
+    return out
+
+
+def _sum_of(index: int, group: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Step `index` of every path (`group`: peer -> step) as one aggregate step record.
+
+    Built whole here, from the paths' steps, which are only read.
+    """
+    first = next(iter(group.values()))
+    sums = {key: sum(float(s.get(key) or 0) for s in group.values()) for key in _SUMMED}
+    counts = {key: int(sums[key]) for key in _SUMMED[3:]}
+    sent, lost = counts["sent_packets"], counts["lost_packets"]
+    return {
+        "index": index, "repeat": first.get("repeat", 0),
+        "workload": first.get("workload"), "size_bytes": first.get("size_bytes"),
+        "warmup_s": first.get("warmup_s"),
+        "duration_s": max(float(s.get("duration_s") or 0) for s in group.values()),
+        **sums, **counts,
+        "loss_ratio": lost / sent if sent else 0.0,
+        "latency_us": _worst([s.get("latency_us") for s in group.values()]),
         # Judged as one step is: the sources together short of the aggregate
         # schedule. One source a little short is folded into the sum (its own
         # flag stays in per_path); with many sources on busy hosts one
         # almost always is.
-        step["sender_bound"] = step["sent_pps"] < SENDER_BOUND_RATIO * step["offered_pps"]
-        step["rate_max"] = any(bool(s.get("rate_max")) for s in group.values())
-        step["receiver"] = {"rcvbuf_errors": sum(int((s.get("receiver") or {})
-                                                     .get("rcvbuf_errors") or 0)
-                                                 for s in group.values())}
-        step["per_path"] = {
+        "sender_bound": sums["sent_pps"] < SENDER_BOUND_RATIO * sums["offered_pps"],
+        "rate_max": any(bool(s.get("rate_max")) for s in group.values()),
+        "receiver": {"rcvbuf_errors": sum(int((s.get("receiver") or {}).get("rcvbuf_errors")
+                                              or 0) for s in group.values())},
+        "per_path": {
             name: {"offered_pps": s.get("offered_pps"), "sent_pps": s.get("sent_pps"),
                    "received_pps": s.get("received_pps"), "loss_ratio": s.get("loss_ratio"),
                    "sender_bound": bool(s.get("sender_bound"))}
-            for name, s in group.items()}
-        out.append(step)
-    return out
+            for name, s in group.items()},
+    }
 
 
 def start_spread(starts_s: Mapping[str, Sequence[float]], due_s: Sequence[float]
@@ -149,14 +154,14 @@ def summarize(per_path_steps: Mapping[str, Sequence[Mapping[str, Any]]],
     """The aggregate sweep: annotated steps, its knee, and how well the starts lined up."""
     steps = aggregate_steps(per_path_steps)
     analysis = knee.analyze_steps(steps, criteria)
-    annotated = [dict(s) for s in analysis["steps"]]
     timing = start_spread(starts_s, [start_at_s + k * period_s for k in range(len(steps))])
+    # new records with the timing beside the judged figures (those are only read)
+    annotated = [{**judged, "start_spread_ms": row["spread_ms"],
+                  "per_path": {name: {**path, "start_late_ms": row["late_ms"].get(name)}
+                               for name, path in judged["per_path"].items()}}
+                 for judged, row in zip(analysis["steps"], timing)]
     window_ms = min((float(s.get("duration_s") or 0) for s in steps), default=0.0) * 1e3
     tolerance = max(SYNC_FLOOR_MS, SYNC_FRACTION * window_ms)
-    for step, row in zip(annotated, timing):
-        step["start_spread_ms"] = row["spread_ms"]
-        for name, late in row["late_ms"].items():
-            step["per_path"][name]["start_late_ms"] = late
     spreads = [r["spread_ms"] for r in timing if r["spread_ms"] is not None]
     found = analysis["knee"]
     offered = [float(s["offered_pps"]) for s in annotated]

@@ -29,6 +29,7 @@ from pktbench.report._common import (
     MATPLOTLIB_HINT,
     PLOT_SUFFIXES,
     check_output_path,
+    counts_requests,
     fmt_pps,
     is_number,
     received_label,
@@ -69,6 +70,11 @@ def _points(groups: Sequence[RateGroup], *path: str, scale: float = 1.0
         err[0].append((spread.median - spread.min) * scale)
         err[1].append((spread.max - spread.median) * scale)
     return xs, ys, err
+
+
+def _in_requests(results: Sequence[SweepResult]) -> bool:
+    """Sweeps counted in requests (rr-tcp, redis://): rates are requests/s."""
+    return all(r.steps and all(counts_requests(s) for s in r.steps) for r in results)
 
 
 def _marker_rate(result: SweepResult, which: str) -> float | None:
@@ -114,10 +120,20 @@ def _draw(result: SweepResult, axes: tuple[Any, Any, Any], colour: str, label: s
     workload = str(result.config.get("workload") or "rr")
     groups = _groups(result)
     prefix = f"{label}: " if label else ""
+    requests = _in_requests([result])
     xs, ys, err = _points(groups, "received_pps")
     if xs:
         rate_ax.errorbar(xs, ys, yerr=err, marker="o", color=colour, capsize=3,
-                         label=f"{prefix}delivered ({received_label(workload)})")
+                         label=f"{prefix}answered in time, req/s" if requests
+                         else f"{prefix}delivered ({received_label(workload)})")
+    if requests:
+        # what crossed the path, beside the requests answered: a packet limit shows here
+        for key, marker, words in (("toward_server_pps", "s", "path toward server, pkt/s"),
+                                   ("back_pps", "D", "path back, pkt/s")):
+            xs, ys, err = _points(groups, "path", key)
+            if xs:
+                rate_ax.errorbar(xs, ys, yerr=err, marker=marker, linestyle="-.",
+                                 color=colour, alpha=0.6, capsize=2, label=f"{prefix}{words}")
     bound = [(float(s["offered_pps"]), float(s["sent_pps"])) for s in result.steps
              if s.get("sender_bound") and is_number(s.get("sent_pps"))
              and is_number(s.get("offered_pps"))]
@@ -127,7 +143,8 @@ def _draw(result: SweepResult, axes: tuple[Any, Any, Any], colour: str, label: s
     xs, ys, err = _points(groups, "loss_ratio", scale=100.0)
     if xs:
         loss_ax.errorbar(xs, ys, yerr=err, marker="v", linestyle=":", color=colour,
-                         alpha=0.8, capsize=2, label=f"{prefix}loss %")
+                         alpha=0.8, capsize=2,
+                         label=f"{prefix}{'late or unanswered' if requests else 'loss'} %")
     if workload == "rr":
         for key, style in _LATENCY_KEYS:
             xs, ys, err = _points(groups, "latency_us", key)
@@ -141,6 +158,7 @@ def _draw(result: SweepResult, axes: tuple[Any, Any, Any], colour: str, label: s
         if xs:
             latency_ax.errorbar(xs, ys, yerr=err, fmt="o-", color=colour, capsize=2,
                                 label=f"{prefix}jitter")
+    unit = "req/s" if requests else "pps"
     for name, which, line_colour, style in _MARKERS:
         rate = _marker_rate(result, which)
         if rate is None:
@@ -148,7 +166,8 @@ def _draw(result: SweepResult, axes: tuple[Any, Any, Any], colour: str, label: s
         for ax in (rate_ax, latency_ax):
             ax.axvline(rate, color=colour if overlay else line_colour, linestyle=style,
                        linewidth=1.2,
-                       label=f"{prefix}{name} {fmt_pps(rate)} pps" if ax is rate_ax else None)
+                       label=f"{prefix}{name} {fmt_pps(rate)} {unit}" if ax is rate_ax
+                       else None)
 
 
 def build_figure(results: Sequence[SweepResult], labels: Sequence[str] = ()) -> Any:
@@ -182,9 +201,11 @@ def build_figure(results: Sequence[SweepResult], labels: Sequence[str] = ()) -> 
     for index, result in enumerate(results):
         _draw(result, (rate_ax, loss_ax, latency_ax), _RUN_COLOURS[index % 2], names[index],
               overlay=len(results) > 1)
-    rate_ax.set_ylabel("delivered rate (packets per second)")
+    what = "requests" if _in_requests(results) else "packets"
+    rate_ax.set_ylabel("answered req/s; path pkt/s" if what == "requests"
+                       else "delivered rate (packets per second)")
     rate_ax.set_yscale("log")
-    loss_ax.set_ylabel("loss (%)")
+    loss_ax.set_ylabel("late or unanswered (%)" if what == "requests" else "loss (%)")
     loss_ax.set_ylim(bottom=0)
     workload = str(results[0].config.get("workload") or "rr") if results else "rr"
     latency_ax.set_ylabel("round-trip latency (us)" if workload == "rr" else "jitter (us)")
@@ -206,7 +227,7 @@ def build_figure(results: Sequence[SweepResult], labels: Sequence[str] = ()) -> 
         ticks = offered[::every]
         latency_ax.set_xticks(ticks, [fmt_pps(t) for t in ticks], rotation=30)
         latency_ax.xaxis.set_minor_formatter(NullFormatter())
-    latency_ax.set_xlabel("offered rate (packets per second)")
+    latency_ax.set_xlabel(f"offered rate ({what} per second)")
     if len(results) == 1:
         figure.suptitle(title_text(results[0]), fontsize="medium")
     else:

@@ -77,6 +77,8 @@ def _headline(result: SweepResult) -> str:
     command = config.get("command")
     if workload == "rr" and command:
         what += f" {str(command).upper()}"
+    if config.get("transport") == "tcp":
+        what += " over TCP"
     parts = [what]
     if is_number(config.get("size_bytes")):
         parts.append(f"{config['size_bytes']} B")

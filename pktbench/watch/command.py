@@ -76,16 +76,16 @@ def _console_line(record: dict[str, Any]) -> str | None:
     if kind == "interval":
         lat = record.get("latency_us") or {}
         loss = record.get("loss_ratio")
-        return (f"{_iso(record['start'])[11:23]}  sent {record['sent']:>7}  "
-                f"lost {record['lost']:>6} ({(loss or 0) * 100:6.2f} %)  "
+        return (f"{_iso(record['start_s'])[11:23]}  sent {record['sent_packets']:>7}  "
+                f"lost {record['lost_packets']:>6} ({(loss or 0) * 100:6.2f} %)  "
                 f"p50 {lat.get('p50', float('nan')):8.1f} us  "
                 f"p99 {lat.get('p99', float('nan')):8.1f} us  {record.get('state', '')}")
     if kind == "outage":
-        return (f"OUTAGE {_iso(record['start'])} .. {_iso(record['end'])} "
-                f"{record['duration_s']:.3f} s, {record['lost']} lost, direction "
+        return (f"OUTAGE {_iso(record['start_s'])} .. {_iso(record['end_s'])} "
+                f"{record['duration_s']:.3f} s, {record['lost_packets']} lost, direction "
                 f"{record.get('direction', '-')}")
     if kind == "outage_start":
-        return f"outage started {_iso(record['start'])}"
+        return f"outage started {_iso(record['start_s'])}"
     if kind in ("session", "session_lost", "connect_failed"):
         return f"{kind.replace('_', ' ')} {record.get('session')}: {record.get('reason')}"
     if kind == "knee":

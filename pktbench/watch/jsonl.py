@@ -128,8 +128,8 @@ def read_records(paths: Sequence[str]) -> Loaded:
                 continue
             if isinstance(record, dict) and isinstance(record.get("type"), str):
                 records.append(record)
-        first = next((float(r["start"]) for r in records
-                      if isinstance(r.get("start"), (int, float))), 0.0)
+        first = next((float(r["start_s"]) for r in records
+                      if isinstance(r.get("start_s"), (int, float))), 0.0)
         chunks.append((first, records))
     chunks.sort(key=lambda item: item[0])
     merged = [record for _, records in chunks for record in records]

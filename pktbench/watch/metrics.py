@@ -23,7 +23,8 @@ class MetricsState:
         self.target = target
         self._lock = threading.Lock()
         self._values: dict[str, float] = {
-            "sent": 0, "received": 0, "lost": 0, "late": 0, "intervals": 0, "outages": 0,
+            "sent_packets": 0, "received_packets": 0, "lost_packets": 0, "late_packets": 0,
+            "intervals": 0, "outages": 0,
             "outage_s": 0.0, "sessions": 0, "latency_sum_s": 0.0}
         self._buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self._knee: float | None = None
@@ -36,7 +37,7 @@ class MetricsState:
             v = self._values
             if kind == "interval":
                 totals = record.get("totals") or {}
-                for key in ("sent", "received", "lost", "late"):
+                for key in ("sent_packets", "received_packets", "lost_packets", "late_packets"):
                     v[key] = int(totals.get(key, v[key]))
                 v["intervals"] += 1
                 if buckets is not None:
@@ -74,11 +75,13 @@ class _Collector:
             return family
 
         yield counter("sent_packets", "Probe requests sent (completed intervals)",
-                      values["sent"])
-        yield counter("received_packets", "Probe replies received in time", values["received"])
-        yield counter("lost_packets", "Probe requests without a reply in time", values["lost"])
+                      values["sent_packets"])
+        yield counter("received_packets", "Probe replies received in time",
+                      values["received_packets"])
+        yield counter("lost_packets", "Probe requests without a reply in time",
+                      values["lost_packets"])
         yield counter("late_packets", "Probe replies that came after the timeout",
-                      values["late"])
+                      values["late_packets"])
         yield counter("intervals", "Intervals completed and written", values["intervals"])
         yield counter("outages", "Outages (loss runs of at least the outage threshold)",
                       values["outages"])

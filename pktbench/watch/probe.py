@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pktbench import engine, wire
+from pktbench import engine, histogram, wire
 from pktbench._version import __version__
 from pktbench.address import Target
 from pktbench.errors import AuthError, ConfigError, PktbenchError
@@ -46,7 +46,10 @@ from pktbench.protocol import StepParams
 from pktbench.watch.tracker import Record, Tracker
 
 WORKLOADS = ("rr", "blast", "rr-tcp")
-TICK_S = 0.1  # how often final answers are read and the control socket looked at
+TICK_S = 0.25  # how often final answers are read and the control socket looked at
+SPIN_ABOVE_PPS = 20_000  # below, the sender sleeps to each due time instead of spinning
+CATCH_UP = 2.0  # the step rate asked of the server, over the probe's (see _rr_step)
+STALL_S = 0.05  # a request sent this much after its due time marks a stall of the watcher
 _FINAL_MARGIN_S = 0.03  # the engine reads replies in 20 ms chunks: a margin past the timeout
 
 
@@ -86,6 +89,10 @@ class WatchConfig:
             raise ConfigError("--knee-every needs --knee-profile NAME")
         if self.knee_every_s is not None and self.knee_every_s < 1:
             raise ConfigError("--knee-every must be at least 1 s")
+
+
+_STALL_BUCKET = int(histogram.bucket_index([int(STALL_S * 1e9)])[0])
+_LAG_MAX = engine.loops.SENDER_COUNTERS.index("lag_max_ns")
 
 
 class _StepLost(Exception):
@@ -148,7 +155,7 @@ class Watch:
             self._end_s = self._start_s + cfg.duration_s
         if cfg.knee_every_s is not None:
             self._next_knee_s = self._start_s + cfg.knee_every_s
-        self._emit({"type": "start", "start": round(self._start_s, 6),
+        self._emit({"type": "start", "start_s": round(self._start_s, 6),
                     "version": __version__, "engine": engine.ENGINE_NAME,
                     "workload": cfg.workload, "rate_pps": cfg.rate_pps,
                     "size_bytes": cfg.size_bytes, "interval_s": cfg.interval_s,
@@ -180,11 +187,13 @@ class Watch:
                 record["direction"] = "unknown: the watch ended before its step did"
                 self._emit_to(record)
             self._held.clear()
-            end = {"type": "end", "end": round(time.time(), 6), "reason": reason,
+            end = {"type": "end", "end_s": round(time.time(), 6), "reason": reason,
                    "sessions": self.sessions, "steps": self.steps,
                    "intervals": self.tracker.totals.intervals,
-                   "sent": self.tracker.totals.sent, "received": self.tracker.totals.received,
-                   "lost": self.tracker.totals.lost, "outages": self.tracker.totals.outages,
+                   "sent_packets": self.tracker.totals.sent,
+                   "received_packets": self.tracker.totals.received,
+                   "lost_packets": self.tracker.totals.lost,
+                   "outages": self.tracker.totals.outages,
                    "target": self.target_label}
             if self.tracker.open_outage is not None:
                 end["open_outage"] = self.tracker.open_outage
@@ -219,7 +228,7 @@ class Watch:
             except (PktbenchError, OSError) as exc:
                 client.close()
                 if failures == 0:  # the first of a streak: the file need not grow while down
-                    self._emit({"type": "connect_failed", "start": round(time.time(), 6),
+                    self._emit({"type": "connect_failed", "start_s": round(time.time(), 6),
                                 "reason": str(exc)})
                     self.tracker.note_control(f"{_now()}: connect failed: {exc}")
                 failures += 1
@@ -235,7 +244,7 @@ class Watch:
             self.tracker.state = "probing"
             self.tracker.context = {"session": self.sessions}
             self._emit({"type": "session", "session": self.sessions,
-                        "start": round(time.time(), 6), "server": client.server_name,
+                        "start_s": round(time.time(), 6), "server": client.server_name,
                         "reason": reason, "failed_connects": failures})
             return True
         return False
@@ -243,7 +252,7 @@ class Watch:
     def _lose_session(self, why: str) -> None:
         self.tracker.note_control(f"{_now()}: {why}")
         self._emit({"type": "session_lost", "session": self.sessions,
-                    "start": round(time.time(), 6), "reason": why})
+                    "start_s": round(time.time(), 6), "reason": why})
         self._step = None
         self._last_due_ns = None
         for record in self._held:
@@ -301,8 +310,14 @@ class Watch:
         cfg = self.config
         rate = cfg.rate_pps
         lease = self._lease_s
-        params = StepParams(workload="rr", command="ping", rate_pps=rate, duration_s=lease,
-                            drain_s=0.0, size_bytes=cfg.size_bytes, timeout_s=cfg.timeout_s)
+        # The step declares CATCH_UP times the probe's rate: the server answers
+        # at most the declared rate (with a quarter second's burst), and a
+        # watcher that the host stalls catches up at once when it wakes; at
+        # the bare rate that catch-up would be dropped as over-rate and read
+        # as an outage of the path. The server's own --max-rate still holds.
+        params = StepParams(workload="rr", command="ping", rate_pps=rate * CATCH_UP,
+                            duration_s=lease, drain_s=0.0, size_bytes=cfg.size_bytes,
+                            timeout_s=cfg.timeout_s)
         armed = self._begin(params)
         self.steps += 1
         step = _Step(self.steps, self._seq, time.time())
@@ -313,7 +328,7 @@ class Watch:
         sock = self._client.data_socket
         sender = engine.loops.PacedSender(sock.fileno(), template, rate_pps=rate,
                                           expect_replies=True, timeout_s=cfg.timeout_s,
-                                          keep_replies=True)
+                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS)
         count = int(lease * rate)
         t0 = engine.monotonic_ns() + 1_000_000
         wall_offset = time.time_ns() - engine.monotonic_ns()
@@ -369,6 +384,20 @@ class Watch:
 
     def _feed(self, state: _RrState, final: int, late_index: int) -> None:
         sender = state.sender
+        lag = sender.send_lag_hist
+        if state.lag_seen is None:
+            state.lag_seen = np.zeros_like(lag)
+        state.stalled += int((lag[_STALL_BUCKET:] - state.lag_seen[_STALL_BUCKET:]).sum())
+        now = time.time()
+        if state.stalled and now >= state.stall_said_s + 1.0:
+            # The host did not run the watcher on time: its requests left late
+            # (their latency still counts from the schedule); said, not hidden.
+            self._emit({"type": "sender_stall", "start_s": round(now, 6),
+                        "late_sends": state.stalled,
+                        "lag_max_s": round(int(sender.counters[_LAG_MAX]) / 1e9, 6)})
+            state.stalled = 0
+            state.stall_said_s = now
+        state.lag_seen = lag.copy()
         late = int(sender.counters[late_index])
         if late > state.late:
             self.tracker.add_late(late - state.late, time.time())
@@ -385,7 +414,8 @@ class Watch:
             lat[raw == 0] = np.nan
             seqs = np.arange(lo, hi, dtype=np.float64)
             due = (state.t0 + state.wall_offset + seqs * state.period).astype(np.int64)
-            self.tracker.feed(state.seq_base + lo, due, lat)
+            sent = due + sender.send_lags(lo, hi).astype(np.int64)
+            self.tracker.feed(state.seq_base + lo, due, lat, sent)
             lo = hi
         state.cursor = final
         self._seq = state.seq_base + final
@@ -418,12 +448,12 @@ class Watch:
         lost_down = max(replied - client_received - counters["late"], 0)
         record: Record = {
             "type": "step", "session": self.sessions, "step": step.number,
-            "start": round(step.start_s, 6), "end": round(time.time(), 6),
-            "seq": [step.seq_base, step.seq_base + sent], "sent": sent,
-            "received": client_received, "late": counters["late"],
-            "server_received": server_received, "server_replied": replied,
-            "lost_up": lost_up, "lost_down": lost_down,
-            "gap_before_ms": round(gap_ms, 2) if gap_ms is not None else None, "ended": why,
+            "start_s": round(step.start_s, 6), "end_s": round(time.time(), 6),
+            "seq": [step.seq_base, step.seq_base + sent], "sent_packets": sent,
+            "received_packets": client_received, "late_packets": counters["late"],
+            "server_received_packets": server_received, "server_replied_packets": replied,
+            "lost_up_packets": lost_up, "lost_down_packets": lost_down,
+            "gap_before_s": round(gap_ms / 1e3, 6) if gap_ms is not None else None, "ended": why,
         }
         self._step = None
         for outage in self._held:
@@ -464,20 +494,21 @@ class Watch:
         if sent and received == 0:
             t.outages += 1
             t.outage_s += end - start
-            self._emit({"type": "outage", "start": round(start, 6), "end": round(end, 6),
-                        "duration_s": round(end - start, 6), "lost": lost,
+            self._emit({"type": "outage", "start_s": round(start, 6), "end_s": round(end, 6),
+                        "duration_s": round(end - start, 6), "lost_packets": lost,
                         "resolution": "interval", "control": ["control connection up"],
                         "session": self.sessions, "step": self.steps})
-        self._emit({"type": "interval", "start": round(start, 6), "end": round(end, 6),
-                    "sent": sent, "received": received, "lost": lost,
-                    "late": int(result.get("late_packets", 0)),
+        self._emit({"type": "interval", "start_s": round(start, 6), "end_s": round(end, 6),
+                    "sent_packets": sent, "received_packets": received, "lost_packets": lost,
+                    "late_packets": int(result.get("late_packets", 0)),
                     "loss_ratio": round(lost / sent, 6) if sent else None,
                     "latency_us": ({k: round(float(v), 1) for k, v in lat.items()}
                                    if isinstance(lat, dict) else None),
                     "jitter_us": result.get("jitter_us"),
                     "state": "probing", "session": self.sessions, "step": self.steps,
-                    "totals": {"sent": t.sent, "received": t.received, "lost": t.lost,
-                               "late": t.late, "outages": t.outages}})
+                    "totals": {"sent_packets": t.sent, "received_packets": t.received,
+                               "lost_packets": t.lost,
+                               "late_packets": t.late, "outages": t.outages}})
 
     # -- knee checks ---------------------------------------------------------
     def _knee_check(self) -> None:
@@ -487,9 +518,9 @@ class Watch:
         self._close_client()  # the server runs one session at a time
         self.tracker.state = "paused"
         started = time.time()
-        self._emit({"type": "pause", "start": round(started, 6), "reason": "knee check",
+        self._emit({"type": "pause", "start_s": round(started, 6), "reason": "knee check",
                     "profile": cfg.knee_profile})
-        record: Record = {"type": "knee", "start": round(started, 6),
+        record: Record = {"type": "knee", "start_s": round(started, 6),
                           "profile": cfg.knee_profile}
         try:
             profile = config.load_profile(cfg.knee_profile)
@@ -500,10 +531,10 @@ class Watch:
         except (PktbenchError, OSError) as exc:
             record["knee_pps"] = None
             record["error"] = str(exc)
-        record["end"] = round(time.time(), 6)
+        record["end_s"] = round(time.time(), 6)
         self.knees.append(record)
         self._emit(record)
-        self._emit({"type": "resume", "start": round(time.time(), 6),
+        self._emit({"type": "resume", "start_s": round(time.time(), 6),
                     "paused_s": round(time.time() - started, 3)})
         self._next_knee_s = time.time() + cfg.knee_every_s
         self.tracker.advance(time.time() - cfg.timeout_s)
@@ -519,6 +550,9 @@ class _RrState:
     seq_base: int
     cursor: int = 0
     late: int = 0
+    lag_seen: Any = None
+    stalled: int = 0  # requests sent STALL_S or more late, not yet recorded
+    stall_said_s: float = 0.0
 
     def recent_max_s(self, tracker: Tracker) -> float:
         return tracker.recent_max_latency_s
@@ -529,7 +563,7 @@ def _direction(outage: Record, step: _Step, sent: int, lost_up: int, lost_down: 
     first = int(outage.get("first_lost_seq", -1))
     if not step.seq_base <= first < step.seq_base + sent:
         return "unknown: the outage began in an earlier step"
-    lost = int(outage.get("lost", 0))
+    lost = int(outage.get("lost_packets", 0))
     if lost <= 0:
         return "unknown"
     if lost_up >= 0.9 * lost and lost_down <= 0.1 * lost:

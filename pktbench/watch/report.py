@@ -22,7 +22,8 @@ Record = dict[str, Any]
 def _iso(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+    millis = int(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{millis:03d}Z"
 
 
 class IntervalDigest:
@@ -38,13 +39,13 @@ class IntervalDigest:
         self._hours: dict[int, list[Any]] = {}  # hour -> [sent, received, p50s, worst p99, max]
 
     def add(self, iv: Record) -> None:
-        sent, received = int(iv.get("sent", 0)), int(iv.get("received", 0))
+        sent, received = int(iv.get("sent_packets", 0)), int(iv.get("received_packets", 0))
         self.count += 1
         self.sent += sent
         self.received += received
-        self.late += int(iv.get("late", 0))
-        self.last_end = float(iv.get("end") or iv["start"])
-        hour = self._hours.setdefault(int(float(iv["start"]) // 3600), [0, 0, [], None, None])
+        self.late += int(iv.get("late_packets", 0))
+        self.last_end = float(iv.get("end_s") or iv["start_s"])
+        hour = self._hours.setdefault(int(float(iv["start_s"]) // 3600), [0, 0, [], None, None])
         hour[0] += sent
         hour[1] += received
         lat = iv.get("latency_us")
@@ -60,7 +61,7 @@ class IntervalDigest:
         for hour, (sent, received, p50s, p99, most) in self._hours.items():
             p50s = sorted(p50s)
             result[hour] = {
-                "start": hour * 3600, "sent": sent, "received": received,
+                "start_s": hour * 3600, "sent_packets": sent, "received_packets": received,
                 "loss_ratio": round((sent - received) / sent, 6) if sent else None,
                 "latency_us": ({"p50": p50s[len(p50s) // 2], "p99": p99, "max": most}
                                if p50s else None),
@@ -89,8 +90,8 @@ def summarize(records: Sequence[Record], digest: IntervalDigest | None = None) -
     lost_sessions = [r for r in records if r["type"] == "session_lost"]
     steps = [r for r in records if r["type"] == "step"]
     ends = [r for r in records if r["type"] == "end"]
-    first = float(starts[0]["start"])
-    last_candidates = [float(r.get("end") or r.get("start") or first) for r in records
+    first = float(starts[0]["start_s"])
+    last_candidates = [float(r.get("end_s") or r.get("start_s") or first) for r in records
                        if r["type"] in ("end", "outage", "step")]
     if digest.last_end is not None:
         last_candidates.append(digest.last_end)
@@ -102,9 +103,8 @@ def summarize(records: Sequence[Record], digest: IntervalDigest | None = None) -
     hours: dict[int, Record] = digest.hours()
     for r in records:
         if r["type"] == "hour":
-            hours[int(float(r["start"]) // 3600)] = {k: r[k] for k in
-                                                    ("start", "sent", "received", "loss_ratio",
-                                                     "latency_us") if k in r}
+            kept = ("start_s", "sent_packets", "received_packets", "loss_ratio", "latency_us")
+            hours[int(float(r["start_s"]) // 3600)] = {k: r[k] for k in kept if k in r}
     targets = sorted({str(r["target"]) for r in records if "target" in r})
     return {
         "kind": "watch-summary",
@@ -112,23 +112,23 @@ def summarize(records: Sequence[Record], digest: IntervalDigest | None = None) -
         "workload": starts[0].get("workload"),
         "rate_pps": starts[0].get("rate_pps"),
         "interval_s": starts[0].get("interval_s"),
-        "start": first, "end": last,
+        "start_s": first, "end_s": last,
         "watched_s": round(watched_s, 3), "paused_s": round(paused_s, 3),
         "availability": round(1.0 - outage_s / watched_s, 6) if watched_s > 0 else None,
-        "intervals": digest.count, "sent": sent, "received": received,
-        "lost": sent - received, "late": late,
+        "intervals": digest.count, "sent_packets": sent, "received_packets": received,
+        "lost_packets": sent - received, "late_packets": late,
         "loss_ratio": round((sent - received) / sent, 6) if sent else None,
         "outage_s": round(outage_s, 6),
-        "outages": [{k: o.get(k) for k in ("start", "end", "duration_s", "lost", "direction",
-                                            "control", "session", "resolution") if k in o}
-                    for o in outages],
-        "open_outages": [{"start": o.get("start"), "session": o.get("session")}
+        "outages": [{k: o.get(k) for k in ("start_s", "end_s", "duration_s", "lost_packets",
+                                            "direction", "control", "session", "resolution")
+                     if k in o} for o in outages],
+        "open_outages": [{"start_s": o.get("start_s"), "session": o.get("session")}
                          for o in open_outages],
         "sessions": len(sessions), "sessions_lost": [
-            {"at": r.get("start"), "reason": r.get("reason")} for r in lost_sessions],
+            {"at_s": r.get("start_s"), "reason": r.get("reason")} for r in lost_sessions],
         "steps": len(steps),
         "hours": [hours[h] for h in sorted(hours)],
-        "knees": [{"at": k.get("start"), "knee_pps": k.get("knee_pps"),
+        "knees": [{"at_s": k.get("start_s"), "knee_pps": k.get("knee_pps"),
                    "error": k.get("error")} for k in knees],
         "ended": ends[-1].get("reason") if ends else "no end record (the watcher was killed)",
     }
@@ -139,34 +139,35 @@ def render_text(summary: Record) -> list[str]:
     avail = s["availability"]
     lines = [
         f"watch {', '.join(s['targets'])}: {s['workload']} at {s['rate_pps']:g} pps, "
-        f"{_iso(s['start'])} .. {_iso(s['end'])} ({s['watched_s']:.1f} s watched, "
+        f"{_iso(s['start_s'])} .. {_iso(s['end_s'])} ({s['watched_s']:.1f} s watched, "
         f"{s['paused_s']:.1f} s paused)",
         f"  availability {avail * 100:.4f} %" if avail is not None else "  availability -",
-        f"  sent {s['sent']}  received {s['received']}  lost {s['lost']}  late {s['late']}"
+        f"  sent {s['sent_packets']}  received {s['received_packets']}  "
+        f"lost {s['lost_packets']}  late {s['late_packets']}"
         f"  in {s['intervals']} intervals; {s['sessions']} sessions, {s['steps']} steps; "
         f"ended: {s['ended']}",
         f"  outages: {len(s['outages'])} ({s['outage_s']:.3f} s)",
     ]
     for o in s["outages"]:
-        lines.append(f"    {_iso(o.get('start'))} .. {_iso(o.get('end'))}  "
-                     f"{float(o.get('duration_s') or 0):.3f} s  lost {o.get('lost')}  "
+        lines.append(f"    {_iso(o.get('start_s'))} .. {_iso(o.get('end_s'))}  "
+                     f"{float(o.get('duration_s') or 0):.3f} s  lost {o.get('lost_packets')}  "
                      f"direction {o.get('direction', '-')}")
         for note in o.get("control") or []:
             lines.append(f"      control: {note}")
     for o in s["open_outages"]:
-        lines.append(f"    {_iso(o.get('start'))} .. (no end recorded)")
+        lines.append(f"    {_iso(o.get('start_s'))} .. (no end recorded)")
     if s["hours"]:
         lines.append("  hour (UTC)            sent      loss      p50 us    p99 us")
         for h in s["hours"]:
             lat = h.get("latency_us") or {}
             loss = h.get("loss_ratio")
             mark = " ~" if h.get("approximate") else ""
-            lines.append(f"    {_iso(h['start'])[:16]}  {h['sent']:>9}  "
+            lines.append(f"    {_iso(h['start_s'])[:16]}  {h['sent_packets']:>9}  "
                          f"{(loss or 0) * 100:>7.3f} %  {lat.get('p50', float('nan')):>8.1f}  "
                          f"{lat.get('p99', float('nan')):>8.1f}{mark}")
     for k in s["knees"]:
         knee = k.get("knee_pps")
-        lines.append(f"  knee check {_iso(k.get('at'))}: "
+        lines.append(f"  knee check {_iso(k.get('at_s'))}: "
                      + (f"{knee:,.0f} pps" if knee is not None else
                         f"none found{(' (' + k['error'] + ')') if k.get('error') else ''}"))
     return lines
@@ -182,8 +183,8 @@ def plot(records: Sequence[Record], path: str) -> None:
     intervals = [r for r in records if r["type"] == "interval"]
     if not intervals:
         raise ConfigError("nothing to plot: no interval records")
-    t0 = float(intervals[0]["start"])
-    xs = [(float(r["start"]) - t0) for r in intervals]
+    t0 = float(intervals[0]["start_s"])
+    xs = [(float(r["start_s"]) - t0) for r in intervals]
     lat = [r.get("latency_us") or {} for r in intervals]
     nan = float("nan")
     p50 = [x.get("p50", nan) for x in lat]
@@ -200,18 +201,19 @@ def plot(records: Sequence[Record], path: str) -> None:
     ax_loss.set_xlabel(f"seconds since {_iso(t0)}")
     for o in (r for r in records if r["type"] == "outage"):
         for ax in (ax_lat, ax_loss):
-            ax.axvspan(float(o["start"]) - t0, float(o["end"]) - t0, color="tab:red", alpha=0.2)
+            ax.axvspan(float(o["start_s"]) - t0, float(o["end_s"]) - t0, color="tab:red",
+                       alpha=0.2)
     for p in (r for r in records if r["type"] == "pause"):
         resume = next((r for r in records if r["type"] == "resume"
-                       and float(r["start"]) >= float(p["start"])), None)
+                       and float(r["start_s"]) >= float(p["start_s"])), None)
         if resume is not None:
             for ax in (ax_lat, ax_loss):
-                ax.axvspan(float(p["start"]) - t0, float(resume["start"]) - t0, color="grey",
+                ax.axvspan(float(p["start_s"]) - t0, float(resume["start_s"]) - t0, color="grey",
                            alpha=0.2)
     knees = [r for r in records if r["type"] == "knee" and r.get("knee_pps") is not None]
     if knees:
         ax_knee = ax_lat.twinx()
-        ax_knee.plot([float(k["start"]) - t0 for k in knees], [k["knee_pps"] for k in knees],
+        ax_knee.plot([float(k["start_s"]) - t0 for k in knees], [k["knee_pps"] for k in knees],
                      "o", color="tab:green", label="knee")
         ax_knee.set_ylabel("knee (pps)")
     ax_lat.legend(loc="upper left")

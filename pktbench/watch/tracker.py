@@ -93,7 +93,8 @@ class Tracker:
         self.context: dict[str, Any] = {}  # session/step numbers, copied into records
         self._current: _Interval | None = None
         self._run_start_seq: int | None = None
-        self._run_start_ns = 0
+        self._run_start_ns = 0  # the run's first request: when it was due
+        self._run_start_sent_ns = 0  # ... and when it left
         self._run_length = 0
         self._last_answer_ns = 0  # scheduled time of the last answered request
         self._last_lat_ns: float | None = None
@@ -140,9 +141,10 @@ class Tracker:
         lost = iv.sent - iv.received
         states = iv.states - {"probing"} if len(iv.states) > 1 else iv.states
         record: Record = {
-            "type": "interval", "start": round(iv.start_s, 6),
-            "end": round(iv.start_s + self.interval_s, 6),
-            "sent": iv.sent, "received": iv.received, "lost": lost, "late": iv.late,
+            "type": "interval", "start_s": round(iv.start_s, 6),
+            "end_s": round(iv.start_s + self.interval_s, 6),
+            "sent_packets": iv.sent, "received_packets": iv.received, "lost_packets": lost,
+            "late_packets": iv.late,
             "loss_ratio": round(lost / iv.sent, 6) if iv.sent else None,
             "latency_us": _percentiles_us(lat),
             "jitter_us": (round(iv.jitter_sum_ns / iv.jitter_pairs / 1e3, 2)
@@ -165,8 +167,9 @@ class Tracker:
             for i, count in zip(*np.unique(index, return_counts=True)):
                 t.bucket_counts[int(i)] += int(count)
             t.latency_sum_s += float(lat.sum()) / 1e9
-        record["totals"] = {"sent": t.sent, "received": t.received, "lost": t.lost,
-                            "late": t.late, "outages": t.outages}
+        record["totals"] = {"sent_packets": t.sent, "received_packets": t.received,
+                            "lost_packets": t.lost,
+                            "late_packets": t.late, "outages": t.outages}
         self._hour_of(iv.start_s, lat, iv.sent, iv.received)
         self._emit(record)
 
@@ -187,8 +190,8 @@ class Tracker:
         if self._hour is None:
             return
         sent, received = self._hour_counts
-        self._emit({"type": "hour", "start": self._hour * 3600, "sent": sent,
-                    "received": received,
+        self._emit({"type": "hour", "start_s": self._hour * 3600, "sent_packets": sent,
+                    "received_packets": received,
                     "loss_ratio": round((sent - received) / sent, 6) if sent else None,
                     "latency_us": histogram.summary_us(self._hour_hist), **self.context})
         self._hour = None
@@ -202,9 +205,15 @@ class Tracker:
             self._interval_for(wall_s).late += count
 
     def feed(self, first_seq: int, due_ns: npt.NDArray[np.int64],
-             lat_ns: npt.NDArray[np.float64]) -> None:
+             lat_ns: npt.NDArray[np.float64],
+             sent_ns: npt.NDArray[np.int64] | None = None) -> None:
+        """`sent_ns`: when each request actually left (wall clock, ns); the
+        schedule when not given. Outages are timed by it, since a request a
+        stalled sender sent late met the path when it left, not when due."""
         if due_ns.size == 0:
             return
+        if sent_ns is None:
+            sent_ns = due_ns
         answered = ~np.isnan(lat_ns)
         due_s = due_ns / 1e9
         # Split the run at interval boundaries; each piece is one interval's.
@@ -212,10 +221,11 @@ class Tracker:
         cuts = np.flatnonzero(np.diff(slots)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, due_ns.size]):
             self._feed_piece(first_seq + int(lo), due_ns[lo:hi], lat_ns[lo:hi],
-                             answered[lo:hi])
+                             answered[lo:hi], sent_ns[lo:hi])
 
     def _feed_piece(self, first_seq: int, due_ns: npt.NDArray[np.int64],
-                    lat_ns: npt.NDArray[np.float64], answered: npt.NDArray[np.bool_]) -> None:
+                    lat_ns: npt.NDArray[np.float64], answered: npt.NDArray[np.bool_],
+                    sent_ns: npt.NDArray[np.int64]) -> None:
         iv = self._interval_for(float(due_ns[0]) / 1e9)
         n = int(due_ns.size)
         got = lat_ns[answered]
@@ -247,12 +257,14 @@ class Tracker:
         for start, end in zip(bounds[:-1], bounds[1:]):
             if answered[start]:
                 if self._run_start_seq is not None:
-                    self._end_run(first_seq + start, int(due_ns[start]), iv)
-                self._last_answer_ns = int(due_ns[end - 1])
+                    self._end_run(first_seq + start, int(due_ns[start]), int(sent_ns[start]),
+                                  iv)
+                self._last_answer_ns = int(sent_ns[end - 1])
             else:
                 if self._run_start_seq is None:
                     self._run_start_seq = first_seq + start
                     self._run_start_ns = int(due_ns[start])
+                    self._run_start_sent_ns = int(sent_ns[start])
                     self._run_length = 0
                     self.control_notes = []
                 self._run_length += end - start
@@ -262,26 +274,30 @@ class Tracker:
         if self.open_outage is not None or self._run_start_seq is None:
             return
         if (last_lost_ns - self._run_start_ns) / 1e9 >= self.outage_min_s:
-            self.open_outage = {"type": "outage_start", "start": self._run_start_ns / 1e9,
+            self.open_outage = {"type": "outage_start",
+                                "start_s": round(self._run_start_sent_ns / 1e9, 6),
                                 "first_lost_seq": self._run_start_seq,
-                                "last_answered": (self._last_answer_ns / 1e9
+                                "last_answered_s": (self._last_answer_ns / 1e9
                                                   if self._last_answer_ns else None),
                                 **self.context}
             if self.on_outage_start is not None:
                 self.on_outage_start(dict(self.open_outage))
 
-    def _end_run(self, answered_seq: int, answered_ns: int, iv: _Interval) -> None:
+    def _end_run(self, answered_seq: int, answered_ns: int, answered_sent_ns: int,
+                 iv: _Interval) -> None:
         assert self._run_start_seq is not None
         length = answered_seq - self._run_start_seq
-        duration_s = (answered_ns - self._run_start_ns) / 1e9
+        duration_s = (answered_sent_ns - self._run_start_sent_ns) / 1e9
         if self.open_outage is not None or duration_s >= self.outage_min_s:
             t = self.totals
             t.outages += 1
             t.outage_s += duration_s
             record: Record = {
-                "type": "outage", "start": round(self._run_start_ns / 1e9, 6),
-                "end": round(answered_ns / 1e9, 6), "duration_s": round(duration_s, 6),
-                "lost": length, "first_lost_seq": self._run_start_seq,
+                "type": "outage", "start_s": round(self._run_start_sent_ns / 1e9, 6),
+                "end_s": round(answered_sent_ns / 1e9, 6), "duration_s": round(duration_s, 6),
+                "start_scheduled_s": round(self._run_start_ns / 1e9, 6),
+                "end_scheduled_s": round(answered_ns / 1e9, 6),
+                "lost_packets": length, "first_lost_seq": self._run_start_seq,
                 "first_answered_seq": answered_seq,
                 "control": list(self.control_notes) or ["control connection up throughout"],
                 **self.context}

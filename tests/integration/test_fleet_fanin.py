@@ -4,7 +4,8 @@ Five namespaces with an sshd each; h5 has a UDP ingress policer at 4,700
 pps. The fan-in sweeps an aggregate of 2,400..6,600 pps, a quarter from each
 of h1..h4, so no source alone ever offers more than 1,650 pps: only their sum
 crosses the policer, and the aggregate knee must bracket its rate. The steps
-of the four sources must start within the tolerance of each other.
+of the four sources must start within the tolerance of each other. The
+reverse, h1 loading the other four at once, stays below every limit.
 """
 from __future__ import annotations
 
@@ -83,4 +84,19 @@ def test_fan_in_finds_the_aggregate_knee_of_the_policed_host(bed: Bed) -> None:
     assert "aggregate knee into h5" in run.stderr
     assert json.loads((out / "manifest.json").read_text())["state"] == "complete"
     assert len(list((out / "pairs").glob("*/*.json"))) == 4
+    assert bed.pktbench_processes() == []
+
+
+def test_fan_out_loads_every_other_host_at_once(bed: Bed) -> None:
+    rates = bed.dir / "out.toml"
+    rates.write_text(FANIN.replace("[2400, 3600, 4200, 5400, 6600]", "[2000, 4000]"))
+    run = bed.fleet("--from", "h1", "--json", "-", profile=rates, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    fan = json.loads(run.stdout)["fan"]
+    assert fan["direction"] == "from" and fan["hub"] == "h1" and fan["complete"], fan
+    assert fan["in_sync"] and fan["no_knee"], fan["steps"]
+    for s in fan["steps"]:
+        assert sorted(s["per_path"]) == ["h2", "h3", "h4", "h5"]
+        assert s["loss_ratio"] == 0 and s["received_pps"] == pytest.approx(s["offered_pps"])
+    assert "aggregate" in run.stderr and "out of h1" in run.stderr
     assert bed.pktbench_processes() == []

@@ -170,6 +170,7 @@ def redis_in_b(redis_policed: tb.TestbedInfo, tmp_path: Path) -> Iterator[str]:
 def test_redis_behind_a_policer_knee_shows_the_paths_packet_rates(
         redis_policed, redis_in_b, tmp_path: Path) -> None:
     out = tmp_path / "redis.json"
+    before = tb.policer_counters("b", prefix=redis_policed.prefix)
     # 16 connections, one request in flight each: every request is one
     # segment toward the server (the reply carries the ACK, the next request
     # the reply's), so requests/s below the policer pass and above it do not.
@@ -177,8 +178,14 @@ def test_redis_behind_a_policer_knee_shows_the_paths_packet_rates(
                   "--rates", "3917,4713,6113,7307", "--connections", "16", "--pipeline", "1",
                   "--duration", "1", "--warmup", "0.3", "--json", str(out), timeout_s=90)
     assert done.returncode == 0, done.stdout + done.stderr
+    after = tb.policer_counters("b", prefix=redis_policed.prefix)
     document = json.loads(out.read_text())
     steps = {s["index"]: s for s in document["steps"]}
+    # every segment TCP_INFO counted toward the server met the policer, which dropped some
+    assert before is not None and after is not None
+    assert after["seen_packets"] - before["seen_packets"] >= sum(
+        s["path"]["toward_server_packets"] for s in document["steps"])
+    assert after["dropped_packets"] > before["dropped_packets"]
     knee = document["knee"]
     assert knee is not None, done.stdout
     assert knee["offered_rps"] == knee["offered_pps"] > POLICER_PPS

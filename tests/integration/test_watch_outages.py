@@ -193,14 +193,15 @@ def test_a_3s_drop_is_one_outage_timed_within_10ms_and_metrics_match_the_file(
     outages = [r for r in records if r["type"] == "outage"]
     assert len(outages) == 1, outages
     outage = outages[0]
-    print(f"outage start - rule on {1e3 * (outage['start'] - on[0]):+.2f}..{1e3 * (outage['start'] - on[1]):+.2f} ms, "
-          f"end - rule off {1e3 * (outage['end'] - off[0]):+.2f}..{1e3 * (outage['end'] - off[1]):+.2f} ms, "
+    start, end = outage["start_s"], outage["end_s"]
+    print(f"outage start - rule on {1e3 * (start - on[0]):+.2f}..{1e3 * (start - on[1]):+.2f} ms,"
+          f" end - rule off {1e3 * (end - off[0]):+.2f}..{1e3 * (end - off[1]):+.2f} ms, "
           f"duration {outage['duration_s']:.4f} s")
-    assert _within(outage["start"], *on), (outage, on)
-    assert _within(outage["end"], *off), (outage, off)
+    assert _within(outage["start_s"], *on), (outage, on)
+    assert _within(outage["end_s"], *off), (outage, off)
     assert _within(outage["duration_s"], off[0] - on[1], off[1] - on[0]), (outage, on, off)
     assert outage["direction"] == "up", outage  # b's input dropped the requests
-    assert outage["lost"] == pytest.approx(3.0 * 2000, rel=0.02)
+    assert outage["lost_packets"] == pytest.approx(3.0 * 2000, rel=0.02)
     assert "outages: 1 " in out, out
     # The scrape equals the file: the counters are the totals of the interval
     # line that many intervals in, and the sum of the lines up to it.
@@ -208,15 +209,17 @@ def test_a_3s_drop_is_one_outage_timed_within_10ms_and_metrics_match_the_file(
     count = int(metrics["pktbench_probe_intervals_total"])
     assert 1 <= count <= len(intervals)
     upto = intervals[:count]
-    for name, key in (("sent", "sent"), ("received", "received"), ("lost", "lost")):
+    for name in ("sent", "received", "lost"):
+        key = f"{name}_packets"
         value = metrics[f"pktbench_probe_{name}_packets_total"]
         assert value == upto[-1]["totals"][key] == sum(r[key] for r in upto), name
     assert metrics["pktbench_probe_outages_total"] == 1
-    assert metrics["pktbench_probe_latency_seconds_count"] == upto[-1]["totals"]["received"]
+    received = upto[-1]["totals"]["received_packets"]
+    assert metrics["pktbench_probe_latency_seconds_count"] == received
     # Every request of the watch is in exactly one interval line.
     every = [r for r in records if r["type"] == "interval"]
     end = next(r for r in records if r["type"] == "end")
-    assert sum(r["sent"] for r in every) == end["sent"] > 35_000
+    assert sum(r["sent_packets"] for r in every) == end["sent_packets"] > 35_000
 
 
 def test_a_restarted_server_is_an_outage_and_a_new_session_and_sigkill_leaves_whole_lines(
@@ -246,19 +249,19 @@ def test_a_restarted_server_is_an_outage_and_a_new_session_and_sigkill_leaves_wh
     records = [json.loads(line) for line in lines]  # every line parses
     sessions = [r for r in records if r["type"] == "session"]
     assert [s["session"] for s in sessions] == [1, 2], sessions
-    assert sessions[1]["start"] >= restarted_at - 1.0
+    assert sessions[1]["start_s"] >= restarted_at - 1.0
     outages = [r for r in records if r["type"] == "outage"]
     assert len(outages) == 1, outages
     outage = outages[0]
-    assert killed_at - 0.5 <= outage["start"] <= killed_at + 0.5, (outage, killed_at)
-    assert outage["end"] >= restarted_at - 0.2
+    assert killed_at - 0.5 <= outage["start_s"] <= killed_at + 0.5, (outage, killed_at)
+    assert outage["end_s"] >= restarted_at - 0.2
     assert any("new session 2" in note for note in outage["control"]), outage["control"]
     assert any(r["type"] == "session_lost" for r in records)
     # Completed intervals are all there, back to back, up to the last second or two.
     intervals = [r for r in records if r["type"] == "interval"]
     for before, after in zip(intervals, intervals[1:]):
-        assert after["start"] == pytest.approx(before["end"]), (before, after)
-    assert intervals[-1]["end"] >= stopped_at - 1.0 - 0.5 - 0.5
+        assert after["start_s"] == pytest.approx(before["end_s"]), (before, after)
+    assert intervals[-1]["end_s"] >= stopped_at - 1.0 - 0.5 - 0.5
     assert not any(r["type"] == "end" for r in records)
     # watch-report reads the file alone
     done = subprocess.run([*PKTBENCH, "watch-report", str(jsonl), "--json"],
