@@ -22,9 +22,10 @@ from pktbench.results import load_result
 
 DATA = Path(__file__).resolve().parent / "data"
 WIDTH = 100
-SWEEPS = ["sweep-old-path.json", "sweep-new-path.json", "sweep-blast.json"]
-BULKS = ["bulk-old-tcp.json", "bulk-old-udp.json"]
-UNITS = ("pps", "%", "us", "Mbit/s", "Gbit/s", "segments", "packets", "B/A")
+# every sweep and bulk result kept in tests/data, whoever added it
+SWEEPS = sorted(p.name for p in DATA.glob("sweep-*.json"))
+BULKS = sorted(p.name for p in DATA.glob("bulk-*.json"))
+UNITS = ("pps", "pkt/s", "req/s", "%", "us", "Mbit/s", "Gbit/s", "segments", "packets", "B/A")
 
 
 def cli(*args: str) -> str:
@@ -76,8 +77,9 @@ def assert_units_in_headers(text: str) -> None:
     for headers, rows in tables(text):
         for k, name in enumerate(headers):
             cells = [r[k] for r in rows if k < len(r) and r[k] not in ("", "-")]
+            # counts, named by what they count
             if name in ("", "step", "stream", "rep", "runs", "src port", "path", "streams",
-                        "packets") or not cells:
+                        "packets", "retrans") or not cells:
                 continue
             if all(_numeric(c) for c in cells):
                 assert any(unit in name for unit in UNITS), (name, cells[:3])
