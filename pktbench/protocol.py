@@ -975,8 +975,11 @@ class StepParams:
     def to_dict(self) -> dict[str, Any]:
         """The dict a client puts in StepRequest.params."""
         params = {f.name: getattr(self, f.name) for f in fields(self)}
-        if not self.bidir:
-            del params["bidir"]  # so a server that predates it still takes every other step
+        # Keys newer than the first release go only when they ask for something, so a
+        # server that predates them still takes every step that does not need them.
+        for key, default in (("bidir", False), ("gso", "auto"), ("burst", None)):
+            if params[key] == default:
+                del params[key]
         return params
 
 
