@@ -247,10 +247,11 @@ def _table_head(text: str, lines: int) -> list[str]:
 
 
 def test_cli_bulk_output_keeps_its_shape(tmp_path: Path) -> None:
+    # Ports above the kernel's ephemeral range: no other test's connection can hold them.
     out = tmp_path / "bulk.json"
     result = CliRunner().invoke(main, [
         "bulk", "--sweep-streams", "1,2", "--duration", "0.3", "--warmup", "0.1",
-        "--link-speed", "2x10G", "--ports", "41011,41012", "--json", str(out)])
+        "--link-speed", "2x10G", "--ports", "61011,61012", "--json", str(out)])
     assert result.exit_code == 0, result.stderr
     # the tables, to the overhead line (the prose under it wraps where its figures fall)
     golden = (DATA / "bulk-old-tcp.table.txt").read_text().split("\noverhead per")[0].splitlines()
@@ -258,7 +259,7 @@ def test_cli_bulk_output_keeps_its_shape(tmp_path: Path) -> None:
     assert len(got) == len(golden)
     assert max(len(line) for line in result.stdout.splitlines()) <= 100
     # every label and header is as before; the figures are this run's
-    assert got[0] == golden[0] and got[1] == "flow plan (given): ports 41011, 41012"
+    assert got[0] == golden[0] and got[1] == "flow plan (given): ports 61011, 61012"
     assert got[2:4] == golden[2:4]
     for mine, before in zip(got, golden):
         assert mine.split(":")[0] == before.split(":")[0] or mine[:4] == before[:4]

@@ -997,7 +997,13 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
         try:
             for stream_id in range(streams):
                 port = ports[stream_id] if ports else None
-                socks.append((stream_id, _open_stream(client, stream_id, armed.token, port)))
+                try:
+                    socks.append((stream_id, _open_stream(client, stream_id, armed.token, port)))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    raise ConnectError(f"source port {port} is in use on this host: give "
+                                       "--ports that no other socket holds") from None
             anchor_ns = time.monotonic_ns() if sending else None
             deadline_ns = time.monotonic_ns() + int(params.hard_limit_s * 1e9)  # as the server's
             sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
