@@ -54,7 +54,7 @@ def _bulk(info: tb.TestbedInfo, *args: str) -> tuple[dict[str, Any], str]:
 def test_one_stream_fills_one_path_and_planned_flows_fill_both(
         served: tb.TestbedInfo) -> None:
     assert served.mechanism in ("ecmp", "bond")
-    doc, table = _bulk(served, "--sweep-streams", "1,2", "--paths", "2", "--duration", "2",
+    doc, table = _bulk(served, "--sweep-streams", "1,2", "--paths", "2", "--duration", "3",
                        "--link-speed", f"2x{CAP_BPS}")
     one, two = doc["steps"]
     overhead = one["overhead"]
