@@ -371,23 +371,16 @@ cdef class PacedSender:
         plus 1, as a uint32 array. A slot is reused one window later, so only
         requests within the last window_size sent can be read; a reply that
         came after timeout_s is late and never lands here."""
-        if self.reply_ring == NULL:
-            raise ValueError("this sender was made without keep_replies")
-        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
-            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
-                             f"({self.next_seq} sent, window {self.window.mask + 1})")
-        out = np.empty(hi - lo, dtype=np.uint32)
-        cdef uint32_t[::1] view = out
-        cdef uint64_t seq
-        for seq in range(lo, hi):
-            view[seq - lo] = self.reply_ring[seq & self.window.mask]
-        return out
+        return self._ring_slice(self.reply_ring, lo, hi)
 
     def send_lags(self, uint64_t lo, uint64_t hi):
         """Per request lo..hi-1 (keep_replies only): how late it left against
         its schedule, ns (at most 2^32 - 1), as a uint32 array; the same
         window rule as `replies`."""
-        if self.lag_ring == NULL:
+        return self._ring_slice(self.lag_ring, lo, hi)
+
+    cdef object _ring_slice(self, uint32_t *ring, uint64_t lo, uint64_t hi):
+        if ring == NULL:
             raise ValueError("this sender was made without keep_replies")
         if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
             raise ValueError(f"requests {lo}..{hi} are not all within the last window "
@@ -396,7 +389,7 @@ cdef class PacedSender:
         cdef uint32_t[::1] view = out
         cdef uint64_t seq
         for seq in range(lo, hi):
-            view[seq - lo] = self.lag_ring[seq & self.window.mask]
+            view[seq - lo] = ring[seq & self.window.mask]
         return out
 
     cdef inline uint64_t due_ns(self, uint64_t seq) noexcept nogil:
