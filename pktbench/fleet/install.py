@@ -111,9 +111,14 @@ async def install(remote: RemoteHost, wheel: Wheel, timeout_s: float = 300.0
     status, out, _ = await remote.run(f"sha256sum {q_wheel}")
     if status != 0 or out.split()[:1] != [wheel.sha256]:
         raise RemoteError(f"install: the copy of {wheel.path.name} does not match its SHA-256")
+    # The wheel goes in with --ignore-installed: a pktbench of the same version
+    # in the system site-packages would otherwise satisfy pip, and the venv
+    # would get no entry point. The second pip call adds only the missing
+    # dependencies; the marker is written once the entry point runs.
+    pip = f"PIP_DISABLE_PIP_VERSION_CHECK=1 {q_venv}/bin/python -m pip install --quiet --no-input"
     script = (f"rm -rf {q_venv} && {remote.host.python} -m venv --system-site-packages "
-              f"{q_venv} && PIP_DISABLE_PIP_VERSION_CHECK=1 {q_venv}/bin/python -m pip "
-              f"install --quiet --no-input {q_wheel} && "
+              f"{q_venv} && {pip} --no-deps --ignore-installed {q_wheel} && "
+              f"{pip} {q_wheel} && {command} --version >/dev/null && "
               f"echo {wheel.sha256} > {q_venv}/{MARKER}")
     status, out, err = await remote.run(script, timeout_s=timeout_s)
     if status != 0:
