@@ -295,7 +295,9 @@ class Watch:
         """Send a query for the running step's bins that held intervals wait
         for; its answer is read at a later tick (`_poll_control`)."""
         bins = self._live_bins
-        if bins is None or self._client.progress_pending:
+        # Not while requests are being lost: the control path is likely down
+        # too, and a query stuck in TCP retransmits would hold the change-over.
+        if bins is None or self._client.progress_pending or self.tracker.in_loss_run:
             return
         wanted = [k for held in self._intervals if held.reason is None
                   for b, k_lo, k_hi, _ in held.parts if b is bins
@@ -670,7 +672,10 @@ class Watch:
         replied = int(receiver.get("replied", server_received))
         client_received = counters["received"]
         lost_up = max(sent - server_received, 0)
-        lost_down = max(replied - client_received - counters["late"], 0)
+        # Down: the server got the request and no reply came in time, whether
+        # the path lost it or the server's host refused to send it (a local
+        # firewall's output drop fails the send, so `replied` never counts it).
+        lost_down = max(server_received - client_received - counters["late"], 0)
         record: Record = {
             "type": "step", "session": self.sessions, "step": step.number,
             "start_s": round(step.start_s, 6), "end_s": round(time.time(), 6),
