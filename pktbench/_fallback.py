@@ -246,7 +246,8 @@ class PacedSender:
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
                  max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
-                 gro: bool = False, keep_replies: bool = False, spin: bool = True) -> None:
+                 gro: bool = False, keep_replies: bool = False, spin: bool = True,
+                 kernel_timestamps: bool = False) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if keep_replies and timeout_s > 4.0:
@@ -264,6 +265,9 @@ class PacedSender:
         self.gso_errno = 0
         self.gro = False
         self.gro_reads = 0
+        # Replies are stamped when read here: the kernel's stamps are the
+        # compiled engine's way to fewer wake-ups.
+        self.kernel_timestamps = False
         self._sock = _wrap(fd)
         self.fd = self._sock.fileno()
         self.batch = batch

@@ -174,6 +174,35 @@ def test_replies_hold_each_requests_answer_in_both_engines(
         sender.replies(0, 41)
 
 
+def test_lazy_reads_time_each_reply_by_its_arrival_not_by_the_read(
+        engine_impl: Any, udp_pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = udp_pair
+    template = wire.build_request(wire.COMMANDS["ping"], 64, token=9, seq=0, send_ns=0)
+    sender = engine_impl.PacedSender(client.fileno(), template, rate_pps=1000,
+                                     expect_replies=True, timeout_s=0.5, keep_replies=True,
+                                     spin=False, kernel_timestamps=True)
+    if not sender.kernel_timestamps:
+        pytest.skip("this engine stamps replies when it reads them")
+    t0 = engine.monotonic_ns()
+    sender.begin(t0, 20, False)
+    sender.run(t0 + 30_000_000, True)
+    assert sender.sent == 20
+    server.setblocking(False)
+    for _ in range(20):
+        data = bytearray(server.recv(2048))
+        data[wire.OFFSETS["kind"]] = wire.KIND_RESPONSE
+        server.sendto(bytes(data), client.getsockname())
+    answered_by = engine.monotonic_ns()
+    time.sleep(0.15)  # the replies wait in the socket, unread
+    sender.run(engine.monotonic_ns() + 30_000_000, False)
+    latency = sender.replies(0, 20).astype(np.int64) - 1
+    assert (latency >= 0).all()
+    due = t0 + np.arange(20) * 1_000_000
+    # Stamped at arrival: no reply's latency reaches past the moment it was
+    # answered, though each was read 150 ms later.
+    assert (due + latency <= answered_by + 2_000_000).all(), (due + latency - answered_by)
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     running = Server(ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)

@@ -328,7 +328,8 @@ class Watch:
         sock = self._client.data_socket
         sender = engine.loops.PacedSender(sock.fileno(), template, rate_pps=rate,
                                           expect_replies=True, timeout_s=cfg.timeout_s,
-                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS)
+                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS,
+                                          kernel_timestamps=True)
         count = int(lease * rate)
         t0 = engine.monotonic_ns() + 1_000_000
         wall_offset = time.time_ns() - engine.monotonic_ns()
