@@ -240,6 +240,25 @@ def test_a_loopback_watch_chains_steps_without_gaps_in_the_count(server: Server)
     assert end["lost_packets"] <= end["sent_packets"] * 0.001
 
 
+@pytest.mark.parametrize("workload", ["blast", "rr-tcp"])
+def test_blast_and_rr_tcp_watches_count_every_interval(server: Server, workload: str) -> None:
+    records: list[dict[str, Any]] = []
+    host, port = server.address
+    config = WatchConfig(target=Target(host, port), workload=workload, rate_pps=500,
+                         duration_s=3.0, interval_s=0.5, timeout_s=0.3, step_s=1.0)
+    end = Watch(config, records.append).run()
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert len(intervals) >= 4
+    assert sum(r["sent_packets"] for r in intervals) == end["sent_packets"]
+    assert sum(r["received_packets"] for r in intervals) == end["received_packets"]
+    for interval in intervals:  # each interval is one server step at the probe's rate
+        assert 0.9 * 250 <= interval["sent_packets"] <= 1.1 * 250, interval
+        assert interval["lost_packets"] <= 1, interval
+    assert not [r for r in records if r["type"] == "outage"]
+    if workload == "rr-tcp":
+        assert all(r["latency_us"] and r["latency_us"]["p50"] > 0 for r in intervals)
+
+
 def test_bad_input_is_one_line_and_nonzero() -> None:
     done = subprocess.run([*PKTBENCH, "watch", "127.0.0.1", "--duration", "soon"],
                           capture_output=True, text=True, timeout=60, check=False)
