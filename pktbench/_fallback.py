@@ -1347,7 +1347,8 @@ class RespClient:
 # --------------------------------------------------------------------------
 
 (V_CONNECTIONS, V_COMMANDS, V_RECEIVED_BYTES, V_REPLIES, V_REPLY_BYTES, V_UNKNOWN_COMMANDS,
- V_PROTOCOL_ERRORS, V_PEER_CLOSED, V_SEND_ERRORS, V_EAGAIN) = range(len(SERVER_COUNTERS))
+ V_PROTOCOL_ERRORS, V_PEER_CLOSED, V_SEND_ERRORS, V_EAGAIN, V_THROTTLED) = range(
+    len(SERVER_COUNTERS))
 
 _PONG = b"+PONG\r\n"
 _OK = b"+OK\r\n"
@@ -1356,12 +1357,13 @@ _BAD_PROTOCOL = b"-ERR Protocol error: expected an array of bulk strings\r\n"
 
 
 class _ServerConn:
-    __slots__ = ("sock", "open", "want_out", "rx", "tx", "tx_off")
+    __slots__ = ("sock", "open", "want_out", "throttled", "rx", "tx", "tx_off")
 
     def __init__(self, fd: int) -> None:
         self.sock = _wrap(fd)
         self.open = True
         self.want_out = False
+        self.throttled = False
         self.rx = bytearray()
         self.tx = bytearray()
         self.tx_off = 0
@@ -1371,11 +1373,19 @@ class RespServer:
     """Answers RESP PING, GET and SET on up to `capacity` connections, as Redis does."""
 
     def __init__(self, capacity: int, get_reply: bytes, *, rx_bytes: int = 65536,
-                 busy_poll: bool = False) -> None:
+                 busy_poll: bool = False, max_rate_pps: float = 0.0, burst: float = 0.0) -> None:
         if capacity < 1 or capacity > MAX_CONNECTIONS:
             raise ValueError(f"capacity must be 1..{MAX_CONNECTIONS} (got {capacity})")
         if rx_bytes < 64:
             raise ValueError("rx_bytes must be at least 64")
+        if max_rate_pps < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps must be >= 0, and burst >= 1 with a rate")
+        # the compiled twin's token bucket: a connection past the rate is left unread
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = burst
+        self.tokens = burst
+        self.refill_ns = 0
+        self.throttled: list[_ServerConn] = []
         self.capacity = capacity
         self.busy_poll = busy_poll
         self.get_reply = bytes(get_reply)
@@ -1414,6 +1424,9 @@ class RespServer:
                 return 0
             timeout = 0.0 if self.busy_poll else min((until_ns - now + 999_999) // 1_000_000,
                                                      20) / 1000.0
+            if self.throttled and timeout > 0.001:
+                timeout = (min(0.02, 0.001 + (1.0 - self.tokens) / self.rate_per_ns / 1e9)
+                           if self.tokens < 1.0 else 0.0)
             try:
                 events = self.epoll.poll(timeout, self.capacity)
             except InterruptedError:
@@ -1428,9 +1441,30 @@ class RespServer:
                     self._flush(conn)
                     if conn.open and not conn.want_out:
                         self._serve(conn)
-                if conn.open and not conn.want_out and \
+                if conn.open and not conn.want_out and not conn.throttled and \
                         mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     self._read(conn)
+            if self.throttled:
+                self._release()
+
+    def _refill(self) -> None:
+        now = time.monotonic_ns()
+        if self.refill_ns and now > self.refill_ns:
+            self.tokens = min(self.burst, self.tokens + (now - self.refill_ns) * self.rate_per_ns)
+        self.refill_ns = now
+
+    def _watch(self, conn: _ServerConn) -> None:
+        events = select.EPOLLOUT if conn.want_out else (0 if conn.throttled else select.EPOLLIN)
+        self.epoll.modify(conn.sock.fileno(), events)
+
+    def _release(self) -> None:
+        self._refill()
+        while self.throttled and self.tokens >= 1.0:
+            conn = self.throttled.pop(0)
+            conn.throttled = False
+            if conn.open:
+                self._watch(conn)
+                self._serve(conn)
 
     def _close(self, conn: _ServerConn) -> None:
         try:
@@ -1442,6 +1476,9 @@ class RespServer:
         except OSError:
             pass
         conn.open = False
+        if conn.throttled:
+            conn.throttled = False
+            self.throttled.remove(conn)
 
     def _append(self, conn: _ServerConn, data: bytes) -> None:
         conn.tx += data
@@ -1475,7 +1512,7 @@ class RespServer:
         conn.rx += data
         self.c[V_RECEIVED_BYTES] += len(data)
         self._serve(conn)
-        if conn.open and len(conn.rx) >= self.rx_cap:
+        if conn.open and not conn.throttled and len(conn.rx) >= self.rx_cap:
             self._protocol_error(conn)  # one command larger than the whole buffer
 
     def _serve(self, conn: _ServerConn) -> None:
@@ -1490,6 +1527,16 @@ class RespServer:
                 if used < 0:
                     self._protocol_error(conn)
                     return
+                if self.rate_per_ns > 0:
+                    if self.tokens < 1.0:
+                        self._refill()
+                    if self.tokens < 1.0:
+                        conn.throttled = True
+                        self.throttled.append(conn)
+                        self.c[V_THROTTLED] += 1
+                        self._watch(conn)
+                        break
+                    self.tokens -= 1.0
                 self.c[V_COMMANDS] += 1
                 if command == wire.COMMAND_PING:
                     self._append(conn, _PONG)
@@ -1504,7 +1551,8 @@ class RespServer:
             if pos > 0:
                 del rx[:pos]
             self._flush(conn)
-            if not conn.open or conn.want_out or not conn.rx or len(conn.rx) == before:
+            if not conn.open or conn.want_out or conn.throttled or not conn.rx \
+                    or len(conn.rx) == before:
                 return
 
     def _flush(self, conn: _ServerConn) -> None:
@@ -1529,7 +1577,7 @@ class RespServer:
         conn.tx_off = 0
         if conn.want_out:
             conn.want_out = False
-            self.epoll.modify(fd, select.EPOLLIN)
+            self._watch(conn)
 
     def __del__(self) -> None:
         try:
