@@ -235,7 +235,42 @@ _U64_MAX = (1 << 64) - 1
      "bad_payload", "oversized", "bad_seq"))
 
 
-class PacedSender:
+class _Metered:
+    """The meter's views shared by PacedSender and RespClient (_meter.pxi's twin):
+    counters `c`, and the scheduled, actual and send-lag histograms."""
+
+    c: list[int]
+    _counters: _U64
+    _hists: _Hists
+
+    @property
+    def counters(self) -> _U64:
+        self._counters[:] = self.c
+        return self._counters
+
+    @property
+    def latency_hist(self) -> _U64:
+        return self._hists.array(0)
+
+    @property
+    def actual_latency_hist(self) -> _U64:
+        return self._hists.array(1)
+
+    @property
+    def send_lag_hist(self) -> _U64:
+        return self._hists.array(2)
+
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
+
+
+class PacedSender(_Metered):
     """Open-loop paced UDP sender on a connected socket (see the compiled twin).
 
     Packet i of a phase is due at t0 + i * period; whatever is due goes out
@@ -299,32 +334,6 @@ class PacedSender:
         self.c = [0] * len(SENDER_COUNTERS)
         self._counters = np.zeros(len(SENDER_COUNTERS), dtype=np.uint64)
         self._hists = _Hists(3)
-
-    @property
-    def counters(self) -> _U64:
-        self._counters[:] = self.c
-        return self._counters
-
-    @property
-    def latency_hist(self) -> _U64:
-        return self._hists.array(0)
-
-    @property
-    def actual_latency_hist(self) -> _U64:
-        return self._hists.array(1)
-
-    @property
-    def send_lag_hist(self) -> _U64:
-        return self._hists.array(2)
-
-    def snapshot(self) -> tuple[int, _U64, _U64]:
-        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
-
-        Safe from another thread while `run` goes on (the compiled twin's
-        _meter.pxi says how a reader uses it).
-        """
-        now = time.monotonic_ns()
-        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
@@ -1005,7 +1014,7 @@ class _ClientConn:
         self.freed_at = [0] * pipeline
 
 
-class RespClient:
+class RespClient(_Metered):
     """Open-loop RESP requests over N connected, non-blocking TCP sockets.
 
     Request i of a phase is due at t0 + i * period on connection i % N, with
@@ -1047,32 +1056,6 @@ class RespClient:
         self.c = [0] * len(CLIENT_COUNTERS)
         self._counters = np.zeros(len(CLIENT_COUNTERS), dtype=np.uint64)
         self._hists = _Hists(3)
-
-    @property
-    def counters(self) -> _U64:
-        self._counters[:] = self.c
-        return self._counters
-
-    @property
-    def latency_hist(self) -> _U64:
-        return self._hists.array(0)
-
-    @property
-    def actual_latency_hist(self) -> _U64:
-        return self._hists.array(1)
-
-    @property
-    def send_lag_hist(self) -> _U64:
-        return self._hists.array(2)
-
-    def snapshot(self) -> tuple[int, _U64, _U64]:
-        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
-
-        Safe from another thread while `run` goes on (the compiled twin's
-        _meter.pxi says how a reader uses it).
-        """
-        now = time.monotonic_ns()
-        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase of `limit` requests due from t0_ns; counters cleared."""
