@@ -362,24 +362,21 @@ class PacedSender(_Metered):
 
     def replies(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
         """Per request lo..hi-1 of this phase: 0 or its scheduled latency ns + 1."""
-        if self.reply_ring is None:
-            raise ValueError("this sender was made without keep_replies")
-        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
-            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
-                             f"({self.next_seq} sent, window {self.window.mask + 1})")
-        slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
-        out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
-        return out
+        return self._ring_slice(self.reply_ring, lo, hi)
 
     def send_lags(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
         """Per request lo..hi-1 of this phase: how late it left, ns (capped at 2^32 - 1)."""
-        if self.lag_ring is None:
+        return self._ring_slice(self.lag_ring, lo, hi)
+
+    def _ring_slice(self, ring: npt.NDArray[np.uint32] | None, lo: int, hi: int
+                    ) -> npt.NDArray[np.uint32]:
+        if ring is None:
             raise ValueError("this sender was made without keep_replies")
         if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
             raise ValueError(f"requests {lo}..{hi} are not all within the last window "
                              f"({self.next_seq} sent, window {self.window.mask + 1})")
         slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
-        out: npt.NDArray[np.uint32] = self.lag_ring[slots].copy()
+        out: npt.NDArray[np.uint32] = ring[slots].copy()
         return out
 
     def _due_ns(self, seq: int) -> int:
