@@ -1,6 +1,7 @@
 #!/bin/sh
 # Find or install the reference tools the benchmark harness compares pktbench with:
-# iperf3, sockperf, redis-server + redis-benchmark, netperf (+ netserver), a C compiler, and
+# iperf3, sockperf, redis-server + redis-benchmark, netperf (+ netserver), irtt (the steady
+# prober watch_cost.py compares `pktbench watch` with), a C compiler, and
 # ethtool + nft for the veth GSO row (segmentation off, a counter at the receiver's ingress).
 # iperf3 with UDP GSO (3.20+, --gsro) is not packaged in Debian yet: run.py builds it from
 # ../shared/tools when that exists (see README.md).
@@ -13,7 +14,7 @@ set -eu
 need=""
 for pair in iperf3:iperf3 sockperf:sockperf redis-server:redis-server \
             redis-benchmark:redis-tools netperf:netperf netserver:netperf cc:gcc taskset:util-linux \
-            ethtool:ethtool nft:nftables; do
+            ethtool:ethtool nft:nftables irtt:irtt; do
     bin=${pair%%:*}; pkg=${pair#*:}
     command -v "$bin" >/dev/null 2>&1 || need="$need $pkg"
 done
@@ -47,6 +48,6 @@ apt-get update -qq
 apt-cache policy netperf | sed -n '1,3p'
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(echo $need | tr ' ' '\n' | sort -u)
-for b in iperf3 sockperf redis-server redis-benchmark netperf netserver cc ethtool nft; do
+for b in iperf3 sockperf redis-server redis-benchmark netperf netserver cc ethtool nft irtt; do
     printf '%-16s %s\n' "$b" "$(command -v "$b" || echo MISSING)"
 done

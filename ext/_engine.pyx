@@ -22,12 +22,12 @@ Invariants:
   other errors go back to Python as -errno. No loop closes a caller's socket.
 """
 cimport cython
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memmove, memchr, memset, strlen
 from libc.stdlib cimport calloc, free
 from libc.math cimport floor
 from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR, ECONNRESET, EPROTO, EMSGSIZE, EIO, EINVAL
-from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
+from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 from netapi cimport (
     iovec, msghdr, mmsghdr, cmsghdr, sockaddr_storage, socklen_t, pollfd,

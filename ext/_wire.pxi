@@ -186,6 +186,7 @@ cdef enum:
     V_PEER_CLOSED
     V_SEND_ERRORS
     V_EAGAIN
+    V_THROTTLED
     V_COUNTERS
 
 SERVER_COUNTERS = (
@@ -199,4 +200,5 @@ SERVER_COUNTERS = (
     "peer_closed",
     "send_errors",
     "eagain",
+    "throttled",
 )

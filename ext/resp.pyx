@@ -715,6 +715,7 @@ cdef struct ServerConn:
     int fd
     bint open
     bint want_out
+    bint throttled     # over the step's rate: neither read nor answered until tokens refill
     Py_ssize_t rx_len
     Py_ssize_t tx_len
     Py_ssize_t tx_off
@@ -729,6 +730,11 @@ cdef class RespServer:
     given; any other command gets an -ERR line, and bytes that are not RESP
     commands get -ERR Protocol error and the connection is shut down, as
     Redis does. Connections may be added while `run` is serving.
+
+    With `max_rate_pps` the commands of all connections together are
+    answered at most at that rate, from a token bucket of `burst`: a
+    connection past it is left unread (TCP pushes back on its sender) until
+    the bucket refills, so a client cannot pipeline past the step's rate.
     """
     cdef int epfd
     cdef int capacity
@@ -744,14 +750,25 @@ cdef class RespServer:
     cdef Py_ssize_t get_reply_len
     cdef uint64_t[::1] c
     cdef readonly object counters
+    cdef double rate_per_ns
+    cdef double tokens
+    cdef double burst
+    cdef uint64_t refill_ns
+    cdef int throttled_count
+    cdef int release_from       # where the next release starts: every connection gets its turn
 
     def __cinit__(self, int capacity, bytes get_reply, *, Py_ssize_t rx_bytes=65536,
-                  bint busy_poll=False):
+                  bint busy_poll=False, double max_rate_pps=0.0, double burst=0.0):
         if capacity < 1 or capacity > MAX_CONNECTIONS:
             raise ValueError(f"capacity must be 1..{MAX_CONNECTIONS} (got {capacity})")
         if rx_bytes < 64:
             raise ValueError("rx_bytes must be at least 64")
+        if max_rate_pps < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps must be >= 0, and burst >= 1 with a rate")
         self.epfd = -1
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = burst
+        self.tokens = burst
         self.capacity = capacity
         self.busy_poll = busy_poll
         self.get_reply_len = len(get_reply)
@@ -820,6 +837,11 @@ cdef class RespServer:
                 timeout_ms = <int>((until_ns - now + 999999) // 1000000)
                 if timeout_ms > 20:
                     timeout_ms = 20
+                if self.throttled_count > 0 and timeout_ms > 1:
+                    timeout_ms = 1 + <int>((1.0 - self.tokens) / self.rate_per_ns / 1e6) \
+                        if self.tokens < 1.0 else 0
+                    if timeout_ms > 20:
+                        timeout_ms = 20
             got = epoll_wait(self.epfd, self.events, self.capacity, timeout_ms)
             if got < 0:
                 if errno == EINTR:
@@ -834,13 +856,60 @@ cdef class RespServer:
                     self._flush(conn)
                     if conn.open and not conn.want_out:
                         self._serve(conn)
-                if conn.open and not conn.want_out and events & (EPOLLIN | EPOLLHUP | EPOLLERR):
+                if conn.open and not conn.want_out and not conn.throttled \
+                        and events & (EPOLLIN | EPOLLHUP | EPOLLERR):
                     self._read(conn)
+            if self.throttled_count > 0:
+                self._release()
+
+    cdef inline void _refill(self) noexcept nogil:
+        cdef uint64_t now = now_ns()
+        if self.refill_ns != 0 and now > self.refill_ns:
+            self.tokens += <double>(now - self.refill_ns) * self.rate_per_ns
+            if self.tokens > self.burst:
+                self.tokens = self.burst
+        self.refill_ns = now
+
+    cdef inline void _watch(self, ServerConn *conn) noexcept nogil:
+        """Point epoll at what the connection waits for now."""
+        cdef epoll_event ev
+        ev.events = EPOLLOUT if conn.want_out else (0 if conn.throttled else EPOLLIN)
+        ev.data.u32 = <uint32_t>(conn - self.conns)
+        epoll_ctl(self.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+
+    cdef void _throttle(self, ServerConn *conn) noexcept nogil:
+        conn.throttled = True
+        self.throttled_count += 1
+        self.c[V_THROTTLED] += 1
+        self._watch(conn)
+
+    cdef void _release(self) noexcept nogil:
+        """Serve the throttled connections again, in turn, while tokens last."""
+        cdef int k, i
+        cdef ServerConn *conn
+        self._refill()
+        for k in range(self.count):
+            if self.tokens < 1.0:
+                return
+            i = (self.release_from + k) % self.count
+            conn = &self.conns[i]
+            if not conn.throttled:
+                continue
+            conn.throttled = False
+            self.throttled_count -= 1
+            self.release_from = i + 1
+            if not conn.open:
+                continue
+            self._watch(conn)
+            self._serve(conn)
 
     cdef void _close(self, ServerConn *conn) noexcept nogil:
         epoll_ctl(self.epfd, EPOLL_CTL_DEL, conn.fd, NULL)
         shutdown(conn.fd, SHUT_RDWR)
         conn.open = False
+        if conn.throttled:
+            conn.throttled = False
+            self.throttled_count -= 1
 
     cdef void _protocol_error(self, ServerConn *conn) noexcept nogil:
         cdef Py_ssize_t length = <Py_ssize_t>strlen(BAD_PROTOCOL)
@@ -876,7 +945,7 @@ cdef class RespServer:
         conn.rx_len += got
         self.c[V_RECEIVED_BYTES] += <uint64_t>got
         self._serve(conn)
-        if conn.open and conn.rx_len == self.rx_cap:
+        if conn.open and not conn.throttled and conn.rx_len == self.rx_cap:
             # one command larger than the whole buffer: not one of ours
             self._protocol_error(conn)
 
@@ -894,6 +963,13 @@ cdef class RespServer:
                 if used < 0:
                     self._protocol_error(conn)
                     return
+                if self.rate_per_ns > 0:
+                    if self.tokens < 1.0:
+                        self._refill()
+                    if self.tokens < 1.0:
+                        self._throttle(conn)
+                        break
+                    self.tokens -= 1.0
                 self.c[V_COMMANDS] += 1
                 if command == WIRE_COMMAND_PING:
                     self._append(conn, <const uint8_t *>PONG, 7)
@@ -909,7 +985,8 @@ cdef class RespServer:
                 memmove(conn.rx, conn.rx + pos, <size_t>(conn.rx_len - pos))
                 conn.rx_len -= pos
             self._flush(conn)
-            if not conn.open or conn.want_out or conn.rx_len == 0 or conn.rx_len == before:
+            if not conn.open or conn.want_out or conn.throttled or conn.rx_len == 0 \
+                    or conn.rx_len == before:
                 return
 
     cdef void _flush(self, ServerConn *conn) noexcept nogil:
@@ -938,6 +1015,4 @@ cdef class RespServer:
         conn.tx_off = 0
         if conn.want_out:
             conn.want_out = False
-            ev.events = EPOLLIN
-            ev.data.u32 = <uint32_t>(conn - self.conns)
-            epoll_ctl(self.epfd, EPOLL_CTL_MOD, conn.fd, &ev)
+            self._watch(conn)

@@ -7,7 +7,7 @@
 # back to ppoll instead of spinning.
 cdef enum:
     NONBLOCKING_NS = 1000000
-    CTRL_BYTES = 64
+    CTRL_BYTES = 128
     # UDP GSO/GRO (udp(7), Linux 4.18 / 5.0): the option numbers, so the
     # build does not depend on the C library's headers knowing them.
     SOL_UDP_LEVEL = 17
@@ -18,6 +18,11 @@ cdef enum:
     GSO_BUFFERS = 8
     # With UDP_GRO one read may return a coalesced train of up to 64 KiB.
     GRO_SLOT = 65536
+    # SO_TIMESTAMPNS_NEW (Linux 5.1) stamps with a 64-bit timespec on every
+    # architecture; the old option (35) is the fallback. The control message
+    # type equals the option number.
+    SO_TIMESTAMPNS_NEW_OPT = 64
+    SO_TIMESTAMPNS_OLD_OPT = 35
 
 # Counter enums (S_*, R_*) and their names come from _wire.pxi.
 
@@ -49,6 +54,24 @@ cdef inline uint32_t rxq_overflow(msghdr *msg) noexcept nogil:
             memcpy(&dropped, CMSG_DATA(cm), 4)
         cm = CMSG_NXTHDR(msg, cm)
     return dropped
+
+
+cdef inline uint64_t kernel_rx_realtime_ns(msghdr *msg) noexcept nogil:
+    """The kernel's CLOCK_REALTIME arrival stamp of a datagram (SO_TIMESTAMPNS), or 0."""
+    cdef cmsghdr *cm = CMSG_FIRSTHDR(msg)
+    cdef int64_t wide[2]
+    cdef int32_t narrow[2]
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and (cm.cmsg_type == SO_TIMESTAMPNS_NEW_OPT
+                                            or cm.cmsg_type == SO_TIMESTAMPNS_OLD_OPT):
+            if cm.cmsg_len >= CMSG_LEN(16):
+                memcpy(&wide[0], CMSG_DATA(cm), 16)
+                return <uint64_t>wide[0] * 1000000000ULL + <uint64_t>wide[1]
+            if cm.cmsg_len >= CMSG_LEN(8):  # 32-bit time_t of the old option
+                memcpy(&narrow[0], CMSG_DATA(cm), 8)
+                return <uint64_t>narrow[0] * 1000000000ULL + <uint64_t>narrow[1]
+        cm = CMSG_NXTHDR(msg, cm)
+    return 0
 
 
 cdef inline int gro_segment_size(msghdr *msg) noexcept nogil:
@@ -210,6 +233,7 @@ cdef class PacedSender:
     cdef uint32_t *reply_ring    # per seq slot: 0 unanswered, else scheduled latency ns + 1
     cdef uint32_t *lag_ring      # per seq slot: actual send time minus scheduled, ns
     cdef uint64_t spin_ns        # the last stretch before a due time is spun, not slept
+    cdef bint lazy_reads         # kernel-stamped replies, read at the next send's wake-up
     cdef uint64_t[::1] c
     cdef Meter meter
     cdef readonly object counters
@@ -220,7 +244,8 @@ cdef class PacedSender:
     def __cinit__(self, int fd, bytes template, *, double rate_pps, bint expect_replies,
                   bint busy_poll=False, double timeout_s=1.0, int batch=64,
                   uint64_t max_outstanding=0, int gso_segments=0, int burst=1,
-                  bint gro=False, bint keep_replies=False, bint spin=True):
+                  bint gro=False, bint keep_replies=False, bint spin=True,
+                  bint kernel_timestamps=False):
         if len(template) < WIRE_HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if batch < 1 or batch > 1024:
@@ -294,6 +319,17 @@ cdef class PacedSender:
         # all the way costs the kernel's wake-up latency instead, and a tenth
         # of the CPU at low rates (a steady probe that runs for days).
         self.spin_ns = SPIN_MARGIN_NS if spin else 0
+        # A sleeping sender that timestamps each reply when it wakes for it
+        # wakes twice per request; with the kernel's arrival stamp the reply
+        # waits in the socket until the next send's wake-up, and its latency
+        # stays that of the path (a steady probe at 1,000 pps halves its
+        # wake-ups). Only when the kernel takes the option.
+        cdef int on = 1
+        self.lazy_reads = False
+        if kernel_timestamps and expect_replies and not spin and not busy_poll:
+            self.lazy_reads = (
+                setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS_NEW_OPT, &on, sizeof(int)) == 0
+                or setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS_OLD_OPT, &on, sizeof(int)) == 0)
         if keep_replies:
             if timeout_s > 4.0:
                 raise ValueError("keep_replies holds latencies up to 4 s: timeout_s must be <= 4")
@@ -339,6 +375,11 @@ cdef class PacedSender:
     def burst(self):
         """Datagrams a paced send waits for (1 = each as it falls due)."""
         return self.burst_n
+
+    @property
+    def kernel_timestamps(self):
+        """Replies carry the kernel's arrival stamp and are read at send wake-ups."""
+        return self.lazy_reads
 
     def begin(self, uint64_t t0_ns, uint64_t limit, bint warmup):
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
@@ -428,7 +469,16 @@ cdef class PacedSender:
         # would only fail, and at a low rate those are most of the syscalls.
         cdef bint sleepy = self.spin_ns == 0 and not self.busy_poll
         cdef bint just_sent = False
+        cdef bint woke = True  # lazy reads: what arrived while asleep is read first
         while True:
+            if woke and self.lazy_reads:
+                woke = False
+                rc = self._receive(MSG_DONTWAIT)
+                if rc < 0:
+                    return rc
+                if rc == self.batch:
+                    woke = True  # more may be queued
+                    continue
             now = now_ns()
             if now >= until_ns:
                 return 0
@@ -496,7 +546,12 @@ cdef class PacedSender:
                 due = until_ns
             now = now_ns()
             if due > now + self.spin_ns:
-                sleep_until(self.fd, self.expect_replies, due - self.spin_ns)
+                # Lazy reads leave the socket unwatched while there is more to
+                # send; a drain still wakes for each reply so it can end early.
+                sleep_until(self.fd, self.expect_replies and not (
+                    self.lazy_reads and send and self.next_seq < self.limit),
+                    due - self.spin_ns)
+                woke = True
 
     # Hot loop: indices are enum counters, batch slots and hist_index(), in
     # range by construction; the checks were on while the tests were written.
@@ -630,11 +685,27 @@ cdef class PacedSender:
             # A refused port (ICMP) surfaces here; Python names it.
             return -errno
         cdef uint64_t rx = now_ns()
+        cdef uint64_t read_at = rx
+        cdef uint64_t stamp
+        cdef timespec wall
+        cdef int64_t wall_minus_mono = 0
+        if self.lazy_reads:
+            clock_gettime(CLOCK_REALTIME, &wall)
+            wall_minus_mono = (<int64_t>wall.tv_sec * 1000000000 + <int64_t>wall.tv_nsec
+                               - <int64_t>read_at)
         cdef uint8_t *pkt
         cdef uint32_t dropped
         cdef Py_ssize_t length, seg, off
         cdef bint truncated
         for i in range(got):
+            if self.lazy_reads:
+                # The stamp is CLOCK_REALTIME; the offset to MONOTONIC is taken
+                # at this read, so a clock step can only move one batch, and a
+                # stamp from the future or more than a second old is not used.
+                stamp = kernel_rx_realtime_ns(&self.rx_msgs[i].msg_hdr)
+                rx = <uint64_t>(<int64_t>stamp - wall_minus_mono) if stamp else read_at
+                if rx > read_at or rx + 1000000000ULL < read_at:
+                    rx = read_at
             pkt = self.rx_buf + i * self.rx_slot
             length = self.rx_msgs[i].msg_len
             truncated = (self.rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0

@@ -237,7 +237,42 @@ _U64_MAX = (1 << 64) - 1
      "bad_payload", "oversized", "bad_seq"))
 
 
-class PacedSender:
+class _Metered:
+    """The meter's views shared by PacedSender and RespClient (_meter.pxi's twin):
+    counters `c`, and the scheduled, actual and send-lag histograms."""
+
+    c: list[int]
+    _counters: _U64
+    _hists: _Hists
+
+    @property
+    def counters(self) -> _U64:
+        self._counters[:] = self.c
+        return self._counters
+
+    @property
+    def latency_hist(self) -> _U64:
+        return self._hists.array(0)
+
+    @property
+    def actual_latency_hist(self) -> _U64:
+        return self._hists.array(1)
+
+    @property
+    def send_lag_hist(self) -> _U64:
+        return self._hists.array(2)
+
+    def snapshot(self) -> tuple[int, _U64, _U64]:
+        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
+
+        Safe from another thread while `run` goes on (the compiled twin's
+        _meter.pxi says how a reader uses it).
+        """
+        now = time.monotonic_ns()
+        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
+
+
+class PacedSender(_Metered):
     """Open-loop paced UDP sender on a connected socket (see the compiled twin).
 
     Packet i of a phase is due at t0 + i * period; whatever is due goes out
@@ -248,7 +283,8 @@ class PacedSender:
     def __init__(self, fd: int, template: bytes, *, rate_pps: float, expect_replies: bool,
                  busy_poll: bool = False, timeout_s: float = 1.0, batch: int = 64,
                  max_outstanding: int = 0, gso_segments: int = 0, burst: int = 1,
-                 gro: bool = False, keep_replies: bool = False, spin: bool = True) -> None:
+                 gro: bool = False, keep_replies: bool = False, spin: bool = True,
+                 kernel_timestamps: bool = False) -> None:
         if len(template) < wire.HEADER_SIZE:
             raise ValueError("template shorter than the header")
         if keep_replies and timeout_s > 4.0:
@@ -266,6 +302,9 @@ class PacedSender:
         self.gso_errno = 0
         self.gro = False
         self.gro_reads = 0
+        # Replies are stamped when read here: the kernel's stamps are the
+        # compiled engine's way to fewer wake-ups.
+        self.kernel_timestamps = False
         self._sock = _wrap(fd)
         self.fd = self._sock.fileno()
         self.batch = batch
@@ -298,32 +337,6 @@ class PacedSender:
         self._counters = np.zeros(len(SENDER_COUNTERS), dtype=np.uint64)
         self._hists = _Hists(3)
 
-    @property
-    def counters(self) -> _U64:
-        self._counters[:] = self.c
-        return self._counters
-
-    @property
-    def latency_hist(self) -> _U64:
-        return self._hists.array(0)
-
-    @property
-    def actual_latency_hist(self) -> _U64:
-        return self._hists.array(1)
-
-    @property
-    def send_lag_hist(self) -> _U64:
-        return self._hists.array(2)
-
-    def snapshot(self) -> tuple[int, _U64, _U64]:
-        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
-
-        Safe from another thread while `run` goes on (the compiled twin's
-        _meter.pxi says how a reader uses it).
-        """
-        now = time.monotonic_ns()
-        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
-
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase: seq restarts at 0, due at t0_ns; counters cleared."""
         self.t0_ns = t0_ns
@@ -351,24 +364,21 @@ class PacedSender:
 
     def replies(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
         """Per request lo..hi-1 of this phase: 0 or its scheduled latency ns + 1."""
-        if self.reply_ring is None:
-            raise ValueError("this sender was made without keep_replies")
-        if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
-            raise ValueError(f"requests {lo}..{hi} are not all within the last window "
-                             f"({self.next_seq} sent, window {self.window.mask + 1})")
-        slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
-        out: npt.NDArray[np.uint32] = self.reply_ring[slots].copy()
-        return out
+        return self._ring_slice(self.reply_ring, lo, hi)
 
     def send_lags(self, lo: int, hi: int) -> npt.NDArray[np.uint32]:
         """Per request lo..hi-1 of this phase: how late it left, ns (capped at 2^32 - 1)."""
-        if self.lag_ring is None:
+        return self._ring_slice(self.lag_ring, lo, hi)
+
+    def _ring_slice(self, ring: npt.NDArray[np.uint32] | None, lo: int, hi: int
+                    ) -> npt.NDArray[np.uint32]:
+        if ring is None:
             raise ValueError("this sender was made without keep_replies")
         if hi < lo or hi > self.next_seq or self.next_seq - lo > self.window.mask + 1:
             raise ValueError(f"requests {lo}..{hi} are not all within the last window "
                              f"({self.next_seq} sent, window {self.window.mask + 1})")
         slots = np.arange(lo, hi, dtype=np.uint64) & np.uint64(self.window.mask)
-        out: npt.NDArray[np.uint32] = self.lag_ring[slots].copy()
+        out: npt.NDArray[np.uint32] = ring[slots].copy()
         return out
 
     def _due_ns(self, seq: int) -> int:
@@ -1049,7 +1059,7 @@ class _ClientConn:
         self.freed_at = [0] * pipeline
 
 
-class RespClient:
+class RespClient(_Metered):
     """Open-loop RESP requests over N connected, non-blocking TCP sockets.
 
     Request i of a phase is due at t0 + i * period on connection i % N, with
@@ -1091,32 +1101,6 @@ class RespClient:
         self.c = [0] * len(CLIENT_COUNTERS)
         self._counters = np.zeros(len(CLIENT_COUNTERS), dtype=np.uint64)
         self._hists = _Hists(3)
-
-    @property
-    def counters(self) -> _U64:
-        self._counters[:] = self.c
-        return self._counters
-
-    @property
-    def latency_hist(self) -> _U64:
-        return self._hists.array(0)
-
-    @property
-    def actual_latency_hist(self) -> _U64:
-        return self._hists.array(1)
-
-    @property
-    def send_lag_hist(self) -> _U64:
-        return self._hists.array(2)
-
-    def snapshot(self) -> tuple[int, _U64, _U64]:
-        """The meter now: (monotonic ns, counters, reply-latency histogram), copies.
-
-        Safe from another thread while `run` goes on (the compiled twin's
-        _meter.pxi says how a reader uses it).
-        """
-        now = time.monotonic_ns()
-        return now, np.array(self.c, dtype=np.uint64), self._hists.array(0).copy()
 
     def begin(self, t0_ns: int, limit: int, warmup: bool) -> None:
         """Start a phase of `limit` requests due from t0_ns; counters cleared."""
@@ -1391,7 +1375,8 @@ class RespClient:
 # --------------------------------------------------------------------------
 
 (V_CONNECTIONS, V_COMMANDS, V_RECEIVED_BYTES, V_REPLIES, V_REPLY_BYTES, V_UNKNOWN_COMMANDS,
- V_PROTOCOL_ERRORS, V_PEER_CLOSED, V_SEND_ERRORS, V_EAGAIN) = range(len(SERVER_COUNTERS))
+ V_PROTOCOL_ERRORS, V_PEER_CLOSED, V_SEND_ERRORS, V_EAGAIN, V_THROTTLED) = range(
+    len(SERVER_COUNTERS))
 
 _PONG = b"+PONG\r\n"
 _OK = b"+OK\r\n"
@@ -1400,12 +1385,13 @@ _BAD_PROTOCOL = b"-ERR Protocol error: expected an array of bulk strings\r\n"
 
 
 class _ServerConn:
-    __slots__ = ("sock", "open", "want_out", "rx", "tx", "tx_off")
+    __slots__ = ("sock", "open", "want_out", "throttled", "rx", "tx", "tx_off")
 
     def __init__(self, fd: int) -> None:
         self.sock = _wrap(fd)
         self.open = True
         self.want_out = False
+        self.throttled = False
         self.rx = bytearray()
         self.tx = bytearray()
         self.tx_off = 0
@@ -1415,11 +1401,19 @@ class RespServer:
     """Answers RESP PING, GET and SET on up to `capacity` connections, as Redis does."""
 
     def __init__(self, capacity: int, get_reply: bytes, *, rx_bytes: int = 65536,
-                 busy_poll: bool = False) -> None:
+                 busy_poll: bool = False, max_rate_pps: float = 0.0, burst: float = 0.0) -> None:
         if capacity < 1 or capacity > MAX_CONNECTIONS:
             raise ValueError(f"capacity must be 1..{MAX_CONNECTIONS} (got {capacity})")
         if rx_bytes < 64:
             raise ValueError("rx_bytes must be at least 64")
+        if max_rate_pps < 0 or (max_rate_pps > 0 and burst < 1):
+            raise ValueError("max_rate_pps must be >= 0, and burst >= 1 with a rate")
+        # the compiled twin's token bucket: a connection past the rate is left unread
+        self.rate_per_ns = max_rate_pps / 1e9
+        self.burst = burst
+        self.tokens = burst
+        self.refill_ns = 0
+        self.throttled: list[_ServerConn] = []
         self.capacity = capacity
         self.busy_poll = busy_poll
         self.get_reply = bytes(get_reply)
@@ -1458,6 +1452,9 @@ class RespServer:
                 return 0
             timeout = 0.0 if self.busy_poll else min((until_ns - now + 999_999) // 1_000_000,
                                                      20) / 1000.0
+            if self.throttled and timeout > 0.001:
+                timeout = (min(0.02, 0.001 + (1.0 - self.tokens) / self.rate_per_ns / 1e9)
+                           if self.tokens < 1.0 else 0.0)
             try:
                 events = self.epoll.poll(timeout, self.capacity)
             except InterruptedError:
@@ -1472,9 +1469,30 @@ class RespServer:
                     self._flush(conn)
                     if conn.open and not conn.want_out:
                         self._serve(conn)
-                if conn.open and not conn.want_out and \
+                if conn.open and not conn.want_out and not conn.throttled and \
                         mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     self._read(conn)
+            if self.throttled:
+                self._release()
+
+    def _refill(self) -> None:
+        now = time.monotonic_ns()
+        if self.refill_ns and now > self.refill_ns:
+            self.tokens = min(self.burst, self.tokens + (now - self.refill_ns) * self.rate_per_ns)
+        self.refill_ns = now
+
+    def _watch(self, conn: _ServerConn) -> None:
+        events = select.EPOLLOUT if conn.want_out else (0 if conn.throttled else select.EPOLLIN)
+        self.epoll.modify(conn.sock.fileno(), events)
+
+    def _release(self) -> None:
+        self._refill()
+        while self.throttled and self.tokens >= 1.0:
+            conn = self.throttled.pop(0)
+            conn.throttled = False
+            if conn.open:
+                self._watch(conn)
+                self._serve(conn)
 
     def _close(self, conn: _ServerConn) -> None:
         try:
@@ -1486,6 +1504,9 @@ class RespServer:
         except OSError:
             pass
         conn.open = False
+        if conn.throttled:
+            conn.throttled = False
+            self.throttled.remove(conn)
 
     def _append(self, conn: _ServerConn, data: bytes) -> None:
         conn.tx += data
@@ -1519,7 +1540,7 @@ class RespServer:
         conn.rx += data
         self.c[V_RECEIVED_BYTES] += len(data)
         self._serve(conn)
-        if conn.open and len(conn.rx) >= self.rx_cap:
+        if conn.open and not conn.throttled and len(conn.rx) >= self.rx_cap:
             self._protocol_error(conn)  # one command larger than the whole buffer
 
     def _serve(self, conn: _ServerConn) -> None:
@@ -1534,6 +1555,16 @@ class RespServer:
                 if used < 0:
                     self._protocol_error(conn)
                     return
+                if self.rate_per_ns > 0:
+                    if self.tokens < 1.0:
+                        self._refill()
+                    if self.tokens < 1.0:
+                        conn.throttled = True
+                        self.throttled.append(conn)
+                        self.c[V_THROTTLED] += 1
+                        self._watch(conn)
+                        break
+                    self.tokens -= 1.0
                 self.c[V_COMMANDS] += 1
                 if command == wire.COMMAND_PING:
                     self._append(conn, _PONG)
@@ -1548,7 +1579,8 @@ class RespServer:
             if pos > 0:
                 del rx[:pos]
             self._flush(conn)
-            if not conn.open or conn.want_out or not conn.rx or len(conn.rx) == before:
+            if not conn.open or conn.want_out or conn.throttled or not conn.rx \
+                    or len(conn.rx) == before:
                 return
 
     def _flush(self, conn: _ServerConn) -> None:
@@ -1573,7 +1605,7 @@ class RespServer:
         conn.tx_off = 0
         if conn.want_out:
             conn.want_out = False
-            self.epoll.modify(fd, select.EPOLLIN)
+            self._watch(conn)
 
     def __del__(self) -> None:
         try:

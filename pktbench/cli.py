@@ -18,7 +18,7 @@ import click
 
 from pktbench import rates
 from pktbench._version import __version__
-from pktbench.cli_files import WIDE, table_format
+from pktbench.cli_files import WIDE, read_secret, table_format
 from pktbench.errors import ConfigError, PktbenchError
 
 
@@ -148,20 +148,6 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
         if not 1 << 20 <= size <= 1 << 40:
             self.fail(f"{value!r} must be from 1M to 1024G", param, ctx)
         return int(size)
-
-
-def read_secret(token: str | None, token_file: str | None) -> bytes | None:
-    if token and token_file:
-        raise click.UsageError("give --token or --token-file, not both")
-    if token_file:
-        try:
-            secret = Path(token_file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
-        if not secret:
-            raise ConfigError(f"token file {token_file} is empty")
-        return secret
-    return token.encode() if token else None
 
 
 def token_options(func: Any) -> Any:

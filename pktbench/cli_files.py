@@ -4,7 +4,9 @@
 (any schema version this pktbench reads, upgraded on the way in) and writes
 it again as a table, JSON, CSV or a plot, so an old file can be brought to the
 current schema or re-read without running anything. `man` and `completion`
-print what pktbench.manpage makes from the command tree.
+print what pktbench.manpage makes from the command tree. Also what several
+commands share and the command modules outside cli.py need without importing
+it: --wide and the reading of the shared secret.
 
 Must not: import the engine, numpy, scapy or matplotlib at import time (the
 plot reporter imports matplotlib when it is called).
@@ -12,9 +14,27 @@ plot reporter imports matplotlib when it is called).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+
+from pktbench.errors import ConfigError
+
+def read_secret(token: str | None, token_file: str | None) -> bytes | None:
+    """The shared secret of --token or --token-file (as `pktbench run` reads it)."""
+    if token and token_file:
+        raise click.UsageError("give --token or --token-file, not both")
+    if token_file:
+        try:
+            secret = Path(token_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"token file {token_file} is empty")
+        return secret
+    return token.encode() if token else None
+
 
 _WIDE_KEY = "pktbench.wide"
 

@@ -294,6 +294,7 @@ CLIENT_COUNTERS = SENDER_COUNTERS + ("written", "resp_errors", "window_waits", "
 SERVER_COUNTERS = (
     "connections", "commands", "received_bytes", "replies", "reply_bytes", "unknown_commands",
     "protocol_errors", "peer_closed", "send_errors", "eagain",
+    "throttled",  # times a connection's commands waited for the step's rate (not read meanwhile)
 )
 COUNTER_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("S", "SENDER_COUNTERS", SENDER_COUNTERS),

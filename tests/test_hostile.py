@@ -359,6 +359,42 @@ def test_a_step_blasting_past_its_rate_is_answered_at_its_rate() -> None:
         assert_quiet(server, after_s=3.0)
 
 
+def test_an_rr_tcp_step_pipelining_past_its_rate_is_answered_at_its_rate() -> None:
+    from pktbench.workloads.resp import connect_data
+    asked = StepParams(workload="rr-tcp", command="ping", rate_pps=1000, duration_s=2.0,
+                       drain_s=0.2, timeout_s=0.5, connections=1)
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    with hostile_server() as server:
+        with Client(server.target) as client:
+            armed = client.begin_step(asked)
+            (sock,) = connect_data(client.server_address, socket.AF_INET, 1, armed.token, 5.0)
+            sock.setblocking(False)
+            written = answered = 0
+            started = time.monotonic()
+            try:
+                while time.monotonic() - started < 2.0:  # as fast as the socket takes them
+                    try:
+                        written += sock.send(ping * 256) // len(ping)
+                    except BlockingIOError:
+                        pass
+                    try:
+                        answered += sock.recv(1 << 20).count(b"+PONG")
+                    except BlockingIOError:
+                        time.sleep(0.001)
+                elapsed = time.monotonic() - started
+            finally:
+                sock.close()
+            receiver = client.end_step({"sent": 2000}, timeout_s=5.0)
+        rate, burst = asked.rate_cap() or (0.0, 0.0)
+        assert written > 10 * answered, (written, answered)  # the attack did pipeline ahead
+        assert 0.5 * 1000 * elapsed < answered <= rate * (elapsed + 0.3) + burst, \
+            (answered, elapsed)
+        assert receiver["replied"] <= rate * (elapsed + 0.5) + burst, receiver
+        assert receiver["throttled"] > 0, receiver
+        assert_legit_client_measured(server)
+        assert_quiet(server, after_s=3.0)
+
+
 def test_a_step_that_never_sends_stepstop_ends_at_the_deadline() -> None:
     asked = StepParams(workload="rr", command="ping", rate_pps=1000, duration_s=1.0,
                        drain_s=60.0, timeout_s=60.0)

@@ -174,6 +174,35 @@ def test_replies_hold_each_requests_answer_in_both_engines(
         sender.replies(0, 41)
 
 
+def test_lazy_reads_time_each_reply_by_its_arrival_not_by_the_read(
+        engine_impl: Any, udp_pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = udp_pair
+    template = wire.build_request(wire.COMMANDS["ping"], 64, token=9, seq=0, send_ns=0)
+    sender = engine_impl.PacedSender(client.fileno(), template, rate_pps=1000,
+                                     expect_replies=True, timeout_s=0.5, keep_replies=True,
+                                     spin=False, kernel_timestamps=True)
+    if not sender.kernel_timestamps:
+        pytest.skip("this engine stamps replies when it reads them")
+    t0 = engine.monotonic_ns()
+    sender.begin(t0, 20, False)
+    sender.run(t0 + 30_000_000, True)
+    assert sender.sent == 20
+    server.setblocking(False)
+    for _ in range(20):
+        data = bytearray(server.recv(2048))
+        data[wire.OFFSETS["kind"]] = wire.KIND_RESPONSE
+        server.sendto(bytes(data), client.getsockname())
+    answered_by = engine.monotonic_ns()
+    time.sleep(0.15)  # the replies wait in the socket, unread
+    sender.run(engine.monotonic_ns() + 30_000_000, False)
+    latency = sender.replies(0, 20).astype(np.int64) - 1
+    assert (latency >= 0).all()
+    due = t0 + np.arange(20) * 1_000_000
+    # Stamped at arrival: no reply's latency reaches past the moment it was
+    # answered, though each was read 150 ms later.
+    assert (due + latency <= answered_by + 2_000_000).all(), (due + latency - answered_by)
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     running = Server(ServerConfig(bind="127.0.0.1", port=0), log=lambda line: None)
@@ -209,6 +238,25 @@ def test_a_loopback_watch_chains_steps_without_gaps_in_the_count(server: Server)
     # change-overs are not loss: every request was answered by the server
     assert all(s["lost_up_packets"] == 0 for s in steps)
     assert end["lost_packets"] <= end["sent_packets"] * 0.001
+
+
+@pytest.mark.parametrize("workload", ["blast", "rr-tcp"])
+def test_blast_and_rr_tcp_watches_count_every_interval(server: Server, workload: str) -> None:
+    records: list[dict[str, Any]] = []
+    host, port = server.address
+    config = WatchConfig(target=Target(host, port), workload=workload, rate_pps=500,
+                         duration_s=3.0, interval_s=0.5, timeout_s=0.3, step_s=1.0)
+    end = Watch(config, records.append).run()
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert len(intervals) >= 4
+    assert sum(r["sent_packets"] for r in intervals) == end["sent_packets"]
+    assert sum(r["received_packets"] for r in intervals) == end["received_packets"]
+    for interval in intervals:  # each interval is one server step at the probe's rate
+        assert 0.9 * 250 <= interval["sent_packets"] <= 1.1 * 250, interval
+        assert interval["lost_packets"] <= 1, interval
+    assert not [r for r in records if r["type"] == "outage"]
+    if workload == "rr-tcp":
+        assert all(r["latency_us"] and r["latency_us"]["p50"] > 0 for r in intervals)
 
 
 def test_bad_input_is_one_line_and_nonzero() -> None:

@@ -8,8 +8,14 @@
  * as lost and the next one is sent. The client prints one key=value line:
  * transactions, lost, elapsed_s, trans_per_s, rtt_min_us, rtt_p50_us, rtt_p99_us,
  * rtt_mean_us, mode.
+ * -r RATE paces the client instead (open loop, the shape of a steady probe):
+ * request i is due at start + i/RATE; the client sleeps to each due time
+ * (clock_nanosleep, absolute), reads whatever echoes arrived meanwhile without
+ * blocking, then sends. One wake-up per request: the floor of what an open-loop
+ * probe costs, with no timing work. It prints sent, answered, elapsed_s, mode.
  * Usage: pingpong -S -b ADDR -p PORT [-y] [-t S] [-i S]
- *        pingpong -c ADDR -p PORT [-y] [-s SIZE] [-t S] */
+ *        pingpong -c ADDR -p PORT [-y] [-s SIZE] [-t S]
+ *        pingpong -c ADDR -p PORT -r RATE [-s SIZE] [-t S] */
 #include "common.h"
 #include <sys/socket.h>
 #include <unistd.h>
@@ -121,12 +127,40 @@ static int client(const char *addr, int port, int busy, int size, double dur_s)
     return 0;
 }
 
+static int paced_client(const char *addr, int port, int size, double dur_s, double rate)
+{
+    struct sockaddr_in sa;
+    parse_addr(&sa, addr, port);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("connect");
+    char out[65536], in[65536];
+    memset(out, 0, sizeof(out));
+    uint64_t period = (uint64_t)(1e9 / rate), sent = 0, answered = 0;
+    uint64_t t0 = now_ns() + 1000000, limit = (uint64_t)(dur_s * rate);
+    while (sent < limit) {
+        uint64_t due = t0 + sent * period;
+        struct timespec ts = {.tv_sec = (time_t)(due / 1000000000ull),
+                              .tv_nsec = (long)(due % 1000000000ull)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
+        while (recv(fd, in, sizeof(in), MSG_DONTWAIT) >= 0) answered++;
+        memcpy(out, &sent, sizeof(sent));
+        if (send(fd, out, (size_t)size, 0) < 0 && errno != ECONNREFUSED) die("send");
+        sent++;
+    }
+    usleep(100000);
+    while (recv(fd, in, sizeof(in), MSG_DONTWAIT) >= 0) answered++;
+    printf("sent=%llu answered=%llu elapsed_s=%.6f mode=paced\n", (unsigned long long)sent,
+           (unsigned long long)answered, (double)(now_ns() - t0) / 1e9);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *addr = NULL, *bind_addr = "127.0.0.1";
     int port = 9101, size = 64, busy = 0, server = 0, opt;
-    double dur_s = 5.0, idle_s = 2.0;
-    while ((opt = getopt(argc, argv, "Sc:b:p:s:t:i:y")) != -1) {
+    double dur_s = 5.0, idle_s = 2.0, rate = 0;
+    while ((opt = getopt(argc, argv, "Sc:b:p:s:t:i:yr:")) != -1) {
         switch (opt) {
         case 'S': server = 1; break;
         case 'c': addr = optarg; break;
@@ -136,14 +170,16 @@ int main(int argc, char **argv)
         case 't': dur_s = atof(optarg); break;
         case 'i': idle_s = atof(optarg); break;
         case 'y': busy = 1; break;
+        case 'r': rate = atof(optarg); break;
         default: fprintf(stderr, "usage: pingpong -S -b ADDR -p PORT [-y] [-t S] | -c ADDR -p PORT [-y] [-s SIZE] [-t S]\n"); return 2;
         }
     }
-    if (dur_s <= 0 || dur_s > 900 || size < 8 || size > 65507) {
-        fprintf(stderr, "pingpong: -t in (0, 900], -s in 8..65507\n");
+    if (dur_s <= 0 || dur_s > 900 || size < 8 || size > 65507 || rate < 0 || rate > 1e6) {
+        fprintf(stderr, "pingpong: -t in (0, 900], -s in 8..65507, -r in 0..1000000\n");
         return 2;
     }
     if (server) return serve(bind_addr, port, busy, dur_s, idle_s);
     if (!addr) { fprintf(stderr, "pingpong: give -S or -c ADDR\n"); return 2; }
+    if (rate > 0) return paced_client(addr, port, size, dur_s, rate);
     return client(addr, port, busy, size, dur_s);
 }

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 from pktbench import knee
 from pktbench.fleet import schedule
 from pktbench.fleet.inventory import Host
-from pktbench.fleet.remote import RemoteError, finish, last_line
+from pktbench.fleet.remote import RemoteError, run_json
 from pktbench.fleet.runner import FleetOptions, FleetRun, Log, _pair_doc, preflight_line
 from pktbench.step import SENDER_BOUND_RATIO
 
@@ -296,16 +295,7 @@ class FanRun(FleetRun):
             started = time.monotonic()
             stamp = time.time()
             try:
-                proc = await remote.start("sweep", args, token, limit_s=limit)
-                status, out, err = await finish(proc, limit + 15)
-                remote.running.pop(proc.pid, None)
-                if status != 0:
-                    raise RemoteError(f"sweep exited {status}: {last_line(err) or 'no message'}")
-                try:
-                    sweep = json.loads(out)
-                except json.JSONDecodeError:
-                    raise RemoteError(f"sweep wrote no JSON: {last_line(err) or out[:80]}"
-                                      ) from None
+                sweep = await run_json(remote, "sweep", args, token, limit_s=limit)
             except RemoteError as exc:
                 return _pair_doc(src, dst, "failed", str(exc).removeprefix(f"{src}: "),
                                  round=0, started=stamp,

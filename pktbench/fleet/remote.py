@@ -19,6 +19,7 @@ unchecked unless the caller asked for `insecure`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import time
@@ -329,3 +330,25 @@ async def finish(proc: RemoteProcess, timeout_s: float) -> tuple[int, str, str]:
 
 
 last_line = _last_line
+
+
+async def run_json(remote: RemoteHost, command: str, args: Sequence[str], token: str, *,
+                   limit_s: float) -> dict[str, Any]:
+    """Run `pktbench COMMAND ARGS` on `remote` and return the JSON it wrote on stdout.
+
+    Raises:
+        RemoteError: it did not start, did not end within limit_s + 15 s,
+            exited non-zero (its last line of error said) or wrote no JSON.
+    """
+    proc = await remote.start(command, list(args), token, limit_s=limit_s)
+    status, out, err = await finish(proc, limit_s + 15)
+    remote.running.pop(proc.pid, None)
+    if status != 0:
+        raise RemoteError(f"{command} exited {status}: {last_line(err) or 'no message'}")
+    try:
+        doc = json.loads(out)
+    except json.JSONDecodeError:
+        raise RemoteError(f"{command} wrote no JSON: {last_line(err) or out[:80]}") from None
+    if not isinstance(doc, dict):
+        raise RemoteError(f"{command} wrote JSON that is not a result document")
+    return doc

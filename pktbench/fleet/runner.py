@@ -34,7 +34,7 @@ from pktbench._version import __version__
 from pktbench.errors import ConfigError, PktbenchError
 from pktbench.fleet import FLEET_SCHEMA_VERSION, install, schedule
 from pktbench.fleet.inventory import Host
-from pktbench.fleet.remote import RemoteError, RemoteHost, SshPolicy, connect, finish, last_line
+from pktbench.fleet.remote import RemoteError, RemoteHost, SshPolicy, connect, last_line, run_json
 from pktbench.results import upgrade_document
 
 Log = Callable[[str], None]
@@ -250,15 +250,7 @@ class FleetRun:
         started = time.monotonic()
         stamp = time.time()
         try:
-            proc = await remote.start("sweep", args, self.serve_tokens[dst], limit_s=limit)
-            status, out, err = await finish(proc, limit + 15)
-            remote.running.pop(proc.pid, None)
-            if status != 0:
-                raise RemoteError(f"sweep exited {status}: {last_line(err) or 'no message'}")
-            try:
-                sweep = json.loads(out)
-            except json.JSONDecodeError:
-                raise RemoteError(f"sweep wrote no JSON: {last_line(err) or out[:80]}") from None
+            sweep = await run_json(remote, "sweep", args, self.serve_tokens[dst], limit_s=limit)
             sweep_wall = time.monotonic() - started
             bulk = None
             if self.options.bulk:
@@ -276,16 +268,8 @@ class FleetRun:
                          overhead_s=round(sweep_wall - traffic, 4), sweep=sweep, bulk=bulk)
 
     async def _run_bulk(self, remote: RemoteHost, target: str, token: str) -> dict[str, Any]:
-        proc = await remote.start("bulk", [target, *BULK_ARGS, "--json", "-", "--quiet"],
-                                  token, limit_s=120)
-        status, out, err = await finish(proc, 135)
-        remote.running.pop(proc.pid, None)
-        if status != 0:
-            raise RemoteError(f"bulk exited {status}: {last_line(err) or 'no message'}")
-        try:
-            doc = json.loads(out)
-        except json.JSONDecodeError:
-            raise RemoteError(f"bulk wrote no JSON: {last_line(err) or out[:80]}") from None
+        doc = await run_json(remote, "bulk", [target, *BULK_ARGS, "--json", "-", "--quiet"],
+                             token, limit_s=120)
         try:  # a host with an older pktbench writes an older schema
             doc = upgrade_document(doc, f"{remote.host.name} bulk")
         except ConfigError as exc:

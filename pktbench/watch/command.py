@@ -13,12 +13,12 @@ import re
 import signal
 import sys
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 
+from pktbench.cli_files import read_secret
 from pktbench.errors import ConfigError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -53,21 +53,6 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]
             return parse_duration(str(value), allow_forever=self.allow_forever)
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
-
-
-def read_secret(token: str | None, token_file: str | None) -> bytes | None:
-    """The shared secret of --token or --token-file (as `pktbench run` reads it)."""
-    if token and token_file:
-        raise click.UsageError("give --token or --token-file, not both")
-    if token_file:
-        try:
-            secret = Path(token_file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
-        if not secret:
-            raise ConfigError(f"token file {token_file} is empty")
-        return secret
-    return token.encode() if token else None
 
 
 def _console_line(record: dict[str, Any]) -> str | None:

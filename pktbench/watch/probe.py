@@ -534,7 +534,8 @@ class Watch:
         sock = self._client.data_socket
         sender = engine.loops.PacedSender(sock.fileno(), template, rate_pps=rate,
                                           expect_replies=True, timeout_s=cfg.timeout_s,
-                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS)
+                                          keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS,
+                                          kernel_timestamps=True)
         count = int(lease * rate)
         t0 = max(planned, engine.monotonic_ns() + 200_000)
         sender.begin(t0, count, False)

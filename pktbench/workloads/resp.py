@@ -419,9 +419,13 @@ class TcpRrStepHandler:
         self.token = token
         self.peer_ip = peer_ip
         self.step = step
+        # The step's rate holds on the traffic: commands past it wait unread,
+        # so TCP pushes back on a client pipelining faster than it asked.
+        max_rate_pps, burst = step.rate_cap() or (0.0, 0.0)
         self._engine = engine.loops.RespServer(
             step.connections, reply_bytes("get", step.size_bytes),
-            rx_bytes=max(65536, 4 * step.size_bytes), busy_poll=step.busy_poll)
+            rx_bytes=max(65536, 4 * step.size_bytes), busy_poll=step.busy_poll,
+            max_rate_pps=max_rate_pps, burst=burst)
         self._lock = threading.Lock()
         self._sockets: dict[int, socket.socket] = {}
         self._rejected = 0
@@ -482,6 +486,7 @@ class TcpRrStepHandler:
             "reply_bytes": counts["reply_bytes"],
             "connections": connections,
             "rejected_connections": self._rejected,
+            "throttled": counts["throttled"],
             "drops": {"protocol_error": counts["protocol_errors"],
                       "unknown_command": counts["unknown_commands"]},
             "rcvbuf_errors": 0,

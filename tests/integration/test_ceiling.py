@@ -8,13 +8,12 @@ the wire. One stream rides one path; planned flows fill both.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from cli_support import PKTBENCH
+from cli_support import PKTBENCH, serve_in_namespace
 
 from pktbench import testbed as tb
 
@@ -27,18 +26,8 @@ TOLERANCE = 0.03
 @pytest.fixture
 def served(testbed: tb.TestbedInfo) -> Iterator[tb.TestbedInfo]:
     """`pktbench serve` in namespace b for the test's length."""
-    server = tb.popen_in("b", [*PKTBENCH, "serve", "--bind", "0.0.0.0",
-                               "--port", "7425", "--quiet"],
-                         prefix=testbed.prefix, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().startswith("listening on ")
+    with serve_in_namespace(testbed, "7425"):
         yield testbed
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 def _bulk(info: tb.TestbedInfo, *args: str) -> tuple[dict[str, Any], str]:

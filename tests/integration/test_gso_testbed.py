@@ -8,13 +8,12 @@ and a policer polices each one, exactly as without GSO.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from cli_support import PKTBENCH
+from cli_support import PKTBENCH, serve_in_namespace
 
 from pktbench import engine
 from pktbench import testbed as tb
@@ -31,18 +30,8 @@ def served(testbed: tb.TestbedInfo) -> Iterator[tb.TestbedInfo]:
     """`pktbench serve` in namespace b, pinned away from the client, for the test."""
     if not engine.udp_offload_support()[0]:
         pytest.skip("needs the compiled engine on a kernel with UDP_SEGMENT")
-    server = tb.popen_in("b", ["taskset", "-c", "1", *PKTBENCH, "serve", "--bind", "0.0.0.0",
-                               "--port", PORT, "--quiet"],
-                         prefix=testbed.prefix, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().startswith("listening on ")
+    with serve_in_namespace(testbed, PORT, cpu=1):
         yield testbed
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 def _pktbench(info: tb.TestbedInfo, *args: str) -> dict[str, Any]:
