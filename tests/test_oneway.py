@@ -17,6 +17,7 @@ from pktbench.protocol import StepParams
 from pktbench.session import CAPABILITIES, Client, Server, ServerConfig
 from pktbench.watch.metrics import MetricsState
 from pktbench.watch.probe import NO_FEATURE, Watch, WatchConfig
+from pktbench.watch.report import render_text, summarize
 
 from engine_support import ThreadedResponder, serving
 
@@ -175,13 +176,19 @@ def _watch(server: Server, **kwargs: Any) -> tuple[list[dict[str, Any]], Metrics
     return records, metrics
 
 
-def test_replies_late_past_the_timeout_are_lost_down_in_every_interval() -> None:
+@pytest.mark.parametrize("lease_s", [600.0, 0.6])
+def test_replies_late_past_the_timeout_are_lost_down_in_every_interval(lease_s: float) -> None:
     # A 1 us timeout: every request reaches the server (its bins count it)
     # and every reply comes too late, so all the loss is the down direction.
+    # 0.6 s steps put change-overs inside intervals: those add both steps' bins.
     with serving(ServerConfig(bind="127.0.0.1", port=0)) as server:
-        records, metrics = _watch(server, timeout_s=1e-6)
+        records, metrics = _watch(server, timeout_s=1e-6, lease_s=lease_s)
     intervals = [r for r in records if r["type"] == "interval" and r["sent_packets"]]
     assert len(intervals) >= 7
+    steps = [r for r in records if r["type"] == "step"]
+    spanning = [r for r in intervals
+                if any(r["seq"][0] < s["seq"][0] < r["seq"][1] for s in steps)]
+    assert bool(spanning) == (lease_s < 1), (spanning, steps)
     for record in intervals:
         assert record["lost_packets"] == record["sent_packets"], record
         assert (record["lost_up_packets"], record["lost_down_packets"]) == (
@@ -192,6 +199,9 @@ def test_replies_late_past_the_timeout_are_lost_down_in_every_interval() -> None
     assert records[-1]["lost_down_packets"] == total > 0
     values, _, _, _ = metrics.snapshot()
     assert values["lost_down_packets"] == total and values["lost_up_packets"] == 0
+    summary = summarize(records)  # watch-report shows the split beside the loss
+    assert (summary["lost_up_packets"], summary["lost_down_packets"]) == (0, total)
+    assert f"lost {total} (up 0, down {total})" in "\n".join(render_text(summary))
 
 
 def test_a_server_without_the_feature_leaves_the_direction_unknown_and_says_why() -> None:

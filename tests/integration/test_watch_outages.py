@@ -215,6 +215,10 @@ def test_a_3s_drop_is_one_outage_timed_within_10ms_and_metrics_match_the_file(
         value = metrics[f"pktbench_probe_{name}_packets_total"]
         assert value == upto[-1]["totals"][key] == sum(r[key] for r in upto), name
     assert metrics["pktbench_probe_outages_total"] == 1
+    for way in ("up", "down"):  # the one-way split scrapes as the file holds it too
+        key = f"lost_{way}_packets"
+        assert metrics[f"pktbench_probe_{key}_total"] == upto[-1]["totals"][key] == sum(
+            r[key] or 0 for r in upto), way
     received = upto[-1]["totals"]["received_packets"]
     assert metrics["pktbench_probe_latency_seconds_count"] == received
     # Every request of the watch is in exactly one interval line.
