@@ -60,11 +60,19 @@ CATCH_UP = 2.0  # the step rate asked of the server, over the probe's (see _rr_s
 STALL_S = 0.05  # a request sent this much after its due time marks a stall of the watcher
 _FINAL_MARGIN_S = 0.03  # the engine reads replies in 20 ms chunks: a margin past the timeout
 _PROGRESS_WAIT_S = 5.0  # at a change-over, for the answer to a query still out
+# A loss run younger than this holds queries back: the control path is likely
+# down with the data path, and a query stuck in TCP retransmits would delay
+# the change-over after the outage. An older run may be a data-only outage.
+QUIET_IN_LOSS_S = 2.0
+# An interval waits at most this long for its counts, so a long outage does
+# not keep the file (and a reader tailing it) that far behind.
+HOLD_MAX_S = 30.0
 # Why an interval's loss has no direction (the record's one_way_unknown).
 NO_FEATURE = "the server does not count requests per interval (no step_bins feature)"
 NO_BINS = "an interval holds less than one request: no per-interval counts"
 EVICTED = "the server no longer held the interval's counts"
 SESSION_LOST = "the session ended before the server's counts were read"
+LATE_COUNTS = f"the server's counts did not come within {HOLD_MAX_S:g} s"
 WATCH_ENDED = "the watch ended before the server's counts were read"
 
 
@@ -153,6 +161,7 @@ class _Held:
     record: Record
     parts: list[tuple[_Bins, int, int, int]]
     reason: str | None = None  # already known to be without a direction
+    since: float = field(default_factory=time.monotonic)
 
 
 class Watch:
@@ -250,7 +259,9 @@ class Watch:
                         else:
                             received += count
                 if waiting and reason is None:
-                    return
+                    if time.monotonic() - held.since < HOLD_MAX_S:
+                        return
+                    reason = LATE_COUNTS
             self._intervals.popleft()
             if lost == 0:
                 up: int | None = 0
@@ -295,9 +306,8 @@ class Watch:
         """Send a query for the running step's bins that held intervals wait
         for; its answer is read at a later tick (`_poll_control`)."""
         bins = self._live_bins
-        # Not while requests are being lost: the control path is likely down
-        # too, and a query stuck in TCP retransmits would hold the change-over.
-        if bins is None or self._client.progress_pending or self.tracker.in_loss_run:
+        run_s = self.tracker.loss_run_s(time.time())
+        if bins is None or self._client.progress_pending or 0 < run_s < QUIET_IN_LOSS_S:
             return
         wanted = [k for held in self._intervals if held.reason is None
                   for b, k_lo, k_hi, _ in held.parts if b is bins
@@ -568,6 +578,8 @@ class Watch:
                 self._feed(state, sender.sent, late_index)
                 raise _StepLost(gone)
             self._ask_progress()
+            if self._intervals:
+                self._release()  # the ones held too long go out without a direction
             wall = time.time()
             if self.tracker.in_loss_run:
                 healthy_since = None

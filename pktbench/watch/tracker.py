@@ -329,6 +329,13 @@ class Tracker:
     def in_loss_run(self) -> bool:
         return self._run_start_seq is not None
 
+    def loss_run_s(self, wall_s: float) -> float:
+        """How long the open loss run has lasted at `wall_s` (from when its
+        first request left); 0 when none is open."""
+        if self._run_start_seq is None:
+            return 0.0
+        return max(wall_s - self._run_start_sent_ns / 1e9, 1e-9)
+
     def note_control(self, text: str) -> None:
         """What the control channel did while a loss run is open (kept for its outage)."""
         self.control_notes.append(text)
