@@ -25,6 +25,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memmove, memchr, memset, strlen
 from libc.stdlib cimport calloc, free
+from libc.math cimport floor
 from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR, ECONNRESET, EPROTO, EMSGSIZE, EIO, EINVAL
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 

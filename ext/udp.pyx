@@ -787,6 +787,12 @@ cdef class PacedSender:
 cdef enum:
     MODE_REPLY = 1
     MODE_SINK = 2
+    # Per-interval bins of received requests (rr steps that ask for them):
+    # a power of two, so a bin's slot is one mask; the client reads bins a
+    # second or so after they close, far inside 256 of its intervals.
+    BIN_RING_SIZE = 256
+
+BIN_RING = BIN_RING_SIZE
 
 
 cdef class Responder:
@@ -846,6 +852,15 @@ cdef class Responder:
     cdef int64_t last_transit_ns
     cdef bint have_transit
     cdef double jitter_ns
+    # Bins: request seq s counts in bin floor((s + bin_phase) / bin_packets)
+    # (the client computes the same double expression, so both ends agree
+    # on every request's bin); bin_packets 0: no bins. A slot holds the
+    # count of the bin whose number + 1 is its tag.
+    cdef double bin_phase
+    cdef double bin_packets
+    cdef uint64_t *bin_tags
+    cdef uint64_t *bin_count
+    cdef uint64_t bin_end_  # highest bin counted + 1
     cdef uint64_t[::1] c
     cdef uint64_t[::1] d
     cdef readonly object counters
@@ -855,9 +870,15 @@ cdef class Responder:
                   Py_ssize_t max_size, bytes prefix=b"", bytes reply=b"",
                   bint busy_poll=False, int batch=64, uint64_t window_bits=1 << 20,
                   uint64_t seq_limit=0xFFFFFFFFFFFFFFFF, double max_rate_pps=0.0,
-                  double burst=0.0, bint gro=False, int gso_segments=0):
+                  double burst=0.0, bint gro=False, int gso_segments=0,
+                  double bin_phase=0.0, double bin_packets=0.0):
         if gso_segments < 0 or gso_segments > 64:
             raise ValueError("gso_segments must be 0..64")
+        if bin_packets != 0.0 and (sink or not 1.0 <= bin_packets <= 1e12
+                                   or not 0.0 <= bin_phase < bin_packets
+                                   or seq_limit > (1 << 53)):
+            raise ValueError("bins are for rr: bin_packets 1..1e12, 0 <= bin_phase < "
+                             "bin_packets, seq_limit at most 2**53")
         if len(peer) > 28 or len(peer) < 8:
             raise ValueError("peer must be a packed sockaddr_in or sockaddr_in6")
         if max_rate_pps < 0 or burst < 0 or (max_rate_pps > 0 and burst < 1):
@@ -937,8 +958,17 @@ cdef class Responder:
         self.drops = np.zeros(WIRE_DROP_REASONS, dtype=np.uint64)
         self.c = self.counters
         self.d = self.drops
+        self.bin_phase = bin_phase
+        self.bin_packets = bin_packets
+        if bin_packets != 0.0:
+            self.bin_tags = <uint64_t *>calloc(BIN_RING_SIZE, sizeof(uint64_t))
+            self.bin_count = <uint64_t *>calloc(BIN_RING_SIZE, sizeof(uint64_t))
+            if not (self.bin_tags and self.bin_count):
+                raise MemoryError()
 
     def __dealloc__(self):
+        free(self.bin_tags)
+        free(self.bin_count)
         free(self.rx_buf)
         free(self.rx_msgs)
         free(self.rx_iov)
@@ -1138,7 +1168,51 @@ cdef class Responder:
         self.c[R_RECEIVED_BYTES] += <uint64_t>length
         if self.mode == MODE_SINK:
             self._account(pkt, rx)
+        elif self.bin_count != NULL:
+            self._bin(load_be64(pkt + WIRE_OFF_SEQ))
         return True
+
+    @cython.cdivision(True)
+    cdef inline void _bin(self, uint64_t seq) noexcept nogil:
+        """Count one valid request in its bin; a seq the step cannot reach is not binned."""
+        cdef uint64_t b, slot
+        if seq >= self.seq_limit:
+            return
+        b = <uint64_t>floor((<double>seq + self.bin_phase) / self.bin_packets)
+        slot = b & (BIN_RING_SIZE - 1)
+        if self.bin_tags[slot] != b + 1:
+            if b + 1 < self.bin_tags[slot]:
+                return  # a straggler of a bin whose slot a later bin took
+            if b + 1 > self.bin_end_:
+                self.bin_end_ = b + 1  # first, so a reader sees the eviction
+            self.bin_tags[slot] = b + 1
+            self.bin_count[slot] = 0
+        self.bin_count[slot] += 1
+
+    @property
+    def bin_end(self):
+        """The highest bin counted + 1 (0: none yet, or no bins)."""
+        return self.bin_end_
+
+    def bin_counts(self, uint64_t lo, uint64_t hi):
+        """Requests received in bins lo..hi-1: a list, -1 for a bin no longer
+        held (more than BIN_RING bins before the newest). Read from another
+        thread while `run` goes on: exact for bins whose requests are all in."""
+        if self.bin_count == NULL:
+            raise ValueError("this responder counts no bins")
+        if hi < lo or hi - lo > BIN_RING_SIZE:
+            raise ValueError(f"at most {BIN_RING_SIZE} bins at a time")
+        out = []
+        cdef uint64_t b, slot, tag, count
+        for b in range(lo, hi):
+            slot = b & (BIN_RING_SIZE - 1)
+            tag = self.bin_tags[slot]
+            count = self.bin_count[slot]
+            if b + BIN_RING_SIZE < self.bin_end_ or tag > b + 1:
+                out.append(-1)
+            else:
+                out.append(count if tag == b + 1 else 0)
+        return out
 
     # Hot loop: indices are enum counters, batch slots and hist_index(), in
     # range by construction; the checks were on while the tests were written.

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+import math
 import errno as _errno
 import os
 import select
@@ -51,6 +52,7 @@ HISTOGRAM_BUCKETS = (_HIST_MAX_SHIFT + 2) << HISTOGRAM_SUB_BITS
 _HIST_MAX_VALUE = (1 << (_HIST_MAX_SHIFT + HISTOGRAM_SUB_BITS + 1)) - 1
 SPIN_MARGIN_NS = 120_000
 NONBLOCKING_NS = 1_000_000
+BIN_RING = 256  # per-interval bins a responder holds (the compiled engine's BIN_RING)
 FLAG_WARMUP = wire.FLAG_WARMUP
 _FD_SETSIZE = 1024
 
@@ -606,9 +608,22 @@ class Responder:
                  max_size: int, prefix: bytes = b"", reply: bytes = b"",
                  busy_poll: bool = False, batch: int = 64, window_bits: int = 1 << 20,
                  seq_limit: int = _U64_MAX, max_rate_pps: float = 0.0,
-                 burst: float = 0.0, gro: bool = False, gso_segments: int = 0) -> None:
+                 burst: float = 0.0, gro: bool = False, gso_segments: int = 0,
+                 bin_phase: float = 0.0, bin_packets: float = 0.0) -> None:
         if not 0 <= gso_segments <= 64:
             raise ValueError("gso_segments must be 0..64")
+        if bin_packets != 0.0 and (sink or not 1.0 <= bin_packets <= 1e12
+                                   or not 0.0 <= bin_phase < bin_packets
+                                   or seq_limit > (1 << 53)):
+            raise ValueError("bins are for rr: bin_packets 1..1e12, 0 <= bin_phase < "
+                             "bin_packets, seq_limit at most 2**53")
+        # Bins as in the compiled Responder: seq s counts in bin
+        # floor((s + bin_phase) / bin_packets); a slot's tag is its bin + 1.
+        self.bin_phase = float(bin_phase)
+        self.bin_packets = float(bin_packets)
+        self._bin_tags = [0] * BIN_RING if bin_packets else []
+        self._bin_count = [0] * BIN_RING if bin_packets else []
+        self.bin_end = 0
         self.gso_segments = 0
         self.gso_buffers = 0
         self.gso_errno = 0
@@ -758,7 +773,40 @@ class Responder:
         c[R_RECEIVED_BYTES] += length
         if self.sink:
             self._account(seq, send_ns, rx)
+        elif self._bin_count:
+            self._bin(seq)
         return True
+
+    def _bin(self, seq: int) -> None:
+        """Count one valid request in its bin; a seq the step cannot reach is not binned."""
+        if seq >= self.seq_limit:
+            return
+        b = math.floor((float(seq) + self.bin_phase) / self.bin_packets)
+        slot = b & (BIN_RING - 1)
+        tags = self._bin_tags
+        if tags[slot] != b + 1:
+            if b + 1 < tags[slot]:
+                return  # a straggler of a bin whose slot a later bin took
+            self.bin_end = max(self.bin_end, b + 1)
+            tags[slot] = b + 1
+            self._bin_count[slot] = 0
+        self._bin_count[slot] += 1
+
+    def bin_counts(self, lo: int, hi: int) -> list[int]:
+        """Requests received in bins lo..hi-1; -1 for a bin no longer held."""
+        if not self._bin_count:
+            raise ValueError("this responder counts no bins")
+        if hi < lo or hi - lo > BIN_RING:
+            raise ValueError(f"at most {BIN_RING} bins at a time")
+        out: list[int] = []
+        for b in range(lo, hi):
+            slot = b & (BIN_RING - 1)
+            tag = self._bin_tags[slot]
+            if b + BIN_RING < self.bin_end or tag > b + 1:
+                out.append(-1)
+            else:
+                out.append(self._bin_count[slot] if tag == b + 1 else 0)
+        return out
 
     def _account(self, seq: int, send_ns: int, rx: int) -> None:
         """Sequence and jitter accounting for one valid blast packet."""

@@ -710,11 +710,13 @@ class ResponderLoop:
                  command: int, size_bytes: int, sink: bool, busy_poll: bool = False,
                  batch: int | None = None, seq_limit: int = (1 << 64) - 1,
                  rate_cap: tuple[float, float] | None = None, gso: str = "off",
-                 flows: int = 1) -> None:
+                 flows: int = 1, bins: tuple[float, float] | None = None) -> None:
         prefix = b"" if sink else wire.command_prefix(command)
         max_rate_pps, burst = rate_cap or (0.0, 0.0)
         reply = b"" if sink else wire.reply_payload(command, size_bytes)
         self.sink = sink
+        self.bins = bins  # (bin_phase, bin_packets): count requests per interval
+        bin_phase, bin_packets = bins or (0.0, 0.0)
         # The socket may be shared across steps: each step sets GRO its way.
         self.gro = set_gro(sock, gso != "off")
         gso_ok, _ = udp_offload_support()
@@ -726,7 +728,8 @@ class ResponderLoop:
             busy_poll=busy_poll, batch=batch or responder_batch(size_bytes, gro=self.gro,
                                                                   flows=flows),
             window_bits=_WINDOW_BITS, seq_limit=seq_limit, max_rate_pps=max_rate_pps,
-            burst=burst, gro=self.gro, gso_segments=segments)
+            burst=burst, gro=self.gro, gso_segments=segments, bin_phase=bin_phase,
+            bin_packets=bin_packets)
 
     def serve_until(self, until_ns: int, stop: threading.Event | None = None) -> None:
         chunk_ns = int(CHUNK_S * 1e9)
@@ -738,6 +741,12 @@ class ResponderLoop:
 
     def finish(self, sent_packets: int) -> None:
         self.engine.finish(sent_packets)
+
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        """Requests received per bin lo..hi-1 (-1: no longer held); None: no bins."""
+        if self.bins is None:
+            return None
+        return self.engine.bin_counts(lo, hi)
 
     def counters(self) -> dict[str, object]:
         result: dict[str, object] = dict(_counters(self.engine.counters,

@@ -42,6 +42,9 @@ sends, ``S:`` what the server sends::
                  S: Error(refused)            -> READY         (the session goes on)
     STEP_RUNNING C: StepStop                  -> STEP_RESULT
                  C: Bye                       -> CLOSING       (abort mid-step)
+                 C: ProgressRequest           -> STEP_PROGRESS (feature step_bins only)
+    STEP_PROGRESS S: Progress                 -> STEP_RUNNING
+                 S: Error(refused)            -> STEP_RUNNING  (the step goes on)
     STEP_RESULT  S: StepResult                -> READY
     CLOSING      S: Goodbye                   -> DONE
     any live state (all but DONE):
@@ -52,8 +55,16 @@ Invariants
 Rule 1: every transition lives in TRANSITIONS below (plus the one "any live
   state" rule, added to the table by code right after it). Two facts the
   table cannot hold are checked in ControlConnection._advance: a StepResult
-  carries the step_id of the StepReady it answers, and the challenge the
-  server sent is remembered for verify_auth.
+  or Progress carries the step_id of the StepReady it answers, and the
+  challenge the server sent is remembered for verify_auth.
+
+Mid-step progress (feature "step_bins", announced in ServerHello): an rr
+step that asked for bins (StepParams.bin_phase/bin_packets) has the server
+count its received requests per bin; ProgressRequest asks for the counts of
+bins bin_start..bin_end-1 (at most MAX_PROGRESS_BINS), and the client waits
+for the answer before it sends anything else (one query outstanding, by the
+table). A query outside a step breaks the table (bad_request); one in a step
+without bins is refused and the step goes on.
 Rule 2: the table does not know which end we are. Sending an event the
   table forbids is a LocalProtocolError; receiving one is a
   RemoteProtocolError. Peer bytes enter in exactly one place
@@ -108,8 +119,10 @@ __all__ = [
     "CLOSED",
     "CONTROL_VERSION",
     "ERROR_CODES",
+    "FEATURE_STEP_BINS",
     "MAX_FRAME_BYTES",
     "MAX_NESTING",
+    "MAX_PROGRESS_BINS",
     "MAX_STREAMS",
     "MAX_WAIT_S",
     "NEED_DATA",
@@ -121,6 +134,8 @@ __all__ = [
     "Event",
     "Goodbye",
     "Hello",
+    "Progress",
+    "ProgressRequest",
     "Role",
     "ServerHello",
     "Signal",
@@ -152,6 +167,11 @@ _MAC_HEX_CHARS = 2 * hashlib.sha256().digest_size
 ERROR_CODES = frozenset({"busy", "auth_failed", "version_mismatch", "refused", "bad_request",
                          "internal"})
 
+# ServerHello.capabilities names it when the server counts an rr step's
+# requests per bin and answers ProgressRequest (see the module doc).
+FEATURE_STEP_BINS = "step_bins"
+MAX_PROGRESS_BINS = 256  # bins one Progress carries at most (the engine's BIN_RING)
+
 MAX_NESTING = 32  # deepest list/object nesting inside a message's dict fields
 _U16_MAX = 2**16 - 1
 _U64_MAX = 2**64 - 1
@@ -176,6 +196,7 @@ class State(enum.Enum):
     STEP_PENDING = "STEP_PENDING"
     STEP_RUNNING = "STEP_RUNNING"
     STEP_RESULT = "STEP_RESULT"
+    STEP_PROGRESS = "STEP_PROGRESS"
     CLOSING = "CLOSING"
     DONE = "DONE"
     CLOSED = "CLOSED"
@@ -393,6 +414,39 @@ class StepResult(Event):
 
 
 @dataclass(frozen=True)
+class ProgressRequest(Event):
+    """C -> S, mid-step: the received counts of the step's bins bin_start..bin_end-1."""
+
+    TYPE: ClassVar[str] = "progress_request"
+    bin_start: int
+    bin_end: int
+
+    def __post_init__(self) -> None:
+        _check_int("ProgressRequest", "bin_start", self.bin_start, 0, MAX_COUNT)
+        _check_int("ProgressRequest", "bin_end", self.bin_end, self.bin_start,
+                   self.bin_start + MAX_PROGRESS_BINS)
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """S -> C: requests the server received in bins bin_start.. of step
+    `step_id`, one count per bin; -1 for a bin it no longer holds."""
+
+    TYPE: ClassVar[str] = "progress"
+    step_id: int
+    bin_start: int
+    counts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int("Progress", "step_id", self.step_id, 0, _U64_MAX)
+        _check_int("Progress", "bin_start", self.bin_start, 0, MAX_COUNT)
+        if not isinstance(self.counts, (list, tuple)) or len(self.counts) > MAX_PROGRESS_BINS:
+            raise _fail(f"Progress.counts must be a list of at most {MAX_PROGRESS_BINS} counts")
+        self._set("counts", tuple(_check_int("Progress", "counts[]", count, -1, _U64_MAX)
+                                  for count in self.counts))
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """S -> C: the server refuses or ends the conversation; `code` is one of ERROR_CODES."""
 
@@ -439,7 +493,7 @@ class Goodbye(Event):
 _EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (Hello, ServerHello, AuthResponse, Welcome, StepRequest, StepReady, StepStop,
-                StepResult, Error, Bye, Goodbye)
+                StepResult, ProgressRequest, Progress, Error, Bye, Goodbye)
 }
 
 
@@ -485,6 +539,11 @@ TRANSITIONS: dict[State, dict[tuple[Role, EventKey], State]] = {
     State.STEP_RUNNING: {
         (C, StepStop): State.STEP_RESULT,
         (C, Bye): State.CLOSING,
+        (C, ProgressRequest): State.STEP_PROGRESS,
+    },
+    State.STEP_PROGRESS: {
+        (S, Progress): State.STEP_RUNNING,
+        (S, (Error, "refused")): State.STEP_RUNNING,
     },
     State.STEP_RESULT: {
         (S, StepResult): State.READY,
@@ -710,9 +769,9 @@ class ControlConnection:
         new_state = TRANSITIONS.get(self._state, {}).get((sender, key))
         if new_state is None:
             raise _fail(f"{sender.name} cannot send {_describe(key)} in state {self._state.name}")
-        if isinstance(event, StepResult) and event.step_id != self._step_id:
-            raise _fail(f"StepResult is for step {event.step_id} but the running step "
-                        f"is {self._step_id}")
+        if isinstance(event, (StepResult, Progress)) and event.step_id != self._step_id:
+            raise _fail(f"{type(event).__name__} is for step {event.step_id} but the running "
+                        f"step is {self._step_id}")
         if isinstance(event, ServerHello):
             self._challenge_hex = event.challenge_hex
         if isinstance(event, StepReady):
@@ -791,6 +850,7 @@ MAX_WAIT_S = 60.0  # longest drain or response timeout a client may ask a server
 MAX_STEP_S = 86400.0  # warmup_s and duration_s each: a day
 MAX_RATE_PPS = 1e9  # beyond any NIC's packet rate (100 Gbit/s of 64-byte frames is 148.8 Mpps)
 MAX_COUNT = 1 << 40
+MAX_BIN_PACKETS = 1e12  # requests per bin: an hour's interval at a rate beyond any NIC's
 # A peer's packet count or sequence number is trusted up to this many times
 # what the step's rate and length allow, plus a fixed allowance; above it,
 # it is refused (StepStop) or dropped as bad_seq (datagrams).
@@ -863,6 +923,11 @@ class StepParams:
     pipeline: int = 1  # rr-tcp: requests in flight per connection at most
     gso: str = "auto"  # UDP: GSO send / GRO receive: auto (where the kernel has it), on, off
     burst: int | None = None  # UDP: most datagrams a paced send releases at once
+    # rr: count received requests per bin, request seq s in bin
+    # floor((s + bin_phase) / bin_packets) (doubles, so both ends agree), for
+    # ProgressRequest and the result's "bins"; None: no bins.
+    bin_phase: float | None = None
+    bin_packets: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or self.workload not in WORKLOADS:
@@ -937,6 +1002,31 @@ class StepParams:
         if self.burst is not None and not 1 <= _integer("burst", self.burst) <= MAX_BURST:
             raise _step_error(f"burst must be 1..{MAX_BURST} datagrams, or null for the rate's "
                               f"rule (got {self.burst})")
+        if (self.bin_phase is None) != (self.bin_packets is None):
+            raise _step_error("bin_phase and bin_packets go together (or neither)")
+        if self.bin_packets is not None and self.bin_phase is not None:
+            if self.workload != "rr" or streams != 1:
+                raise _step_error("bins are for single-stream rr steps")
+            packets = _number("bin_packets", self.bin_packets)
+            phase = _number("bin_phase", self.bin_phase)
+            if not 1.0 <= packets <= MAX_BIN_PACKETS:
+                raise _step_error(f"bin_packets must be 1..{MAX_BIN_PACKETS:g} (got {packets:g})")
+            if not 0.0 <= phase < packets:
+                raise _step_error(f"bin_phase must be >= 0 and below bin_packets (got {phase:g})")
+            object.__setattr__(self, "bin_packets", packets)
+            object.__setattr__(self, "bin_phase", phase)
+
+    @property
+    def bins(self) -> tuple[float, float] | None:
+        """(bin_phase, bin_packets) of a step that counts per bin, else None."""
+        if self.bin_phase is None or self.bin_packets is None:
+            return None
+        return self.bin_phase, self.bin_packets
+
+    def bin_of(self, seq: int) -> int:
+        """The bin request `seq` counts in: the responder's expression, exactly."""
+        assert self.bin_phase is not None and self.bin_packets is not None
+        return math.floor((float(seq) + self.bin_phase) / self.bin_packets)
 
     @property
     def hard_limit_s(self) -> float:
@@ -977,7 +1067,8 @@ class StepParams:
         params = {f.name: getattr(self, f.name) for f in fields(self)}
         # Keys newer than the first release go only when they ask for something, so a
         # server that predates them still takes every step that does not need them.
-        for key, default in (("bidir", False), ("gso", "auto"), ("burst", None)):
+        for key, default in (("bidir", False), ("gso", "auto"), ("burst", None),
+                             ("bin_phase", None), ("bin_packets", None)):
             if params[key] == default:
                 del params[key]
         return params

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import queue
+import select
 import selectors
 import socket
 import subprocess
@@ -53,6 +54,8 @@ from pktbench.workloads.base import Closeable as _Closeable
 _C = TypeVar("_C", bound=_Closeable)
 
 CAPABILITIES = ("rr", "blast")
+# What a server announces: the workloads, and the mid-step bin counts.
+SERVER_CAPABILITIES = (*CAPABILITIES, protocol.FEATURE_STEP_BINS)
 
 
 _U64 = (1 << 64) - 1
@@ -146,6 +149,7 @@ class ServerStats:
     refused_connections: int = 0  # the host refused a descriptor or a thread for it
     between_steps_rcvbuf_drops: int = 0  # the data socket's kernel drops while no step ran
     step_deadlines: int = 0  # steps ended by the server's deadline: no StepStop in time
+    refused_queries: int = 0  # ProgressRequests for a step that counts no bins
     drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(wire.DROP_REASONS, 0))
 
     def summary(self) -> str:
@@ -153,7 +157,8 @@ class ServerStats:
         by_reason = ", ".join(f"{reason} {count}" for reason, count in self.drops.items()
                               if count)
         return (f"{self.sessions} sessions, {self.steps} steps, {self.refused_steps} refused "
-                f"steps, {self.step_deadlines} ended at their deadline, {self.busy_refusals} "
+                f"steps, {self.step_deadlines} ended at their deadline, "
+                f"{self.refused_queries} refused progress queries, {self.busy_refusals} "
                 f"busy, {self.auth_failures} auth failures, {self.protocol_errors} protocol "
                 f"errors, {self.handshake_timeouts} handshake timeouts, "
                 f"{self.evicted_connections} evicted, {self.refused_connections} refused "
@@ -167,6 +172,7 @@ class ServerStats:
         return {
             "sessions": self.sessions, "steps": self.steps, "refused_steps": self.refused_steps,
             "step_deadlines": self.step_deadlines, "busy_refusals": self.busy_refusals,
+            "refused_queries": self.refused_queries,
             "auth_failures": self.auth_failures, "protocol_errors": self.protocol_errors,
             "handshake_timeouts": self.handshake_timeouts,
             "evicted_connections": self.evicted_connections,
@@ -243,6 +249,10 @@ class _LiveStep:
     def abort(self) -> None:
         raise NotImplementedError
 
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        """Received requests per bin (see protocol.ProgressRequest); None: no bins."""
+        return None
+
 
 class _TcpLiveStep(_LiveStep):
     def __init__(self, step: StepParams, step_id: int, handler: TcpStepHandler) -> None:
@@ -298,6 +308,21 @@ class _UdpLiveStep(_LiveStep):
     def abort(self) -> None:
         self._halt()
 
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        # From the loop thread while the responder runs: the bins asked for
+        # closed a reply timeout ago, so their counts no longer move.
+        return self._loop.bin_counts(lo, hi)
+
+    def _final_bins(self, sent: int) -> dict[str, Any] | None:
+        """The step's last bins (as many as a Progress holds), so the client
+        gets the intervals that close at its change-over."""
+        if self.step.bins is None or not sent:
+            return None
+        end = self.step.bin_of(sent - 1) + 1
+        start = max(0, end - protocol.MAX_PROGRESS_BINS)
+        counts = self._loop.bin_counts(start, end)
+        return {"start": start, "counts": counts} if counts is not None else None
+
     def finish(self, sender: dict[str, Any]) -> dict[str, Any]:
         loop = self._loop
         try:
@@ -343,6 +368,9 @@ class _UdpLiveStep(_LiveStep):
         receiver["received_packets"] = receiver["received"]
         receiver["cpu_percent"] = 100.0 * cpu_s / elapsed if elapsed > 0 else 0.0
         receiver["buffers_bytes"] = server.buffers.rcvbuf_bytes if server.buffers else None
+        bins = self._final_bins(int(sender["sent"]))
+        if bins is not None:
+            receiver["bins"] = bins
         for reason, count in drops.items():
             server.stats.drops[reason] += count
         return receiver
@@ -396,6 +424,8 @@ class Server:
     engine threads, and asyncio would own those sockets and add a second
     scheduler in front of the engine's own threads for no gain.
     """
+
+    capabilities: tuple[str, ...] = SERVER_CAPABILITIES  # what ServerHello announces
 
     def __init__(self, config: ServerConfig, log: Callable[[str], None] | None = None, *,
                  workloads: Mapping[str, Workload] = WORKLOADS) -> None:
@@ -613,10 +643,23 @@ class Server:
                 self._flush(peer)
             if not peer.closed and events & selectors.EVENT_READ:
                 self._readable(peer)
-        except (RemoteProtocolError, LocalProtocolError, OSError) as exc:
+        except RemoteProtocolError as exc:
+            self._tell(peer, protocol.Error("bad_request", _reason(exc)[:200]))
+            self._fail(peer, f"dropped: {_reason(exc)}")
+        except (LocalProtocolError, OSError) as exc:
             self._fail(peer, f"dropped: {_reason(exc)}")
         except Exception as exc:  # the server must survive its own bugs too
             self._fail(peer, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _tell(self, peer: _Peer, error: protocol.Error) -> None:
+        """One last Error to a control peer that broke the protocol, so it
+        learns why it is dropped; best effort: it never waits on the peer."""
+        if peer.closed or peer.phase is _Phase.FIRST:
+            return
+        try:
+            peer.sock.send(bytes(peer.out) + peer.cc.send(error), socket.MSG_DONTWAIT)
+        except (LocalProtocolError, OSError):
+            pass
 
     def _drain_wake(self) -> None:
         try:
@@ -852,6 +895,8 @@ class Server:
             self._on_step_request(peer, event)
         elif isinstance(event, protocol.StepStop):
             self._on_step_stop(peer, event)
+        elif isinstance(event, protocol.ProgressRequest):
+            self._on_progress_request(peer, event)
         else:  # the state table admits nothing else from a client
             raise RemoteProtocolError(f"unexpected {type(event).__name__}")
 
@@ -866,13 +911,13 @@ class Server:
             peer.challenge = protocol.make_challenge()
             peer.phase = _Phase.AUTH
             _wait(peer, AUTH_TIMEOUT_S)
-            self._queue(peer, protocol.ServerHello(capabilities=CAPABILITIES,
+            self._queue(peer, protocol.ServerHello(capabilities=self.capabilities,
                                                    server=f"pktbench {__version__}",
                                                    challenge_hex=peer.challenge))
             return
         if self._refuse_if_busy(peer):
             return
-        self._queue(peer, protocol.ServerHello(capabilities=CAPABILITIES,
+        self._queue(peer, protocol.ServerHello(capabilities=self.capabilities,
                                                server=f"pktbench {__version__}"))
         self._begin_session(peer)
 
@@ -962,6 +1007,20 @@ class Server:
         peer.phase = _Phase.STEP
         _wait(peer, step.hard_limit_s)
         self._queue(peer, protocol.StepReady(session.step_id))
+
+    def _on_progress_request(self, peer: _Peer, event: protocol.ProgressRequest) -> None:
+        # The table admits it only mid-step, and only one at a time; the
+        # protocol bounds its range, so an answer is one small frame.
+        live = self._session_of(peer).live
+        assert live is not None
+        counts = live.bin_counts(event.bin_start, event.bin_end)
+        if counts is None:
+            self.stats.refused_queries += 1
+            self._queue(peer, protocol.Error(
+                "refused", "this step counts no bins: ask for bin_phase and bin_packets "
+                           "in its StepRequest (single-stream rr only)"))
+            return
+        self._queue(peer, protocol.Progress(live.step_id, event.bin_start, tuple(counts)))
 
     def _check_budget(self, step: StepParams) -> None:
         need, budget = server_buffer_bytes(step), self.config.max_step_buffer_bytes
@@ -1187,6 +1246,7 @@ class Client:
         self._session_token = 0
         self._step_id = 0
         self.server_name = ""
+        self.server_capabilities: tuple[str, ...] = ()
         self.buffers: engine.BufferSizes | None = None
 
     def __enter__(self) -> Client:
@@ -1230,6 +1290,7 @@ class Client:
         event = self._expect((protocol.ServerHello,), 10.0)
         assert isinstance(event, protocol.ServerHello)
         self.server_name = event.server
+        self.server_capabilities = tuple(event.capabilities)
         if event.challenge_hex is not None:
             if not self.secret:
                 _send(self._control, cc, protocol.Bye())
@@ -1305,6 +1366,57 @@ class Client:
         result = self._expect((protocol.StepResult,), timeout_s)
         assert isinstance(result, protocol.StepResult)
         return dict(result.receiver)
+
+    def request_progress(self, bin_start: int, bin_end: int) -> None:
+        """Ask mid-step for bins bin_start..bin_end-1 (a server with the
+        step_bins feature, a step that asked for bins); the answer comes by
+        `poll` or `wait_progress`, and nothing else may be sent before it."""
+        assert self._control is not None
+        _send(self._control, self._cc, protocol.ProgressRequest(bin_start, bin_end))
+
+    @property
+    def progress_pending(self) -> bool:
+        """A ProgressRequest is still unanswered."""
+        return self._cc.state is protocol.State.STEP_PROGRESS
+
+    def poll(self) -> protocol.Event | None:
+        """The server's next message if it has fully arrived, else None; never blocks.
+
+        Raises:
+            RemoteProtocolError: the server closed the connection or broke the protocol.
+        """
+        assert self._control is not None
+        while True:
+            event = self._cc.next_event()
+            if event is protocol.CLOSED:
+                raise RemoteProtocolError("control connection closed by the server")
+            if event is not protocol.NEED_DATA:
+                assert isinstance(event, protocol.Event)
+                return event
+            try:
+                # A socket with a timeout waits for data inside recv whatever
+                # the flags, so readiness is asked first, without waiting.
+                readable, _, _ = select.select([self._control], [], [], 0)
+                if not readable:
+                    return None
+                data = self._control.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                raise RemoteProtocolError(f"control connection failed: "
+                                          f"{exc.strerror or exc}") from None
+            self._cc.receive_data(data)
+
+    def wait_progress(self, timeout_s: float) -> protocol.Progress:
+        """The answer to the outstanding ProgressRequest, waiting up to `timeout_s`.
+
+        Raises:
+            ServerRefusedError: the step counts no bins (the step goes on).
+            RemoteProtocolError: no answer in time, or the session is gone.
+        """
+        event = self._expect((protocol.Progress,), timeout_s)
+        assert isinstance(event, protocol.Progress)
+        return event
 
     def abandon_step(self) -> None:
         """Leave mid-step so the server disarms at once, not at its deadline."""

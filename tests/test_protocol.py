@@ -33,6 +33,7 @@ from pktbench.protocol import (
     ERROR_CODES,
     MAX_FRAME_BYTES,
     MAX_STREAMS,
+    MAX_PROGRESS_BINS,
     NEED_DATA,
     AuthResponse,
     Bye,
@@ -41,6 +42,8 @@ from pktbench.protocol import (
     Event,
     Goodbye,
     Hello,
+    Progress,
+    ProgressRequest,
     Role,
     ServerHello,
     State,
@@ -72,7 +75,7 @@ def frame(obj: object) -> bytes:
 TYPE_NAMES = {Hello: "hello", ServerHello: "server_hello", AuthResponse: "auth_response",
               Welcome: "welcome", StepRequest: "step_request", StepReady: "step_ready",
               StepStop: "step_stop", StepResult: "step_result", Error: "error", Bye: "bye",
-              Goodbye: "goodbye"}
+              Goodbye: "goodbye", ProgressRequest: "progress_request", Progress: "progress"}
 
 
 def wire_dict(event: Event) -> dict[str, object]:
@@ -128,6 +131,7 @@ PATHS[State.READY] = PATHS[State.WELCOME] + [(S, Welcome(12345, 7425))]
 PATHS[State.STEP_PENDING] = PATHS[State.READY] + [(C, StepRequest({"rate_pps": 1000}))]
 PATHS[State.STEP_RUNNING] = PATHS[State.STEP_PENDING] + [(S, StepReady(1))]
 PATHS[State.STEP_RESULT] = PATHS[State.STEP_RUNNING] + [(C, StepStop({"sent_packets": 10}))]
+PATHS[State.STEP_PROGRESS] = PATHS[State.STEP_RUNNING] + [(C, ProgressRequest(0, 4))]
 PATHS[State.CLOSING] = PATHS[State.READY] + [(C, Bye())]
 PATHS[State.DONE] = PATHS[State.CLOSING] + [(S, Goodbye())]
 
@@ -151,6 +155,8 @@ SAMPLES: dict[str, Event] = {
     "StepReady": StepReady(1),
     "StepStop": StepStop({}),
     "StepResult": StepResult(1, {}),
+    "ProgressRequest": ProgressRequest(2, 5),
+    "Progress": Progress(1, 2, (10, 0, -1)),
     "Bye": Bye(),
     "Goodbye": Goodbye(),
     **{f"Error({code})": Error(code, "why") for code in sorted(ERROR_CODES)},
@@ -178,6 +184,9 @@ LEGAL: dict[tuple[State, Role, str], State] = {
     (State.STEP_RUNNING, C, "StepStop"): State.STEP_RESULT,
     (State.STEP_RUNNING, C, "Bye"): State.CLOSING,
     (State.STEP_RESULT, S, "StepResult"): State.READY,
+    (State.STEP_RUNNING, C, "ProgressRequest"): State.STEP_PROGRESS,
+    (State.STEP_PROGRESS, S, "Progress"): State.STEP_RUNNING,
+    (State.STEP_PROGRESS, S, "Error(refused)"): State.STEP_RUNNING,
     (State.CLOSING, S, "Goodbye"): State.DONE,
     **{(state, S, f"Error({code})"): State.DONE
        for state in LIVE for code in ("bad_request", "internal")},
@@ -879,3 +888,75 @@ def test_messages_with_one_random_field_only_raise_remote_protocol_error(
     obj = wire_dict(SAMPLES[name])
     obj[data.draw(st.sampled_from(sorted(obj)))] = value
     drain(pair_in(state).conn[role], frame(obj), [])
+
+
+# --------------------------------------------------------------------------
+# Mid-step progress (feature step_bins)
+# --------------------------------------------------------------------------
+
+def test_progress_queries_take_turns_mid_step_and_a_refusal_keeps_the_step() -> None:
+    pair = pair_in(State.STEP_RUNNING)
+    pair.exchange(C, ProgressRequest(0, 3))
+    assert pair.state is State.STEP_PROGRESS
+    busy = pair_in(State.STEP_PROGRESS)
+    with pytest.raises(LocalProtocolError):  # one query at a time, and nothing else meanwhile
+        busy.conn[C].send(StepStop({"sent": 10}))
+    pair.exchange(S, Progress(1, 0, (5, 0, -1)))
+    assert pair.state is State.STEP_RUNNING
+    pair.exchange(C, ProgressRequest(3, 4))
+    pair.exchange(S, Error("refused", "this step counts no bins"))
+    assert pair.state is State.STEP_RUNNING
+    pair.exchange(C, StepStop({"sent": 10}))
+    pair.exchange(S, StepResult(1, {"bins": {"start": 0, "counts": [5, 0, 1]}}))
+    assert pair.state is State.READY
+
+
+def test_a_progress_for_another_step_is_the_peers_fault() -> None:
+    pair = pair_in(State.STEP_PROGRESS)
+    client = pair.conn[C]
+    client.receive_data(frame({"type": "progress", "step_id": 9, "bin_start": 0, "counts": []}))
+    with pytest.raises(RemoteProtocolError, match="step 9"):
+        client.next_event()
+
+
+@pytest.mark.parametrize("fields", [
+    {"bin_start": 0, "bin_end": MAX_PROGRESS_BINS + 1},  # too many bins in one answer
+    {"bin_start": 5, "bin_end": 4},
+    {"bin_start": -1, "bin_end": 0},
+    {"bin_start": 0, "bin_end": 1.5},
+    {"bin_start": 0},
+])
+def test_a_progress_request_out_of_bounds_is_refused_on_both_ends(fields: dict[str, object]
+                                                                   ) -> None:
+    if len(fields) == 2:
+        with pytest.raises(LocalProtocolError):
+            ProgressRequest(**fields)  # type: ignore[arg-type]
+    pair = pair_in(State.STEP_RUNNING)
+    server = pair.conn[S]
+    server.receive_data(frame({"type": "progress_request", **fields}))
+    with pytest.raises(RemoteProtocolError):
+        server.next_event()
+    assert server.state is State.ERROR
+
+
+def test_a_progress_answer_is_bounded() -> None:
+    with pytest.raises(LocalProtocolError):
+        Progress(1, 0, tuple(range(MAX_PROGRESS_BINS + 1)))
+    with pytest.raises(LocalProtocolError):
+        Progress(1, 0, (-2,))
+    assert ControlConnection(S).fits(Progress(1, 0, (2**64 - 1,) * MAX_PROGRESS_BINS))
+
+
+def test_step_bins_are_sent_only_when_asked_and_checked() -> None:
+    assert "bin_phase" not in StepParams().to_dict()
+    params = StepParams(rate_pps=2000.0, bin_phase=250.0, bin_packets=1000.0)
+    assert validate_step_params(params.to_dict()) == params
+    assert params.bins == (250.0, 1000.0)
+    # seq s is in bin floor((s + phase) / packets): 749 in bin 0, 750 in bin 1
+    assert (params.bin_of(749), params.bin_of(750), params.bin_of(1750)) == (0, 1, 2)
+    for bad in ({"bin_phase": 1.0}, {"bin_phase": 0.0, "bin_packets": 0.5},
+                {"bin_phase": 10.0, "bin_packets": 10.0}, {"bin_phase": -1.0, "bin_packets": 9.0},
+                {"bin_phase": 0.0, "bin_packets": 9.0, "workload": "blast", "command": "none"},
+                {"bin_phase": 0.0, "bin_packets": 9.0, "streams": 2}):
+        with pytest.raises(ConfigError, match="bin"):
+            validate_step_params({"rate_pps": 1000, **bad})

@@ -24,7 +24,7 @@ class MetricsState:
         self._lock = threading.Lock()
         self._values: dict[str, float] = {
             "sent_packets": 0, "received_packets": 0, "lost_packets": 0, "late_packets": 0,
-            "intervals": 0, "outages": 0,
+            "lost_up_packets": 0, "lost_down_packets": 0, "intervals": 0, "outages": 0,
             "outage_s": 0.0, "sessions": 0, "latency_sum_s": 0.0}
         self._buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self._knee: float | None = None
@@ -37,7 +37,8 @@ class MetricsState:
             v = self._values
             if kind == "interval":
                 totals = record.get("totals") or {}
-                for key in ("sent_packets", "received_packets", "lost_packets", "late_packets"):
+                for key in ("sent_packets", "received_packets", "lost_packets", "late_packets",
+                            "lost_up_packets", "lost_down_packets"):
                     v[key] = int(totals.get(key, v[key]))
                 v["intervals"] += 1
                 if buckets is not None:
@@ -82,6 +83,11 @@ class _Collector:
                       values["lost_packets"])
         yield counter("late_packets", "Probe replies that came after the timeout",
                       values["late_packets"])
+        yield counter("lost_up_packets", "Lost probe requests the server never received "
+                      "(rr, from its per-interval counts)", values["lost_up_packets"])
+        yield counter("lost_down_packets", "Lost probes the server received: the reply was "
+                      "lost or late (rr, from its per-interval counts)",
+                      values["lost_down_packets"])
         yield counter("intervals", "Intervals completed and written", values["intervals"])
         yield counter("outages", "Outages (loss runs of at least the outage threshold)",
                       values["outages"])

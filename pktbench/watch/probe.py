@@ -21,6 +21,15 @@ rr is timed to the packet: the engine keeps each request's answer
 rr-tcp run back-to-back steps of one interval each and are timed to the
 interval.
 
+rr intervals split their loss one way, from the server's counters: a step
+asks the server (feature step_bins) to count its requests per bin, where a
+bin is exactly one interval of the watch (the request's interval is decided
+by the same double expression at both ends, `StepParams.bin_of`). A closed
+interval with loss is held until the server's count of its bins is in: a
+ProgressRequest sent at one tick, its answer read at a later one, so the
+sender never waits on it; the last bins come with the step result. Records
+leave in order, so a held interval holds back the intervals after it.
+
 Must not: raise on loss, timeouts or a vanished server; only bad
 configuration (refused step, bad secret) ends a watch with an error.
 """
@@ -28,10 +37,9 @@ from __future__ import annotations
 
 import errno
 import math
-import select
-import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +49,8 @@ import numpy as np
 from pktbench import engine, histogram, wire
 from pktbench._version import __version__
 from pktbench.address import Target
-from pktbench.errors import AuthError, ConfigError, PktbenchError
-from pktbench.protocol import StepParams
+from pktbench.errors import AuthError, ConfigError, PktbenchError, ServerRefusedError
+from pktbench.protocol import FEATURE_STEP_BINS, MAX_PROGRESS_BINS, Error, Progress, StepParams
 from pktbench.watch.tracker import Record, Tracker
 
 WORKLOADS = ("rr", "blast", "rr-tcp")
@@ -51,6 +59,13 @@ SPIN_ABOVE_PPS = 20_000  # below, the sender sleeps to each due time instead of 
 CATCH_UP = 2.0  # the step rate asked of the server, over the probe's (see _rr_step)
 STALL_S = 0.05  # a request sent this much after its due time marks a stall of the watcher
 _FINAL_MARGIN_S = 0.03  # the engine reads replies in 20 ms chunks: a margin past the timeout
+_PROGRESS_WAIT_S = 5.0  # at a change-over, for the answer to a query still out
+# Why an interval's loss has no direction (the record's one_way_unknown).
+NO_FEATURE = "the server does not count requests per interval (no step_bins feature)"
+NO_BINS = "an interval holds less than one request: no per-interval counts"
+EVICTED = "the server no longer held the interval's counts"
+SESSION_LOST = "the session ended before the server's counts were read"
+WATCH_ENDED = "the watch ended before the server's counts were read"
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,39 @@ class _Step:
     outages: list[Record] = field(default_factory=list)
 
 
+@dataclass
+class _Bins:
+    """One rr step's intervals as the server counts them: the request with
+    step seq s is in bin params.bin_of(s), the watch's interval slot0 + that."""
+
+    step_id: int  # the server's, which Progress names
+    seq_base: int  # global seq of the step's seq 0
+    slot0: int
+    phase: float
+    per_bin: float
+    end_seq: int | None = None  # global seq past the step's last request, once it is over
+    counts: dict[int, int] = field(default_factory=dict)  # bin -> received (-1: gone)
+    closed: str | None = None  # why no more counts come (None: they may yet)
+
+    def bin_of(self, seq: int) -> int:
+        """The bin of global seq `seq` (protocol.StepParams.bin_of's expression)."""
+        return math.floor((float(seq - self.seq_base) + self.phase) / self.per_bin)
+
+    def take(self, start: int, counts: list[int] | tuple[int, ...]) -> None:
+        for offset, count in enumerate(counts):
+            self.counts[start + offset] = int(count)
+
+
+@dataclass
+class _Held:
+    """An interval record waiting for its bins' counts: (bins, first bin,
+    last bin, requests) for each step it has requests of."""
+
+    record: Record
+    parts: list[tuple[_Bins, int, int, int]]
+    reason: str | None = None  # already known to be without a direction
+
+
 class Watch:
     """A steady probe of one target; `run()` until the duration or `stop`.
 
@@ -137,6 +185,12 @@ class Watch:
         self._step: _Step | None = None
         self._lease_s = config.lease_s
         self._last_due_ns: int | None = None  # the last request of the step before
+        self._bins: list[_Bins] = []  # steps whose requests held intervals may still have
+        self._live_bins: _Bins | None = None  # the running step's, if the server counts
+        self._intervals: deque[_Held] = deque()  # closed, in order, waiting for counts
+        self.lost_up = 0  # totals of the intervals emitted, for their "totals"
+        self.lost_down = 0
+        self._arm_s = 0.02  # how long the last step took to arm (plans the next one's start)
 
     # -- records ------------------------------------------------------------
     def _emit(self, record: Record) -> None:
@@ -145,7 +199,122 @@ class Watch:
                 and self.config.workload == "rr":
             self._held.append(record)  # until the step's server counts say which way
             return
+        if record["type"] == "interval" and self.config.workload == "rr":
+            self._hold_interval(record)
+            return
         self._emit_to(record)
+
+    # -- one-way loss per interval --------------------------------------------
+    def _hold_interval(self, record: Record) -> None:
+        held = _Held(record, [])
+        seq = record.get("seq")
+        if record["lost_packets"] > 0 and seq is not None:
+            first, end = int(seq[0]), int(seq[1])
+            covered = 0
+            for bins in self._bins:
+                lo = max(first, bins.seq_base)
+                hi = min(end, bins.end_seq if bins.end_seq is not None else end)
+                if lo >= hi:
+                    continue
+                k_lo, k_hi = bins.bin_of(lo), bins.bin_of(hi - 1)
+                # Whole bins only: a bin shared with another interval cannot be split.
+                if (lo > bins.seq_base and bins.bin_of(lo - 1) == k_lo) or (
+                        (bins.end_seq is None or hi < bins.end_seq) and bins.bin_of(hi) == k_hi):
+                    held.reason = "the interval does not line up with the server's bins"
+                if bins.closed is not None and not bins.counts:
+                    held.reason = held.reason or bins.closed
+                held.parts.append((bins, k_lo, k_hi, hi - lo))
+                covered += hi - lo
+            if covered != end - first:
+                held.reason = held.reason or SESSION_LOST
+        self._intervals.append(held)
+        self._release()
+
+    def _release(self) -> None:
+        """Emit the held intervals, oldest first, as far as their counts are in."""
+        while self._intervals:
+            held = self._intervals[0]
+            record = held.record
+            lost = int(record["lost_packets"])
+            reason = held.reason
+            received = 0
+            waiting = False
+            if lost > 0:
+                for bins, k_lo, k_hi, _ in held.parts:
+                    for k in range(k_lo, k_hi + 1):
+                        count = bins.counts.get(k)
+                        if count is None and bins.closed is None:
+                            waiting = True
+                        elif count is None or count < 0:
+                            reason = reason or (bins.closed if count is None else EVICTED)
+                        else:
+                            received += count
+                if waiting and reason is None:
+                    return
+            self._intervals.popleft()
+            if lost == 0:
+                up: int | None = 0
+                down: int | None = 0
+            elif reason is None:
+                up = min(max(int(record["sent_packets"]) - received, 0), lost)
+                down = lost - up
+            else:
+                up = down = None
+            record["lost_up_packets"] = up
+            record["lost_down_packets"] = down
+            if reason is not None:
+                record["one_way_unknown"] = reason
+            self.lost_up += up or 0
+            self.lost_down += down or 0
+            if isinstance(record.get("totals"), dict):
+                record["totals"]["lost_up_packets"] = self.lost_up
+                record["totals"]["lost_down_packets"] = self.lost_down
+            self._emit_to(record)
+        self._prune_bins()
+
+    def _prune_bins(self) -> None:
+        """Forget the steps no interval still to come can have requests of."""
+        keep_from = self.tracker.open_first_seq
+        if keep_from is None:
+            keep_from = self._seq
+        if self._intervals and self._intervals[0].record.get("seq"):
+            keep_from = min(keep_from, int(self._intervals[0].record["seq"][0]))
+        self._bins = [b for b in self._bins if b.end_seq is None or b.end_seq > keep_from]
+
+    def _close_bins(self, reason: str) -> None:
+        """No more counts will come for any step's bins (session or watch over)."""
+        for bins in self._bins:
+            if bins.end_seq is None:
+                bins.end_seq = self._seq
+            if bins.closed is None:
+                bins.closed = reason
+        self._live_bins = None
+        self._release()
+
+    def _ask_progress(self) -> None:
+        """Send a query for the running step's bins that held intervals wait
+        for; its answer is read at a later tick (`_poll_control`)."""
+        bins = self._live_bins
+        # Not while requests are being lost: the control path is likely down
+        # too, and a query stuck in TCP retransmits would hold the change-over.
+        if bins is None or self._client.progress_pending or self.tracker.in_loss_run:
+            return
+        wanted = [k for held in self._intervals if held.reason is None
+                  for b, k_lo, k_hi, _ in held.parts if b is bins
+                  for k in range(k_lo, k_hi + 1) if k not in bins.counts]
+        if not wanted:
+            return
+        lo = min(wanted)
+        try:
+            self._client.request_progress(lo, min(max(wanted) + 1, lo + MAX_PROGRESS_BINS))
+        except (PktbenchError, OSError) as exc:
+            raise _StepLost(f"progress query not sent: {exc}") from None
+
+    def _on_progress(self, answer: Progress) -> None:
+        bins = self._live_bins
+        if bins is not None and answer.step_id == bins.step_id:
+            bins.take(answer.bin_start, answer.counts)
+            self._release()
 
     # -- the watch ----------------------------------------------------------
     def run(self) -> Record:
@@ -182,7 +351,11 @@ class Watch:
                 reason = "stopped"
         finally:
             self._close_client()
+            for bins in self._bins:  # the interval in progress ends with the watch
+                if bins.end_seq is None:
+                    bins.end_seq = self._seq
             self.tracker.flush()
+            self._close_bins(WATCH_ENDED)
             for record in self._held:
                 record["direction"] = "unknown: the watch ended before its step did"
                 self._emit_to(record)
@@ -194,6 +367,7 @@ class Watch:
                    "received_packets": self.tracker.totals.received,
                    "lost_packets": self.tracker.totals.lost,
                    "outages": self.tracker.totals.outages,
+                   "lost_up_packets": self.lost_up, "lost_down_packets": self.lost_down,
                    "target": self.target_label}
             if self.tracker.open_outage is not None:
                 end["open_outage"] = self.tracker.open_outage
@@ -259,6 +433,7 @@ class Watch:
             record["direction"] = "unknown: the session ended with the step"
             self._emit_to(record)
         self._held.clear()
+        self._close_bins(SESSION_LOST)
         self._close_client()
 
     def _close_client(self) -> None:
@@ -269,29 +444,37 @@ class Watch:
             except (PktbenchError, OSError):
                 pass
 
-    def _control_gone(self) -> str | None:
+    def _poll_control(self) -> str | None:
         """Why the control connection is unusable mid-step, or None while it is fine.
 
-        Nothing is due from the server mid-step, so any readable byte (or end
-        of file) means the step is over on the server's side."""
-        sock = self._client._control  # noqa: SLF001
-        if sock is None:
+        Mid-step the server sends only answers to progress queries (taken
+        here, without waiting); anything else, or end of file, means the
+        step is over on the server's side."""
+        client = self._client
+        if client._control is None:  # noqa: SLF001
             return "control connection closed"
+        pending = client.progress_pending
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):
-            return "control connection failed"
-        if not readable:
+            event = client.poll()
+        except (PktbenchError, OSError) as exc:
+            return str(exc)
+        if event is None:
             return None
-        try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        if isinstance(event, Progress):
+            self._on_progress(event)
             return None
-        except OSError as exc:
-            return f"control connection failed: {exc.strerror or exc}"
-        if not data:
-            return "control connection closed by the server"
-        return "the server ended the step (it sent a message mid-step)"
+        if isinstance(event, Error) and event.code == "refused" and pending:
+            self._refused(event.message or event.code)
+            return None
+        if isinstance(event, Error):
+            return f"the server ended the step: {event.message or event.code}"
+        return f"the server ended the step (it sent {type(event).__name__} mid-step)"
+
+    def _refused(self, why: str) -> None:
+        if self._live_bins is not None:
+            self._live_bins.closed = f"the server refused the progress query: {why}"
+            self._live_bins = None
+            self._release()
 
     def _begin(self, params: StepParams) -> Any:
         try:
@@ -315,13 +498,36 @@ class Watch:
         # watcher that the host stalls catches up at once when it wakes; at
         # the bare rate that catch-up would be dropped as over-rate and read
         # as an outage of the path. The server's own --max-rate still holds.
+        period = 1e9 / rate
+        # The intervals' bins are fixed before the step is armed (they go in
+        # its request): seq 0 is planned for a little after the arm's round
+        # trip, and sent then or, if arming took longer, at once. The bins
+        # follow the plan, so a late start shifts them from the wall clock by
+        # that lateness (ms), never splits one.
+        wall_offset = time.time_ns() - engine.monotonic_ns()
+        planned = engine.monotonic_ns() + int(min(max(2 * self._arm_s, 0.002) + 0.001, 0.5) * 1e9)
+        interval_ns = max(round(cfg.interval_s * 1e9), 1)
+        slot0, offset_ns = divmod(planned + wall_offset, interval_ns)
+        per_bin = interval_ns / period
+        phase = min(offset_ns / period, math.nextafter(per_bin, 0.0))
+        counts_bins = (FEATURE_STEP_BINS in self._client.server_capabilities
+                       and per_bin >= 1.0)
         params = StepParams(workload="rr", command="ping", rate_pps=rate * CATCH_UP,
                             duration_s=lease, drain_s=0.0, size_bytes=cfg.size_bytes,
-                            timeout_s=cfg.timeout_s)
+                            timeout_s=cfg.timeout_s,
+                            bin_phase=phase if counts_bins else None,
+                            bin_packets=per_bin if counts_bins else None)
+        arm_started = time.monotonic()
         armed = self._begin(params)
+        self._arm_s = time.monotonic() - arm_started
         self.steps += 1
         step = _Step(self.steps, self._seq, time.time())
         self._step = step
+        bins = _Bins(armed.step_id, self._seq, slot0, phase, per_bin)
+        if not counts_bins:
+            bins.closed = NO_BINS if per_bin < 1.0 else NO_FEATURE
+        self._bins.append(bins)
+        self._live_bins = bins if counts_bins else None
         self.tracker.context = {"session": self.sessions, "step": self.steps}
         template = wire.build_request(wire.COMMANDS["ping"], cfg.size_bytes, token=armed.token,
                                       seq=0, send_ns=0)
@@ -331,15 +537,13 @@ class Watch:
                                           keep_replies=True, spin=cfg.rate_pps > SPIN_ABOVE_PPS,
                                           kernel_timestamps=True)
         count = int(lease * rate)
-        t0 = engine.monotonic_ns() + 1_000_000
-        wall_offset = time.time_ns() - engine.monotonic_ns()
+        t0 = max(planned, engine.monotonic_ns() + 200_000)
         sender.begin(t0, count, False)
-        period = 1e9 / rate
         # from the previous step's last request to this step's first (None after a reconnect)
         gap_ms = ((t0 - self._last_due_ns) / 1e6 if self._last_due_ns is not None else None)
         chunk_ns = int(engine.CHUNK_S * 1e9)
         late_index = engine.loops.SENDER_COUNTERS.index("late")
-        state = _RrState(sender, t0, period, wall_offset, self._seq)
+        state = _RrState(sender, t0, period, wall_offset, self._seq, bins)
         step_end_ns = t0 + int(min(cfg.step_s, lease) * 1e9)
         lease_end_ns = t0 + int(count * period)
         next_tick = engine.monotonic_ns()
@@ -359,10 +563,11 @@ class Watch:
             next_tick = now + int(TICK_S * 1e9)
             final = int((now - t0 - (cfg.timeout_s + _FINAL_MARGIN_S) * 1e9) / period) + 1
             self._feed(state, min(max(final, 0), sender.sent), late_index)
-            gone = self._control_gone()
+            gone = self._poll_control()
             if gone is not None:
                 self._feed(state, sender.sent, late_index)
                 raise _StepLost(gone)
+            self._ask_progress()
             wall = time.time()
             if self.tracker.in_loss_run:
                 healthy_since = None
@@ -416,7 +621,11 @@ class Watch:
             seqs = np.arange(lo, hi, dtype=np.float64)
             due = (state.t0 + state.wall_offset + seqs * state.period).astype(np.int64)
             sent = due + sender.send_lags(lo, hi).astype(np.int64)
-            self.tracker.feed(state.seq_base + lo, due, lat, sent)
+            # Each request's interval by the bins' expression (numpy's float64
+            # add and divide round as the server's C doubles do).
+            bins = state.bins
+            slots = bins.slot0 + np.floor((seqs + bins.phase) / bins.per_bin).astype(np.int64)
+            self.tracker.feed(state.seq_base + lo, due, lat, sent, slots)
             lo = hi
         state.cursor = final
         self._seq = state.seq_base + final
@@ -438,15 +647,36 @@ class Watch:
         counters = dict(zip(engine.loops.SENDER_COUNTERS, (int(v) for v in sender.counters)))
         assert self._step is not None
         step = self._step
+        bins = state.bins
+        bins.end_seq = state.seq_base + sent
+        if self._client.progress_pending:  # the table wants its answer before StepStop
+            try:
+                self._on_progress(self._client.wait_progress(_PROGRESS_WAIT_S))
+            except ServerRefusedError as exc:
+                self._refused(str(exc))
+            except (PktbenchError, OSError) as exc:
+                raise _StepLost(f"progress answer not received: {exc}") from None
         try:
             receiver = self._client.end_step({"sent": sent}, params.result_timeout_s)
         except (PktbenchError, OSError) as exc:
             raise _StepLost(f"step result not received: {exc}") from None
+        final = receiver.get("bins")
+        if self._live_bins is bins and isinstance(final, dict):
+            start, counts = final.get("start"), final.get("counts")
+            if isinstance(start, int) and isinstance(counts, list) \
+                    and all(isinstance(c, int) for c in counts):
+                bins.take(start, counts)
+        if bins.closed is None:
+            bins.closed = EVICTED
+        self._live_bins = None
         server_received = int(receiver.get("received", 0))
         replied = int(receiver.get("replied", server_received))
         client_received = counters["received"]
         lost_up = max(sent - server_received, 0)
-        lost_down = max(replied - client_received - counters["late"], 0)
+        # Down: the server got the request and no reply came in time, whether
+        # the path lost it or the server's host refused to send it (a local
+        # firewall's output drop fails the send, so `replied` never counts it).
+        lost_down = max(server_received - client_received - counters["late"], 0)
         record: Record = {
             "type": "step", "session": self.sessions, "step": step.number,
             "start_s": round(step.start_s, 6), "end_s": round(time.time(), 6),
@@ -462,6 +692,7 @@ class Watch:
             self._emit_to(outage)
         self._held.clear()
         self._emit(record)
+        self._release()
 
     # -- blast, rr-tcp: one step per interval -------------------------------
     def _interval_steps(self) -> None:
@@ -549,6 +780,7 @@ class _RrState:
     period: float
     wall_offset: int
     seq_base: int
+    bins: _Bins
     cursor: int = 0
     late: int = 0
     lag_seen: Any = None

@@ -35,6 +35,10 @@ class IntervalDigest:
         self.sent = 0
         self.received = 0
         self.late = 0
+        # rr's one-way split of the loss; lost without a known way is neither
+        self.lost_up = 0
+        self.lost_down = 0
+        self.split = False  # some interval carried the split (rr)
         self.last_end: float | None = None
         self._hours: dict[int, list[Any]] = {}  # hour -> [sent, received, p50s, worst p99, max]
 
@@ -44,6 +48,10 @@ class IntervalDigest:
         self.sent += sent
         self.received += received
         self.late += int(iv.get("late_packets", 0))
+        if "lost_up_packets" in iv:
+            self.split = True
+            self.lost_up += int(iv.get("lost_up_packets") or 0)
+            self.lost_down += int(iv.get("lost_down_packets") or 0)
         self.last_end = float(iv.get("end_s") or iv["start_s"])
         hour = self._hours.setdefault(int(float(iv["start_s"]) // 3600), [0, 0, [], None, None])
         hour[0] += sent
@@ -117,6 +125,8 @@ def summarize(records: Sequence[Record], digest: IntervalDigest | None = None) -
         "availability": round(1.0 - outage_s / watched_s, 6) if watched_s > 0 else None,
         "intervals": digest.count, "sent_packets": sent, "received_packets": received,
         "lost_packets": sent - received, "late_packets": late,
+        "lost_up_packets": digest.lost_up if digest.split else None,
+        "lost_down_packets": digest.lost_down if digest.split else None,
         "loss_ratio": round((sent - received) / sent, 6) if sent else None,
         "outage_s": round(outage_s, 6),
         "outages": [{k: o.get(k) for k in ("start_s", "end_s", "duration_s", "lost_packets",
@@ -134,6 +144,15 @@ def summarize(records: Sequence[Record], digest: IntervalDigest | None = None) -
     }
 
 
+def _split(summary: Record) -> str:
+    """The one-way split after a loss figure (rr), with what could not be split."""
+    up, down = summary.get("lost_up_packets"), summary.get("lost_down_packets")
+    if up is None or down is None:
+        return ""
+    unknown = int(summary["lost_packets"]) - up - down
+    return f" (up {up}, down {down}" + (f", way unknown {unknown})" if unknown > 0 else ")")
+
+
 def render_text(summary: Record) -> list[str]:
     s = summary
     avail = s["availability"]
@@ -143,7 +162,7 @@ def render_text(summary: Record) -> list[str]:
         f"{s['paused_s']:.1f} s paused)",
         f"  availability {avail * 100:.4f} %" if avail is not None else "  availability -",
         f"  sent {s['sent_packets']}  received {s['received_packets']}  "
-        f"lost {s['lost_packets']}  late {s['late_packets']}"
+        f"lost {s['lost_packets']}{_split(s)}  late {s['late_packets']}"
         f"  in {s['intervals']} intervals; {s['sessions']} sessions, {s['steps']} steps; "
         f"ended: {s['ended']}",
         f"  outages: {len(s['outages'])} ({s['outage_s']:.3f} s)",
@@ -196,7 +215,15 @@ def plot(records: Sequence[Record], path: str) -> None:
     ax_lat.fill_between(xs, lo, p99, alpha=0.3, label="min .. p99", step="post")
     ax_lat.plot(xs, p50, drawstyle="steps-post", label="p50")
     ax_lat.set_ylabel("latency (us)")
-    ax_loss.plot(xs, loss, drawstyle="steps-post", color="tab:red")
+    ax_loss.plot(xs, loss, drawstyle="steps-post", color="tab:red", label="loss")
+    if any(r.get("lost_up_packets") is not None for r in intervals):
+        for key, style, name in (("lost_up_packets", "--", "up"),
+                                 ("lost_down_packets", ":", "down")):
+            ys = [100.0 * int(r[key]) / int(r["sent_packets"])
+                  if r.get(key) is not None and r.get("sent_packets") else nan
+                  for r in intervals]
+            ax_loss.plot(xs, ys, style, drawstyle="steps-post", label=name)
+        ax_loss.legend(loc="upper left")
     ax_loss.set_ylabel("loss (%)")
     ax_loss.set_xlabel(f"seconds since {_iso(t0)}")
     for o in (r for r in records if r["type"] == "outage"):

@@ -200,33 +200,48 @@ class Tracker:
 
     # -- requests -------------------------------------------------------------
     def add_late(self, count: int, wall_s: float) -> None:
-        """Replies that came after their timeout (the engine counts them as they arrive)."""
+        """Replies that came after their timeout (the engine counts them as they arrive).
+
+        They go to the interval being fed, never to a later one: that would
+        close intervals whose last requests are not in yet (they would then
+        land in the wrong interval, and off the server's bins)."""
         if count:
-            self._interval_for(wall_s).late += count
+            iv = self._current if self._current is not None else self._interval_for(wall_s)
+            iv.late += count
+
+    @property
+    def open_first_seq(self) -> int | None:
+        """The first request of the interval still open (None: none fed into it yet)."""
+        return self._current.first_seq if self._current is not None else None
 
     def feed(self, first_seq: int, due_ns: npt.NDArray[np.int64],
              lat_ns: npt.NDArray[np.float64],
-             sent_ns: npt.NDArray[np.int64] | None = None) -> None:
+             sent_ns: npt.NDArray[np.int64] | None = None,
+             slots: npt.NDArray[np.int64] | None = None) -> None:
         """`sent_ns`: when each request actually left (wall clock, ns); the
         schedule when not given. Outages are timed by it, since a request a
-        stalled sender sent late met the path when it left, not when due."""
+        stalled sender sent late met the path when it left, not when due.
+        `slots`: each request's interval (its start over interval_s), when
+        the caller decides them (the watch does, by the same formula as the
+        server's bins); by the scheduled time when not given."""
         if due_ns.size == 0:
             return
         if sent_ns is None:
             sent_ns = due_ns
         answered = ~np.isnan(lat_ns)
-        due_s = due_ns / 1e9
+        if slots is None:
+            slots = np.floor(due_ns / 1e9 / self.interval_s).astype(np.int64)
         # Split the run at interval boundaries; each piece is one interval's.
-        slots = np.floor(due_s / self.interval_s)
         cuts = np.flatnonzero(np.diff(slots)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, due_ns.size]):
-            self._feed_piece(first_seq + int(lo), due_ns[lo:hi], lat_ns[lo:hi],
+            self._feed_piece(first_seq + int(lo), int(slots[lo]), due_ns[lo:hi], lat_ns[lo:hi],
                              answered[lo:hi], sent_ns[lo:hi])
 
-    def _feed_piece(self, first_seq: int, due_ns: npt.NDArray[np.int64],
+    def _feed_piece(self, first_seq: int, slot: int, due_ns: npt.NDArray[np.int64],
                     lat_ns: npt.NDArray[np.float64], answered: npt.NDArray[np.bool_],
                     sent_ns: npt.NDArray[np.int64]) -> None:
-        iv = self._interval_for(float(due_ns[0]) / 1e9)
+        # The middle of the slot: its start times interval_s may round below it.
+        iv = self._interval_for((slot + 0.5) * self.interval_s)
         n = int(due_ns.size)
         got = lat_ns[answered]
         iv.sent += n

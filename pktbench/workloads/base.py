@@ -123,6 +123,11 @@ class UdpResponder(Protocol):
 
     def counters(self) -> dict[str, object]: ...
 
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        """Requests received in bins lo..hi-1 (-1: no longer held) of a step
+        that asked for bins (StepParams.bin_packets); None when it did not."""
+        ...
+
     def close(self) -> None: ...
 
 

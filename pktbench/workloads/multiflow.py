@@ -434,6 +434,9 @@ class StreamResponders:
                     thread.join()
             self.close()  # counters and finish need the engines, not the sockets
 
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        return None  # bins are for single-flow rr steps (StepParams refuses the rest)
+
     def check_stop(self, sender: dict[str, Any]) -> object:
         return check_sent_per_stream(sender.get("sent_per_stream"), len(self.loops))
 

@@ -79,6 +79,9 @@ class SingleFlowResponder:
     def counters(self) -> dict[str, object]:
         return self._loop.counters()
 
+    def bin_counts(self, lo: int, hi: int) -> list[int] | None:
+        return self._loop.bin_counts(lo, hi)
+
     def close(self) -> None:
         pass  # the shared socket is the server's
 
@@ -111,7 +114,7 @@ class UdpWorkload:
             arm.udp, peer=arm.peers[0], token=arm.token, command=wire.COMMANDS[step.command],
             size_bytes=step.size_bytes, sink=step.workload == "blast",
             busy_poll=step.busy_poll, seq_limit=step.max_packets, rate_cap=step.rate_cap(),
-            gso=step.gso))
+            gso=step.gso, bins=step.bins))
 
 
 RR = UdpWorkload("rr")

@@ -88,9 +88,10 @@ class Dropper:
         assert "Error" not in "".join(seen), "".join(seen)
         return before, after
 
-    def drop(self) -> tuple[float, float]:
-        return self._command(f"add rule inet {self.TABLE} i drop; "
-                             f"add rule inet {self.TABLE} o drop")
+    def drop(self, chains: str = "io") -> tuple[float, float]:
+        """Drop what b receives (i: the requests) and/or what it sends (o: the replies)."""
+        return self._command("; ".join(f"add rule inet {self.TABLE} {chain} drop"
+                                       for chain in chains))
 
     def allow(self) -> tuple[float, float]:
         return self._command(f"flush chain inet {self.TABLE} i; flush chain inet {self.TABLE} o")
@@ -270,3 +271,58 @@ def test_a_restarted_server_is_an_outage_and_a_new_session_and_sigkill_leaves_wh
     summary = json.loads(done.stdout)
     assert len(summary["outages"]) == 1 and summary["sessions"] == 2
     assert summary["ended"].startswith("no end record")
+
+
+def _one_way(intervals: list[dict[str, Any]], window: tuple[float, float]
+             ) -> list[dict[str, Any]]:
+    """The intervals with loss that overlap a drop window."""
+    lo, hi = window
+    return [r for r in intervals if r["lost_packets"] and r["end_s"] > lo and r["start_s"] < hi]
+
+
+def test_a_one_way_drop_is_lost_up_or_lost_down_in_each_interval_it_touches(
+        bed: tb.TestbedInfo, server: Server, tmp_path: Path) -> None:
+    jsonl = tmp_path / "watch.jsonl"
+    dropper = Dropper(bed)
+    watcher = _watcher(bed, server.address, "--rate", "2000", "--duration", "11",
+                       "--interval", "0.5", "--timeout", "0.5", "--jsonl", str(jsonl), "-q")
+    try:
+        _wait_for(jsonl, "interval", 10)
+        time.sleep(1.0)
+        up_on = dropper.drop("i")  # b's input: the requests never reach the server
+        time.sleep(1.5)
+        up_off = dropper.allow()
+        time.sleep(2.5)
+        down_on = dropper.drop("o")  # b's output: the server answers, the replies are lost
+        time.sleep(1.5)
+        down_off = dropper.allow()
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
+        dropper.close()
+    assert watcher.returncode == 0, err
+    records = _records(jsonl)
+    intervals = [r for r in records if r["type"] == "interval"]
+    up = _one_way(intervals, (up_on[0], up_off[1]))
+    down = _one_way(intervals, (down_on[0], down_off[1]))
+    assert len(up) >= 3 and len(down) >= 3, (up, down)
+    for record in up:
+        assert (record["lost_up_packets"], record["lost_down_packets"]) == (
+            record["lost_packets"], 0), record
+    for record in down:
+        assert (record["lost_up_packets"], record["lost_down_packets"]) == (
+            0, record["lost_packets"]), record
+    # the loss is the drop's: 1.5 s of 2,000 pps each way, and nothing else
+    assert sum(r["lost_packets"] for r in up) == pytest.approx(3000, rel=0.03)
+    assert sum(r["lost_packets"] for r in down) == pytest.approx(3000, rel=0.03)
+    assert sum(r["lost_packets"] for r in intervals) == sum(
+        r["lost_packets"] for r in up + down)
+    end = next(r for r in records if r["type"] == "end")
+    assert end["lost_up_packets"] == sum(r["lost_up_packets"] for r in up)
+    assert end["lost_down_packets"] == sum(r["lost_down_packets"] for r in down)
+    starts = [r["start_s"] for r in intervals]
+    assert starts == sorted(starts)
+    directions = sorted(o["direction"] for o in records if o["type"] == "outage")
+    assert directions == ["down", "up"], directions
