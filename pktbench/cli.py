@@ -1191,8 +1191,9 @@ def bulk(target: str | None, streams: int, duration: float, warmup: float, udp: 
     """Bulk throughput: per-stream and aggregate Gbit/s, on-wire, and the ceiling.
 
     Without HOST, a server is started on this machine. SIGINT or SIGTERM
-    stops after the step in progress: its table is printed and --json
-    written (marked interrupted), then the exit status is 130 or 143.
+    ends the step in progress at once, measured up to that moment (marked
+    stopped_early); the table is printed and --json written (marked
+    interrupted), then the exit status is 130 or 143.
     """
     from pktbench.workloads import bulk as bulk_mod
 

@@ -165,3 +165,23 @@ def test_a_signalled_bulk_test_keeps_its_steps(tmp_path):
     doc = json.loads((tmp_path / "bulk.json").read_text())
     assert doc["interrupted"] is True and doc["kind"] == "bulk"
     assert 1 <= len(doc["steps"]) < 6
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_signalled_bulk_step_ends_at_once_measured_to_that_moment(tmp_path, reverse):
+    cli = Cli("bulk", "-t", "20", "--warmup", "0.2", "-i", "0.5", *(["-R"] if reverse else []),
+              "--json", "bulk.json", cwd=tmp_path)
+    cli.wait_for_line(" s]  ")  # an interval of the measured window went by
+    signalled = time.monotonic()
+    exit_code, _, children = _interrupt(cli, signal.SIGINT)
+    assert time.monotonic() - signalled < 5, "the step ran on after the signal"
+    assert exit_code == 130, "".join(cli.err)
+    assert _gone(children) == []
+    doc = json.loads((tmp_path / "bulk.json").read_text())
+    assert doc["interrupted"] is True
+    (step,) = doc["steps"]
+    assert step["stopped_early"] is True
+    assert 0.3 < step["duration_s"] < 10  # the window up to the signal, not the 20 s asked
+    # both ends measured the same cut window: goodput (receiver) and sender rate agree
+    assert step["aggregate_bps"] > 0
+    assert step["aggregate_bps"] == pytest.approx(step["sender_bps"], rel=0.1)

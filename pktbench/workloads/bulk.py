@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -819,10 +819,18 @@ class BulkConfig:
         }
 
 
+class _StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
 def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, anchor_ns: int | None,
                  warmup_s: float, duration_s: float, tail_s: float, write_bytes: int,
-                 deadline_ns: int, cpu: int | None = None) -> dict[str, Any]:
-    """Pump these streams from this thread; the end report of this end."""
+                 deadline_ns: int, cpu: int | None = None,
+                 stop: _StopFlag | None = None) -> dict[str, Any]:
+    """Pump these streams from this thread; the end report of this end.
+
+    `stop` set ends the pumping within a chunk: each stream's window then
+    closes at that moment, so the report covers what was measured."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     window = _Window(warmup_s, duration_s)
@@ -837,7 +845,8 @@ def _run_streams(socks: Sequence[tuple[int, socket.socket]], *, sending: bool, a
                            ports=(sock.getsockname()[1], sock.getpeername()[1])))
     try:
         while pumped.step():
-            pass
+            if stop is not None and stop.is_set():
+                break
     finally:
         pumped.finish()
     return _end_report(pumped.streams, sending)
@@ -853,11 +862,15 @@ def _worker_main(conn: Any, socks: list[tuple[int, socket.socket]], kwargs: dict
 
 
 def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: Sequence[int],
-                    **kwargs: Any) -> dict[str, Any]:
+                    stop: threading.Event | None = None, **kwargs: Any) -> dict[str, Any]:
     """Split the streams over `workers` forked processes and merge their reports."""
     if workers <= 1:
-        return _run_streams(socks, cpu=cpus[0] if cpus else None, **kwargs)
+        return _run_streams(socks, cpu=cpus[0] if cpus else None, stop=stop, **kwargs)
     context = multiprocessing.get_context("fork")
+    # A threading.Event does not cross fork: the workers watch this one,
+    # which the parent sets when `stop` is.
+    shared_stop = context.Event()
+    kwargs["stop"] = shared_stop
     jobs = []
     for index in range(min(workers, len(socks))):
         share = socks[index::workers]
@@ -870,9 +883,12 @@ def _run_in_workers(socks: list[tuple[int, socket.socket]], workers: int, cpus: 
         jobs.append((process, parent))
     reports: list[dict[str, Any]] = []
     errors: list[str] = []
-    limit_s = max(1.0, (kwargs["deadline_ns"] - time.monotonic_ns()) / 1e9 + 5.0)
+    give_up_ns = max(time.monotonic_ns() + 1_000_000_000, kwargs["deadline_ns"] + 5_000_000_000)
     for process, parent in jobs:
-        if parent.poll(limit_s):
+        while not parent.poll(CHUNK_S) and time.monotonic_ns() < give_up_ns:
+            if stop is not None and stop.is_set():
+                shared_stop.set()
+        if parent.poll(0):
             status, payload = parent.recv()
             (reports if status == "ok" else errors).append(payload)
         else:
@@ -900,6 +916,7 @@ class _PathSampler:
         self.start_ns = start_ns
         self.duration_s = duration_s
         self._samples: list[tuple[int, Mapping[str, tuple[int, int]]]] = []
+        self._cut = threading.Event()
         self._thread: threading.Thread | None = None
         if counters is not None:
             self._thread = threading.Thread(target=self._run, daemon=True)
@@ -908,11 +925,15 @@ class _PathSampler:
     def _run(self) -> None:
         assert self.counters is not None
         delay_s = (self.start_ns - time.monotonic_ns()) / 1e9
-        if delay_s > 0:
-            time.sleep(delay_s)
+        if delay_s > 0 and self._cut.wait(delay_s):
+            return
         self._samples.append((time.monotonic_ns(), self.counters()))
-        time.sleep(self.duration_s)
+        self._cut.wait(self.duration_s)
         self._samples.append((time.monotonic_ns(), self.counters()))
+
+    def cut(self) -> None:
+        """End the window now (the step was stopped early)."""
+        self._cut.set()
 
     def report(self, reverse: bool) -> list[dict[str, Any]] | None:
         """Bytes and bit/s per path (tx forward, rx reversed); None without counters."""
@@ -981,11 +1002,14 @@ def _rates(goodput_bps: float, overhead: Overhead | None, link_speed_bps: float 
 
 def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0,
                  ports: Sequence[int] | None = None, plan: FlowPlan | None = None,
-                 counters: PathCounters | None = None) -> dict[str, Any]:
+                 counters: PathCounters | None = None,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Run one TCP bulk step of `streams` streams and return its step dict.
 
     `ports` are the source ports (one per stream) or None for the kernel's
     pick; `plan` labels each stream with the path its port was probed on.
+    `stop` set ends the step early, measured up to that moment (both ends:
+    the other sees the streams end).
     """
     params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
                         warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
@@ -1009,9 +1033,14 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
             sampler = _PathSampler(counters, (anchor_ns or time.monotonic_ns())
                                    + int(config.warmup_s * 1e9), config.duration_s)
             result = _run_in_workers(
-                socks, config.workers, config.cpus, sending=sending, anchor_ns=anchor_ns,
-                warmup_s=config.warmup_s, duration_s=config.duration_s, tail_s=config.drain_s,
-                write_bytes=config.write_bytes, deadline_ns=deadline_ns)
+                socks, config.workers, config.cpus, stop=stop, sending=sending,
+                anchor_ns=anchor_ns, warmup_s=config.warmup_s, duration_s=config.duration_s,
+                tail_s=config.drain_s, write_bytes=config.write_bytes, deadline_ns=deadline_ns)
+            if stop is not None and stop.is_set():
+                sampler.cut()
+                if not sending:  # the server writes on until it sees the streams close
+                    for _, sock in socks:
+                        sock.close()
             per_path = sampler.report(config.reverse)
         except BaseException:
             for _, sock in socks:
@@ -1191,6 +1220,8 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
     sampler = _PathSampler(counters, time.monotonic_ns() + int((config.warmup_s + 0.001) * 1e9),
                            config.duration_s)
     step = client.run_step(params, index=index, stop=stop)
+    if stop is not None and stop.is_set():
+        sampler.cut()
     overhead = udp_overhead(size, mtu_bytes=mtu, ipv6=ipv6)
     goodput = step["received_bps"]
     sent = step["sent_bps"]
@@ -1228,6 +1259,11 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
 
 # -- the whole test ----------------------------------------------------------------
 
+def _mark_if_stopped(step: dict[str, Any], stop: threading.Event | None) -> None:
+    """A step a signal cut short says so: its rates cover the time it ran."""
+    step["stopped_early"] = stop is not None and stop.is_set()
+
+
 StepHook = Callable[[dict[str, Any]], None]
 
 
@@ -1260,7 +1296,8 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
             if stop is not None and stop.is_set():
                 break
             steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
-                                      counters=counters))
+                                      counters=counters, stop=stop))
+            _mark_if_stopped(steps[-1], stop)
             if on_step:
                 on_step(steps[-1])
     else:
@@ -1275,7 +1312,8 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
                 continue
             steps.append(run_tcp_step(client, config, streams=streams, index=index,
                                       ports=ports[:streams] if ports else None, plan=plan,
-                                      counters=counters))
+                                      counters=counters, stop=stop))
+            _mark_if_stopped(steps[-1], stop)
             if on_step:
                 on_step(steps[-1])
     env = environment(client.server_address[0])
