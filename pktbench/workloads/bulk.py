@@ -1059,10 +1059,11 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
                                             "payload_bps": sent[0]["payload_bps"]})
     for _, sock in socks:
         sock.close()
-    return _tcp_step_dict(config, streams, index, result, server, ports, plan,
-                          per_path,
-                          ipv6=":" in client.server_address[0]
-                          and not client.server_address[0].startswith("::ffff:"))
+    return {**_tcp_step_dict(config, streams, index, result, server, ports, plan,
+                             per_path,
+                             ipv6=":" in client.server_address[0]
+                             and not client.server_address[0].startswith("::ffff:")),
+            "stopped_early": _stopped(stop)}
 
 
 def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0
@@ -1254,14 +1255,15 @@ def run_udp_step(client: StepClient, config: BulkConfig, *, rate_bps: float | No
                                           "sent_pps", "received_pps", "sender_bound")},
         # GSO (StepParams' default, auto) is where UDP bulk gets its throughput
         "engine": step.get("engine"),
+        "stopped_early": _stopped(stop),
     }
 
 
 # -- the whole test ----------------------------------------------------------------
 
-def _mark_if_stopped(step: dict[str, Any], stop: threading.Event | None) -> None:
+def _stopped(stop: threading.Event | None) -> bool:
     """A step a signal cut short says so: its rates cover the time it ran."""
-    step["stopped_early"] = stop is not None and stop.is_set()
+    return stop is not None and stop.is_set()
 
 
 StepHook = Callable[[dict[str, Any]], None]
@@ -1297,7 +1299,6 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
                 break
             steps.append(run_udp_step(client, config, rate_bps=rate, index=index,
                                       counters=counters, stop=stop))
-            _mark_if_stopped(steps[-1], stop)
             if on_step:
                 on_step(steps[-1])
     else:
@@ -1313,7 +1314,6 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
             steps.append(run_tcp_step(client, config, streams=streams, index=index,
                                       ports=ports[:streams] if ports else None, plan=plan,
                                       counters=counters, stop=stop))
-            _mark_if_stopped(steps[-1], stop)
             if on_step:
                 on_step(steps[-1])
     env = environment(client.server_address[0])
