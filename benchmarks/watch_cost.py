@@ -80,25 +80,31 @@ def measure(server_argv: list[str], client_argv: list[str], *, ready: Callable[[
         time.sleep(settle_s)
         t0 = time.monotonic()
         c0 = (cpu_s(client.pid), cpu_s(server.pid))
+        c1 = c0
         rss: dict[str, list[int]] = {"client": [], "server": []}
         while client.poll() is None and time.monotonic() - t0 < duration_s:
             if sample:
                 rss["client"].append(rss_kib(client.pid))
                 rss["server"].append(rss_kib(server.pid))
             time.sleep(max(0.0, min(10.0, duration_s - (time.monotonic() - t0))))
+            try:  # the last reading before the client ends is the one kept
+                c1 = (cpu_s(client.pid), cpu_s(server.pid))
+            except OSError:
+                break
         elapsed = time.monotonic() - t0
-        c1 = (cpu_s(client.pid), cpu_s(server.pid))
-        if client.poll() is not None:
-            raise SystemExit(f"watch_cost: {client_argv[0]} client ended early "
-                             f"(exit {client.returncode})")
-        client.wait(timeout=duration_s + settle_s + 60)
+        ended_early = client.poll() is not None
+        if not ended_early:  # measured: stop it (a watch writes its end record)
+            client.terminate()
+        client.wait(timeout=60)
         out = client.stdout.read() if client.stdout else ""
     finally:
         _stop(client)
         _stop(server)
     result: dict[str, Any] = {"client_cpu_percent": round(100 * (c1[0] - c0[0]) / elapsed, 2),
                               "server_cpu_percent": round(100 * (c1[1] - c0[1]) / elapsed, 2),
-                              "measured_s": round(elapsed, 1), "client_output": out.strip()}
+                              "measured_s": round(elapsed, 1), "client_output": out.strip(),
+                              "client_ended_early": ended_early,
+                              "client_exit": client.returncode}
     if sample:
         result["rss_kib"] = rss
     return result
@@ -118,11 +124,13 @@ def run_pktbench(args: argparse.Namespace, port: int, pins: Any, tmp: Path) -> d
     result = measure(
         [*PKTBENCH, "serve", "--bind", "127.0.0.1", "--port", str(port)],
         [*PKTBENCH, "watch", f"127.0.0.1:{port}", "--rate", str(args.rate), "--duration",
-         str(args.duration + args.settle + 2), "--jsonl", str(jsonl), "-q"],
+         str(args.duration + args.settle + 30), "--jsonl", str(jsonl), "-q"],
         ready=_first_line, settle_s=args.settle, duration_s=args.duration, pins=pins,
         sample=True)
     lines = jsonl.read_text().splitlines()
     intervals = [line for line in lines if '"type":"interval"' in line]
+    result["end_record"] = next((json.loads(x) for x in reversed(lines)
+                                 if '"type":"end"' in x), None)
     result["jsonl_bytes_per_interval"] = round(sum(len(x) + 1 for x in intervals)
                                                / max(len(intervals), 1), 1)
     result["intervals"] = len(intervals)
@@ -133,7 +141,7 @@ def run_pktbench(args: argparse.Namespace, port: int, pins: Any, tmp: Path) -> d
 
 def run_irtt(args: argparse.Namespace, port: int, pins: Any) -> dict[str, Any]:
     interval_us = max(1, round(1e6 / args.rate))
-    total = args.duration + args.settle + 2
+    total = args.duration + args.settle + 30
     return measure(
         ["irtt", "server", "-b", f"127.0.0.1:{port}", "-i", "0", "-l", "0",
          "-d", f"{int(total) + 30}s"],
@@ -143,7 +151,7 @@ def run_irtt(args: argparse.Namespace, port: int, pins: Any) -> dict[str, Any]:
 
 
 def run_floor(args: argparse.Namespace, port: int, pins: Any) -> dict[str, Any]:
-    total = args.duration + args.settle + 2
+    total = args.duration + args.settle + 30
     return measure(
         [str(PINGPONG), "-S", "-b", "127.0.0.1", "-p", str(port), "-t", str(total + 30)],
         [str(PINGPONG), "-c", "127.0.0.1", "-p", str(port), "-r", str(args.rate),
