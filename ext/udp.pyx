@@ -758,6 +758,8 @@ cdef class PacedSender:
             self.c[S_DUPLICATE] += 1
             return
         sent_at = load_be64(pkt + WIRE_OFF_SEND_NS)
+        if self.lazy_reads and rx < sent_at:
+            rx = now_ns()  # a kernel stamp from before the request left is not its arrival
         actual_lat = rx - sent_at if rx > sent_at else 0
         if self.period_ns > 0:
             sched_lat = rx - self.due_ns(seq) if rx > self.due_ns(seq) else 0
