@@ -72,13 +72,19 @@ static int serve(const char *addr, int port, int busy, double max_s, double idle
     return 0;
 }
 
-static int client(const char *addr, int port, int busy, int size, double dur_s)
+static int connected_socket(const char *addr, int port)
 {
     struct sockaddr_in sa;
     parse_addr(&sa, addr, port);
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) die("socket");
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("connect");
+    return fd;
+}
+
+static int client(const char *addr, int port, int busy, int size, double dur_s)
+{
+    int fd = connected_socket(addr, port);
     if (!busy) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -129,11 +135,7 @@ static int client(const char *addr, int port, int busy, int size, double dur_s)
 
 static int paced_client(const char *addr, int port, int size, double dur_s, double rate)
 {
-    struct sockaddr_in sa;
-    parse_addr(&sa, addr, port);
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    if (fd < 0) die("socket");
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("connect");
+    int fd = connected_socket(addr, port);
     char out[65536], in[65536];
     memset(out, 0, sizeof(out));
     uint64_t period = (uint64_t)(1e9 / rate), sent = 0, answered = 0;

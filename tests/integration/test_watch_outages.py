@@ -133,6 +133,13 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _reap(watcher: subprocess.Popen[str]) -> None:
+    """A watcher the test did not see end is killed, so none outlives a failure."""
+    if watcher.poll() is None:
+        watcher.kill()
+        watcher.communicate()
+
+
 def _wait_for(path: Path, kind: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -185,9 +192,7 @@ def test_a_3s_drop_is_one_outage_timed_within_10ms_and_metrics_match_the_file(
         snapshot = _records(jsonl)
         out, err = watcher.communicate(timeout=60)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
+        _reap(watcher)
         dropper.close()
     assert watcher.returncode == 0, err
     records = _records(jsonl)
@@ -247,9 +252,7 @@ def test_a_restarted_server_is_an_outage_and_a_new_session_and_sigkill_leaves_wh
         stopped_at = time.time()
         watcher.communicate(timeout=10)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
+        _reap(watcher)
     lines = jsonl.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line parses
     sessions = [r for r in records if r["type"] == "session"]
@@ -302,9 +305,7 @@ def test_a_one_way_drop_is_lost_up_or_lost_down_in_each_interval_it_touches(
         down_off = dropper.allow()
         out, err = watcher.communicate(timeout=60)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.communicate()
+        _reap(watcher)
         dropper.close()
     assert watcher.returncode == 0, err
     records = _records(jsonl)
