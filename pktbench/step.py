@@ -42,6 +42,7 @@ class SenderFigures(TypedDict, total=False):
     connections: int
     pipeline: int
     written_requests: int
+    warmup_requests: int
     window_waits: int
     resp_errors: int
     late_replies: int
@@ -191,7 +192,8 @@ STEP_FIELDS: dict[str, str] = {
     "sender": "the sender's own figures (SenderFigures: eagain, enobufs, rcvbuf_drops, "
               "cpu_percent, stopped_early; interface, socket_buffers_bytes, nic where known; "
               "workers for multi-flow steps; transport, connections, pipeline, "
-              "written_requests, window_waits, resp_errors, late_replies for rr-tcp)",
+              "written_requests, warmup_requests, window_waits, resp_errors, late_replies "
+              "for rr-tcp)",
     "receiver": "the counters the far end sent back, as it sent them",
     "loss_episodes": "runs of consecutive losses: count, max_length, mean_length (packets)",
     "attribution": "where lost packets went (ok until the knee finder looks)",

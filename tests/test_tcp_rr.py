@@ -507,8 +507,11 @@ def test_counts_exact_at_low_rate(server: Server) -> None:
     assert step["sent_packets"] == step["received_packets"] == 1000
     assert step["lost_packets"] == 0
     receiver = step["receiver"]
-    # the server saw the measured requests and the 200 warm-up ones, nothing else
-    assert receiver["received"] == receiver["replied"] == 1200
+    # the server saw the measured requests and the warm-up ones, nothing else; a
+    # warm-up stalled past its grace on a loaded machine may write a few fewer
+    warmup = step["sender"]["warmup_requests"]
+    assert 190 <= warmup <= 200
+    assert receiver["received"] == receiver["replied"] == 1000 + warmup
     assert receiver["connections"] == 1
     assert abs(step["received_pps"] - 2000.0) < 1.0
 

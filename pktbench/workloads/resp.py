@@ -120,6 +120,7 @@ def _run_until(client: Any, until_ns: int, stop: threading.Event | None, peer: s
 
 
 WARMUP_GRACE_NS = 10_000_000
+_WRITTEN_AT = engine.loops.CLIENT_COUNTERS.index("written")
 
 SYSFS_NET = Path("/sys/class/net")
 
@@ -239,20 +240,25 @@ class _RespPhases:
 
     def send_until(self, until_ns: int) -> bool:
         completed = _run_until(self._client, until_ns, self._stop, self._peer)
-        # The warm-up's last request is due half a period before the phase
-        # ends, so a wake-up that late would skip it and the server would see
-        # one request fewer than the schedule. Warm-up is not measured: let it
-        # finish its count (within a bound) while the measured window still
-        # closes on time.
+        # The warm-up's last request falls due just before the phase ends; a
+        # late wake-up, or a full pipeline window still waiting for the reply
+        # before it, would leave it unwritten and the server would see one
+        # request fewer than the schedule. Due is not enough: wait until it is
+        # written. Warm-up is not measured, so it may finish its count (within
+        # a bound) while the measured window still closes on time.
         late_ns = until_ns + WARMUP_GRACE_NS
-        while (completed and self._client.scheduled < self._warmup_count
+        while (completed and self._written() < self._warmup_count
                and engine.monotonic_ns() < late_ns):
             completed = _run_until(self._client, engine.monotonic_ns() + 200_000,
                                    self._stop, self._peer)
         return completed
 
     def sent(self) -> int:
-        return int(self._client.scheduled)
+        # what went out: a due request still waiting for a window slot has not
+        return self._written()
+
+    def _written(self) -> int:
+        return int(self._client.counters[_WRITTEN_AT])
 
     def end_sending(self) -> None:
         if self._path is not None:
@@ -284,9 +290,8 @@ def drive(sockets: Sequence[socket.socket], params: StepParams, *, peer: str,
         [sock.fileno() for sock in sockets], request_bytes(params.command, params.size_bytes),
         rate_pps=rate or 0.0, pipeline=params.pipeline, timeout_s=params.timeout_s,
         busy_poll=params.busy_poll, rx_bytes=max(65536, 2 * len(reply) + 1024))
-    written_at = engine.loops.CLIENT_COUNTERS.index("written")
     path = PathMeter(sockets, _egress_interface(sockets[0]),
-                     lambda: int(client.counters[written_at]))
+                     lambda: int(client.counters[_WRITTEN_AT]))
     # RESP has no grace: its window closes on time and what is still owed is drained
     phases = engine.run_phases(_RespPhases(client, stop, peer, path), rate_pps=rate,
                                warmup_s=params.warmup_s, duration_s=params.duration_s,
@@ -356,6 +361,7 @@ def summarize(params: StepParams, outcome: engine.SenderOutcome, receiver: dict[
                               "connections": params.connections,
                               "pipeline": params.pipeline,
                               "written_requests": c["written"],
+                              "warmup_requests": outcome.warmup_sent,
                               "window_waits": c["window_waits"],
                               "resp_errors": c["resp_errors"],
                               "late_replies": c["late"],
