@@ -185,3 +185,22 @@ def test_a_signalled_bulk_step_ends_at_once_measured_to_that_moment(tmp_path, re
     # both ends measured the same cut window: goodput (receiver) and sender rate agree
     assert step["aggregate_bps"] > 0
     assert step["aggregate_bps"] == pytest.approx(step["sender_bps"], rel=0.1)
+
+
+def test_a_signalled_bidir_step_ends_both_directions_at_once(tmp_path):
+    cli = Cli("bulk", "--bidir", "-t", "20", "--warmup", "0.2", "-i", "0.5",
+              "--json", "bulk.json", cwd=tmp_path)
+    cli.wait_for_line(" s]  ")
+    signalled = time.monotonic()
+    exit_code, _, children = _interrupt(cli, signal.SIGINT)
+    assert time.monotonic() - signalled < 5, "the step ran on after the signal"
+    assert exit_code == 130, "".join(cli.err)
+    assert _gone(children) == []
+    doc = json.loads((tmp_path / "bulk.json").read_text())
+    assert doc["interrupted"] is True
+    forward, backward = doc["steps"]
+    assert (forward["direction"], backward["direction"]) == ("forward", "reverse")
+    for step in (forward, backward):
+        assert step["bidir"] is True and step["stopped_early"] is True
+        assert 0.3 < step["duration_s"] < 10
+        assert step["aggregate_bps"] > 0

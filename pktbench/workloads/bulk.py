@@ -1066,12 +1066,13 @@ def run_tcp_step(client: StepClient, config: BulkConfig, *, streams: int, index:
             "stopped_early": _stopped(stop)}
 
 
-def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, index: int = 0,
+                   stop: threading.Event | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One --bidir step: `streams` streams each way at once, one step dict per direction.
 
     Streams 0..N-1 carry client to server, N..2N-1 server to client; both
-    pumps run in this process, the reader in a thread of its own.
+    pumps run in this process, the reader in a thread of its own. `stop` set
+    ends both directions early, each measured up to that moment.
     """
     params = StepParams(workload="bulk", command="none", duration_s=config.duration_s,
                         warmup_s=config.warmup_s, drain_s=config.drain_s, streams=streams,
@@ -1094,13 +1095,14 @@ def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, inde
             def read_back() -> None:
                 try:
                     received.update(_run_streams(socks[streams:], sending=False,
-                                                 anchor_ns=None, **common))
+                                                 anchor_ns=None, stop=stop, **common))
                 except BaseException as exc:  # raised in the caller's thread below
                     failed.append(exc)
 
             reader = threading.Thread(target=read_back, name="bulk-bidir-reader", daemon=True)
             reader.start()
-            sent = _run_streams(socks[:streams], sending=True, anchor_ns=anchor_ns, **common)
+            sent = _run_streams(socks[:streams], sending=True, anchor_ns=anchor_ns, stop=stop,
+                                **common)
             for _, sock in socks[:streams]:
                 try:
                     sock.shutdown(socket.SHUT_WR)
@@ -1111,6 +1113,9 @@ def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, inde
                 raise failed[0]
             if reader.is_alive():
                 raise PktbenchError("the bidir reader did not finish within the step's limit")
+            if stop is not None and stop.is_set():
+                for _, sock in socks[streams:]:  # the server writes on until these close
+                    sock.close()
         except BaseException:
             for _, sock in socks:
                 sock.close()
@@ -1132,7 +1137,9 @@ def run_bidir_step(client: StepClient, config: BulkConfig, *, streams: int, inde
     backward = _tcp_step_dict(replace(config, bidir=False, reverse=True), streams, index,
                               received, server.get("reverse") or {}, None, None, None,
                               ipv6=ipv6)
-    return {**forward, "bidir": True}, {**backward, "bidir": True}
+    stopped = _stopped(stop)
+    return ({**forward, "bidir": True, "stopped_early": stopped},
+            {**backward, "bidir": True, "stopped_early": stopped})
 
 
 def _tcp_step_dict(config: BulkConfig, streams: int, index: int, client_end: dict[str, Any],
@@ -1306,7 +1313,8 @@ def run_session(client: StepClient, label: str, config: BulkConfig,
             if stop is not None and stop.is_set():
                 break
             if config.bidir:
-                for step in run_bidir_step(client, config, streams=streams, index=index):
+                for step in run_bidir_step(client, config, streams=streams, index=index,
+                                           stop=stop):
                     steps.append(step)
                     if on_step:
                         on_step(step)
